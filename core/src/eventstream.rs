@@ -1,0 +1,1 @@
+//! Incremental AWS EventStream decoding (being written).

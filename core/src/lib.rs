@@ -1,0 +1,13 @@
+//! Tollgate's gateway logic, free of I/O: hosts pass in time, bytes and a store.
+//!
+//! Every rule lives here once; `filter/` (proxy-wasm) and `host-spin/` (Spin) only adapt host
+//! callbacks to these types.
+
+pub mod eventstream;
+pub mod meter;
+pub mod operation;
+pub mod pricing;
+pub mod usage;
+
+pub use operation::Operation;
+pub use usage::Usage;

@@ -1,0 +1,1 @@
+//! Usage extraction from responses (being written).

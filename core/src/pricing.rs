@@ -1,0 +1,1 @@
+//! Price lookups over the generated litellm table (being written).
