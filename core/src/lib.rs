@@ -3,10 +3,15 @@
 //! Every rule lives here once; `filter/` (proxy-wasm) and `host-spin/` (Spin) only adapt host
 //! callbacks to these types.
 
+pub mod auth;
+pub mod config;
+pub mod error;
 pub mod eventstream;
 pub mod meter;
+pub mod model_id;
 pub mod operation;
 pub mod pricing;
+pub mod signing;
 pub mod usage;
 
 pub use operation::Operation;

@@ -1,0 +1,96 @@
+//! Client authentication: API keys, stored only as SHA-256 hashes.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::ApiKey;
+use crate::error::{ErrorKind, GatewayError};
+
+/// The key the client presented: `Authorization: Bearer <key>` (what boto3 sends by itself when
+/// `AWS_BEARER_TOKEN_BEDROCK` is set, and what the OpenAI SDK sends) or `x-api-key` (the
+/// Anthropic SDK). `headers` names must be lowercase, as both hosts give them.
+pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, GatewayError> {
+    let mut saw_sigv4 = false;
+    for &(name, value) in headers {
+        match name {
+            "authorization" => {
+                let value = value.trim();
+                if let Some((scheme, token)) = value.split_once(' ') {
+                    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+                        return Ok(token.trim());
+                    }
+                    if scheme.starts_with("AWS4-") {
+                        saw_sigv4 = true;
+                    }
+                }
+            }
+            "x-api-key" if !value.trim().is_empty() => return Ok(value.trim()),
+            _ => {}
+        }
+    }
+    Err(GatewayError::new(
+        ErrorKind::MissingKey,
+        if saw_sigv4 {
+            "this gateway does not accept AWS SigV4 credentials: send your Tollgate API key as \
+             `Authorization: Bearer <key>` (for boto3, set AWS_BEARER_TOKEN_BEDROCK)"
+        } else {
+            "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+        },
+    ))
+}
+
+pub fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// Finds the configured key whose hash matches. Every hash is compared, in constant time, so
+/// timing tells nothing about which (if any) key came close.
+pub fn authenticate<'k>(keys: &'k [ApiKey], presented: &str) -> Result<&'k ApiKey, GatewayError> {
+    let digest = hash_key(presented);
+    let mut found = None;
+    for key in keys {
+        if bool::from(key.sha256.ct_eq(&digest)) {
+            found = Some(key);
+        }
+    }
+    found.ok_or_else(|| GatewayError::new(ErrorKind::UnknownKey, "the API key is not valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn key(id: &str, secret: &str) -> ApiKey {
+        ApiKey { id: id.into(), sha256: hash_key(secret), any_model: true, models: BTreeSet::new() }
+    }
+
+    #[test]
+    fn bearer_and_x_api_key() {
+        assert_eq!(presented_key(&[("authorization", "Bearer tg-123")]).unwrap(), "tg-123");
+        assert_eq!(presented_key(&[("authorization", "bearer  tg-123 ")]).unwrap(), "tg-123");
+        assert_eq!(presented_key(&[("x-api-key", "tg-9")]).unwrap(), "tg-9");
+    }
+
+    #[test]
+    fn missing_or_sigv4_is_401_with_a_hint() {
+        let e = presented_key(&[("content-type", "application/json")]).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::MissingKey);
+        let e = presented_key(&[("authorization", "AWS4-HMAC-SHA256 Credential=AK/…")]).unwrap_err();
+        assert!(e.message.contains("AWS_BEARER_TOKEN_BEDROCK"));
+        assert_eq!(presented_key(&[("authorization", "Bearer ")]).unwrap_err().kind, ErrorKind::MissingKey);
+    }
+
+    #[test]
+    fn hash_is_sha256_of_the_key() {
+        // echo -n tg-test-key | sha256sum
+        assert_eq!(hex::encode(hash_key("tg-test-key")), "2173a168026e43858e02309abd5271d237acfab8d94155cea0998b02252b5544");
+    }
+
+    #[test]
+    fn finds_the_matching_key_only() {
+        let keys = [key("a", "secret-a"), key("b", "secret-b")];
+        assert_eq!(authenticate(&keys, "secret-b").unwrap().id, "b");
+        assert_eq!(authenticate(&keys, "secret-c").unwrap_err().kind, ErrorKind::UnknownKey);
+    }
+}

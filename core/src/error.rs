@@ -1,0 +1,122 @@
+//! Gateway errors and the envelopes they travel in, in the client's own dialect.
+//!
+//! Bedrock's runtime API is restJson1: the error class travels in `x-amzn-ErrorType` and the
+//! body is `{"message": …}`. botocore reads that header to pick the exception class, so a boto3
+//! caller gets `client.exceptions.AccessDeniedException` and friends, as from Bedrock itself.
+
+use serde::Serialize;
+
+/// A response the gateway answers itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &impl Serialize) -> Self {
+        let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+        Self { status, headers: vec![("content-type", "application/json".into())], body }
+    }
+}
+
+/// What went wrong, in the gateway's words; the dialect decides how a client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No API key in the request.
+    MissingKey,
+    /// An API key that matches no configured hash.
+    UnknownKey,
+    /// The key may not use this model.
+    ModelNotAllowed,
+    /// The model name is neither an alias nor a Bedrock model ID.
+    UnknownModel,
+    /// The request body is larger than `max_request_body_bytes`.
+    BodyTooLarge,
+    /// The request itself is malformed.
+    BadRequest,
+    /// No such route.
+    NotFound,
+    /// The gateway has no valid configuration; it refuses to run unauthenticated.
+    NotConfigured,
+    /// Signing or another internal step failed.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::MissingKey | Self::UnknownKey => 401,
+            Self::ModelNotAllowed => 403,
+            Self::UnknownModel | Self::BadRequest => 400,
+            Self::BodyTooLarge => 413,
+            Self::NotFound => 404,
+            Self::NotConfigured | Self::Internal => 500,
+        }
+    }
+
+    /// The Bedrock error class (`x-amzn-ErrorType`).
+    pub fn bedrock_type(self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::UnknownKey => "UnrecognizedClientException",
+            Self::ModelNotAllowed => "AccessDeniedException",
+            Self::UnknownModel | Self::BadRequest | Self::BodyTooLarge => "ValidationException",
+            Self::NotFound => "UnknownOperationException",
+            Self::NotConfigured | Self::Internal => "InternalServerException",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// The error as Bedrock would send it.
+    pub fn to_bedrock_reply(&self) -> Reply {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            message: &'a str,
+        }
+        let mut reply = Reply::json(self.kind.status(), &Body { message: &self.message });
+        reply.headers.push(("x-amzn-errortype", self.kind.bedrock_type().to_string()));
+        reply
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.bedrock_type(), self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bedrock_envelope() {
+        let r = GatewayError::new(ErrorKind::ModelNotAllowed, "key `a` may not use `m`").to_bedrock_reply();
+        assert_eq!(r.status, 403);
+        assert!(r.headers.contains(&("x-amzn-errortype", "AccessDeniedException".into())));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["message"], "key `a` may not use `m`");
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(ErrorKind::MissingKey.status(), 401);
+        assert_eq!(ErrorKind::UnknownModel.status(), 400);
+        assert_eq!(ErrorKind::BodyTooLarge.status(), 413);
+        assert_eq!(ErrorKind::NotFound.status(), 404);
+        assert_eq!(ErrorKind::NotConfigured.status(), 500);
+    }
+}

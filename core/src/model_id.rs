@@ -1,0 +1,98 @@
+//! Bedrock model identifiers: model IDs, inference-profile IDs and ARNs, and how they travel
+//! in a request path.
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Longest identifier accepted; Bedrock's own limit for `modelId` is 2048.
+pub const MAX_LEN: usize = 2048;
+
+/// Everything but RFC 3986 unreserved characters: what the AWS SDKs encode in a path label,
+/// so `:` becomes `%3A` and an ARN's `/` becomes `%2F`.
+const PATH_LABEL: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
+/// Does `s` look like a Bedrock model ID (`anthropic.claude-…-v1:0`, `us.amazon.nova-lite-v1:0`)
+/// or a Bedrock ARN (`arn:aws:bedrock:…`)? Aliases are checked before this, so it only decides
+/// whether an unknown name is passed through or rejected as an unknown alias.
+pub fn is_model_id(s: &str) -> bool {
+    if s.is_empty() || s.len() > MAX_LEN {
+        return false;
+    }
+    if let Some(rest) = s.strip_prefix("arn:") {
+        // arn:<partition>:bedrock:<region>:<account>:<resource>
+        let mut parts = rest.splitn(5, ':');
+        let partition = parts.next().unwrap_or("");
+        let service = parts.next().unwrap_or("");
+        let resource = parts.nth(2).unwrap_or("");
+        return partition.starts_with("aws")
+            && service == "bedrock"
+            && !resource.is_empty()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
+    }
+    // provider.model[-version][:n], optionally behind a geography prefix (`us.`, `global.`).
+    s.contains('.')
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Decodes the `{modelId}` label of a request path once, as Bedrock does. `None` for labels
+/// that are not valid UTF-8, too long, or contain control characters.
+pub fn decode_path_label(label: &str) -> Option<String> {
+    if label.is_empty() || label.len() > MAX_LEN * 3 {
+        return None;
+    }
+    let decoded = percent_decode_str(label).decode_utf8().ok()?;
+    if decoded.is_empty() || decoded.len() > MAX_LEN || decoded.chars().any(char::is_control) {
+        return None;
+    }
+    Some(decoded.into_owned())
+}
+
+/// Encodes a model ID as one path label, the way the AWS SDKs send it.
+pub fn encode_path_label(model_id: &str) -> String {
+    utf8_percent_encode(model_id, PATH_LABEL).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_ids_and_arns() {
+        for ok in [
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "amazon.nova-lite-v1:0",
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+        ] {
+            assert!(is_model_id(ok), "{ok}");
+        }
+        for bad in ["", "claude-fast", ".x", "x.", "a b.c", "arn:aws:s3:::bucket", "arn:aws:bedrock", "a.b/c", "a.b\n"] {
+            assert!(!is_model_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn path_label_round_trip() {
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0";
+        let enc = encode_path_label(arn);
+        assert_eq!(
+            enc,
+            "arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-haiku-4-5-20251001-v1%3A0"
+        );
+        assert_eq!(decode_path_label(&enc).as_deref(), Some(arn));
+        // curl users send the colon raw; that decodes the same.
+        assert_eq!(decode_path_label("amazon.nova-lite-v1:0").as_deref(), Some("amazon.nova-lite-v1:0"));
+    }
+
+    #[test]
+    fn rejects_bad_labels() {
+        assert_eq!(decode_path_label("%ff%fe"), None);
+        assert_eq!(decode_path_label("a%0Ab"), None);
+        assert_eq!(decode_path_label(""), None);
+        assert_eq!(decode_path_label(&"a".repeat(MAX_LEN + 1)), None);
+    }
+}
