@@ -5,13 +5,19 @@
 
 pub mod auth;
 pub mod config;
+pub mod endpoints;
 pub mod error;
 pub mod eventstream;
+pub mod exchange;
 pub mod meter;
 pub mod model_id;
 pub mod operation;
 pub mod pricing;
+pub mod record;
+pub mod route;
 pub mod signing;
+pub mod store;
+pub mod totals;
 pub mod usage;
 
 pub use operation::Operation;

@@ -1,0 +1,168 @@
+//! The usage record: one per exchange, what is logged and billed.
+
+use serde::Serialize;
+
+use crate::meter::Reading;
+use crate::operation::Operation;
+use crate::pricing::{self, PriceSource};
+use crate::usage::Usage;
+
+/// Where a record's token counts come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageSource {
+    /// The response's own usage (JSON `usage`, stream metadata or invocation metrics).
+    Reported,
+    /// A successful response whose final usage never arrived (cut stream, mid-stream exception,
+    /// unreadable body): billed from what was seen, never zero.
+    Estimated,
+    /// Nothing to bill: the request was refused, locally or by Bedrock.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageRecord {
+    pub key_id: String,
+    /// The model as the client named it (alias or ID).
+    pub model: String,
+    /// The Bedrock model ID sent upstream.
+    pub model_id: String,
+    pub operation: Operation,
+    pub streamed: bool,
+    pub status: u16,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Exact cost in pico-USD (1e-12 USD).
+    pub cost_pico_usd: u64,
+    pub usage_source: UsageSource,
+    pub priced_as: PriceSource,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exception: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    pub request_bytes: u64,
+    pub latency_ms: u64,
+}
+
+impl UsageRecord {
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cache_read_tokens: self.cache_read_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+        }
+    }
+}
+
+/// Bytes per token assumed when usage must be estimated. Four is the usual English average; a
+/// request body's JSON framing makes it over-count input, which is the safe direction.
+const BYTES_PER_TOKEN: u64 = 4;
+
+/// What to bill for a response that got this far.
+///
+/// - Refused (`status` not 2xx): nothing — Bedrock does not bill refused requests.
+/// - Never answered (`status` 0) after being sent upstream: Bedrock may have run it, so it is
+///   estimated like a cut stream.
+/// - Reported usage: exactly that.
+/// - Otherwise an estimate that never undercounts what was seen: input from the request size
+///   (or what the stream already reported), output from the generated text seen.
+pub fn billable(status: u16, sent_upstream: bool, reading: &Reading, request_bytes: u64) -> (Usage, UsageSource) {
+    let unanswered = status == 0 && sent_upstream;
+    if !(200..300).contains(&status) && !unanswered {
+        return (Usage::default(), UsageSource::None);
+    }
+    if reading.complete {
+        return (reading.usage, UsageSource::Reported);
+    }
+    let seen = reading.usage;
+    let input_estimate = request_bytes.div_ceil(BYTES_PER_TOKEN).max(1);
+    let output_estimate = reading.output_text_bytes.div_ceil(BYTES_PER_TOKEN);
+    let usage = Usage {
+        input_tokens: if seen.total_input() > 0 { seen.input_tokens } else { input_estimate },
+        output_tokens: seen.output_tokens.max(output_estimate),
+        cache_read_tokens: seen.cache_read_tokens,
+        cache_write_tokens: seen.cache_write_tokens,
+    };
+    (usage, UsageSource::Estimated)
+}
+
+/// Everything about an exchange the record needs.
+pub struct Facts<'a> {
+    pub key_id: &'a str,
+    pub model: &'a str,
+    pub model_id: &'a str,
+    pub region: &'a str,
+    pub operation: Operation,
+    /// 0 when no response status was seen.
+    pub status: u16,
+    pub sent_upstream: bool,
+    pub reading: &'a Reading,
+    pub request_bytes: u64,
+    pub latency_ms: u64,
+}
+
+pub fn make(f: Facts<'_>) -> UsageRecord {
+    let (usage, usage_source) = billable(f.status, f.sent_upstream, f.reading, f.request_bytes);
+    let quote = pricing::quote(f.region, f.model_id);
+    UsageRecord {
+        key_id: f.key_id.to_string(),
+        model: f.model.to_string(),
+        model_id: f.model_id.to_string(),
+        operation: f.operation,
+        streamed: f.operation.is_stream(),
+        status: f.status,
+        input_tokens: usage.input_tokens,
+        output_tokens: usage.output_tokens,
+        cache_read_tokens: usage.cache_read_tokens,
+        cache_write_tokens: usage.cache_write_tokens,
+        cost_pico_usd: pricing::cost(&usage, &quote.price),
+        usage_source,
+        priced_as: quote.source,
+        exception: f.reading.exception.clone(),
+        problem: f.reading.problem.clone(),
+        request_bytes: f.request_bytes,
+        latency_ms: f.latency_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_bill_nothing() {
+        let r = Reading { complete: true, usage: Usage { input_tokens: 5, ..Default::default() }, ..Default::default() };
+        assert_eq!(billable(429, true, &r, 100), (Usage::default(), UsageSource::None));
+    }
+
+    #[test]
+    fn reported_usage_is_billed_exactly() {
+        let u = Usage { input_tokens: 10, output_tokens: 20, cache_read_tokens: 3, cache_write_tokens: 4 };
+        let r = Reading { complete: true, usage: u, ..Default::default() };
+        assert_eq!(billable(200, true, &r, 1_000_000), (u, UsageSource::Reported));
+    }
+
+    #[test]
+    fn cut_streams_are_estimated_never_zero() {
+        let nothing = Reading::default();
+        let (u, src) = billable(200, true, &nothing, 10);
+        assert_eq!(src, UsageSource::Estimated);
+        assert_eq!(u.input_tokens, 3);
+        let partial = Reading {
+            usage: Usage { input_tokens: 40, output_tokens: 2, cache_read_tokens: 7, ..Default::default() },
+            output_text_bytes: 100,
+            ..Default::default()
+        };
+        let (u, _) = billable(200, true, &partial, 10);
+        assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_tokens), (40, 25, 7));
+    }
+
+    #[test]
+    fn unanswered_requests_are_estimated_only_if_sent() {
+        assert_eq!(billable(0, true, &Reading::default(), 40).1, UsageSource::Estimated);
+        assert_eq!(billable(0, false, &Reading::default(), 40).1, UsageSource::None);
+    }
+}

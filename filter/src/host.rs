@@ -1,0 +1,91 @@
+//! Envoy host calls, wrapped so that nothing can panic.
+//!
+//! proxy-wasm's `Context` helpers `unwrap()` every host call, and `hostcalls::get_map` panics
+//! on a header value that is not UTF-8; a panic traps the VM and fails every later request on
+//! the worker. So this module uses only the `Result`-returning host calls and the byte-valued
+//! header map.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use tollgate_core::error::Reply;
+use tollgate_core::store::{Cas, CasStore, StoreError};
+
+/// Request or response headers, lowercase names, values that are valid UTF-8 only.
+pub fn headers(map: MapType) -> Vec<(String, String)> {
+    match hostcalls::get_map_bytes(map) {
+        Ok(pairs) => pairs
+            .into_iter()
+            .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name.to_ascii_lowercase(), v)))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
+    match hostcalls::get_buffer(kind, 0, size) {
+        Ok(Some(bytes)) => bytes,
+        _ => Vec::new(),
+    }
+}
+
+pub fn now() -> SystemTime {
+    hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
+}
+
+pub fn now_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// Sends a local reply. Envoy defers it until the callback returns; callers return `Pause`.
+pub fn reply(r: &Reply) {
+    let headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    if let Err(e) = hostcalls::send_http_response(u32::from(r.status), headers, Some(&r.body)) {
+        log(LogLevel::Error, &format!("tollgate: could not send a local reply: {e:?}"));
+    }
+}
+
+pub fn set_header(map: MapType, name: &str, value: &str) {
+    if let Err(e) = hostcalls::set_map_value(map, name, Some(value)) {
+        log(LogLevel::Error, &format!("tollgate: could not set header {name}: {e:?}"));
+    }
+}
+
+pub fn remove_header(map: MapType, name: &str) {
+    let _ = hostcalls::remove_map_value(map, name);
+}
+
+/// Envoy shared data: process-wide, shared by every worker VM with the same `vm_id`.
+pub struct SharedData;
+
+impl CasStore for SharedData {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+        match hostcalls::get_shared_data(key) {
+            // An empty value is what `remove` leaves behind: treat it as absent.
+            Ok((Some(v), Some(cas))) if !v.is_empty() => Ok(Some((v, cas))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(StoreError::Host(format!("{e:?}"))),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), Some(cas)) {
+            Ok(()) => Ok(()),
+            Err(proxy_wasm::types::Status::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(e) => Err(StoreError::Host(format!("{e:?}"))),
+        }
+    }
+
+    fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        hostcalls::set_shared_data(key, Some(value), None).map_err(|e| StoreError::Host(format!("{e:?}")))
+    }
+}

@@ -1,0 +1,152 @@
+//! The per-request HTTP context.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use tollgate_core::config::Config;
+use tollgate_core::endpoints;
+use tollgate_core::error::{ErrorKind, GatewayError, Reply};
+use tollgate_core::exchange::{self, Admission, Exchange, UpstreamRequest};
+use tollgate_core::totals::{self, Totals};
+
+use crate::host::{self, SharedData};
+
+pub struct Http {
+    config: Result<Rc<Config>, Rc<str>>,
+    exchange: Option<Box<Exchange>>,
+    /// Envoy runs a local reply through this filter's own response callbacks: they must not
+    /// mistake it for Bedrock's answer.
+    local_reply: bool,
+}
+
+impl Http {
+    pub fn new(config: Result<Rc<Config>, Rc<str>>) -> Self {
+        Self { config, exchange: None, local_reply: false }
+    }
+
+    fn reply(&mut self, reply: &Reply) -> Action {
+        self.local_reply = true;
+        if let Some(ex) = self.exchange.as_mut() {
+            ex.replied_locally(reply.status);
+        }
+        host::reply(reply);
+        Action::Pause
+    }
+
+    fn reject(&mut self, e: &GatewayError) -> Action {
+        self.reply(&e.to_bedrock_reply())
+    }
+
+    /// Rewrites the paused request into the signed upstream one.
+    fn forward(&mut self, config: &Config, body: &[u8]) -> Action {
+        let Some(ex) = self.exchange.as_mut() else { return Action::Continue };
+        match ex.upstream_request(config, body, host::now()) {
+            Ok(up) => {
+                apply(&up);
+                Action::Continue
+            }
+            Err(e) => self.reject(&e),
+        }
+    }
+}
+
+fn apply(up: &UpstreamRequest) {
+    let map = MapType::HttpRequestHeaders;
+    for name in &up.remove_headers {
+        host::remove_header(map, name);
+    }
+    host::set_header(map, ":path", &up.path);
+    host::set_header(map, ":authority", &up.authority);
+    for (name, value) in &up.set_headers {
+        host::set_header(map, name, value);
+    }
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = match &self.config {
+            Ok(c) => c.clone(),
+            Err(why) => {
+                return self.reject(&GatewayError::new(ErrorKind::NotConfigured, format!("gateway misconfigured: {why}")))
+            }
+        };
+        let headers = host::headers(MapType::HttpRequestHeaders);
+        let method = host::header(&headers, ":method").unwrap_or("");
+        let path = host::header(&headers, ":path").unwrap_or("");
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
+            Admission::Reply(r) => self.reply(&r),
+            Admission::Usage { key_id } => match totals::read(&SharedData, &key_id) {
+                Ok(t) => self.reply(&endpoints::usage_reply(&key_id, &t)),
+                Err(e) => self.reject(&GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}"))),
+            },
+            Admission::Forward(ex) => {
+                self.exchange = Some(ex);
+                if end_of_stream {
+                    self.forward(&config, &[])
+                } else {
+                    // Hold the headers until the body is hashed: needs Envoy >= 1.35 with
+                    // `allow_on_headers_stop_iteration: true`, or the body never arrives.
+                    Action::Pause
+                }
+            }
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else { return Action::Continue };
+        let config = config.clone();
+        if let Err(e) = ex.check_body_size(body_size as u64) {
+            return self.reject(&e);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = host::buffer(BufferType::HttpRequestBody, body_size);
+        self.forward(&config, &body)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.local_reply {
+            return Action::Continue;
+        }
+        if let Some(ex) = self.exchange.as_mut() {
+            let headers = host::headers(MapType::HttpResponseHeaders);
+            let status = host::header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+            ex.on_response_headers(status, headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
+        if self.local_reply || body_size == 0 {
+            return Action::Continue;
+        }
+        if let Some(ex) = self.exchange.as_mut() {
+            // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
+            ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size));
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else { return };
+        let Some(record) = ex.finish(config, host::now_ms(host::now())) else { return };
+        if let Ok(line) = serde_json::to_string(&record) {
+            host::log(LogLevel::Info, &format!("tollgate.usage {line}"));
+        }
+        if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel && record.cost_pico_usd > 0 {
+            host::log(
+                LogLevel::Warn,
+                &format!("tollgate: no price for model `{}`: billed at the most expensive chat tier", record.model_id),
+            );
+        }
+        let delta = Totals::of_request(&record.usage(), record.cost_pico_usd);
+        if let Err(e) = totals::add(&SharedData, &record.key_id, &delta) {
+            host::log(LogLevel::Critical, &format!("tollgate: usage of key `{}` NOT added to totals: {e}", record.key_id));
+        }
+    }
+}

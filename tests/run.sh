@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make run`: Envoy + Tollgate in the foreground, in front of the emulator (default) or real Bedrock.
+set -euo pipefail
+upstream=${1:-emulator}
+region=${2:-us-east-1}
+mkdir -p .run
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+case "$upstream" in
+  emulator)
+    config=envoy/envoy-emulator.yaml
+    target/release/tollgate-emulator --listen 127.0.0.1:9100 --region us-east-1 \
+      --access-key-id AKIDEMULATOR --secret-access-key emulator-secret-key > .run/emulator.log 2>&1 &
+    pids+=($!)
+    ;;
+  bedrock)
+    : "${AWS_ACCESS_KEY_ID:?set AWS credentials in the environment to target real Bedrock}"
+    : "${AWS_SECRET_ACCESS_KEY:?set AWS credentials in the environment to target real Bedrock}"
+    config=.run/envoy-bedrock.yaml
+    sed "s/us-east-1/${region}/g" envoy/envoy-bedrock.yaml > "$config"
+    ;;
+  *) echo "UPSTREAM must be emulator or bedrock" >&2; exit 2 ;;
+esac
+
+.venv/bin/envoy -c "$config" --concurrency 2 --log-path .run/envoy.log &
+pids+=($!)
+for _ in $(seq 1 100); do
+  curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs http://127.0.0.1:9901/ready >/dev/null || { echo "Envoy did not start; see .run/envoy.log" >&2; exit 1; }
+
+cat <<MSG
+
+Tollgate is listening on http://127.0.0.1:10000 and https://127.0.0.1:10443 (upstream: $upstream).
+Logs: .run/envoy.log. The HTTPS certificate is signed by the dev CA .run/tls/ca.pem.
+Usage records are the "tollgate.usage" lines of that log. Stop with Ctrl-C.
+
+  curl -s http://127.0.0.1:10000/model/claude-fast/converse \\
+    -H 'Authorization: Bearer tg-demo-key' -H 'content-type: application/json' \\
+    -d '{"messages":[{"role":"user","content":[{"text":"Hello"}]}],"inferenceConfig":{"maxTokens":16}}'
+
+  curl -s http://127.0.0.1:10000/usage -H 'Authorization: Bearer tg-demo-key'
+
+  AWS_BEARER_TOKEN_BEDROCK=tg-demo-key .venv/bin/python - <<'PY'
+  import boto3
+  # boto3 sends the bearer key only over HTTPS.
+  client = boto3.client("bedrock-runtime", region_name="us-east-1",
+                        endpoint_url="https://127.0.0.1:10443", verify=".run/tls/ca.pem")
+  out = client.converse(modelId="claude-fast", messages=[{"role": "user", "content": [{"text": "Hello"}]}])
+  print(out["output"]["message"]["content"][0]["text"], out["usage"])
+  PY
+
+MSG
+wait -n "${pids[@]}"
