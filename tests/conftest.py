@@ -1,0 +1,111 @@
+"""Fixtures: one emulator and one Envoy (2 workers) with Tollgate for the whole session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import botocore.config
+import botocore.tokens
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+HAIKU = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+NOVA_LITE = "us.amazon.nova-lite-v1:0"
+
+KEYS = {
+    "team-a": ("tg-test-key-team-a", ["*"]),
+    "team-limited": ("tg-test-key-limited", ["claude-fast"]),
+}
+MAX_BODY = 64 * 1024
+
+
+def plugin_config(upstream_port: int, **overrides) -> dict:
+    cfg = {
+        "region": harness.REGION,
+        "upstream_host": f"127.0.0.1:{upstream_port}",
+        "aliases": {"claude-fast": HAIKU, "claude-smart": SONNET, "nova-lite": NOVA_LITE},
+        "api_keys": [
+            {"id": kid, "sha256": harness.sha256_hex(secret), "models": models}
+            for kid, (secret, models) in KEYS.items()
+        ],
+        "credentials": {
+            "type": "inline",
+            "access_key_id": harness.ACCESS_KEY_ID,
+            "secret_access_key": harness.SECRET_ACCESS_KEY,
+            "session_token": harness.SESSION_TOKEN,
+        },
+        "max_request_body_bytes": MAX_BODY,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tollgate")
+
+
+@pytest.fixture(scope="session")
+def tls_dir(workdir) -> Path:
+    d = workdir / "tls"
+    subprocess.run(["bash", str(harness.ROOT / "tests/make-certs.sh"), str(d)], check=True, capture_output=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def emulator(workdir):
+    emu = harness.Emulator(workdir, "--session-token", harness.SESSION_TOKEN)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(workdir, emulator, tls_dir):
+    envoy = harness.Envoy(workdir, plugin_config(emulator.port), emulator.port, tls_dir)
+    yield envoy
+    envoy.stop()
+
+
+# boto3 picks bearer auth when AWS_BEARER_TOKEN_BEDROCK is set, as users do; it must be set
+# before any client is made. Clients for other keys use botocore's own env-token provider
+# reading that variable from their own environment.
+os.environ["AWS_BEARER_TOKEN_BEDROCK"] = KEYS["team-a"][0]
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+
+def bedrock_client(gateway, tls_dir, key: str | None = None, read_timeout: int = 30):
+    session = boto3.Session(region_name=harness.REGION)
+    if key is not None:
+        core = session._session
+        env = {"AWS_BEARER_TOKEN_BEDROCK": key}
+        core._components.register_component(
+            "token_provider",
+            botocore.tokens.TokenProviderChain([botocore.tokens.ScopedEnvTokenProvider(core, environ=env)]),
+        )
+    return session.client(
+        "bedrock-runtime",
+        endpoint_url=gateway.https_url,
+        verify=str(tls_dir / "ca.pem"),
+        config=botocore.config.Config(
+            retries={"max_attempts": 1, "mode": "standard"},
+            read_timeout=read_timeout,
+            connect_timeout=5,
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def client(gateway, tls_dir):
+    return bedrock_client(gateway, tls_dir)
+
+
+@pytest.fixture
+def client_for(gateway, tls_dir):
+    return lambda key, **kw: bedrock_client(gateway, tls_dir, key, **kw)
