@@ -94,7 +94,7 @@ def bedrock_client(gateway, tls_dir, key: str | None = None, read_timeout: int =
         endpoint_url=gateway.https_url,
         verify=str(tls_dir / "ca.pem"),
         config=botocore.config.Config(
-            retries={"max_attempts": 1, "mode": "standard"},
+            retries={"total_max_attempts": 1, "mode": "standard"},
             read_timeout=read_timeout,
             connect_timeout=5,
         ),

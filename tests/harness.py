@@ -128,6 +128,8 @@ class Envoy:
                 "--admin-address-path", str(self.admin_path),
                 "--log-path", str(self.log_path),
                 "--disable-hot-restart",
+                # The log is flushed every 10 s by default; tests read usage records from it.
+                "--file-flush-interval-msec", "20",
                 "-l", "info",
             ],
             stdout=subprocess.DEVNULL,
@@ -171,6 +173,19 @@ class Envoy:
                 record["_thread"] = thread.group(1) if thread else None
                 out.append(record)
         return out
+
+    def settled_record_count(self, quiet_s: float = 0.2, timeout_s: float = 10) -> int:
+        """The number of usage records once none has arrived for `quiet_s`."""
+        deadline = time.monotonic() + timeout_s
+        count, since = len(self.usage_records()), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            now = len(self.usage_records())
+            if now != count:
+                count, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return count
+        raise TimeoutError("usage records kept arriving")
 
     def stop(self):
         if self.proc.poll() is None:

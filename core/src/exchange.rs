@@ -74,7 +74,12 @@ fn admit_inner(
         .filter(|(n, _)| is_client_credential_header(n))
         .map(|(n, _)| n.to_string())
         .collect();
+    let request_id = headers
+        .iter()
+        .find(|(n, _)| *n == "x-request-id")
+        .map(|(_, v)| v.chars().take(128).collect());
     Ok(Admission::Forward(Box::new(Exchange {
+        request_id,
         key_id: key.id.clone(),
         model,
         model_id,
@@ -104,6 +109,8 @@ pub struct UpstreamRequest {
 }
 
 pub struct Exchange {
+    /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
+    pub request_id: Option<String>,
     pub key_id: String,
     /// The model as the client named it.
     pub model: String,
@@ -192,6 +199,7 @@ impl Exchange {
         // No status: the upstream never answered (reset, timeout, client gone first).
         let status = self.status.unwrap_or(0);
         Some(record::make(record::Facts {
+            request_id: self.request_id.as_deref(),
             key_id: &self.key_id,
             model: &self.model,
             model_id: &self.model_id,

@@ -1,1 +1,1468 @@
-//! Usage extraction from responses (being written).
+//! Token usage read off Bedrock responses.
+//!
+//! The meter only observes copies of the response bytes; it never delays or alters them, and it
+//! never fails: anything it cannot make sense of is recorded in [`Reading::problem`].
+//!
+//! - Converse and Invoke bodies are JSON. Up to [`MAX_JSON_BODY`] bytes are copied and parsed
+//!   at [`UsageMeter::finish`]; if the body has no usage (or is too large or malformed) the
+//!   `x-amzn-bedrock-*-token-count` response headers are used.
+//! - ConverseStream and InvokeWithResponseStream bodies are AWS EventStream. Events are decoded
+//!   as they arrive, so [`UsageMeter::reading`] is current mid-stream; only the payloads that
+//!   carry usage or generated text are parsed.
+
+use core::fmt;
+use std::borrow::Cow;
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, Engine};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::eventstream::{Decoder, Message};
+use crate::{Operation, Usage};
+
+/// Largest non-stream body copied for parsing; past it the headers are the only source.
+pub const MAX_JSON_BODY: usize = 8 * 1024 * 1024;
+
+/// Scratch capacity kept for base64-decoded chunks between events.
+const RETAINED_SCRATCH: usize = 256 * 1024;
+
+/// What the meter knows about a response so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    /// Best knowledge so far.
+    pub usage: Usage,
+    /// The response's own final usage was seen: a JSON body's usage (or, failing that, the
+    /// token-count headers), ConverseStream `metadata`, or InvokeWithResponseStream
+    /// `amazon-bedrock-invocationMetrics` / Anthropic `message_delta` usage followed by
+    /// `message_stop`.
+    pub complete: bool,
+    /// The first EventStream `:exception-type` (or `:error-code`), an Anthropic stream `error`
+    /// event's type, or the `x-amzn-errortype` response header's type.
+    pub exception: Option<String>,
+    /// UTF-8 bytes of generated text (text, reasoning, tool-input JSON) seen in stream deltas.
+    pub output_text_bytes: u64,
+    /// EventStream messages seen, exceptions included.
+    pub events: u64,
+    /// The first thing that went wrong: bad frames, CRC errors, malformed JSON, body over cap.
+    pub problem: Option<String>,
+}
+
+impl Reading {
+    fn note_problem(&mut self, problem: impl FnOnce() -> String) {
+        if self.problem.is_none() {
+            self.problem = Some(problem());
+        }
+    }
+
+    fn note_exception(&mut self, exception: &str) {
+        if self.exception.is_none() {
+            self.exception = Some(exception.to_owned());
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Buffer (capped) and parse at the end.
+    Json,
+    /// Decode EventStream as it arrives.
+    Stream,
+    /// Neither: rely on headers.
+    Skip,
+}
+
+impl Mode {
+    fn of(op: Operation, content_type: Option<&str>) -> Self {
+        let has = |needle: &str| content_type.is_some_and(|ct| contains_ignore_case(ct, needle));
+        match content_type {
+            _ if has("vnd.amazon.eventstream") => Self::Stream,
+            // A JSON body on a stream operation is an error reply, sent before any event.
+            _ if has("json") => Self::Json,
+            None if op.is_stream() => Self::Stream,
+            None => Self::Json,
+            Some(_) => Self::Skip,
+        }
+    }
+}
+
+/// The `x-amzn-bedrock-*-token-count` response headers (InvokeModel).
+#[derive(Clone, Copy, Debug, Default)]
+struct HeaderCounts {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+}
+
+impl HeaderCounts {
+    fn usage(&self) -> Option<Usage> {
+        if self.input.is_none()
+            && self.output.is_none()
+            && self.cache_read.is_none()
+            && self.cache_write.is_none()
+        {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: self.input.unwrap_or(0),
+            output_tokens: self.output.unwrap_or(0),
+            cache_read_tokens: self.cache_read.unwrap_or(0),
+            cache_write_tokens: self.cache_write.unwrap_or(0),
+        })
+    }
+}
+
+/// Extracts token usage from one response. See the module docs.
+#[derive(Debug)]
+pub struct UsageMeter {
+    op: Operation,
+    /// Fixed by the content-type header, or by the operation at the first body byte.
+    mode: Option<Mode>,
+    headers: HeaderCounts,
+    reading: Reading,
+    body: Vec<u8>,
+    body_over_cap: bool,
+    decoder: Decoder,
+    stream: StreamState,
+    finished: bool,
+}
+
+impl UsageMeter {
+    pub fn new(op: Operation) -> Self {
+        Self {
+            op,
+            mode: None,
+            headers: HeaderCounts::default(),
+            reading: Reading::default(),
+            body: Vec::new(),
+            body_over_cap: false,
+            decoder: Decoder::new(),
+            stream: StreamState::new(op),
+            finished: false,
+        }
+    }
+
+    /// Response headers: `content-type`, `x-amzn-errortype` and InvokeModel's
+    /// `x-amzn-bedrock-{input,output,cache-read-input,cache-write-input}-token-count` (names
+    /// case-insensitive). The token counts are used for non-stream responses only.
+    pub fn on_response_headers<'a>(
+        &mut self,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
+        for (name, value) in headers {
+            let slot = if name.eq_ignore_ascii_case("content-type") {
+                if self.mode.is_none() {
+                    self.mode = Some(Mode::of(self.op, Some(value)));
+                }
+                continue;
+            } else if name.eq_ignore_ascii_case("x-amzn-errortype") {
+                // "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
+                let kind = value.split(':').next().unwrap_or("").trim();
+                if !kind.is_empty() {
+                    self.reading.note_exception(kind);
+                }
+                continue;
+            } else if name.eq_ignore_ascii_case("x-amzn-bedrock-input-token-count") {
+                &mut self.headers.input
+            } else if name.eq_ignore_ascii_case("x-amzn-bedrock-output-token-count") {
+                &mut self.headers.output
+            } else if name.eq_ignore_ascii_case("x-amzn-bedrock-cache-read-input-token-count") {
+                &mut self.headers.cache_read
+            } else if name.eq_ignore_ascii_case("x-amzn-bedrock-cache-write-input-token-count") {
+                &mut self.headers.cache_write
+            } else {
+                continue;
+            };
+            match value.trim().parse::<u64>() {
+                Ok(n) => *slot = Some(n),
+                Err(_) => self
+                    .reading
+                    .note_problem(|| format!("unparseable {} header", name.to_ascii_lowercase())),
+            }
+        }
+        if !self.finished && !self.is_stream() {
+            if let Some(usage) = self.headers.usage() {
+                self.reading.usage = usage;
+            }
+        }
+    }
+
+    /// A copy of the next body chunk.
+    pub fn on_body(&mut self, chunk: &[u8]) {
+        if self.finished || chunk.is_empty() {
+            return;
+        }
+        let op = self.op;
+        match *self.mode.get_or_insert_with(|| Mode::of(op, None)) {
+            Mode::Json => {
+                if self.body_over_cap {
+                    return;
+                }
+                if self.body.len().saturating_add(chunk.len()) > MAX_JSON_BODY {
+                    self.body_over_cap = true;
+                    self.body = Vec::new();
+                    self.reading.note_problem(|| {
+                        format!("body over the {MAX_JSON_BODY}-byte cap; usage from headers only")
+                    });
+                    return;
+                }
+                self.body.extend_from_slice(chunk);
+            }
+            Mode::Stream => {
+                if self.decoder.error().is_some() {
+                    return;
+                }
+                let Self {
+                    decoder,
+                    stream,
+                    reading,
+                    ..
+                } = self;
+                if let Err(err) = decoder.push(chunk, |m| stream.on_message(m, reading)) {
+                    reading.note_problem(|| format!("eventstream: {err}"));
+                }
+            }
+            Mode::Skip => {}
+        }
+    }
+
+    /// What is known so far; callable at any time.
+    #[must_use]
+    pub fn reading(&self) -> Reading {
+        self.reading.clone()
+    }
+
+    /// The body has ended: parses a buffered JSON body, flags a stream cut inside a message.
+    /// Later calls return the same reading; later body chunks are ignored.
+    pub fn finish(&mut self) -> Reading {
+        if !self.finished {
+            self.finished = true;
+            self.settle();
+        }
+        self.reading.clone()
+    }
+
+    fn is_stream(&self) -> bool {
+        self.mode.unwrap_or_else(|| Mode::of(self.op, None)) == Mode::Stream
+    }
+
+    fn settle(&mut self) {
+        let op = self.op;
+        match self.mode.unwrap_or_else(|| Mode::of(op, None)) {
+            Mode::Stream => {
+                let buffered = self.decoder.buffered();
+                if buffered > 0 {
+                    self.reading.note_problem(|| {
+                        format!(
+                            "stream ended inside an eventstream message ({buffered} bytes held)"
+                        )
+                    });
+                }
+            }
+            Mode::Json | Mode::Skip => {
+                let body = std::mem::take(&mut self.body);
+                let from_body = if body.is_empty() {
+                    None
+                } else {
+                    match serde_json::from_slice::<JsonBody>(&body) {
+                        Ok(parsed) => parsed.usage(),
+                        Err(err) => {
+                            self.reading
+                                .note_problem(|| format!("invalid JSON body: {err}"));
+                            None
+                        }
+                    }
+                };
+                if let Some(usage) = from_body.or_else(|| self.headers.usage()) {
+                    self.reading.usage = usage;
+                    self.reading.complete = true;
+                }
+            }
+        }
+    }
+}
+
+/// Per-event state of a streamed response.
+#[derive(Debug)]
+struct StreamState {
+    op: Operation,
+    /// Base64-decoded `chunk` bytes, reused between events.
+    scratch: Vec<u8>,
+    /// `amazon-bedrock-invocationMetrics` seen: usage is final, later model usage is ignored.
+    metrics_seen: bool,
+    /// Anthropic `message_delta` usage seen; `message_stop` after it completes the reading.
+    delta_usage_seen: bool,
+}
+
+impl StreamState {
+    fn new(op: Operation) -> Self {
+        Self {
+            op,
+            scratch: Vec::new(),
+            metrics_seen: false,
+            delta_usage_seen: false,
+        }
+    }
+
+    fn on_message(&mut self, m: Message<'_>, r: &mut Reading) {
+        r.events = r.events.saturating_add(1);
+        let index = r.events;
+        match m.message_type() {
+            Some("exception") => {
+                r.note_exception(m.exception_type().unwrap_or("exception"));
+                return;
+            }
+            Some("error") => {
+                r.note_exception(m.error_code().unwrap_or("error"));
+                return;
+            }
+            _ => {}
+        }
+        let Some(event) = m.event_type() else {
+            return;
+        };
+        match (self.op, event) {
+            (Operation::ConverseStream, "contentBlockDelta") => {
+                match serde_json::from_slice::<DeltaEvent>(m.payload) {
+                    Ok(e) => {
+                        r.output_text_bytes = r.output_text_bytes.saturating_add(e.delta.bytes())
+                    }
+                    Err(err) => r.note_problem(|| bad_json(event, index, &err)),
+                }
+            }
+            (Operation::ConverseStream, "metadata") => {
+                match serde_json::from_slice::<MetadataEvent>(m.payload) {
+                    Ok(e) => {
+                        if let Some(usage) = e.usage.filter(UsageFields::any) {
+                            usage.apply(&mut r.usage);
+                            r.complete = true;
+                        }
+                    }
+                    Err(err) => r.note_problem(|| bad_json(event, index, &err)),
+                }
+            }
+            (Operation::InvokeWithResponseStream, "chunk") => self.on_chunk(m.payload, index, r),
+            _ => {}
+        }
+    }
+
+    /// An InvokeWithResponseStream `chunk`: `{"bytes":"<base64 model event>","p":"…"}`.
+    fn on_chunk(&mut self, payload: &[u8], index: u64, r: &mut Reading) {
+        let part = match serde_json::from_slice::<PayloadPart<'_>>(payload) {
+            Ok(part) => part,
+            Err(err) => return r.note_problem(|| bad_json("chunk", index, &err)),
+        };
+        let Some(b64) = part.bytes else {
+            return r.note_problem(|| format!("chunk event {index} without bytes"));
+        };
+        self.scratch.clear();
+        if let Err(err) = BASE64.decode_vec(b64.as_bytes(), &mut self.scratch) {
+            return r.note_problem(|| format!("chunk event {index}: invalid base64: {err}"));
+        }
+        match serde_json::from_slice::<ModelEvent>(&self.scratch) {
+            Ok(e) => self.on_model_event(e, r),
+            Err(err) => r.note_problem(|| bad_json("chunk bytes", index, &err)),
+        }
+        if self.scratch.capacity() > RETAINED_SCRATCH {
+            self.scratch = Vec::new();
+        }
+    }
+
+    /// A model's own stream event: Anthropic Messages (also Llama and Nova text, best effort).
+    fn on_model_event(&mut self, e: ModelEvent, r: &mut Reading) {
+        let text = e
+            .delta
+            .bytes()
+            .saturating_add(e.generation.0)
+            .saturating_add(e.content_block_delta.map_or(0, |d| d.delta.bytes()));
+        r.output_text_bytes = r.output_text_bytes.saturating_add(text);
+
+        if let Some(error) = e.error {
+            r.note_exception(error.kind.as_deref().unwrap_or("error"));
+        } else if e.kind == Kind::Error {
+            r.note_exception("error");
+        }
+
+        if !self.metrics_seen {
+            if let Some(usage) = e.message.and_then(|m| m.usage) {
+                usage.apply(&mut r.usage); // message_start
+            }
+            if let Some(usage) = e.usage {
+                // message_delta: output_tokens is cumulative, so it replaces.
+                usage.apply(&mut r.usage);
+                if e.kind == Kind::MessageDelta && usage.output().is_some() {
+                    self.delta_usage_seen = true;
+                }
+            }
+            // Llama: prompt count on the first chunk, cumulative generation count after.
+            if let Some(n) = e.prompt_token_count.0 {
+                r.usage.input_tokens = n;
+            }
+            if let Some(n) = e.generation_token_count.0 {
+                r.usage.output_tokens = n;
+            }
+        }
+        if e.kind == Kind::MessageStop && self.delta_usage_seen {
+            r.complete = true;
+        }
+        if let Some(metrics) = e.metrics.filter(UsageFields::any) {
+            metrics.apply(&mut r.usage);
+            r.complete = true;
+            self.metrics_seen = true;
+        }
+    }
+}
+
+fn bad_json(event: &str, index: u64, err: &serde_json::Error) -> String {
+    format!("{event} event {index}: invalid JSON: {err}")
+}
+
+/// Standard alphabet; padding optional (Bedrock pads, but nothing is lost by not insisting).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wire shapes. Every struct ignores unknown fields and defaults missing ones; counts and text
+// lengths accept any JSON value, so a surprising type loses that field, not the whole event.
+
+/// Usage under every name Bedrock and its models use. Input counts exclude cached tokens.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageFields {
+    // Converse, Nova (and its invoke bodies), Converse-stream `metadata`.
+    #[serde(rename = "inputTokens")]
+    input_tokens_camel: Count,
+    #[serde(rename = "outputTokens")]
+    output_tokens_camel: Count,
+    #[serde(rename = "cacheReadInputTokens")]
+    cache_read_input_tokens_camel: Count,
+    #[serde(rename = "cacheWriteInputTokens")]
+    cache_write_input_tokens_camel: Count,
+    // Nova invoke bodies and `amazon-bedrock-invocationMetrics`.
+    #[serde(rename = "cacheReadInputTokenCount")]
+    cache_read_input_token_count: Count,
+    #[serde(rename = "cacheWriteInputTokenCount")]
+    cache_write_input_token_count: Count,
+    // `amazon-bedrock-invocationMetrics`.
+    #[serde(rename = "inputTokenCount")]
+    input_token_count: Count,
+    #[serde(rename = "outputTokenCount")]
+    output_token_count: Count,
+    // Anthropic Messages.
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_read_input_tokens: Count,
+    cache_creation_input_tokens: Count,
+}
+
+impl UsageFields {
+    fn input(&self) -> Option<u64> {
+        (self.input_tokens_camel.0)
+            .or(self.input_token_count.0)
+            .or(self.input_tokens.0)
+    }
+
+    fn output(&self) -> Option<u64> {
+        (self.output_tokens_camel.0)
+            .or(self.output_token_count.0)
+            .or(self.output_tokens.0)
+    }
+
+    fn cache_read(&self) -> Option<u64> {
+        (self.cache_read_input_tokens_camel.0)
+            .or(self.cache_read_input_token_count.0)
+            .or(self.cache_read_input_tokens.0)
+    }
+
+    fn cache_write(&self) -> Option<u64> {
+        (self.cache_write_input_tokens_camel.0)
+            .or(self.cache_write_input_token_count.0)
+            .or(self.cache_creation_input_tokens.0)
+    }
+
+    fn any(&self) -> bool {
+        self.input().is_some()
+            || self.output().is_some()
+            || self.cache_read().is_some()
+            || self.cache_write().is_some()
+    }
+
+    /// Overwrites the fields present here; absent ones keep what was known.
+    fn apply(&self, usage: &mut Usage) {
+        if let Some(n) = self.input() {
+            usage.input_tokens = n;
+        }
+        if let Some(n) = self.output() {
+            usage.output_tokens = n;
+        }
+        if let Some(n) = self.cache_read() {
+            usage.cache_read_tokens = n;
+        }
+        if let Some(n) = self.cache_write() {
+            usage.cache_write_tokens = n;
+        }
+    }
+
+    fn to_usage(self) -> Usage {
+        let mut usage = Usage::default();
+        self.apply(&mut usage);
+        usage
+    }
+}
+
+/// A non-stream body: Converse, Anthropic, Nova (`usage`) or Llama (top-level counts).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct JsonBody {
+    usage: Option<UsageFields>,
+    prompt_token_count: Count,
+    generation_token_count: Count,
+}
+
+impl JsonBody {
+    fn usage(&self) -> Option<Usage> {
+        if let Some(usage) = self.usage.filter(UsageFields::any) {
+            return Some(usage.to_usage());
+        }
+        if self.prompt_token_count.0.is_none() && self.generation_token_count.0.is_none() {
+            return None;
+        }
+        Some(Usage {
+            input_tokens: self.prompt_token_count.0.unwrap_or(0),
+            output_tokens: self.generation_token_count.0.unwrap_or(0),
+            ..Usage::default()
+        })
+    }
+}
+
+/// Generated text in a delta: Converse `text` / `reasoningContent.text` / `toolUse.input`,
+/// Anthropic `text` / `thinking` / `partial_json`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Delta {
+    text: TextLen,
+    thinking: TextLen,
+    partial_json: TextLen,
+    #[serde(rename = "reasoningContent")]
+    reasoning_content: TextField,
+    #[serde(rename = "toolUse")]
+    tool_use: InputField,
+}
+
+impl Delta {
+    fn bytes(&self) -> u64 {
+        (self.text.0)
+            .saturating_add(self.thinking.0)
+            .saturating_add(self.partial_json.0)
+            .saturating_add(self.reasoning_content.text.0)
+            .saturating_add(self.tool_use.input.0)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TextField {
+    text: TextLen,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InputField {
+    input: TextLen,
+}
+
+/// Converse-stream `contentBlockDelta` (and Nova invoke-stream `contentBlockDelta`'s value).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeltaEvent {
+    delta: Delta,
+}
+
+/// Converse-stream `metadata`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MetadataEvent {
+    usage: Option<UsageFields>,
+}
+
+/// Invoke-stream `chunk` payload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PayloadPart<'a> {
+    #[serde(borrow)]
+    bytes: Option<Cow<'a, str>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Kind {
+    MessageDelta,
+    MessageStop,
+    Error,
+    #[default]
+    #[serde(other)]
+    Other,
+}
+
+/// A model event inside an invoke-stream chunk.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ModelEvent {
+    #[serde(rename = "type")]
+    kind: Kind,
+    /// Anthropic `message_start`.
+    message: Option<UsageHolder>,
+    /// Anthropic `message_delta` (cumulative output).
+    usage: Option<UsageFields>,
+    /// Anthropic `content_block_delta`.
+    delta: Delta,
+    /// Anthropic `error`.
+    error: Option<ErrorInfo>,
+    #[serde(rename = "amazon-bedrock-invocationMetrics")]
+    metrics: Option<UsageFields>,
+    /// Llama.
+    generation: TextLen,
+    prompt_token_count: Count,
+    generation_token_count: Count,
+    /// Nova.
+    #[serde(rename = "contentBlockDelta")]
+    content_block_delta: Option<DeltaEvent>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageHolder {
+    usage: Option<UsageFields>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ErrorInfo {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// A token count: a non-negative integer (or a numeric string); anything else is "absent".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Count(Option<u64>);
+
+/// The UTF-8 length of a string value; anything else is 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct TextLen(u64);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor).map(|s| Count(s.count))
+    }
+}
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+            .map(|s| TextLen(s.text_len))
+    }
+}
+
+#[derive(Default)]
+struct Scalar {
+    count: Option<u64>,
+    text_len: u64,
+}
+
+/// Accepts any JSON value without allocating; only integers and strings carry information.
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar {
+            count: Some(v),
+            text_len: 0,
+        })
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar {
+            count: u64::try_from(v).ok(),
+            text_len: 0,
+        })
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::default())
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar {
+            count: v.trim().parse().ok(),
+            text_len: u64::try_from(v.len()).unwrap_or(u64::MAX),
+        })
+    }
+
+    fn visit_unit<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::default())
+    }
+
+    fn visit_none<E>(self) -> Result<Scalar, E> {
+        Ok(Scalar::default())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::default())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eventstream::encode;
+    use base64::engine::general_purpose::STANDARD;
+
+    fn event(event_type: &str, payload: &str) -> Vec<u8> {
+        encode(
+            &[
+                (":event-type", event_type),
+                (":content-type", "application/json"),
+                (":message-type", "event"),
+            ],
+            payload.as_bytes(),
+        )
+    }
+
+    fn exception(kind: &str, message: &str) -> Vec<u8> {
+        encode(
+            &[
+                (":exception-type", kind),
+                (":content-type", "application/json"),
+                (":message-type", "exception"),
+            ],
+            format!(r#"{{"message":"{message}"}}"#).as_bytes(),
+        )
+    }
+
+    /// An invoke-stream `chunk` wrapping a model event, with Bedrock's `"p"` padding.
+    fn chunk(model_event: &str) -> Vec<u8> {
+        let b64 = STANDARD.encode(model_event);
+        event(
+            "chunk",
+            &format!(r#"{{"bytes":"{b64}","p":"abcdefghijklmnopqrs"}}"#),
+        )
+    }
+
+    const EVENTSTREAM: &str = "application/vnd.amazon.eventstream";
+
+    fn meter_with(op: Operation, content_type: &str) -> UsageMeter {
+        let mut m = UsageMeter::new(op);
+        m.on_response_headers([("Content-Type", content_type), ("x-amzn-requestid", "abc")]);
+        m
+    }
+
+    fn run(op: Operation, content_type: &str, chunks: &[&[u8]]) -> Reading {
+        let mut m = meter_with(op, content_type);
+        for c in chunks {
+            m.on_body(c);
+        }
+        m.finish()
+    }
+
+    fn usage(input: u64, output: u64, read: u64, write: u64) -> Usage {
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: read,
+            cache_write_tokens: write,
+        }
+    }
+
+    // ---- non-stream --------------------------------------------------------------------
+
+    #[test]
+    fn converse_json_without_cache() {
+        let body = br#"{"metrics":{"latencyMs":512},"output":{"message":{"content":[{"text":"Hi there"}],"role":"assistant"}},"stopReason":"end_turn","usage":{"inputTokens":25,"outputTokens":9,"totalTokens":34}}"#;
+        let r = run(
+            Operation::Converse,
+            "application/json",
+            &[&body[..10], &body[10..]],
+        );
+        assert_eq!(r.usage, usage(25, 9, 0, 0));
+        assert!(r.complete);
+        assert_eq!(r.problem, None);
+        assert_eq!((r.events, r.output_text_bytes), (0, 0));
+    }
+
+    #[test]
+    fn converse_json_with_cache() {
+        let body = br#"{"output":{"message":{"content":[{"text":"ok"}],"role":"assistant"}},"stopReason":"end_turn","usage":{"inputTokens":12,"outputTokens":3,"totalTokens":2063,"cacheReadInputTokens":2000,"cacheWriteInputTokens":48,"cacheDetails":[{"ttl":"5m","inputTokens":48}]},"metrics":{"latencyMs":300}}"#;
+        let r = run(Operation::Converse, "application/json", &[body]);
+        assert_eq!(r.usage, usage(12, 3, 2000, 48));
+        assert_eq!(r.usage.total_input(), 2060);
+        assert!(r.complete);
+    }
+
+    #[test]
+    fn anthropic_invoke_json() {
+        let body = br#"{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":14,"cache_creation_input_tokens":1024,"cache_read_input_tokens":512,"cache_creation":{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":0},"output_tokens":7,"server_tool_use":null}}"#;
+        let mut m = meter_with(Operation::Invoke, "application/json");
+        // Headers say something else: the body wins.
+        m.on_response_headers([
+            ("X-Amzn-Bedrock-Input-Token-Count", "99"),
+            ("X-Amzn-Bedrock-Output-Token-Count", "99"),
+        ]);
+        assert_eq!(m.reading().usage, usage(99, 99, 0, 0));
+        assert!(!m.reading().complete);
+        m.on_body(body);
+        let r = m.finish();
+        assert_eq!(r.usage, usage(14, 7, 512, 1024));
+        assert!(r.complete);
+        assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn nova_invoke_json() {
+        let body = br#"{"output":{"message":{"content":[{"text":"Bonjour"}],"role":"assistant"}},"stopReason":"end_turn","usage":{"inputTokens":8,"outputTokens":4,"totalTokens":112,"cacheReadInputTokenCount":100,"cacheWriteInputTokenCount":0}}"#;
+        let r = run(Operation::Invoke, "application/json", &[body]);
+        assert_eq!(r.usage, usage(8, 4, 100, 0));
+        assert!(r.complete);
+    }
+
+    #[test]
+    fn llama_invoke_json() {
+        let body = br#"{"generation":" Paris.","prompt_token_count":17,"generation_token_count":3,"stop_reason":"stop"}"#;
+        let r = run(Operation::Invoke, "application/json", &[body]);
+        assert_eq!(r.usage, usage(17, 3, 0, 0));
+        assert!(r.complete);
+    }
+
+    #[test]
+    fn headers_fallback_when_body_has_no_usage() {
+        // Titan embeddings: no usage object in the body.
+        let body = br#"{"embedding":[0.1,-0.2,0.3],"inputTextTokenCount":6}"#;
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers([
+            ("content-type", "application/json"),
+            ("x-amzn-bedrock-input-token-count", "6"),
+            ("X-AMZN-BEDROCK-OUTPUT-TOKEN-COUNT", " 0 "),
+            ("x-amzn-bedrock-cache-read-input-token-count", "2"),
+            ("x-amzn-Bedrock-Cache-Write-Input-Token-Count", "3"),
+            ("x-amzn-bedrock-invocation-latency", "120"),
+        ]);
+        m.on_body(body);
+        let r = m.finish();
+        assert_eq!(r.usage, usage(6, 0, 2, 3));
+        assert!(r.complete);
+        assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn headers_fallback_for_non_json_and_invalid_bodies() {
+        let headers = [
+            ("x-amzn-bedrock-input-token-count", "5"),
+            ("x-amzn-bedrock-output-token-count", "1"),
+        ];
+        // Non-JSON content type: the body is not even buffered.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers([("content-type", "image/png")]);
+        m.on_response_headers(headers);
+        m.on_body(b"\x89PNG\r\n");
+        assert!(m.body.is_empty());
+        let r = m.finish();
+        assert_eq!(
+            (r.usage, r.complete, r.problem),
+            (usage(5, 1, 0, 0), true, None)
+        );
+
+        // Invalid JSON: a problem, and the headers.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(headers);
+        m.on_body(b"{\"usage\": {\"input_tokens\": 3,");
+        let r = m.finish();
+        assert_eq!(r.usage, usage(5, 1, 0, 0));
+        assert!(r.complete);
+        assert!(r.problem.unwrap().starts_with("invalid JSON body"));
+
+        // Unparseable header value: recorded, ignored.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers([
+            ("x-amzn-bedrock-input-token-count", "-4"),
+            ("x-amzn-bedrock-output-token-count", "2"),
+        ]);
+        let r = m.finish();
+        assert_eq!(r.usage, usage(0, 2, 0, 0));
+        assert_eq!(
+            r.problem.as_deref(),
+            Some("unparseable x-amzn-bedrock-input-token-count header")
+        );
+    }
+
+    #[test]
+    fn error_bodies_yield_no_usage() {
+        let mut m = UsageMeter::new(Operation::Converse);
+        m.on_response_headers([
+            ("content-type", "application/json"),
+            (
+                "x-amzn-errortype",
+                "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+            ),
+        ]);
+        m.on_body(br#"{"message":"The provided model identifier is invalid."}"#);
+        let r = m.finish();
+        assert_eq!(r.usage, Usage::default());
+        assert!(!r.complete);
+        assert_eq!(r.exception.as_deref(), Some("ValidationException"));
+        assert_eq!(r.problem, None);
+
+        // A stream operation answered with a JSON error before any event.
+        let r = run(
+            Operation::ConverseStream,
+            "application/json",
+            &[br#"{"message":"Too many requests, please wait before trying again."}"#],
+        );
+        assert_eq!(
+            (r.usage, r.complete, r.events, r.problem),
+            (Usage::default(), false, 0, None)
+        );
+
+        // An empty body is not a problem either.
+        let r = run(Operation::Invoke, "application/json", &[]);
+        assert_eq!(r, Reading::default());
+    }
+
+    #[test]
+    fn odd_json_types_lose_a_field_not_the_body() {
+        let body = br#"{"usage":{"inputTokens":"12","outputTokens":-1,"cacheReadInputTokens":1.5,"cacheWriteInputTokens":null,"input_tokens":{"x":[1,2]}}}"#;
+        let r = run(Operation::Converse, "application/json", &[body]);
+        assert_eq!(r.usage, usage(12, 0, 0, 0));
+        assert!(r.complete);
+        assert_eq!(r.problem, None);
+        // Not an object at all.
+        let r = run(Operation::Converse, "application/json", &[b"[1,2,3]"]);
+        assert!(r.problem.is_some() && !r.complete);
+    }
+
+    #[test]
+    fn deeply_nested_json_does_not_overflow_the_stack() {
+        // Past the typed shapes, values are skipped by serde_json's iterative `IgnoredAny`, and
+        // serde_json refuses more than 128 levels of real recursion: no stack overflow either way.
+        let deep = |inner: &str| format!("{}{inner}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let bodies = [
+            deep(""),
+            format!(r#"{{"usage":{{"inputTokens":{}}}}}"#, deep("1")),
+            format!(r#"{{"usage":{}}}"#, deep("")),
+            format!(
+                r#"{{"output":{}, "usage":{{"inputTokens":5}}}}"#,
+                deep("{}")
+            ),
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let r = run(Operation::Converse, "application/json", &[body.as_bytes()]);
+            let expected = if i == 3 { 5 } else { 0 };
+            assert_eq!(r.usage.input_tokens, expected);
+            let stream = event("metadata", body);
+            let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+            assert_eq!((r.events, r.usage.input_tokens), (1, expected));
+        }
+    }
+
+    #[test]
+    fn nine_mib_body_is_capped() {
+        let mut body = br#"{"usage":{"inputTokens":1,"outputTokens":2},"pad":""#.to_vec();
+        body.resize(9 * 1024 * 1024, b'x');
+        body.extend_from_slice(b"\"}");
+        let mut m = UsageMeter::new(Operation::Converse);
+        m.on_response_headers([("content-type", "application/json")]);
+        for c in body.chunks(64 * 1024) {
+            m.on_body(c);
+            assert!(m.body.len() <= MAX_JSON_BODY);
+        }
+        assert!(m.body.capacity() <= MAX_JSON_BODY);
+        let r = m.finish();
+        assert!(r.problem.unwrap().contains("cap"));
+        assert_eq!(r.usage, Usage::default());
+        assert!(!r.complete);
+
+        // With headers, they carry the usage.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers([
+            ("x-amzn-bedrock-input-token-count", "7"),
+            ("x-amzn-bedrock-output-token-count", "8"),
+        ]);
+        m.on_body(&body);
+        let r = m.finish();
+        assert_eq!((r.usage, r.complete), (usage(7, 8, 0, 0), true));
+        assert!(r.problem.is_some());
+    }
+
+    // ---- ConverseStream -----------------------------------------------------------------
+
+    fn converse_stream() -> Vec<u8> {
+        [
+            event("messageStart", r#"{"p":"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNO","role":"assistant"}"#),
+            event("contentBlockStart", r#"{"contentBlockIndex":0,"p":"abc","start":{}}"#),
+            event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"Think"}},"p":"abcdef"}"#),
+            event("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"signature":"c2lnbmF0dXJl"}},"p":"ab"}"#),
+            event("contentBlockStop", r#"{"contentBlockIndex":0,"p":"abcdefghijklmnopq"}"#),
+            event("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"text":"Hello"},"p":"abcdef"}"#),
+            event("contentBlockDelta", r#"{"contentBlockIndex":1,"delta":{"text":", w\u00f6rld \"q\"!"},"p":"abcdefghijkl"}"#),
+            event("contentBlockStop", r#"{"contentBlockIndex":1,"p":"abcdefghijklmnopq"}"#),
+            event("contentBlockStart", r#"{"contentBlockIndex":2,"start":{"toolUse":{"name":"get_weather","toolUseId":"tooluse_1"}},"p":"ab"}"#),
+            event("contentBlockDelta", r#"{"contentBlockIndex":2,"delta":{"toolUse":{"input":"{\"city\": \"Paris\"}"}},"p":"abc"}"#),
+            event("contentBlockStop", r#"{"contentBlockIndex":2,"p":"abcdefghijklmnopq"}"#),
+            event("messageStop", r#"{"p":"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU","stopReason":"tool_use"}"#),
+            event("metadata", r#"{"metrics":{"latencyMs":812},"p":"abcdefghijklmnopqrstuvwxy","usage":{"cacheReadInputTokens":300,"cacheWriteInputTokens":0,"inputTokens":42,"outputTokens":31,"totalTokens":373}}"#),
+        ]
+        .concat()
+    }
+
+    /// "Think" + "Hello" + ", wörld \"q\"!" (unescaped) + `{"city": "Paris"}`.
+    const CONVERSE_TEXT_BYTES: u64 = 5 + 5 + 13 + 17;
+
+    #[test]
+    fn converse_stream_full() {
+        let stream = converse_stream();
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(
+            r,
+            Reading {
+                usage: usage(42, 31, 300, 0),
+                complete: true,
+                exception: None,
+                output_text_bytes: CONVERSE_TEXT_BYTES,
+                events: 13,
+                problem: None,
+            }
+        );
+    }
+
+    #[test]
+    fn converse_stream_every_split_gives_the_same_reading() {
+        let stream = converse_stream();
+        let expected = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(
+                run(Operation::ConverseStream, EVENTSTREAM, &[a, b]),
+                expected,
+                "cut at {cut}"
+            );
+        }
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(
+            run(Operation::ConverseStream, EVENTSTREAM, &bytes),
+            expected
+        );
+    }
+
+    #[test]
+    fn converse_stream_reading_mid_stream_and_cut() {
+        let stream = converse_stream();
+        let mut m = meter_with(Operation::ConverseStream, EVENTSTREAM);
+        // Everything up to the end of the first text delta, then half of the next message.
+        let mut msgs = 0;
+        let mut at = 0;
+        while msgs < 6 {
+            at += u32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+            msgs += 1;
+        }
+        m.on_body(&stream[..at + 20]);
+        let r = m.reading();
+        assert_eq!((r.events, r.output_text_bytes, r.complete), (6, 10, false));
+        assert_eq!(r.usage, Usage::default());
+        let r = m.finish();
+        assert!(!r.complete);
+        assert!(r.problem.unwrap().contains("stream ended inside"));
+
+        // Cut on a message boundary: no problem, still incomplete.
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream[..at]]);
+        assert_eq!(
+            (r.events, r.output_text_bytes, r.complete, r.problem),
+            (6, 10, false, None)
+        );
+    }
+
+    #[test]
+    fn converse_stream_exception_mid_stream() {
+        let stream = [
+            event("messageStart", r#"{"role":"assistant"}"#),
+            event(
+                "contentBlockDelta",
+                r#"{"contentBlockIndex":0,"delta":{"text":"Partial"}}"#,
+            ),
+            exception("modelStreamErrorException", "Model stream failed"),
+            exception("internalServerException", "later"),
+        ]
+        .concat();
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(r.exception.as_deref(), Some("modelStreamErrorException"));
+        assert_eq!((r.events, r.output_text_bytes, r.complete), (4, 7, false));
+        assert_eq!(r.problem, None);
+
+        let err = encode(
+            &[
+                (":message-type", "error"),
+                (":error-code", "InternalFailure"),
+                (":error-message", "boom"),
+            ],
+            b"",
+        );
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&err]);
+        assert_eq!(r.exception.as_deref(), Some("InternalFailure"));
+    }
+
+    #[test]
+    fn corrupt_crc_sets_problem_and_stops() {
+        let mut stream = converse_stream();
+        let last = stream.len() - 1;
+        stream[last] ^= 0xff; // metadata's message CRC
+        let mut m = meter_with(Operation::ConverseStream, EVENTSTREAM);
+        m.on_body(&stream);
+        m.on_body(&converse_stream()); // ignored: the stream cannot resync
+        let r = m.finish();
+        assert!(r.problem.unwrap().contains("message CRC mismatch"));
+        assert_eq!((r.events, r.complete), (12, false));
+        assert_eq!(r.output_text_bytes, CONVERSE_TEXT_BYTES);
+
+        let mut stream = converse_stream();
+        stream[5] ^= 0x01; // first prelude
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        assert!(r.problem.unwrap().contains("prelude CRC mismatch"));
+        assert_eq!(r.events, 0);
+    }
+
+    #[test]
+    fn invalid_event_json_is_a_problem_but_decoding_continues() {
+        let stream = [
+            event("contentBlockDelta", r#"{"delta":{"text":"ab"#),
+            event("contentBlockDelta", r#"{"delta":{"text":"abc"}}"#),
+            event(
+                "metadata",
+                r#"{"usage":{"inputTokens":1,"outputTokens":2}}"#,
+            ),
+        ]
+        .concat();
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        assert!(r
+            .problem
+            .unwrap()
+            .starts_with("contentBlockDelta event 1: invalid JSON"));
+        assert_eq!(
+            (r.usage, r.complete, r.output_text_bytes),
+            (usage(1, 2, 0, 0), true, 3)
+        );
+    }
+
+    // ---- InvokeWithResponseStream ------------------------------------------------------
+
+    fn anthropic_stream(invocation_metrics: bool) -> Vec<u8> {
+        let stop = if invocation_metrics {
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":20,"outputTokenCount":25,"invocationLatency":1200,"firstByteLatency":300,"cacheReadInputTokenCount":1000,"cacheWriteInputTokenCount":50}}"#
+        } else {
+            r#"{"type":"message_stop"}"#
+        };
+        [
+            chunk(r#"{"type":"message_start","message":{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-3-5-sonnet-20241022","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":20,"cache_creation_input_tokens":50,"cache_read_input_tokens":1000,"output_tokens":1}}}"#),
+            chunk(r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#),
+            chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Hmm."}}"#),
+            chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"RXVn"}}"#),
+            chunk(r#"{"type":"content_block_stop","index":0}"#),
+            chunk(r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Héllo"}}"#),
+            chunk(r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#),
+            chunk(r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":10}}"#),
+            chunk(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":25}}"#),
+            chunk(stop),
+        ]
+        .concat()
+    }
+
+    /// "Hmm." + "Héllo" + `{"a":1}`.
+    const ANTHROPIC_TEXT_BYTES: u64 = 4 + 6 + 7;
+
+    #[test]
+    fn invoke_stream_with_invocation_metrics() {
+        let stream = anthropic_stream(true);
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(
+            r,
+            Reading {
+                usage: usage(20, 25, 1000, 50),
+                complete: true,
+                exception: None,
+                output_text_bytes: ANTHROPIC_TEXT_BYTES,
+                events: 10,
+                problem: None,
+            }
+        );
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            assert_eq!(
+                run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[a, b]),
+                r,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn invoke_stream_cumulative_delta_replaces() {
+        // Two message_delta events, 10 then 25: the output is 25, not 35 (nor 36 with start's 1).
+        let stream = anthropic_stream(false);
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(r.usage, usage(20, 25, 1000, 50));
+        assert!(r.complete, "message_delta usage + message_stop completes");
+    }
+
+    #[test]
+    fn invoke_stream_metrics_are_authoritative() {
+        let stream = [
+            chunk(r#"{"type":"message_start","message":{"usage":{"input_tokens":9,"output_tokens":1}}}"#),
+            chunk(r#"{"type":"message_delta","usage":{"output_tokens":4}}"#),
+            chunk(r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":10,"outputTokenCount":5}}"#),
+            // Anything after the metrics does not move the final usage.
+            chunk(r#"{"type":"message_delta","usage":{"output_tokens":400}}"#),
+        ]
+        .concat();
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!((r.usage, r.complete), (usage(10, 5, 0, 0), true));
+    }
+
+    #[test]
+    fn invoke_stream_newer_message_delta_carries_input_and_cache() {
+        let stream = [
+            chunk(r#"{"type":"message_start","message":{"usage":{"input_tokens":3,"cache_read_input_tokens":0,"output_tokens":1}}}"#),
+            chunk(r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":3,"cache_creation_input_tokens":7,"cache_read_input_tokens":11,"output_tokens":12,"server_tool_use":{"web_search_requests":1}}}"#),
+            chunk(r#"{"type":"message_stop"}"#),
+        ]
+        .concat();
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!((r.usage, r.complete), (usage(3, 12, 11, 7), true));
+    }
+
+    #[test]
+    fn invoke_stream_cut_midway() {
+        let stream = anthropic_stream(true);
+        let mut m = meter_with(Operation::InvokeWithResponseStream, EVENTSTREAM);
+        // First six chunks and a few bytes of the seventh.
+        let mut at = 0;
+        for _ in 0..6 {
+            at += u32::from_be_bytes(stream[at..at + 4].try_into().unwrap()) as usize;
+        }
+        m.on_body(&stream[..at + 3]);
+        let r = m.reading();
+        assert_eq!(
+            r.usage,
+            usage(20, 1, 1000, 50),
+            "message_start usage known mid-stream"
+        );
+        assert_eq!(
+            (r.output_text_bytes, r.events, r.complete),
+            (4 + 6, 6, false)
+        );
+        let r = m.finish();
+        assert!(!r.complete);
+        assert!(r.problem.is_some());
+    }
+
+    #[test]
+    fn invoke_stream_exceptions() {
+        let stream = [
+            chunk(r#"{"type":"message_start","message":{"usage":{"input_tokens":5,"output_tokens":1}}}"#),
+            chunk(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"abc"}}"#),
+            exception("modelTimeoutException", "Model has timed out"),
+        ]
+        .concat();
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(r.exception.as_deref(), Some("modelTimeoutException"));
+        assert_eq!(
+            (r.usage, r.complete, r.output_text_bytes, r.events),
+            (usage(5, 1, 0, 0), false, 3, 3)
+        );
+
+        // Anthropic's own error event inside a chunk.
+        let stream =
+            chunk(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+        assert_eq!(r.exception.as_deref(), Some("overloaded_error"));
+    }
+
+    #[test]
+    fn invoke_stream_llama_and_nova() {
+        let llama = [
+            chunk(r#"{"generation":"Hel","prompt_token_count":12,"generation_token_count":1,"stop_reason":null}"#),
+            chunk(r#"{"generation":"lo","prompt_token_count":null,"generation_token_count":2,"stop_reason":null}"#),
+            chunk(r#"{"generation":"","prompt_token_count":null,"generation_token_count":3,"stop_reason":"stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":12,"outputTokenCount":3,"invocationLatency":200,"firstByteLatency":90}}"#),
+        ]
+        .concat();
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&llama]);
+        assert_eq!(
+            (r.usage, r.complete, r.output_text_bytes),
+            (usage(12, 3, 0, 0), true, 5)
+        );
+
+        let nova = [
+            chunk(r#"{"messageStart":{"role":"assistant"}}"#),
+            chunk(r#"{"contentBlockDelta":{"delta":{"text":"Salut"},"contentBlockIndex":0}}"#),
+            chunk(r#"{"metadata":{"usage":{"inputTokens":4,"outputTokens":2}},"amazon-bedrock-invocationMetrics":{"inputTokenCount":4,"outputTokenCount":2,"invocationLatency":1,"firstByteLatency":1,"cacheReadInputTokenCount":0,"cacheWriteInputTokenCount":0}}"#),
+        ]
+        .concat();
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&nova]);
+        assert_eq!(
+            (r.usage, r.complete, r.output_text_bytes),
+            (usage(4, 2, 0, 0), true, 5)
+        );
+    }
+
+    #[test]
+    fn invoke_stream_bad_chunks_never_panic() {
+        let cases: Vec<Vec<u8>> = vec![
+            event("chunk", r#"{"bytes":"!!!not base64!!!"}"#),
+            event("chunk", r#"{"bytes":42}"#),
+            event("chunk", r#"{"p":"no bytes"}"#),
+            event("chunk", "not json at all"),
+            chunk("not json inside"),
+            chunk(r#"{"type":7}"#),
+            chunk(r#"{"type":"message_delta","usage":"nope"}"#),
+            event(
+                "chunk",
+                &format!(r#"{{"bytes":"{}"}}"#, STANDARD.encode([0xff, 0xfe, 0x00])),
+            ),
+        ];
+        for case in cases {
+            let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&case]);
+            assert_eq!(r.events, 1);
+            assert!(r.problem.is_some(), "{:?}", String::from_utf8_lossy(&case));
+            assert!(!r.complete);
+        }
+        // Unpadded base64 is accepted; escaped slashes in the JSON string too.
+        let raw = r#"{"type":"message_delta","usage":{"output_tokens":63}}"#;
+        let b64 = STANDARD
+            .encode(raw)
+            .trim_end_matches('=')
+            .replace('/', "\\/");
+        let r = run(
+            Operation::InvokeWithResponseStream,
+            EVENTSTREAM,
+            &[&event("chunk", &format!(r#"{{"bytes":"{b64}"}}"#))],
+        );
+        assert_eq!((r.usage.output_tokens, r.problem), (63, None));
+    }
+
+    #[test]
+    fn garbage_bodies_never_panic() {
+        for op in [
+            Operation::Converse,
+            Operation::ConverseStream,
+            Operation::Invoke,
+            Operation::InvokeWithResponseStream,
+        ] {
+            let r = run(op, EVENTSTREAM, &[b"<html>502 Bad Gateway</html>"]);
+            assert!(r.problem.is_some());
+            let r = run(op, "application/json", &[b"\x00\x01\x02garbage"]);
+            assert!(r.problem.is_some());
+            let mut m = UsageMeter::new(op); // no headers at all
+            m.on_body(b"\x00\x00\x00\x10");
+            let _ = m.reading();
+            let _ = m.finish();
+            m.on_body(b"after finish is ignored");
+            assert_eq!(m.finish(), m.reading());
+        }
+    }
+
+    #[test]
+    fn random_bytes_in_random_chunks_never_panic() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const NOISE: &[u8] = br#"{}[]":,0123456789-eE.tfnul\ abc_usage_tokens_delta_text"#;
+        fn noise(next: &mut impl FnMut() -> u64) -> String {
+            let n = next() % 200;
+            (0..n)
+                .map(|_| char::from(NOISE[(next() % NOISE.len() as u64) as usize]))
+                .collect()
+        }
+        let ops = [
+            Operation::Converse,
+            Operation::ConverseStream,
+            Operation::Invoke,
+            Operation::InvokeWithResponseStream,
+        ];
+        let types = [EVENTSTREAM, "application/json", "text/plain", ""];
+        let valid = [converse_stream(), anthropic_stream(true)];
+        for round in 0..800u64 {
+            let op = ops[(next() % 4) as usize];
+            let bytes: Vec<u8> = match round % 4 {
+                0 => (0..next() % 2000).map(|_| next() as u8).collect(),
+                // Valid streams with a few flipped bits get past the CRC checks sometimes.
+                1 => {
+                    let mut v = valid[(next() % 2) as usize].clone();
+                    for _ in 0..next() % 3 {
+                        let i = (next() as usize) % v.len();
+                        v[i] ^= 1 << (next() % 8);
+                    }
+                    v
+                }
+                // JSON-ish noise as a body...
+                2 => noise(&mut next).into_bytes(),
+                // ...and inside valid frames, so it reaches the event parsers.
+                _ => {
+                    let mut v = Vec::new();
+                    for _ in 0..next() % 6 {
+                        let kind =
+                            ["contentBlockDelta", "metadata", "chunk"][(next() % 3) as usize];
+                        v.extend(match next() % 3 {
+                            0 => chunk(&noise(&mut next)),
+                            1 => event(kind, &format!(r#"{{"bytes":"{}"}}"#, noise(&mut next))),
+                            _ => event(kind, &noise(&mut next)),
+                        });
+                    }
+                    v
+                }
+            };
+            let mut m = UsageMeter::new(op);
+            let ct = types[(next() % 4) as usize];
+            if !ct.is_empty() {
+                m.on_response_headers([("content-type", ct)]);
+            }
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = ((next() % 97) as usize + 1).min(rest.len());
+                let (c, tail) = rest.split_at(n);
+                m.on_body(c);
+                let _ = m.reading();
+                rest = tail;
+            }
+            let r = m.finish();
+            assert!(r.events < 1000);
+        }
+    }
+}

@@ -22,6 +22,8 @@ pub enum UsageSource {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UsageRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub key_id: String,
     /// The model as the client named it (alias or ID).
     pub model: String,
@@ -91,6 +93,7 @@ pub fn billable(status: u16, sent_upstream: bool, reading: &Reading, request_byt
 
 /// Everything about an exchange the record needs.
 pub struct Facts<'a> {
+    pub request_id: Option<&'a str>,
     pub key_id: &'a str,
     pub model: &'a str,
     pub model_id: &'a str,
@@ -108,6 +111,7 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
     let (usage, usage_source) = billable(f.status, f.sent_upstream, f.reading, f.request_bytes);
     let quote = pricing::quote(f.region, f.model_id);
     UsageRecord {
+        request_id: f.request_id.map(str::to_string),
         key_id: f.key_id.to_string(),
         model: f.model.to_string(),
         model_id: f.model_id.to_string(),
@@ -118,7 +122,7 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
         output_tokens: usage.output_tokens,
         cache_read_tokens: usage.cache_read_tokens,
         cache_write_tokens: usage.cache_write_tokens,
-        cost_pico_usd: pricing::cost(&usage, &quote.price),
+        cost_pico_usd: quote.cost(&usage),
         usage_source,
         priced_as: quote.source,
         exception: f.reading.exception.clone(),

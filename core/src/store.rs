@@ -71,9 +71,12 @@ pub mod memory {
     use std::collections::HashMap;
     use std::sync::Mutex;
 
+    /// Values with their versions, and the last version handed out.
+    type Entries = (HashMap<String, (Vec<u8>, Cas)>, Cas);
+
     #[derive(Default)]
     pub struct MemoryStore {
-        inner: Mutex<(HashMap<String, (Vec<u8>, Cas)>, Cas)>,
+        inner: Mutex<Entries>,
     }
 
     impl CasStore for MemoryStore {

@@ -1,0 +1,208 @@
+//! Test directives embedded in a request body: `[[emu:NAME]]` or `[[emu:NAME=VALUE]]`.
+//!
+//! They are found in the raw body bytes, so they work in any body (Converse JSON, Anthropic
+//! Messages JSON, anything else) wherever the test puts them, typically in a message's text.
+//! Unknown names and malformed values are ignored; when a name appears more than once the
+//! last occurrence wins (so the latest message of a conversation decides).
+
+/// Most output tokens the emulator will serve.
+pub const MAX_OUTPUT_TOKENS: u64 = 100_000;
+/// Cap on `input`, `cache-read` and `cache-write`.
+pub const MAX_OTHER_TOKENS: u64 = 1_000_000_000;
+/// Cap on `slow`, in milliseconds.
+pub const MAX_SLOW_MS: u64 = 10_000;
+/// Cap on `events` and `fail-after`.
+pub const MAX_EVENTS: u32 = 10_000;
+
+const OPEN: &[u8] = b"[[emu:";
+const CLOSE: &[u8] = b"]]";
+/// Longest `NAME=VALUE` considered; an opening `[[emu:` without a close within this many bytes
+/// is ignored.
+const MAX_DIRECTIVE_LEN: usize = 128;
+/// Most directives read from one body.
+const MAX_DIRECTIVES: usize = 256;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Directives {
+    /// `[[emu:input=N]]`: input tokens to report instead of ceil(body length / 4).
+    pub input: Option<u64>,
+    /// `[[emu:output=N]]`: output tokens to serve (capped at [`MAX_OUTPUT_TOKENS`]).
+    pub output: Option<u64>,
+    /// `[[emu:cache-read=N]]`.
+    pub cache_read: Option<u64>,
+    /// `[[emu:cache-write=N]]`.
+    pub cache_write: Option<u64>,
+    /// `[[emu:throttle]]`: answer 429 ThrottlingException.
+    pub throttle: bool,
+    /// `[[emu:error=STATUS:TYPE]]`: answer STATUS (400..=599) with `x-amzn-ErrorType: TYPE`.
+    pub error: Option<(u16, String)>,
+    /// `[[emu:slow=MS]]`: wait before a non-stream answer, or between stream events.
+    pub slow_ms: Option<u64>,
+    /// `[[emu:fail-after=N]]`: streams end with a modelStreamErrorException frame after N
+    /// content deltas.
+    pub fail_after: Option<u32>,
+    /// `[[emu:events=N]]`: number of content delta events in a stream (1..=10000).
+    pub events: Option<u32>,
+    /// `[[emu:stop=REASON]]`: the stop reason to report instead of `end_turn`.
+    pub stop_reason: Option<String>,
+    /// Every directive recognised, as written (`output=5`), in body order.
+    pub seen: Vec<String>,
+}
+
+impl Directives {
+    /// Finds every directive in `body`.
+    pub fn parse(body: &[u8]) -> Self {
+        let mut d = Directives::default();
+        let mut rest = body;
+        // Each pass consumes at least OPEN.len() bytes, and at most MAX_DIRECTIVES are read.
+        while d.seen.len() < MAX_DIRECTIVES {
+            let Some(start) = find(rest, OPEN) else { break };
+            rest = &rest[start + OPEN.len()..];
+            let window = &rest[..rest.len().min(MAX_DIRECTIVE_LEN + CLOSE.len())];
+            let Some(end) = find(window, CLOSE) else {
+                continue;
+            };
+            let Ok(text) = std::str::from_utf8(&rest[..end]) else {
+                continue;
+            };
+            if d.apply(text) {
+                d.seen.push(text.to_string());
+            }
+            rest = &rest[end + CLOSE.len()..];
+        }
+        d
+    }
+
+    /// Applies one `NAME` or `NAME=VALUE`; false if it is unknown or malformed.
+    fn apply(&mut self, text: &str) -> bool {
+        let (name, value) = match text.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (text, None),
+        };
+        let number = |cap: u64| {
+            value
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|n| n.min(cap))
+        };
+        match (name, value) {
+            ("throttle", None) => self.throttle = true,
+            ("input", Some(_)) => match number(MAX_OTHER_TOKENS) {
+                Some(n) => self.input = Some(n),
+                None => return false,
+            },
+            ("output", Some(_)) => match number(MAX_OUTPUT_TOKENS) {
+                Some(n) => self.output = Some(n),
+                None => return false,
+            },
+            ("cache-read", Some(_)) => match number(MAX_OTHER_TOKENS) {
+                Some(n) => self.cache_read = Some(n),
+                None => return false,
+            },
+            ("cache-write", Some(_)) => match number(MAX_OTHER_TOKENS) {
+                Some(n) => self.cache_write = Some(n),
+                None => return false,
+            },
+            ("slow", Some(_)) => match number(MAX_SLOW_MS) {
+                Some(n) => self.slow_ms = Some(n),
+                None => return false,
+            },
+            ("fail-after", Some(_)) => match number(u64::from(MAX_EVENTS)) {
+                Some(n) => self.fail_after = Some(n as u32),
+                None => return false,
+            },
+            ("events", Some(_)) => match number(u64::from(MAX_EVENTS)) {
+                Some(n) => self.events = Some((n as u32).max(1)),
+                None => return false,
+            },
+            ("error", Some(v)) => {
+                let Some((status, kind)) = v.split_once(':') else {
+                    return false;
+                };
+                let Ok(status) = status.parse::<u16>() else {
+                    return false;
+                };
+                if !(400..=599).contains(&status)
+                    || kind.is_empty()
+                    || !kind
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+                {
+                    return false;
+                }
+                self.error = Some((status, kind.to_string()));
+            }
+            ("stop", Some(v)) => {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return false;
+                }
+                self.stop_reason = Some(v.to_string());
+            }
+            _ => return false,
+        }
+        true
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_directive() {
+        let body = br#"{"messages":[{"role":"user","content":[{"text":"hi [[emu:input=10]] [[emu:output=5]]
+            [[emu:cache-read=3]][[emu:cache-write=4]] [[emu:throttle]] [[emu:error=500:InternalServerException]]
+            [[emu:slow=20]] [[emu:fail-after=2]] [[emu:events=3]] [[emu:stop=max_tokens]]"}]}]}"#;
+        let d = Directives::parse(body);
+        assert_eq!(d.input, Some(10));
+        assert_eq!(d.output, Some(5));
+        assert_eq!(d.cache_read, Some(3));
+        assert_eq!(d.cache_write, Some(4));
+        assert!(d.throttle);
+        assert_eq!(d.error, Some((500, "InternalServerException".into())));
+        assert_eq!(d.slow_ms, Some(20));
+        assert_eq!(d.fail_after, Some(2));
+        assert_eq!(d.events, Some(3));
+        assert_eq!(d.stop_reason.as_deref(), Some("max_tokens"));
+        assert_eq!(d.seen.len(), 10);
+    }
+
+    #[test]
+    fn ignores_unknown_and_malformed_and_caps() {
+        let d = Directives::parse(
+            b"[[emu:nope]] [[emu:output=abc]] [[emu:error=200:Ok]] [[emu:error=500]] [[emu:throttle=1]] \
+              [[emu:slow=999999]] [[emu:output=999999999]] [[emu:events=0]] [[emu:input=-1]] [[emu:output",
+        );
+        assert!(!d.throttle);
+        assert_eq!(d.error, None);
+        assert_eq!(d.slow_ms, Some(MAX_SLOW_MS));
+        assert_eq!(d.output, Some(MAX_OUTPUT_TOKENS));
+        assert_eq!(d.events, Some(1));
+        assert_eq!(d.input, None);
+        assert_eq!(d.seen, vec!["slow=999999", "output=999999999", "events=0"]);
+    }
+
+    #[test]
+    fn last_occurrence_wins_and_binary_is_fine() {
+        let mut body = b"\xff\xfe[[emu:output=1]] \x00 [[emu:output=7]]".to_vec();
+        body.extend_from_slice(&[0x80; 10]);
+        assert_eq!(Directives::parse(&body).output, Some(7));
+        assert_eq!(Directives::parse(b""), Directives::default());
+        assert_eq!(Directives::parse(b"[[emu:").output, None);
+        // An opening without a close nearby does not swallow a later directive.
+        let mut body = b"[[emu:".to_vec();
+        body.extend_from_slice(&[b'x'; 300]);
+        body.extend_from_slice(b"[[emu:output=3]]");
+        assert_eq!(Directives::parse(&body).output, Some(3));
+    }
+
+    #[test]
+    fn bounded_on_huge_bodies() {
+        let body = b"[[emu:output=1]]".repeat(10_000);
+        let d = Directives::parse(&body);
+        assert_eq!(d.seen.len(), MAX_DIRECTIVES);
+    }
+}

@@ -1,0 +1,791 @@
+//! The HTTP/1.1 server (tokio + hyper 1): Bedrock runtime routes, authentication, directives,
+//! streaming, and the `/_emulator/*` control endpoints.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use percent_encoding::percent_decode_str;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::directives::Directives;
+use crate::ledger::{now_ms, Entry, Ledger, Ticket};
+use crate::responses::{
+    converse_body, encode_event, error_body, invoke_body, invoke_headers, message_id, request_id,
+    stream_events, Operation, Plan, StreamContext, StreamEvent,
+};
+use crate::sigv4_verify::{self, Credentials, VerifyError};
+
+/// Bedrock's SigV4 signing name (the runtime endpoint signs as `bedrock`).
+pub const SIGNING_NAME: &str = "bedrock";
+
+/// Default cap on a request body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Sizes a stream body is cut into, in turn: odd, so frames straddle chunks and several small
+/// frames sometimes share one.
+const CHUNK_SIZES: &[usize] = &[
+    1, 7, 13, 64, 3, 29, 2, 101, 5, 17, 256, 11, 4096, 37, 1500, 9, 16_384,
+];
+
+/// Chunks buffered between a stream's task and the connection: small, so a client that stops
+/// reading (or goes away) is noticed promptly.
+const STREAM_CHANNEL_CAPACITY: usize = 2;
+
+pub type ResponseBody = BoxBody<Bytes, Infallible>;
+
+/// What the emulator accepts.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub region: String,
+    /// The SigV4 signing name requests must be scoped to (`bedrock`).
+    pub service: String,
+    pub credentials: Credentials,
+    /// A Bedrock API key accepted as `Authorization: Bearer <key>` instead of SigV4.
+    pub bearer_token: Option<String>,
+    pub max_body_bytes: usize,
+    /// One line per model API request on stderr.
+    pub log: bool,
+}
+
+impl Config {
+    pub fn new(region: impl Into<String>, credentials: Credentials) -> Self {
+        Config {
+            region: region.into(),
+            service: SIGNING_NAME.to_string(),
+            credentials,
+            bearer_token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            log: false,
+        }
+    }
+}
+
+struct State {
+    config: Config,
+    ledger: Ledger,
+}
+
+/// The emulator: cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Emulator {
+    state: Arc<State>,
+}
+
+/// A running emulator started with [`Emulator::start`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub emulator: Emulator,
+    pub task: JoinHandle<()>,
+}
+
+impl Emulator {
+    pub fn new(config: Config) -> Self {
+        Emulator {
+            state: Arc::new(State {
+                config,
+                ledger: Ledger::new(),
+            }),
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    /// Binds `addr` (port 0 for any) and serves on a spawned task.
+    pub async fn start(self, addr: SocketAddr) -> io::Result<Running> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let emulator = self.clone();
+        let task = tokio::spawn(self.serve(listener));
+        Ok(Running {
+            addr,
+            emulator,
+            task,
+        })
+    }
+
+    /// Serves connections from `listener` until the task is dropped or the process ends.
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: wait a moment rather than spin.
+                    eprintln!("tollgate-emulator: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handle(state.clone(), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
+
+fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into()).boxed()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let path = req.uri().path();
+    if let Some(control) = path.strip_prefix("/_emulator/") {
+        return Ok(match (req.method().as_str(), control) {
+            ("GET", "health") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+            ("GET", "ledger") => {
+                // Serialized straight from the entries, so fields keep their documented order.
+                let entries = state.ledger.entries();
+                let mut r = Response::new(full(
+                    serde_json::to_vec(&entries).unwrap_or_else(|_| b"[]".to_vec()),
+                ));
+                r.headers_mut().insert(
+                    "content-type",
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            ("POST", "reset") => {
+                state.ledger.reset();
+                json_response(StatusCode::OK, &json!({ "status": "reset" }))
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "message": "unknown emulator control endpoint" }),
+            ),
+        });
+    }
+    Ok(api(state, req).await)
+}
+
+/// An answer that is not a stream: status, error (type and message) or body, extra headers.
+struct Answer {
+    status: u16,
+    error: Option<(String, String)>,
+    body: Vec<u8>,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn error(status: u16, error_type: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Answer {
+            status,
+            body: error_body(&message),
+            error: Some((error_type.to_string(), message)),
+            headers: vec![],
+        }
+    }
+}
+
+fn build_response(answer: &Answer, request_id: &str) -> Response<ResponseBody> {
+    let mut r = Response::new(full(answer.body.clone()));
+    *r.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = r.headers_mut();
+    let mut add = |name: &'static str, value: &str| {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    add("content-type", "application/json");
+    add("x-amzn-requestid", request_id);
+    if let Some((error_type, _)) = &answer.error {
+        add("x-amzn-errortype", error_type);
+    }
+    for (name, value) in &answer.headers {
+        add(name, value);
+    }
+    r
+}
+
+/// `/model/{modelId}/{operation}` → (raw label, operation). The label must be one segment.
+fn parse_route(method: &str, path: &str) -> (Option<String>, Option<Operation>) {
+    let Some(rest) = path.strip_prefix("/model/") else {
+        return (None, None);
+    };
+    let Some((label, segment)) = rest.split_once('/') else {
+        return (None, None);
+    };
+    if label.is_empty() {
+        return (None, None);
+    }
+    let model_id = percent_decode_str(label).decode_utf8_lossy().into_owned();
+    match Operation::from_path_segment(segment) {
+        Some(op) if method == "POST" => (Some(model_id), Some(op)),
+        _ => (Some(model_id), None),
+    }
+}
+
+/// The outcome of authentication: (auth kind, error if rejected).
+fn authenticate(
+    config: &Config,
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> (&'static str, Option<Answer>) {
+    let authorization = headers
+        .iter()
+        .find(|(n, _)| n == "authorization")
+        .map(|(_, v)| v.trim());
+    let Some(authorization) = authorization else {
+        let e = VerifyError::MissingAuthentication;
+        return (
+            "none",
+            Some(Answer::error(e.status(), e.error_type(), e.to_string())),
+        );
+    };
+    if let Some((scheme, token)) = authorization.split_once(' ') {
+        if scheme.eq_ignore_ascii_case("bearer") {
+            let ok = config.bearer_token.as_deref().is_some_and(|expected| {
+                constant_time_eq(expected.as_bytes(), token.trim().as_bytes())
+            });
+            return if ok {
+                ("bearer", None)
+            } else {
+                (
+                    "bearer",
+                    Some(Answer::error(
+                        403,
+                        "UnrecognizedClientException",
+                        "The security token included in the request is invalid.",
+                    )),
+                )
+            };
+        }
+    }
+    match sigv4_verify::verify(
+        method,
+        raw_path,
+        raw_query,
+        headers,
+        body,
+        &config.credentials,
+        &config.region,
+        &config.service,
+        SystemTime::now(),
+    ) {
+        Ok(()) => ("sigv4", None),
+        Err(e) => (
+            "sigv4",
+            Some(Answer::error(e.status(), e.error_type(), e.to_string())),
+        ),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The ledger entry of a request being answered. If the request's future is dropped before
+/// the answer is built (the client hung up, e.g. a gateway timing out during `slow`), the entry
+/// is still recorded, with status 499 and `client_disconnected: true`.
+struct Pending {
+    state: Arc<State>,
+    ticket: Ticket,
+    entry: Entry,
+    armed: bool,
+}
+
+impl Pending {
+    /// Records a non-stream answer and builds its response.
+    fn finish(mut self, answer: Answer) -> Response<ResponseBody> {
+        self.armed = false;
+        let mut entry = std::mem::take(&mut self.entry);
+        entry.status = answer.status;
+        if let Some((error_type, message)) = &answer.error {
+            entry.error = Some(format!("{error_type}: {message}"));
+            entry.error_type = Some(error_type.clone());
+        }
+        entry.completed_at_ms = now_ms();
+        let response = build_response(&answer, &entry.request_id);
+        log(&self.state, &entry);
+        self.state.ledger.record(self.ticket, entry);
+        response
+    }
+
+    /// Hands the entry over to a stream task, which records it.
+    fn into_stream(mut self) -> (Arc<State>, Ticket, Entry) {
+        self.armed = false;
+        (
+            self.state.clone(),
+            self.ticket,
+            std::mem::take(&mut self.entry),
+        )
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut entry = std::mem::take(&mut self.entry);
+        entry.status = 499;
+        entry.client_disconnected = Some(true);
+        entry.error = Some("client disconnected before the answer was sent".into());
+        entry.completed_at_ms = now_ms();
+        log(&self.state, &entry);
+        self.state.ledger.record(self.ticket, entry);
+    }
+}
+
+async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let received = Instant::now();
+    let ticket = state.ledger.begin();
+    let method = req.method().as_str().to_string();
+    let raw_path = req.uri().path().to_string();
+    let raw_query = req.uri().query().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_ascii_lowercase(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let (model_id, operation) = parse_route(&method, &raw_path);
+    let mut pending = Pending {
+        state: state.clone(),
+        ticket,
+        entry: Entry {
+            request_id: request_id(ticket.seq),
+            method: method.clone(),
+            operation: operation.map(|o| o.as_str().to_string()),
+            raw_path: raw_path.clone(),
+            raw_query: raw_query.clone(),
+            model_id: model_id.clone(),
+            auth: "none".into(),
+            headers: headers.clone(),
+            received_at_ms: now_ms(),
+            ..Entry::default()
+        },
+        armed: true,
+    };
+
+    let body = match Limited::new(req.into_body(), state.config.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => {
+            let answer = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                Answer::error(
+                    413,
+                    "ValidationException",
+                    "Input is too long for requested model.",
+                )
+            } else {
+                Answer::error(
+                    400,
+                    "ValidationException",
+                    format!("could not read the request body: {e}"),
+                )
+            };
+            return pending.finish(answer);
+        }
+    };
+    let directives = Directives::parse(&body);
+    let entry = &mut pending.entry;
+    entry.body_len = body.len() as u64;
+    entry.body_sha256 = hex::encode(Sha256::digest(&body));
+    entry.directives = directives.seen.clone();
+
+    let (auth, rejection) = authenticate(
+        &state.config,
+        &method,
+        &raw_path,
+        &raw_query,
+        &headers,
+        &body,
+    );
+    entry.auth = auth.to_string();
+    entry.signature_valid = rejection.is_none();
+    if let Some(answer) = rejection {
+        return pending.finish(answer);
+    }
+    let (Some(op), Some(model_id)) = (operation, model_id) else {
+        return pending.finish(Answer::error(
+            404,
+            "UnknownOperationException",
+            "The requested operation is not recognized by the service.",
+        ));
+    };
+
+    let slow = directives
+        .slow_ms
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    if directives.throttle || directives.error.is_some() {
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
+        let answer = match &directives.error {
+            _ if directives.throttle => Answer::error(
+                429,
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.",
+            ),
+            Some((status, kind)) => Answer::error(
+                *status,
+                kind,
+                format!("Emulated {kind} ([[emu:error={status}:{kind}]])."),
+            ),
+            None => Answer::error(500, "InternalServerException", "unreachable"),
+        };
+        return pending.finish(answer);
+    }
+    let Ok(json) = serde_json::from_slice::<Value>(&body) else {
+        return pending.finish(Answer::error(
+            400,
+            "ValidationException",
+            "Malformed input request, please reformat your input and try again.",
+        ));
+    };
+
+    let plan = Plan::new(op, &body, Some(&json), &directives);
+    let msg_id = message_id(ticket.seq);
+    pending.entry.usage = Some(plan.usage);
+    if op.is_stream() {
+        let (state, ticket, entry) = pending.into_stream();
+        return start_stream(
+            state,
+            ticket,
+            entry,
+            StreamJob {
+                op,
+                plan,
+                model_id,
+                msg_id,
+                received,
+                slow,
+            },
+        );
+    }
+
+    if let Some(d) = slow {
+        tokio::time::sleep(d).await;
+    }
+    let latency_ms = received.elapsed().as_millis() as u64;
+    let answer = match op {
+        Operation::Converse => Answer {
+            status: 200,
+            error: None,
+            body: converse_body(&plan, latency_ms),
+            headers: vec![],
+        },
+        _ => Answer {
+            status: 200,
+            error: None,
+            body: invoke_body(&plan, &model_id, &msg_id),
+            headers: invoke_headers(&plan.usage, latency_ms),
+        },
+    };
+    pending.entry.output_text = Some(plan.full_text());
+    pending.finish(answer)
+}
+
+fn log(state: &State, e: &Entry) {
+    if state.config.log {
+        eprintln!(
+            "tollgate-emulator: #{} {} {} {} -> {}{}",
+            e.seq,
+            e.method,
+            e.raw_path,
+            e.auth,
+            e.status,
+            e.error_type
+                .as_deref()
+                .map(|t| format!(" {t}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// A response body fed by a channel: each message is one HTTP chunk.
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+struct StreamJob {
+    op: Operation,
+    plan: Plan,
+    model_id: String,
+    msg_id: String,
+    received: Instant,
+    slow: Option<Duration>,
+}
+
+fn start_stream(
+    state: Arc<State>,
+    ticket: Ticket,
+    entry: Entry,
+    job: StreamJob,
+) -> Response<ResponseBody> {
+    let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
+    let mut r = Response::new(ChannelBody { rx }.boxed());
+    let headers = r.headers_mut();
+    headers.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&entry.request_id) {
+        headers.insert("x-amzn-requestid", v);
+    }
+    if job.op == Operation::InvokeWithResponseStream {
+        headers.insert(
+            "x-amzn-bedrock-content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+    }
+    tokio::spawn(run_stream(state, ticket, entry, job, tx));
+    r
+}
+
+/// The client went away (the response body was dropped).
+struct Closed;
+
+/// Cuts the stream's bytes into chunks of [`CHUNK_SIZES`] and keeps track of which frames have
+/// been wholly handed to the connection, and when.
+struct Chunker {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    next_size: usize,
+    pushed: u64,
+    sent: u64,
+    /// (end offset, event index) of frames not yet wholly sent.
+    pending: VecDeque<(u64, usize)>,
+    /// (event index, unix ms) of frames wholly sent.
+    done: Vec<(usize, u64)>,
+}
+
+impl Chunker {
+    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        Chunker {
+            tx,
+            buf: BytesMut::new(),
+            next_size: 0,
+            pushed: 0,
+            sent: 0,
+            pending: VecDeque::new(),
+            done: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, frame: &[u8], event_index: usize) {
+        self.buf.extend_from_slice(frame);
+        self.pushed += frame.len() as u64;
+        self.pending.push_back((self.pushed, event_index));
+    }
+
+    /// Sends every whole chunk the buffer holds; with `flush`, the remainder too.
+    async fn send(&mut self, flush: bool) -> Result<(), Closed> {
+        // Each pass sends at least one byte, so this ends within buf.len() passes.
+        while !self.buf.is_empty() {
+            let size = CHUNK_SIZES[self.next_size % CHUNK_SIZES.len()];
+            let n = if self.buf.len() >= size {
+                self.next_size += 1;
+                size
+            } else if flush {
+                self.buf.len()
+            } else {
+                break;
+            };
+            let chunk = self.buf.split_to(n).freeze();
+            self.tx.send(chunk).await.map_err(|_| Closed)?;
+            self.sent += n as u64;
+            let at = now_ms();
+            while let Some(&(end, index)) = self.pending.front() {
+                if end > self.sent {
+                    break;
+                }
+                self.done.push((index, at));
+                self.pending.pop_front();
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_stream(
+    state: Arc<State>,
+    ticket: Ticket,
+    mut entry: Entry,
+    job: StreamJob,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let events = stream_events(job.op, &job.plan);
+    let mut chunker = Chunker::new(tx);
+    let mut first_byte_latency_ms = None;
+    let mut disconnected = false;
+    let mut encode_error = None;
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            if let Some(d) = job.slow {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = chunker.tx.closed() => { disconnected = true; break; }
+                }
+            }
+        }
+        let latency_ms = job.received.elapsed().as_millis() as u64;
+        let ctx = StreamContext {
+            op: job.op,
+            plan: &job.plan,
+            model_id: &job.model_id,
+            message_id: &job.msg_id,
+            seq: ticket.seq,
+            latency_ms,
+            first_byte_latency_ms: *first_byte_latency_ms.get_or_insert(latency_ms),
+        };
+        let frame = match encode_event(&ctx, i as u64, event) {
+            Ok(frame) => frame,
+            Err(e) => {
+                encode_error = Some(e.to_string());
+                break;
+            }
+        };
+        chunker.push(&frame, i);
+        // With `slow`, each event goes out whole at its own time; without, bytes are held
+        // until the next chunk size is reached, so several frames can share a chunk.
+        let flush = job.slow.is_some() || i + 1 == events.len();
+        if chunker.send(flush).await.is_err() {
+            disconnected = true;
+            break;
+        }
+    }
+
+    let mut content_events = 0u64;
+    let mut tokens_sent = 0u64;
+    let mut text_sent = String::new();
+    let mut exception = None;
+    let mut times = Vec::with_capacity(chunker.done.len());
+    for &(index, at) in &chunker.done {
+        times.push(at);
+        match &events[index] {
+            StreamEvent::Delta { text, tokens } => {
+                content_events += 1;
+                tokens_sent += tokens;
+                text_sent.push_str(text);
+            }
+            StreamEvent::Exception { message } => exception = Some(message.clone()),
+            _ => {}
+        }
+    }
+    let all_sent = chunker.done.len() == events.len();
+    entry.status = 200;
+    entry.stream = true;
+    entry.usage = Some(job.plan.usage);
+    entry.output_text = Some(text_sent);
+    entry.stream_events_sent = Some(times.len() as u64);
+    entry.content_events_sent = Some(content_events);
+    entry.output_tokens_sent = Some(tokens_sent);
+    entry.stream_completed = Some(all_sent && exception.is_none() && encode_error.is_none());
+    entry.client_disconnected = Some(disconnected);
+    entry.first_event_at_ms = times.first().copied();
+    entry.last_event_at_ms = times.last().copied();
+    entry.event_sent_at_ms = Some(times);
+    if let Some(message) = exception {
+        entry.error = Some(format!("modelStreamErrorException: {message}"));
+        entry.error_type = Some("modelStreamErrorException".into());
+    } else if disconnected {
+        entry.error = Some("client disconnected mid-stream".into());
+    } else if let Some(e) = encode_error {
+        entry.error = Some(format!("could not encode a frame: {e}"));
+    }
+    entry.completed_at_ms = now_ms();
+    log(&state, &entry);
+    // Recorded before the body ends (the sender is dropped below), so a client that has read
+    // the whole stream always finds the entry in the ledger.
+    state.ledger.record(ticket, entry);
+    drop(chunker);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let (m, op) = parse_route(
+            "POST",
+            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse",
+        );
+        assert_eq!(
+            m.as_deref(),
+            Some("us.anthropic.claude-haiku-4-5-20251001-v1:0")
+        );
+        assert_eq!(op, Some(Operation::Converse));
+        let (m, op) = parse_route(
+            "POST",
+            "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.x/invoke-with-response-stream",
+        );
+        assert_eq!(
+            m.as_deref(),
+            Some("arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.x")
+        );
+        assert_eq!(op, Some(Operation::InvokeWithResponseStream));
+        assert_eq!(parse_route("GET", "/model/m/converse").1, None);
+        assert_eq!(parse_route("POST", "/model/m/converse/x").1, None);
+        assert_eq!(parse_route("POST", "/model/a/b/converse").1, None);
+        assert_eq!(parse_route("POST", "/model//converse"), (None, None));
+        assert_eq!(parse_route("POST", "/foo"), (None, None));
+    }
+}
