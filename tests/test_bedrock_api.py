@@ -342,3 +342,25 @@ def test_usage_endpoint_shows_only_the_callers_key(gateway):
     assert set(a) >= {"requests", "input_tokens", "output_tokens", "cost_pico_usd", "cost_usd"}
     status, _, _ = raw(gateway, "GET", "/usage")
     assert status == 401
+
+
+def test_client_cancel_mid_stream_is_still_billed(client_for, gateway, emulator):
+    seen = Observed(gateway, emulator)
+    c = client_for(KEYS["team-a"][0])
+    resp = c.converse_stream(
+        modelId="claude-fast", messages=converse_messages("[[emu:events=20]] [[emu:slow=100]]"),
+        inferenceConfig={"maxTokens": 40},
+    )
+    deltas = 0
+    for event in resp["stream"]:
+        deltas += "contentBlockDelta" in event
+        if deltas == 3:
+            break
+    resp["stream"].close()  # hang up, as a client that stops reading does
+    [record] = seen.records(1)
+    [entry] = seen.ledger(1)
+    assert entry["client_disconnected"] is True and entry["stream_completed"] is False
+    assert entry["content_events_sent"] < 20
+    assert record["request_id"] == dict(entry["headers"])["x-request-id"]
+    assert (record["status"], record["usage_source"]) == (200, "estimated")
+    assert record["input_tokens"] > 0 and record["output_tokens"] > 0 and record["cost_pico_usd"] > 0

@@ -62,13 +62,24 @@ mod tests {
     use std::collections::BTreeSet;
 
     fn key(id: &str, secret: &str) -> ApiKey {
-        ApiKey { id: id.into(), sha256: hash_key(secret), any_model: true, models: BTreeSet::new() }
+        ApiKey {
+            id: id.into(),
+            sha256: hash_key(secret),
+            any_model: true,
+            models: BTreeSet::new(),
+        }
     }
 
     #[test]
     fn bearer_and_x_api_key() {
-        assert_eq!(presented_key(&[("authorization", "Bearer tg-123")]).unwrap(), "tg-123");
-        assert_eq!(presented_key(&[("authorization", "bearer  tg-123 ")]).unwrap(), "tg-123");
+        assert_eq!(
+            presented_key(&[("authorization", "Bearer tg-123")]).unwrap(),
+            "tg-123"
+        );
+        assert_eq!(
+            presented_key(&[("authorization", "bearer  tg-123 ")]).unwrap(),
+            "tg-123"
+        );
         assert_eq!(presented_key(&[("x-api-key", "tg-9")]).unwrap(), "tg-9");
     }
 
@@ -76,21 +87,33 @@ mod tests {
     fn missing_or_sigv4_is_401_with_a_hint() {
         let e = presented_key(&[("content-type", "application/json")]).unwrap_err();
         assert_eq!(e.kind, ErrorKind::MissingKey);
-        let e = presented_key(&[("authorization", "AWS4-HMAC-SHA256 Credential=AK/…")]).unwrap_err();
+        let e =
+            presented_key(&[("authorization", "AWS4-HMAC-SHA256 Credential=AK/…")]).unwrap_err();
         assert!(e.message.contains("AWS_BEARER_TOKEN_BEDROCK"));
-        assert_eq!(presented_key(&[("authorization", "Bearer ")]).unwrap_err().kind, ErrorKind::MissingKey);
+        assert_eq!(
+            presented_key(&[("authorization", "Bearer ")])
+                .unwrap_err()
+                .kind,
+            ErrorKind::MissingKey
+        );
     }
 
     #[test]
     fn hash_is_sha256_of_the_key() {
         // echo -n tg-test-key | sha256sum
-        assert_eq!(hex::encode(hash_key("tg-test-key")), "2173a168026e43858e02309abd5271d237acfab8d94155cea0998b02252b5544");
+        assert_eq!(
+            hex::encode(hash_key("tg-test-key")),
+            "2173a168026e43858e02309abd5271d237acfab8d94155cea0998b02252b5544"
+        );
     }
 
     #[test]
     fn finds_the_matching_key_only() {
         let keys = [key("a", "secret-a"), key("b", "secret-b")];
         assert_eq!(authenticate(&keys, "secret-b").unwrap().id, "b");
-        assert_eq!(authenticate(&keys, "secret-c").unwrap_err().kind, ErrorKind::UnknownKey);
+        assert_eq!(
+            authenticate(&keys, "secret-c").unwrap_err().kind,
+            ErrorKind::UnknownKey
+        );
     }
 }

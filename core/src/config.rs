@@ -22,7 +22,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -31,7 +34,11 @@ impl fmt::Display for ConfigError {
         if self.field.is_empty() {
             write!(f, "invalid configuration: {}", self.message)
         } else {
-            write!(f, "invalid configuration: `{}`: {}", self.field, self.message)
+            write!(
+                f,
+                "invalid configuration: `{}`: {}",
+                self.field, self.message
+            )
         }
     }
 }
@@ -85,7 +92,11 @@ enum CredentialsDocument {
 /// How Tollgate authenticates to Bedrock.
 #[derive(Clone, PartialEq, Eq)]
 pub enum UpstreamAuth {
-    SigV4 { access_key_id: String, secret_access_key: String, session_token: Option<String> },
+    SigV4 {
+        access_key_id: String,
+        secret_access_key: String,
+        session_token: Option<String>,
+    },
     Bearer(String),
 }
 
@@ -93,10 +104,17 @@ impl fmt::Debug for UpstreamAuth {
     // Secrets never reach a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::SigV4 { access_key_id, session_token, .. } => f
+            Self::SigV4 {
+                access_key_id,
+                session_token,
+                ..
+            } => f
                 .debug_struct("SigV4")
                 .field("access_key_id", access_key_id)
-                .field("session_token", &session_token.as_ref().map(|_| "<redacted>"))
+                .field(
+                    "session_token",
+                    &session_token.as_ref().map(|_| "<redacted>"),
+                )
                 .finish_non_exhaustive(),
             Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
         }
@@ -144,7 +162,10 @@ impl Config {
 
     fn validate(doc: Document, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         if !is_region(&doc.region) {
-            return Err(ConfigError::new("region", "must be an AWS region such as `us-east-1`"));
+            return Err(ConfigError::new(
+                "region",
+                "must be an AWS region such as `us-east-1`",
+            ));
         }
         let upstream_host = match doc.upstream_host {
             Some(h) if is_host(&h) => h,
@@ -160,10 +181,16 @@ impl Config {
         for (alias, target) in &doc.aliases {
             let field = format!("aliases.{alias}");
             if !is_alias_name(alias) {
-                return Err(ConfigError::new(field, "alias names use letters, digits, `-`, `_` and `.`"));
+                return Err(ConfigError::new(
+                    field,
+                    "alias names use letters, digits, `-`, `_` and `.`",
+                ));
             }
             if !model_id::is_model_id(target) {
-                return Err(ConfigError::new(field, format!("`{target}` is not a Bedrock model ID or ARN")));
+                return Err(ConfigError::new(
+                    field,
+                    format!("`{target}` is not a Bedrock model ID or ARN"),
+                ));
             }
         }
 
@@ -176,18 +203,31 @@ impl Config {
         for (i, key) in doc.api_keys.into_iter().enumerate() {
             let at = |f: &str| format!("api_keys[{i}].{f}");
             if key.id.is_empty() || key.id.len() > 128 || !key.id.bytes().all(is_id_byte) {
-                return Err(ConfigError::new(at("id"), "1 to 128 letters, digits, `-`, `_` or `.`"));
+                return Err(ConfigError::new(
+                    at("id"),
+                    "1 to 128 letters, digits, `-`, `_` or `.`",
+                ));
             }
             if !ids.insert(key.id.clone()) {
-                return Err(ConfigError::new(at("id"), format!("`{}` is used by two keys", key.id)));
+                return Err(ConfigError::new(
+                    at("id"),
+                    format!("`{}` is used by two keys", key.id),
+                ));
             }
-            let sha256 = parse_sha256(&key.sha256)
-                .ok_or_else(|| ConfigError::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)"))?;
+            let sha256 = parse_sha256(&key.sha256).ok_or_else(|| {
+                ConfigError::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
+            })?;
             if !hashes.insert(sha256) {
-                return Err(ConfigError::new(at("sha256"), "two keys have the same hash"));
+                return Err(ConfigError::new(
+                    at("sha256"),
+                    "two keys have the same hash",
+                ));
             }
             if key.models.is_empty() {
-                return Err(ConfigError::new(at("models"), "list the aliases or model IDs this key may use, or `*`"));
+                return Err(ConfigError::new(
+                    at("models"),
+                    "list the aliases or model IDs this key may use, or `*`",
+                ));
             }
             let mut any_model = false;
             let mut models = BTreeSet::new();
@@ -205,16 +245,31 @@ impl Config {
                     ));
                 }
             }
-            api_keys.push(ApiKey { id: key.id, sha256, any_model, models });
+            api_keys.push(ApiKey {
+                id: key.id,
+                sha256,
+                any_model,
+                models,
+            });
         }
 
         let upstream_auth = match doc.credentials {
-            CredentialsDocument::Inline { access_key_id, secret_access_key, session_token } => {
+            CredentialsDocument::Inline {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
                 if access_key_id.is_empty() {
-                    return Err(ConfigError::new("credentials.access_key_id", "must not be empty"));
+                    return Err(ConfigError::new(
+                        "credentials.access_key_id",
+                        "must not be empty",
+                    ));
                 }
                 if secret_access_key.is_empty() {
-                    return Err(ConfigError::new("credentials.secret_access_key", "must not be empty"));
+                    return Err(ConfigError::new(
+                        "credentials.secret_access_key",
+                        "must not be empty",
+                    ));
                 }
                 UpstreamAuth::SigV4 {
                     access_key_id,
@@ -248,15 +303,23 @@ impl Config {
                         )
                     })?;
                 if !key.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(ConfigError::new("credentials.api_key", "must be printable ASCII"));
+                    return Err(ConfigError::new(
+                        "credentials.api_key",
+                        "must be printable ASCII",
+                    ));
                 }
                 UpstreamAuth::Bearer(key)
             }
         };
 
-        let max_request_body_bytes = doc.max_request_body_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
+        let max_request_body_bytes = doc
+            .max_request_body_bytes
+            .unwrap_or(DEFAULT_MAX_REQUEST_BODY_BYTES);
         if max_request_body_bytes == 0 || max_request_body_bytes > 64 << 20 {
-            return Err(ConfigError::new("max_request_body_bytes", "must be between 1 and 67108864"));
+            return Err(ConfigError::new(
+                "max_request_body_bytes",
+                "must be between 1 and 67108864",
+            ));
         }
 
         Ok(Self {
@@ -279,13 +342,17 @@ fn is_alias_name(s: &str) -> bool {
 }
 
 fn is_region(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 fn is_host(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
 }
 
 fn parse_sha256(s: &str) -> Option<[u8; 32]> {
@@ -375,7 +442,10 @@ mod tests {
             r#"{"type":"inline","access_key_id":"AKID","secret_access_key":"SECRET"}"#,
             r#"{"type":"bedrock_api_key"}"#,
         );
-        assert_eq!(Config::parse(json.as_bytes(), &no_env).unwrap_err().field, "credentials.api_key");
+        assert_eq!(
+            Config::parse(json.as_bytes(), &no_env).unwrap_err().field,
+            "credentials.api_key"
+        );
         let env = |k: &str| (k == "AWS_BEARER_TOKEN_BEDROCK").then(|| "ABSK-test".to_string());
         let c = Config::parse(json.as_bytes(), &env).unwrap();
         assert_eq!(c.upstream_auth, UpstreamAuth::Bearer("ABSK-test".into()));
@@ -385,19 +455,34 @@ mod tests {
     fn duplicate_ids_and_bad_limits_are_rejected() {
         let two = doc("").replacen(
             r#"}]"#,
-            &format!(r#"}},{{"id":"team-a","sha256":"{}","models":["*"]}}]"#, "cd".repeat(32)),
+            &format!(
+                r#"}},{{"id":"team-a","sha256":"{}","models":["*"]}}]"#,
+                "cd".repeat(32)
+            ),
             1,
         );
-        assert_eq!(Config::parse(two.as_bytes(), &no_env).unwrap_err().field, "api_keys[1].id");
-        let e = Config::parse(doc(r#","max_request_body_bytes":0"#).as_bytes(), &no_env).unwrap_err();
+        assert_eq!(
+            Config::parse(two.as_bytes(), &no_env).unwrap_err().field,
+            "api_keys[1].id"
+        );
+        let e =
+            Config::parse(doc(r#","max_request_body_bytes":0"#).as_bytes(), &no_env).unwrap_err();
         assert_eq!(e.field, "max_request_body_bytes");
-        let e = Config::parse(doc(r#","upstream_host":"https://x/y""#).as_bytes(), &no_env).unwrap_err();
+        let e = Config::parse(doc(r#","upstream_host":"https://x/y""#).as_bytes(), &no_env)
+            .unwrap_err();
         assert_eq!(e.field, "upstream_host");
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for junk in [&b""[..], b"null", b"[]", b"{", b"\xff\xfe", b"{\"region\":1}"] {
+        for junk in [
+            &b""[..],
+            b"null",
+            b"[]",
+            b"{",
+            b"\xff\xfe",
+            b"{\"region\":1}",
+        ] {
             assert!(Config::parse(junk, &no_env).is_err());
         }
     }

@@ -61,7 +61,14 @@ mod tests {
 
     #[test]
     fn usage_reply_names_the_key() {
-        let r = usage_reply("team-a", &Totals { requests: 2, cost_pico_usd: 5, ..Default::default() });
+        let r = usage_reply(
+            "team-a",
+            &Totals {
+                requests: 2,
+                cost_pico_usd: 5,
+                ..Default::default()
+            },
+        );
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);

@@ -17,7 +17,11 @@ pub struct Reply {
 impl Reply {
     pub fn json(status: u16, body: &impl Serialize) -> Self {
         let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-        Self { status, headers: vec![("content-type", "application/json".into())], body }
+        Self {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body,
+        }
     }
 }
 
@@ -77,7 +81,10 @@ pub struct GatewayError {
 
 impl GatewayError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
 
     /// The error as Bedrock would send it.
@@ -86,8 +93,15 @@ impl GatewayError {
         struct Body<'a> {
             message: &'a str,
         }
-        let mut reply = Reply::json(self.kind.status(), &Body { message: &self.message });
-        reply.headers.push(("x-amzn-errortype", self.kind.bedrock_type().to_string()));
+        let mut reply = Reply::json(
+            self.kind.status(),
+            &Body {
+                message: &self.message,
+            },
+        );
+        reply
+            .headers
+            .push(("x-amzn-errortype", self.kind.bedrock_type().to_string()));
         reply
     }
 }
@@ -104,9 +118,12 @@ mod tests {
 
     #[test]
     fn bedrock_envelope() {
-        let r = GatewayError::new(ErrorKind::ModelNotAllowed, "key `a` may not use `m`").to_bedrock_reply();
+        let r = GatewayError::new(ErrorKind::ModelNotAllowed, "key `a` may not use `m`")
+            .to_bedrock_reply();
         assert_eq!(r.status, 403);
-        assert!(r.headers.contains(&("x-amzn-errortype", "AccessDeniedException".into())));
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "AccessDeniedException".into())));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["message"], "key `a` may not use `m`");
     }

@@ -31,7 +31,13 @@ pub fn is_client_credential_header(name: &str) -> bool {
 }
 
 /// Decides what to do with a request. `headers` names are lowercase.
-pub fn admit(config: &Config, method: &str, path: &str, headers: &[(&str, &str)], now_ms: u64) -> Admission {
+pub fn admit(
+    config: &Config,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    now_ms: u64,
+) -> Admission {
     match admit_inner(config, method, path, headers, now_ms) {
         Ok(a) => a,
         Err(e) => Admission::Reply(e.to_bedrock_reply()),
@@ -48,11 +54,19 @@ fn admit_inner(
     let route = route::route(method, path)?;
     let key = auth::authenticate(&config.api_keys, auth::presented_key(headers)?)?;
     let (label, operation) = match route {
-        Route::Usage => return Ok(Admission::Usage { key_id: key.id.clone() }),
+        Route::Usage => {
+            return Ok(Admission::Usage {
+                key_id: key.id.clone(),
+            })
+        }
         Route::Model { label, operation } => (label, operation),
     };
-    let model = model_id::decode_path_label(label)
-        .ok_or_else(|| GatewayError::new(ErrorKind::BadRequest, "the model ID in the path is not valid"))?;
+    let model = model_id::decode_path_label(label).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::BadRequest,
+            "the model ID in the path is not valid",
+        )
+    })?;
     let model_id = match config.aliases.get(&model) {
         Some(target) => target.clone(),
         None if model_id::is_model_id(&model) => model.clone(),
@@ -74,10 +88,9 @@ fn admit_inner(
         .filter(|(n, _)| is_client_credential_header(n))
         .map(|(n, _)| n.to_string())
         .collect();
-    let request_id = headers
-        .iter()
-        .find(|(n, _)| *n == "x-request-id")
-        .map(|(_, v)| v.chars().take(128).collect());
+    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
+    let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
     Ok(Admission::Forward(Box::new(Exchange {
         request_id,
         key_id: key.id.clone(),
@@ -86,6 +99,7 @@ fn admit_inner(
         operation,
         started_ms: now_ms,
         body_limit: config.max_request_body_bytes,
+        declared_body_bytes,
         strip_headers,
         request_bytes: 0,
         status: None,
@@ -118,6 +132,8 @@ pub struct Exchange {
     pub operation: Operation,
     started_ms: u64,
     body_limit: u64,
+    /// `content-length`, when the client sent one: an oversized body is refused before it is read.
+    declared_body_bytes: Option<u64>,
     strip_headers: Vec<String>,
     request_bytes: u64,
     status: Option<u16>,
@@ -131,13 +147,24 @@ impl Exchange {
         self.body_limit
     }
 
+    /// Refuses a body whose declared length is over the limit, before reading any of it.
+    pub fn check_declared_body_size(&mut self) -> Result<(), GatewayError> {
+        match self.declared_body_bytes {
+            Some(n) => self.check_body_size(n),
+            None => Ok(()),
+        }
+    }
+
     /// Checks a (partial) body size against the limit; hosts call it as bytes arrive.
     pub fn check_body_size(&mut self, size: u64) -> Result<(), GatewayError> {
         if size > self.body_limit {
             self.status = Some(ErrorKind::BodyTooLarge.status());
             return Err(GatewayError::new(
                 ErrorKind::BodyTooLarge,
-                format!("the request body is larger than this gateway's limit of {} bytes", self.body_limit),
+                format!(
+                    "the request body is larger than this gateway's limit of {} bytes",
+                    self.body_limit
+                ),
             ));
         }
         Ok(())
@@ -180,7 +207,11 @@ impl Exchange {
         self.status.get_or_insert(status);
     }
 
-    pub fn on_response_headers<'a>(&mut self, status: u16, headers: impl IntoIterator<Item = (&'a str, &'a str)>) {
+    pub fn on_response_headers<'a>(
+        &mut self,
+        status: u16,
+        headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) {
         self.status.get_or_insert(status);
         self.meter.on_response_headers(headers);
     }
@@ -211,5 +242,177 @@ impl Exchange {
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::hash_key;
+
+    const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"127.0.0.1:9100",
+                "aliases":{{"claude-fast":"{HAIKU}"}},
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"]}},
+                            {{"id":"b","sha256":"{}","models":["claude-fast"]}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK","session_token":"T"}},
+                "max_request_body_bytes":100}}"#,
+            hex::encode(hash_key("key-a")),
+            hex::encode(hash_key("key-b")),
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn admit_as(key: &str, path: &str, extra: &[(&str, &str)]) -> Admission {
+        let auth = format!("Bearer {key}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("x-amz-date", "x"),
+            ("x-request-id", "rid-1"),
+        ];
+        headers.extend_from_slice(extra);
+        admit(&config(), "POST", path, &headers, 1_000)
+    }
+
+    fn reply_of(a: Admission) -> (u16, String) {
+        match a {
+            Admission::Reply(r) => {
+                let ty = r
+                    .headers
+                    .iter()
+                    .find(|(n, _)| *n == "x-amzn-errortype")
+                    .map(|(_, v)| v.clone());
+                (r.status, ty.unwrap_or_default())
+            }
+            _ => panic!("expected a reply"),
+        }
+    }
+
+    fn forwarded(a: Admission) -> Box<Exchange> {
+        match a {
+            Admission::Forward(ex) => ex,
+            _ => panic!("expected a forward"),
+        }
+    }
+
+    #[test]
+    fn alias_is_resolved_and_request_rewritten() {
+        let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse-stream", &[]));
+        assert_eq!(
+            (ex.key_id.as_str(), ex.model.as_str(), ex.model_id.as_str()),
+            ("a", "claude-fast", HAIKU)
+        );
+        assert_eq!(ex.request_id.as_deref(), Some("rid-1"));
+        let up = ex
+            .upstream_request(&config(), b"{}", SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!(
+            up.path,
+            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse-stream"
+        );
+        assert_eq!(up.authority, "127.0.0.1:9100");
+        assert_eq!(
+            up.remove_headers,
+            vec!["authorization".to_string(), "x-amz-date".to_string()]
+        );
+        let names: Vec<_> = up.set_headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"authorization") && names.contains(&"x-amz-security-token"),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn allowlist_covers_an_alias_and_its_model_id() {
+        forwarded(admit_as("key-b", "/model/claude-fast/converse", &[]));
+        forwarded(admit_as(
+            "key-b",
+            &format!(
+                "/model/{}/invoke",
+                crate::model_id::encode_path_label(HAIKU)
+            ),
+            &[],
+        ));
+        assert_eq!(
+            reply_of(admit_as(
+                "key-b",
+                "/model/amazon.nova-lite-v1%3A0/converse",
+                &[]
+            )),
+            (403, "AccessDeniedException".into())
+        );
+    }
+
+    #[test]
+    fn refusals_in_bedrock_dialect() {
+        assert_eq!(
+            reply_of(admit_as("nope", "/model/claude-fast/converse", &[])),
+            (401, "UnrecognizedClientException".into())
+        );
+        assert_eq!(
+            reply_of(admit_as("key-a", "/model/claude-slow/converse", &[])),
+            (400, "ValidationException".into())
+        );
+        assert_eq!(
+            reply_of(admit_as("key-a", "/model/claude-fast/count-tokens", &[])),
+            (404, "UnknownOperationException".into())
+        );
+        assert_eq!(
+            reply_of(admit_as("key-a", "/model/%ff/converse", &[])),
+            (400, "ValidationException".into())
+        );
+        let none = admit(&config(), "POST", "/model/claude-fast/converse", &[], 0);
+        assert_eq!(reply_of(none), (401, "UnrecognizedClientException".into()));
+    }
+
+    #[test]
+    fn usage_route_names_the_callers_key() {
+        let auth = [("x-api-key", "key-b")];
+        assert!(
+            matches!(admit(&config(), "GET", "/usage", &auth, 0), Admission::Usage { key_id } if key_id == "b")
+        );
+    }
+
+    #[test]
+    fn oversized_bodies_are_refused_and_recorded_unbilled() {
+        let mut ex = forwarded(admit_as(
+            "key-a",
+            "/model/claude-fast/converse",
+            &[("content-length", "101")],
+        ));
+        assert_eq!(
+            ex.check_declared_body_size().unwrap_err().kind,
+            ErrorKind::BodyTooLarge
+        );
+        let record = ex.finish(&config(), 1_050).unwrap();
+        assert_eq!(
+            (record.status, record.cost_pico_usd, record.latency_ms),
+            (413, 0, 50)
+        );
+        assert!(
+            ex.finish(&config(), 1_060).is_none(),
+            "one record per exchange"
+        );
+
+        let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse", &[]));
+        ex.check_body_size(100).unwrap();
+        assert!(ex
+            .upstream_request(&config(), &[b' '; 101], SystemTime::UNIX_EPOCH)
+            .is_err());
+    }
+
+    #[test]
+    fn a_cancelled_exchange_after_sending_is_estimated() {
+        let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse-stream", &[]));
+        ex.upstream_request(&config(), &[b'x'; 80], SystemTime::UNIX_EPOCH)
+            .unwrap();
+        let record = ex.finish(&config(), 2_000).unwrap();
+        assert_eq!(record.status, 0);
+        assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
+        assert_eq!(record.input_tokens, 20);
+        assert!(record.cost_pico_usd > 0);
     }
 }

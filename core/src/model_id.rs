@@ -8,7 +8,11 @@ pub const MAX_LEN: usize = 2048;
 
 /// Everything but RFC 3986 unreserved characters: what the AWS SDKs encode in a path label,
 /// so `:` becomes `%3A` and an ARN's `/` becomes `%2F`.
-const PATH_LABEL: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const PATH_LABEL: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Does `s` look like a Bedrock model ID (`anthropic.claude-…-v1:0`, `us.amazon.nova-lite-v1:0`)
 /// or a Bedrock ARN (`arn:aws:bedrock:…`)? Aliases are checked before this, so it only decides
@@ -26,13 +30,16 @@ pub fn is_model_id(s: &str) -> bool {
         return partition.starts_with("aws")
             && service == "bedrock"
             && !resource.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'));
+            && s.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
+            });
     }
     // provider.model[-version][:n], optionally behind a geography prefix (`us.`, `global.`).
     s.contains('.')
         && !s.starts_with('.')
         && !s.ends_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 /// Decodes the `{modelId}` label of a request path once, as Bedrock does. `None` for labels
@@ -70,7 +77,17 @@ mod tests {
         ] {
             assert!(is_model_id(ok), "{ok}");
         }
-        for bad in ["", "claude-fast", ".x", "x.", "a b.c", "arn:aws:s3:::bucket", "arn:aws:bedrock", "a.b/c", "a.b\n"] {
+        for bad in [
+            "",
+            "claude-fast",
+            ".x",
+            "x.",
+            "a b.c",
+            "arn:aws:s3:::bucket",
+            "arn:aws:bedrock",
+            "a.b/c",
+            "a.b\n",
+        ] {
             assert!(!is_model_id(bad), "{bad:?}");
         }
     }
@@ -85,7 +102,10 @@ mod tests {
         );
         assert_eq!(decode_path_label(&enc).as_deref(), Some(arn));
         // curl users send the colon raw; that decodes the same.
-        assert_eq!(decode_path_label("amazon.nova-lite-v1:0").as_deref(), Some("amazon.nova-lite-v1:0"));
+        assert_eq!(
+            decode_path_label("amazon.nova-lite-v1:0").as_deref(),
+            Some("amazon.nova-lite-v1:0")
+        );
     }
 
     #[test]

@@ -71,7 +71,12 @@ const BYTES_PER_TOKEN: u64 = 4;
 /// - Reported usage: exactly that.
 /// - Otherwise an estimate that never undercounts what was seen: input from the request size
 ///   (or what the stream already reported), output from the generated text seen.
-pub fn billable(status: u16, sent_upstream: bool, reading: &Reading, request_bytes: u64) -> (Usage, UsageSource) {
+pub fn billable(
+    status: u16,
+    sent_upstream: bool,
+    reading: &Reading,
+    request_bytes: u64,
+) -> (Usage, UsageSource) {
     let unanswered = status == 0 && sent_upstream;
     if !(200..300).contains(&status) && !unanswered {
         return (Usage::default(), UsageSource::None);
@@ -83,7 +88,11 @@ pub fn billable(status: u16, sent_upstream: bool, reading: &Reading, request_byt
     let input_estimate = request_bytes.div_ceil(BYTES_PER_TOKEN).max(1);
     let output_estimate = reading.output_text_bytes.div_ceil(BYTES_PER_TOKEN);
     let usage = Usage {
-        input_tokens: if seen.total_input() > 0 { seen.input_tokens } else { input_estimate },
+        input_tokens: if seen.total_input() > 0 {
+            seen.input_tokens
+        } else {
+            input_estimate
+        },
         output_tokens: seen.output_tokens.max(output_estimate),
         cache_read_tokens: seen.cache_read_tokens,
         cache_write_tokens: seen.cache_write_tokens,
@@ -138,15 +147,37 @@ mod tests {
 
     #[test]
     fn refused_requests_bill_nothing() {
-        let r = Reading { complete: true, usage: Usage { input_tokens: 5, ..Default::default() }, ..Default::default() };
-        assert_eq!(billable(429, true, &r, 100), (Usage::default(), UsageSource::None));
+        let r = Reading {
+            complete: true,
+            usage: Usage {
+                input_tokens: 5,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert_eq!(
+            billable(429, true, &r, 100),
+            (Usage::default(), UsageSource::None)
+        );
     }
 
     #[test]
     fn reported_usage_is_billed_exactly() {
-        let u = Usage { input_tokens: 10, output_tokens: 20, cache_read_tokens: 3, cache_write_tokens: 4 };
-        let r = Reading { complete: true, usage: u, ..Default::default() };
-        assert_eq!(billable(200, true, &r, 1_000_000), (u, UsageSource::Reported));
+        let u = Usage {
+            input_tokens: 10,
+            output_tokens: 20,
+            cache_read_tokens: 3,
+            cache_write_tokens: 4,
+        };
+        let r = Reading {
+            complete: true,
+            usage: u,
+            ..Default::default()
+        };
+        assert_eq!(
+            billable(200, true, &r, 1_000_000),
+            (u, UsageSource::Reported)
+        );
     }
 
     #[test]
@@ -156,17 +187,31 @@ mod tests {
         assert_eq!(src, UsageSource::Estimated);
         assert_eq!(u.input_tokens, 3);
         let partial = Reading {
-            usage: Usage { input_tokens: 40, output_tokens: 2, cache_read_tokens: 7, ..Default::default() },
+            usage: Usage {
+                input_tokens: 40,
+                output_tokens: 2,
+                cache_read_tokens: 7,
+                ..Default::default()
+            },
             output_text_bytes: 100,
             ..Default::default()
         };
         let (u, _) = billable(200, true, &partial, 10);
-        assert_eq!((u.input_tokens, u.output_tokens, u.cache_read_tokens), (40, 25, 7));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_tokens),
+            (40, 25, 7)
+        );
     }
 
     #[test]
     fn unanswered_requests_are_estimated_only_if_sent() {
-        assert_eq!(billable(0, true, &Reading::default(), 40).1, UsageSource::Estimated);
-        assert_eq!(billable(0, false, &Reading::default(), 40).1, UsageSource::None);
+        assert_eq!(
+            billable(0, true, &Reading::default(), 40).1,
+            UsageSource::Estimated
+        );
+        assert_eq!(
+            billable(0, false, &Reading::default(), 40).1,
+            UsageSource::None
+        );
     }
 }

@@ -6,7 +6,10 @@ use crate::operation::Operation;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     /// `POST /model/{modelId}/{operation}`; the label is still percent-encoded.
-    Model { label: &'a str, operation: Operation },
+    Model {
+        label: &'a str,
+        operation: Operation,
+    },
     /// `GET /usage`: the caller's own totals.
     Usage,
 }
@@ -22,11 +25,21 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, GatewayError>
         )
     };
     if path == "/usage" {
-        return if method == "GET" { Ok(Route::Usage) } else { Err(not_found()) };
+        return if method == "GET" {
+            Ok(Route::Usage)
+        } else {
+            Err(not_found())
+        };
     }
-    let Some(rest) = path.strip_prefix("/model/") else { return Err(not_found()) };
-    let Some((label, op)) = rest.rsplit_once('/') else { return Err(not_found()) };
-    let Some(operation) = Operation::from_path_segment(op) else { return Err(not_found()) };
+    let Some(rest) = path.strip_prefix("/model/") else {
+        return Err(not_found());
+    };
+    let Some((label, op)) = rest.rsplit_once('/') else {
+        return Err(not_found());
+    };
+    let Some(operation) = Operation::from_path_segment(op) else {
+        return Err(not_found());
+    };
     if label.contains('/') {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
@@ -47,11 +60,21 @@ mod tests {
     fn model_routes() {
         assert_eq!(
             route("POST", "/model/claude-fast/converse-stream").unwrap(),
-            Route::Model { label: "claude-fast", operation: Operation::ConverseStream }
+            Route::Model {
+                label: "claude-fast",
+                operation: Operation::ConverseStream
+            }
         );
         assert_eq!(
-            route("POST", "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke?x=1").unwrap(),
-            Route::Model { label: "us.anthropic.claude-haiku-4-5-20251001-v1%3A0", operation: Operation::Invoke }
+            route(
+                "POST",
+                "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/invoke?x=1"
+            )
+            .unwrap(),
+            Route::Model {
+                label: "us.anthropic.claude-haiku-4-5-20251001-v1%3A0",
+                operation: Operation::Invoke
+            }
         );
         assert_eq!(route("GET", "/usage").unwrap(), Route::Usage);
     }
@@ -67,10 +90,19 @@ mod tests {
             ("POST", "/v2/chat"),
             ("POST", "/model/converse"),
         ] {
-            assert_eq!(route(m, p).unwrap_err().kind, ErrorKind::NotFound, "{m} {p}");
+            assert_eq!(
+                route(m, p).unwrap_err().kind,
+                ErrorKind::NotFound,
+                "{m} {p}"
+            );
         }
         assert_eq!(
-            route("POST", "/model/arn:aws:bedrock:us-east-1:1:inference-profile/x.y/converse").unwrap_err().kind,
+            route(
+                "POST",
+                "/model/arn:aws:bedrock:us-east-1:1:inference-profile/x.y/converse"
+            )
+            .unwrap_err()
+            .kind,
             ErrorKind::BadRequest
         );
     }

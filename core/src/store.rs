@@ -61,7 +61,9 @@ pub fn cas_update<S: CasStore + ?Sized, T>(
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Host(format!("`{key}` kept changing: gave up after {MAX_CAS_ATTEMPTS} attempts")))
+    Err(StoreError::Host(format!(
+        "`{key}` kept changing: gave up after {MAX_CAS_ATTEMPTS} attempts"
+    )))
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -81,11 +83,17 @@ pub mod memory {
 
     impl CasStore for MemoryStore {
         fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
-            let g = self.inner.lock().map_err(|e| StoreError::Host(e.to_string()))?;
+            let g = self
+                .inner
+                .lock()
+                .map_err(|e| StoreError::Host(e.to_string()))?;
             Ok(g.0.get(key).cloned())
         }
         fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), StoreError> {
-            let mut g = self.inner.lock().map_err(|e| StoreError::Host(e.to_string()))?;
+            let mut g = self
+                .inner
+                .lock()
+                .map_err(|e| StoreError::Host(e.to_string()))?;
             g.1 += 1;
             let next = g.1;
             match g.0.get_mut(key) {
@@ -97,10 +105,14 @@ pub mod memory {
             }
         }
         fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            let mut g = self.inner.lock().map_err(|e| StoreError::Host(e.to_string()))?;
+            let mut g = self
+                .inner
+                .lock()
+                .map_err(|e| StoreError::Host(e.to_string()))?;
             g.1 += 1;
             let next = g.1;
-            g.0.entry(key.to_string()).or_insert_with(|| (value.to_vec(), next));
+            g.0.entry(key.to_string())
+                .or_insert_with(|| (value.to_vec(), next));
             Ok(())
         }
     }

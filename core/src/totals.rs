@@ -45,8 +45,16 @@ impl Totals {
     }
 
     fn from_fields(f: [u64; FIELDS]) -> Self {
-        let [requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_pico_usd] = f;
-        Self { requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_pico_usd }
+        let [requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_pico_usd] =
+            f;
+        Self {
+            requests,
+            input_tokens,
+            output_tokens,
+            cache_read_tokens,
+            cache_write_tokens,
+            cost_pico_usd,
+        }
     }
 
     pub fn plus(&self, other: &Self) -> Self {
@@ -82,7 +90,10 @@ pub fn store_key(key_id: &str) -> String {
 
 /// Creates the totals record of each key that has none; never touches an existing one, so a
 /// worker (re)starting or a configuration reload resets nothing.
-pub fn ensure<S: CasStore + ?Sized>(store: &S, key_ids: impl IntoIterator<Item = impl AsRef<str>>) -> Result<(), StoreError> {
+pub fn ensure<S: CasStore + ?Sized>(
+    store: &S,
+    key_ids: impl IntoIterator<Item = impl AsRef<str>>,
+) -> Result<(), StoreError> {
     let zero = Totals::default().encode();
     for id in key_ids {
         let key = store_key(id.as_ref());
@@ -94,7 +105,11 @@ pub fn ensure<S: CasStore + ?Sized>(store: &S, key_ids: impl IntoIterator<Item =
 }
 
 /// Adds one request's usage to the key's totals; returns the new totals.
-pub fn add<S: CasStore + ?Sized>(store: &S, key_id: &str, delta: &Totals) -> Result<Totals, StoreError> {
+pub fn add<S: CasStore + ?Sized>(
+    store: &S,
+    key_id: &str,
+    delta: &Totals,
+) -> Result<Totals, StoreError> {
     let zero = Totals::default().encode();
     let mut unreadable = false;
     let out = cas_update(store, &store_key(key_id), &zero, |current| {
@@ -107,13 +122,18 @@ pub fn add<S: CasStore + ?Sized>(store: &S, key_id: &str, delta: &Totals) -> Res
     })?;
     if unreadable {
         // Only a foreign writer in our vm_id namespace could cause this; say so rather than hide it.
-        return Err(StoreError::Host(format!("totals of `{key_id}` were unreadable and restarted from zero")));
+        return Err(StoreError::Host(format!(
+            "totals of `{key_id}` were unreadable and restarted from zero"
+        )));
     }
     Ok(out)
 }
 
 pub fn read<S: CasStore + ?Sized>(store: &S, key_id: &str) -> Result<Totals, StoreError> {
-    Ok(store.get(&store_key(key_id))?.and_then(|(v, _)| Totals::decode(&v)).unwrap_or_default())
+    Ok(store
+        .get(&store_key(key_id))?
+        .and_then(|(v, _)| Totals::decode(&v))
+        .unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -124,7 +144,14 @@ mod tests {
 
     #[test]
     fn round_trip_and_reject_foreign_bytes() {
-        let t = Totals { requests: 3, input_tokens: 7, output_tokens: 11, cache_read_tokens: 13, cache_write_tokens: 17, cost_pico_usd: u64::MAX };
+        let t = Totals {
+            requests: 3,
+            input_tokens: 7,
+            output_tokens: 11,
+            cache_read_tokens: 13,
+            cache_write_tokens: 17,
+            cost_pico_usd: u64::MAX,
+        };
         assert_eq!(Totals::decode(&t.encode()), Some(t));
         assert_eq!(Totals::decode(b""), None);
         assert_eq!(Totals::decode(&[9; ENCODED_LEN]), None);
@@ -134,7 +161,16 @@ mod tests {
     fn ensure_never_resets() {
         let s = MemoryStore::default();
         ensure(&s, ["a"]).unwrap();
-        add(&s, "a", &Totals { requests: 1, cost_pico_usd: 5, ..Default::default() }).unwrap();
+        add(
+            &s,
+            "a",
+            &Totals {
+                requests: 1,
+                cost_pico_usd: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         ensure(&s, ["a", "b"]).unwrap();
         assert_eq!(read(&s, "a").unwrap().cost_pico_usd, 5);
         assert_eq!(read(&s, "b").unwrap(), Totals::default());
@@ -149,7 +185,11 @@ mod tests {
                 let s = s.clone();
                 std::thread::spawn(move || {
                     for i in 0..500u64 {
-                        let usage = Usage { input_tokens: t + i, output_tokens: 1, ..Default::default() };
+                        let usage = Usage {
+                            input_tokens: t + i,
+                            output_tokens: 1,
+                            ..Default::default()
+                        };
                         add(&*s, "k", &Totals::of_request(&usage, 3)).unwrap();
                     }
                 })
@@ -162,6 +202,11 @@ mod tests {
         assert_eq!(total.requests, 4000);
         assert_eq!(total.output_tokens, 4000);
         assert_eq!(total.cost_pico_usd, 12000);
-        assert_eq!(total.input_tokens, (0..8u64).map(|t| (0..500u64).map(|i| t + i).sum::<u64>()).sum::<u64>());
+        assert_eq!(
+            total.input_tokens,
+            (0..8u64)
+                .map(|t| (0..500u64).map(|i| t + i).sum::<u64>())
+                .sum::<u64>()
+        );
     }
 }

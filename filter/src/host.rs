@@ -17,14 +17,21 @@ pub fn headers(map: MapType) -> Vec<(String, String)> {
     match hostcalls::get_map_bytes(map) {
         Ok(pairs) => pairs
             .into_iter()
-            .filter_map(|(name, value)| String::from_utf8(value).ok().map(|v| (name.to_ascii_lowercase(), v)))
+            .filter_map(|(name, value)| {
+                String::from_utf8(value)
+                    .ok()
+                    .map(|v| (name.to_ascii_lowercase(), v))
+            })
             .collect(),
         Err(_) => Vec::new(),
     }
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
 }
 
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
@@ -39,7 +46,9 @@ pub fn now() -> SystemTime {
 }
 
 pub fn now_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 pub fn log(level: LogLevel, message: &str) {
@@ -50,13 +59,19 @@ pub fn log(level: LogLevel, message: &str) {
 pub fn reply(r: &Reply) {
     let headers: Vec<(&str, &str)> = r.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     if let Err(e) = hostcalls::send_http_response(u32::from(r.status), headers, Some(&r.body)) {
-        log(LogLevel::Error, &format!("tollgate: could not send a local reply: {e:?}"));
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not send a local reply: {e:?}"),
+        );
     }
 }
 
 pub fn set_header(map: MapType, name: &str, value: &str) {
     if let Err(e) = hostcalls::set_map_value(map, name, Some(value)) {
-        log(LogLevel::Error, &format!("tollgate: could not set header {name}: {e:?}"));
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not set header {name}: {e:?}"),
+        );
     }
 }
 
@@ -86,6 +101,7 @@ impl CasStore for SharedData {
     }
 
     fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        hostcalls::set_shared_data(key, Some(value), None).map_err(|e| StoreError::Host(format!("{e:?}")))
+        hostcalls::set_shared_data(key, Some(value), None)
+            .map_err(|e| StoreError::Host(format!("{e:?}")))
     }
 }

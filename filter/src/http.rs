@@ -22,7 +22,11 @@ pub struct Http {
 
 impl Http {
     pub fn new(config: Result<Rc<Config>, Rc<str>>) -> Self {
-        Self { config, exchange: None, local_reply: false }
+        Self {
+            config,
+            exchange: None,
+            local_reply: false,
+        }
     }
 
     fn reply(&mut self, reply: &Reply) -> Action {
@@ -40,7 +44,9 @@ impl Http {
 
     /// Rewrites the paused request into the signed upstream one.
     fn forward(&mut self, config: &Config, body: &[u8]) -> Action {
-        let Some(ex) = self.exchange.as_mut() else { return Action::Continue };
+        let Some(ex) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
         match ex.upstream_request(config, body, host::now()) {
             Ok(up) => {
                 apply(&up);
@@ -70,21 +76,34 @@ impl HttpContext for Http {
         let config = match &self.config {
             Ok(c) => c.clone(),
             Err(why) => {
-                return self.reject(&GatewayError::new(ErrorKind::NotConfigured, format!("gateway misconfigured: {why}")))
+                return self.reject(&GatewayError::new(
+                    ErrorKind::NotConfigured,
+                    format!("gateway misconfigured: {why}"),
+                ))
             }
         };
         let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");
         let path = host::header(&headers, ":path").unwrap_or("");
-        let pairs: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
             Admission::Reply(r) => self.reply(&r),
             Admission::Usage { key_id } => match totals::read(&SharedData, &key_id) {
                 Ok(t) => self.reply(&endpoints::usage_reply(&key_id, &t)),
-                Err(e) => self.reject(&GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}"))),
+                Err(e) => self.reject(&GatewayError::new(
+                    ErrorKind::Internal,
+                    format!("usage unavailable: {e}"),
+                )),
             },
-            Admission::Forward(ex) => {
+            Admission::Forward(mut ex) => {
+                let declared = ex.check_declared_body_size();
                 self.exchange = Some(ex);
+                if let Err(e) = declared {
+                    return self.reject(&e);
+                }
                 if end_of_stream {
                     self.forward(&config, &[])
                 } else {
@@ -97,7 +116,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else { return Action::Continue };
+        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
         let config = config.clone();
         if let Err(e) = ex.check_body_size(body_size as u64) {
             return self.reject(&e);
@@ -115,8 +136,13 @@ impl HttpContext for Http {
         }
         if let Some(ex) = self.exchange.as_mut() {
             let headers = host::headers(MapType::HttpResponseHeaders);
-            let status = host::header(&headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
-            ex.on_response_headers(status, headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+            let status = host::header(&headers, ":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            ex.on_response_headers(
+                status,
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            );
         }
         Action::Continue
     }
@@ -133,20 +159,35 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else { return };
-        let Some(record) = ex.finish(config, host::now_ms(host::now())) else { return };
+        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+            return;
+        };
+        let Some(record) = ex.finish(config, host::now_ms(host::now())) else {
+            return;
+        };
         if let Ok(line) = serde_json::to_string(&record) {
             host::log(LogLevel::Info, &format!("tollgate.usage {line}"));
         }
-        if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel && record.cost_pico_usd > 0 {
+        if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel
+            && record.cost_pico_usd > 0
+        {
             host::log(
                 LogLevel::Warn,
-                &format!("tollgate: no price for model `{}`: billed at the most expensive chat tier", record.model_id),
+                &format!(
+                    "tollgate: no price for model `{}`: billed at the most expensive chat tier",
+                    record.model_id
+                ),
             );
         }
         let delta = Totals::of_request(&record.usage(), record.cost_pico_usd);
         if let Err(e) = totals::add(&SharedData, &record.key_id, &delta) {
-            host::log(LogLevel::Critical, &format!("tollgate: usage of key `{}` NOT added to totals: {e}", record.key_id));
+            host::log(
+                LogLevel::Critical,
+                &format!(
+                    "tollgate: usage of key `{}` NOT added to totals: {e}",
+                    record.key_id
+                ),
+            );
         }
     }
 }

@@ -28,7 +28,11 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX) {
+        let bytes = match proxy_wasm::hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        ) {
             Ok(Some(b)) => b,
             _ => Vec::new(),
         };
@@ -36,19 +40,32 @@ impl RootContext for Root {
         let env = |name: &str| std::env::var(name).ok();
         self.config = match Config::parse(&bytes, &env) {
             Ok(c) => {
-                if let Err(e) = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id)) {
-                    host::log(LogLevel::Error, &format!("tollgate: could not create usage totals: {e}"));
+                if let Err(e) = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
+                {
+                    host::log(
+                        LogLevel::Error,
+                        &format!("tollgate: could not create usage totals: {e}"),
+                    );
                 }
                 host::log(
                     LogLevel::Info,
-                    &format!("tollgate: configured: region {}, upstream {}, {} keys, {} aliases", c.region, c.upstream_host, c.api_keys.len(), c.aliases.len()),
+                    &format!(
+                        "tollgate: configured: region {}, upstream {}, {} keys, {} aliases",
+                        c.region,
+                        c.upstream_host,
+                        c.api_keys.len(),
+                        c.aliases.len()
+                    ),
                 );
                 Ok(Rc::new(c))
             }
             Err(e) => {
                 // Fail closed: keep the filter loaded so every request gets a clear 500
                 // instead of the listener disappearing or traffic passing unauthenticated.
-                host::log(LogLevel::Critical, &format!("tollgate: {e}; answering every request with 500"));
+                host::log(
+                    LogLevel::Critical,
+                    &format!("tollgate: {e}; answering every request with 500"),
+                );
                 Err(Rc::from(e.to_string()))
             }
         };
