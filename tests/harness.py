@@ -50,6 +50,7 @@ def http_json(url: str, method: str = "GET", timeout: float = 10):
 
 class Emulator:
     def __init__(self, workdir: Path, *extra_args: str):
+        workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "emulator.log"
         self.proc = subprocess.Popen(
             [

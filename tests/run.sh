@@ -24,7 +24,7 @@ case "$upstream" in
   *) echo "UPSTREAM must be emulator or bedrock" >&2; exit 2 ;;
 esac
 
-.venv/bin/envoy -c "$config" --concurrency 2 --log-path .run/envoy.log &
+.venv/bin/envoy -c "$config" --concurrency 2 --log-path .run/envoy.log --file-flush-interval-msec 1000 &
 pids+=($!)
 for _ in $(seq 1 100); do
   curl -fs http://127.0.0.1:9901/ready >/dev/null 2>&1 && break

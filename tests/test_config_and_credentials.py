@@ -40,10 +40,11 @@ def test_unknown_field_is_rejected(workdir, emulator, tls_dir):
 def test_bedrock_api_key_upstream(workdir, tls_dir):
     """credentials.type = bedrock_api_key: the upstream sees Tollgate's Bedrock key, not the client's."""
     upstream_key = "ABSKdGVzdC1iZWRyb2NrLWFwaS1rZXk="
-    emu = harness.Emulator(workdir, "--bearer-token", upstream_key)
-    cfg = plugin_config(emu.port, credentials={"type": "bedrock_api_key", "api_key": upstream_key})
-    envoy = harness.Envoy(workdir / "bearer", cfg, emu.port, tls_dir, concurrency=1, name="bearer")
+    emu = harness.Emulator(workdir / "bearer", "--bearer-token", upstream_key)
+    envoy = None
     try:
+        cfg = plugin_config(emu.port, credentials={"type": "bedrock_api_key", "api_key": upstream_key})
+        envoy = harness.Envoy(workdir / "bearer", cfg, emu.port, tls_dir, concurrency=1, name="bearer")
         body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
         status, _, out = raw(envoy, "POST", "/model/claude-fast/converse", body,
                              {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"})
@@ -54,5 +55,6 @@ def test_bedrock_api_key_upstream(workdir, tls_dir):
         record = harness.wait_until(envoy.usage_records, 10, "a usage record")[0]
         assert record["output_tokens"] == 3 and record["status"] == 200
     finally:
-        envoy.stop()
+        if envoy:
+            envoy.stop()
         emu.stop()

@@ -6,7 +6,7 @@ mod http;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
+use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use tollgate_core::config::Config;
 use tollgate_core::totals;
 
@@ -27,15 +27,8 @@ struct Root {
 impl Context for Root {}
 
 impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let bytes = match proxy_wasm::hostcalls::get_buffer(
-            proxy_wasm::types::BufferType::PluginConfiguration,
-            0,
-            usize::MAX,
-        ) {
-            Ok(Some(b)) => b,
-            _ => Vec::new(),
-        };
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = host::buffer(BufferType::PluginConfiguration, size);
         // Credentials may come from `vm_config.environment_variables`.
         let env = |name: &str| std::env::var(name).ok();
         self.config = match Config::parse(&bytes, &env) {
