@@ -39,6 +39,14 @@ pub enum ErrorKind {
     UnknownModel,
     /// The request body is larger than `max_request_body_bytes`.
     BodyTooLarge,
+    /// The key's requests-per-minute limit is reached.
+    RequestRateLimited,
+    /// The key's tokens-per-minute limit would be exceeded.
+    TokenRateLimited,
+    /// The key has its maximum of requests in flight.
+    ConcurrencyLimited,
+    /// The key's budget for the period cannot cover the request.
+    BudgetExhausted,
     /// The request itself is malformed.
     BadRequest,
     /// No such route.
@@ -56,6 +64,10 @@ impl ErrorKind {
             Self::ModelNotAllowed => 403,
             Self::UnknownModel | Self::BadRequest => 400,
             Self::BodyTooLarge => 413,
+            Self::RequestRateLimited
+            | Self::TokenRateLimited
+            | Self::ConcurrencyLimited
+            | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
         }
@@ -68,7 +80,32 @@ impl ErrorKind {
             Self::ModelNotAllowed => "AccessDeniedException",
             Self::UnknownModel | Self::BadRequest | Self::BodyTooLarge => "ValidationException",
             Self::NotFound => "UnknownOperationException",
+            Self::RequestRateLimited | Self::TokenRateLimited | Self::ConcurrencyLimited => {
+                "ThrottlingException"
+            }
+            Self::BudgetExhausted => "ServiceQuotaExceededException",
             Self::NotConfigured | Self::Internal => "InternalServerException",
+        }
+    }
+}
+
+impl ErrorKind {
+    /// The snake_case name used in logs and metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_key",
+            Self::UnknownKey => "unknown_key",
+            Self::ModelNotAllowed => "model_not_allowed",
+            Self::UnknownModel => "unknown_model",
+            Self::BodyTooLarge => "body_too_large",
+            Self::RequestRateLimited => "request_rate_limited",
+            Self::TokenRateLimited => "token_rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
+            Self::BudgetExhausted => "budget_exhausted",
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+            Self::NotConfigured => "not_configured",
+            Self::Internal => "internal",
         }
     }
 }
@@ -77,6 +114,8 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Seconds until a retry can succeed (`Retry-After`), for quota refusals.
+    pub retry_after_s: Option<u64>,
 }
 
 impl GatewayError {
@@ -126,6 +165,25 @@ mod tests {
             .contains(&("x-amzn-errortype", "AccessDeniedException".into())));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["message"], "key `a` may not use `m`");
+    }
+
+    #[test]
+    fn quota_refusals_are_429_with_retry_after() {
+        let r = GatewayError::new(ErrorKind::BudgetExhausted, "spent")
+            .retry_after(3600)
+            .to_bedrock_reply();
+        assert_eq!(r.status, 429);
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "ServiceQuotaExceededException".into())));
+        assert!(r.headers.contains(&("retry-after", "3600".into())));
+        let r = GatewayError::new(ErrorKind::ConcurrencyLimited, "busy")
+            .retry_after(0)
+            .to_bedrock_reply();
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "ThrottlingException".into())));
+        assert!(r.headers.contains(&("retry-after", "1".into())));
     }
 
     #[test]
