@@ -123,7 +123,13 @@ impl GatewayError {
         Self {
             kind,
             message: message.into(),
+            retry_after_s: None,
         }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 
     /// The error as Bedrock would send it.
