@@ -147,6 +147,9 @@ impl GatewayError {
         reply
             .headers
             .push(("x-amzn-errortype", self.kind.bedrock_type().to_string()));
+        if let Some(s) = self.retry_after_s {
+            reply.headers.push(("retry-after", s.to_string()));
+        }
         reply
     }
 }
