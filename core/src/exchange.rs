@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use crate::auth;
-use crate::config::Config;
-use crate::error::{ErrorKind, GatewayError, Reply};
+use crate::config::{ApiKey, Config};
+use crate::error::{ErrorKind, GatewayError};
 use crate::meter::UsageMeter;
 use crate::model_id;
 use crate::operation::Operation;
@@ -20,8 +20,11 @@ pub enum Admission {
     Forward(Box<Exchange>),
     /// Answer `GET /usage` for this key from the store.
     Usage { key_id: String },
-    /// Answer with this and stop.
-    Reply(Reply),
+    /// Answer with the error's reply and stop. `key_id` is known once the key authenticated.
+    Refused {
+        error: GatewayError,
+        key_id: Option<String>,
+    },
 }
 
 /// Request headers the client must never send upstream: its own credentials, and any AWS
@@ -38,21 +41,35 @@ pub fn admit(
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Admission {
-    match admit_inner(config, method, path, headers, now_ms) {
+    let authenticated = route::route(method, path).and_then(|route| {
+        let key = auth::authenticate(&config.api_keys, auth::presented_key(headers)?)?;
+        Ok((route, key))
+    });
+    let (route, key) = match authenticated {
+        Ok(found) => found,
+        Err(error) => {
+            return Admission::Refused {
+                error,
+                key_id: None,
+            }
+        }
+    };
+    match admit_key(config, route, key, headers, now_ms) {
         Ok(a) => a,
-        Err(e) => Admission::Reply(e.to_bedrock_reply()),
+        Err(error) => Admission::Refused {
+            error,
+            key_id: Some(key.id.clone()),
+        },
     }
 }
 
-fn admit_inner(
+fn admit_key(
     config: &Config,
-    method: &str,
-    path: &str,
+    route: Route<'_>,
+    key: &ApiKey,
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Result<Admission, GatewayError> {
-    let route = route::route(method, path)?;
-    let key = auth::authenticate(&config.api_keys, auth::presented_key(headers)?)?;
     let (label, operation) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
@@ -279,7 +296,8 @@ mod tests {
 
     fn reply_of(a: Admission) -> (u16, String) {
         match a {
-            Admission::Reply(r) => {
+            Admission::Refused { error, .. } => {
+                let r = error.to_bedrock_reply();
                 let ty = r
                     .headers
                     .iter()

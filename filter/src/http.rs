@@ -11,6 +11,7 @@ use tollgate_core::exchange::{self, Admission, Exchange, UpstreamRequest};
 use tollgate_core::totals::{self, Totals};
 
 use crate::host::{self, SharedData};
+use crate::metrics;
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
@@ -38,7 +39,10 @@ impl Http {
         Action::Pause
     }
 
-    fn reject(&mut self, e: &GatewayError) -> Action {
+    /// Refuses the request; every refusal goes through here.
+    fn reject(&mut self, e: &GatewayError, key_id: Option<&str>) -> Action {
+        let key_id = key_id.or(self.exchange.as_ref().map(|ex| ex.key_id.as_str()));
+        metrics::on_refusal(e, key_id);
         self.reply(&e.to_bedrock_reply())
     }
 
@@ -52,7 +56,7 @@ impl Http {
                 apply(&up);
                 Action::Continue
             }
-            Err(e) => self.reject(&e),
+            Err(e) => self.reject(&e, None),
         }
     }
 }
@@ -76,10 +80,13 @@ impl HttpContext for Http {
         let config = match &self.config {
             Ok(c) => c.clone(),
             Err(why) => {
-                return self.reject(&GatewayError::new(
-                    ErrorKind::NotConfigured,
-                    format!("gateway misconfigured: {why}"),
-                ))
+                return self.reject(
+                    &GatewayError::new(
+                        ErrorKind::NotConfigured,
+                        format!("gateway misconfigured: {why}"),
+                    ),
+                    None,
+                )
             }
         };
         let headers = host::headers(MapType::HttpRequestHeaders);
@@ -90,19 +97,19 @@ impl HttpContext for Http {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
-            Admission::Reply(r) => self.reply(&r),
+            Admission::Refused { error, key_id } => self.reject(&error, key_id.as_deref()),
             Admission::Usage { key_id } => match totals::read(&SharedData, &key_id) {
                 Ok(t) => self.reply(&endpoints::usage_reply(&key_id, &t)),
-                Err(e) => self.reject(&GatewayError::new(
-                    ErrorKind::Internal,
-                    format!("usage unavailable: {e}"),
-                )),
+                Err(e) => self.reject(
+                    &GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}")),
+                    Some(&key_id),
+                ),
             },
             Admission::Forward(mut ex) => {
                 let declared = ex.check_declared_body_size();
                 self.exchange = Some(ex);
                 if let Err(e) = declared {
-                    return self.reject(&e);
+                    return self.reject(&e, None);
                 }
                 if end_of_stream {
                     self.forward(&config, &[])
@@ -121,7 +128,7 @@ impl HttpContext for Http {
         };
         let config = config.clone();
         if let Err(e) = ex.check_body_size(body_size as u64) {
-            return self.reject(&e);
+            return self.reject(&e, None);
         }
         if !end_of_stream {
             return Action::Pause;
@@ -168,6 +175,7 @@ impl HttpContext for Http {
         if let Ok(line) = serde_json::to_string(&record) {
             host::log(LogLevel::Info, &format!("tollgate.usage {line}"));
         }
+        metrics::on_record(&record);
         if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel
             && record.cost_pico_usd > 0
         {

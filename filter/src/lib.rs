@@ -2,6 +2,7 @@
 
 mod host;
 mod http;
+mod metrics;
 
 use std::rc::Rc;
 
