@@ -67,6 +67,7 @@ mod tests {
             sha256: hash_key(secret),
             any_model: true,
             models: BTreeSet::new(),
+            limits: Default::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::limits::{KeyLimits, LimitsDocument};
 use crate::model_id;
 
 /// Default cap on a buffered request body: Envoy's default per-connection buffer is 1 MiB too.
@@ -21,7 +22,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -58,6 +59,8 @@ struct Document {
     credentials: CredentialsDocument,
     #[serde(default)]
     max_request_body_bytes: Option<u64>,
+    #[serde(default)]
+    test_hooks: bool,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,8 @@ struct KeyDocument {
     id: String,
     sha256: String,
     models: Vec<String>,
+    #[serde(default)]
+    limits: LimitsDocument,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +135,7 @@ pub struct ApiKey {
     pub any_model: bool,
     /// Bedrock model IDs this key may use, after alias resolution.
     pub models: BTreeSet<String>,
+    pub limits: KeyLimits,
 }
 
 impl ApiKey {
@@ -147,6 +153,8 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     pub upstream_auth: UpstreamAuth,
     pub max_request_body_bytes: u64,
+    /// Lets tests set the quota clock with `x-tollgate-test-now-ms`. Never in production.
+    pub test_hooks: bool,
 }
 
 impl Config {
@@ -229,15 +237,17 @@ impl Config {
                     "list the aliases or model IDs this key may use, or `*`",
                 ));
             }
+            let resolve = |m: &str| match doc.aliases.get(m) {
+                Some(target) => Some(target.clone()),
+                None => model_id::is_model_id(m).then(|| m.to_string()),
+            };
             let mut any_model = false;
             let mut models = BTreeSet::new();
             for (j, m) in key.models.iter().enumerate() {
                 if m == "*" {
                     any_model = true;
-                } else if let Some(target) = doc.aliases.get(m) {
-                    models.insert(target.clone());
-                } else if model_id::is_model_id(m) {
-                    models.insert(m.clone());
+                } else if let Some(target) = resolve(m) {
+                    models.insert(target);
                 } else {
                     return Err(ConfigError::new(
                         format!("api_keys[{i}].models[{j}]"),
@@ -245,11 +255,13 @@ impl Config {
                     ));
                 }
             }
+            let limits = key.limits.validate(&at("limits"), &resolve)?;
             api_keys.push(ApiKey {
                 id: key.id,
                 sha256,
                 any_model,
                 models,
+                limits,
             });
         }
 
@@ -329,6 +341,7 @@ impl Config {
             api_keys,
             upstream_auth,
             max_request_body_bytes,
+            test_hooks: doc.test_hooks,
         })
     }
 }

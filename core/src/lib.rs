@@ -5,13 +5,16 @@
 
 pub mod auth;
 pub mod config;
+pub mod counters;
 pub mod endpoints;
 pub mod error;
 pub mod eventstream;
 pub mod exchange;
+pub mod limits;
 pub mod meter;
 pub mod model_id;
 pub mod operation;
+pub mod period;
 pub mod pricing;
 pub mod record;
 pub mod route;
