@@ -5,11 +5,15 @@ use std::time::SystemTime;
 
 use crate::auth;
 use crate::config::{ApiKey, Config};
+use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError};
 use crate::meter::UsageMeter;
 use crate::model_id;
 use crate::operation::Operation;
+use crate::pricing;
+use crate::quota::{self, Reservation};
 use crate::record::{self, UsageRecord};
+use crate::request_body;
 use crate::route::{self, Route};
 use crate::signing;
 
@@ -108,6 +112,10 @@ fn admit_key(
     let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
+    let quota_now_ms = match header(TEST_CLOCK_HEADER) {
+        Some(v) if config.test_hooks => v.trim().parse().unwrap_or(now_ms),
+        _ => now_ms,
+    };
     Ok(Admission::Forward(Box::new(Exchange {
         request_id,
         key_id: key.id.clone(),
@@ -115,6 +123,8 @@ fn admit_key(
         model_id,
         operation,
         started_ms: now_ms,
+        quota_now_ms,
+        reservation: Reservation::default(),
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,
@@ -137,7 +147,14 @@ pub struct UpstreamRequest {
     pub remove_headers: Vec<String>,
     /// Headers to set (signature, date, token).
     pub set_headers: Vec<(String, String)>,
+    /// A new body (the output-token cap applied), to send instead of the client's, with a
+    /// `content-length` to match.
+    pub body: Option<Vec<u8>>,
 }
+
+/// With `test_hooks` on, this request header sets the quota clock (ms since the epoch), so
+/// tests can cross minutes and budget periods without sleeping.
+pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
 
 pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
@@ -148,6 +165,9 @@ pub struct Exchange {
     pub model_id: String,
     pub operation: Operation,
     started_ms: u64,
+    /// The clock quota windows and periods are read from.
+    quota_now_ms: u64,
+    reservation: Reservation,
     body_limit: u64,
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
@@ -187,15 +207,32 @@ impl Exchange {
         Ok(())
     }
 
-    /// The upstream request for the complete `body`, signed at `now`.
+    /// The upstream request for the complete `body`, signed at `now`, once the request is
+    /// admitted against its key's limits (its estimated cost reserved in `counters`).
     pub fn upstream_request(
         &mut self,
         config: &Config,
+        counters: &dyn Counters,
         body: &[u8],
         now: SystemTime,
     ) -> Result<UpstreamRequest, GatewayError> {
         self.request_bytes = body.len() as u64;
         self.check_body_size(self.request_bytes)?;
+        let key = config
+            .api_keys
+            .iter()
+            .find(|k| k.id == self.key_id)
+            .ok_or_else(|| {
+                GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
+            })?;
+        let cap = key.limits.max_output_tokens(&self.model_id);
+        let limit = request_body::output_limit(body, self.operation, &self.model_id, cap);
+        let body = limit.rewritten.as_deref().unwrap_or(body);
+        let quote = pricing::quote(&config.region, &self.model_id);
+        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
+        self.reservation =
+            quota::reserve(counters, key, &self.model_id, estimate, self.quota_now_ms)
+                .inspect_err(|e| self.status = Some(e.kind.status()))?;
         let path = format!(
             "/model/{}/{}",
             model_id::encode_path_label(&self.model_id),
@@ -216,6 +253,7 @@ impl Exchange {
             authority: config.upstream_host.clone(),
             remove_headers: std::mem::take(&mut self.strip_headers),
             set_headers,
+            body: limit.rewritten,
         })
     }
 
@@ -239,14 +277,22 @@ impl Exchange {
 
     /// The usage record, once, when the exchange is over (completed, failed, or cancelled).
     /// `None` if it was already produced.
-    pub fn finish(&mut self, config: &Config, now_ms: u64) -> Option<UsageRecord> {
+    ///
+    /// This is also where the exchange's reservation is replaced by what was used and its
+    /// concurrency slots are freed: hosts call it on every path (Envoy's `on_log`).
+    pub fn finish(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        now_ms: u64,
+    ) -> Option<UsageRecord> {
         if std::mem::replace(&mut self.finished, true) {
             return None;
         }
         let reading = self.meter.finish();
         // No status: the upstream never answered (reset, timeout, client gone first).
         let status = self.status.unwrap_or(0);
-        Some(record::make(record::Facts {
+        let record = record::make(record::Facts {
             request_id: self.request_id.as_deref(),
             key_id: &self.key_id,
             model: &self.model,
@@ -258,7 +304,20 @@ impl Exchange {
             reading: &reading,
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
-        }))
+        });
+        let used = record.usage();
+        let tokens = used.total_input().saturating_add(used.output_tokens);
+        if let Err(e) = self
+            .reservation
+            .settle(counters, tokens, record.cost_pico_usd)
+        {
+            // The record still stands; the hosts log it as a quota problem.
+            return Some(UsageRecord {
+                problem: Some(format!("quota settlement failed: {e}")),
+                ..record
+            });
+        }
+        Some(record)
     }
 }
 
@@ -266,6 +325,8 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::store::memory::MemoryStore;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
@@ -325,7 +386,12 @@ mod tests {
         );
         assert_eq!(ex.request_id.as_deref(), Some("rid-1"));
         let up = ex
-            .upstream_request(&config(), b"{}", SystemTime::UNIX_EPOCH)
+            .upstream_request(
+                &config(),
+                &CasCounters(&MemoryStore::default()),
+                b"{}",
+                SystemTime::UNIX_EPOCH,
+            )
             .unwrap();
         assert_eq!(
             up.path,
@@ -405,29 +471,44 @@ mod tests {
             ex.check_declared_body_size().unwrap_err().kind,
             ErrorKind::BodyTooLarge
         );
-        let record = ex.finish(&config(), 1_050).unwrap();
+        let record = ex
+            .finish(&config(), &CasCounters(&MemoryStore::default()), 1_050)
+            .unwrap();
         assert_eq!(
             (record.status, record.cost_pico_usd, record.latency_ms),
             (413, 0, 50)
         );
         assert!(
-            ex.finish(&config(), 1_060).is_none(),
+            ex.finish(&config(), &CasCounters(&MemoryStore::default()), 1_060)
+                .is_none(),
             "one record per exchange"
         );
 
         let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse", &[]));
         ex.check_body_size(100).unwrap();
         assert!(ex
-            .upstream_request(&config(), &[b' '; 101], SystemTime::UNIX_EPOCH)
+            .upstream_request(
+                &config(),
+                &CasCounters(&MemoryStore::default()),
+                &[b' '; 101],
+                SystemTime::UNIX_EPOCH
+            )
             .is_err());
     }
 
     #[test]
     fn a_cancelled_exchange_after_sending_is_estimated() {
         let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse-stream", &[]));
-        ex.upstream_request(&config(), &[b'x'; 80], SystemTime::UNIX_EPOCH)
+        ex.upstream_request(
+            &config(),
+            &CasCounters(&MemoryStore::default()),
+            &[b'x'; 80],
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        let record = ex
+            .finish(&config(), &CasCounters(&MemoryStore::default()), 2_000)
             .unwrap();
-        let record = ex.finish(&config(), 2_000).unwrap();
         assert_eq!(record.status, 0);
         assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
         assert_eq!(record.input_tokens, 20);

@@ -63,6 +63,11 @@ impl UsageRecord {
 /// request body's JSON framing makes it over-count input, which is the safe direction.
 const BYTES_PER_TOKEN: u64 = 4;
 
+/// Tokens assumed for `bytes` of request or generated text.
+pub fn estimate_tokens(bytes: u64) -> u64 {
+    bytes.div_ceil(BYTES_PER_TOKEN)
+}
+
 /// What to bill for a response that got this far.
 ///
 /// - Refused (`status` not 2xx): nothing — Bedrock does not bill refused requests.
@@ -85,8 +90,8 @@ pub fn billable(
         return (reading.usage, UsageSource::Reported);
     }
     let seen = reading.usage;
-    let input_estimate = request_bytes.div_ceil(BYTES_PER_TOKEN).max(1);
-    let output_estimate = reading.output_text_bytes.div_ceil(BYTES_PER_TOKEN);
+    let input_estimate = estimate_tokens(request_bytes).max(1);
+    let output_estimate = estimate_tokens(reading.output_text_bytes);
     let usage = Usage {
         input_tokens: if seen.total_input() > 0 {
             seen.input_tokens

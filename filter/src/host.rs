@@ -41,6 +41,16 @@ pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
     }
 }
 
+/// Replaces the buffered request body (headers still paused, so `content-length` can follow).
+pub fn replace_request_body(old_size: usize, body: &[u8]) {
+    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not replace the request body: {e:?}"),
+        );
+    }
+}
+
 pub fn now() -> SystemTime {
     hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
 }

@@ -10,6 +10,8 @@ use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Exchange, UpstreamRequest};
 use tollgate_core::totals::{self, Totals};
 
+use tollgate_core::counters::CasCounters;
+
 use crate::host::{self, SharedData};
 use crate::metrics;
 
@@ -51,9 +53,9 @@ impl Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        match ex.upstream_request(config, body, host::now()) {
+        match ex.upstream_request(config, &CasCounters(&SharedData), body, host::now()) {
             Ok(up) => {
-                apply(&up);
+                apply(&up, body.len());
                 Action::Continue
             }
             Err(e) => self.reject(&e, None),
@@ -61,8 +63,12 @@ impl Http {
     }
 }
 
-fn apply(up: &UpstreamRequest) {
+fn apply(up: &UpstreamRequest, body_size: usize) {
     let map = MapType::HttpRequestHeaders;
+    if let Some(body) = &up.body {
+        host::replace_request_body(body_size, body);
+        host::set_header(map, "content-length", &body.len().to_string());
+    }
     for name in &up.remove_headers {
         host::remove_header(map, name);
     }
@@ -169,7 +175,8 @@ impl HttpContext for Http {
         let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
             return;
         };
-        let Some(record) = ex.finish(config, host::now_ms(host::now())) else {
+        let Some(record) = ex.finish(config, &CasCounters(&SharedData), host::now_ms(host::now()))
+        else {
             return;
         };
         if let Ok(line) = serde_json::to_string(&record) {

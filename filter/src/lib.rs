@@ -9,7 +9,8 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use tollgate_core::config::Config;
-use tollgate_core::totals;
+use tollgate_core::counters::CasCounters;
+use tollgate_core::{quota, totals};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -34,11 +35,19 @@ impl RootContext for Root {
         let env = |name: &str| std::env::var(name).ok();
         self.config = match Config::parse(&bytes, &env) {
             Ok(c) => {
-                if let Err(e) = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
-                {
+                let counters = c
+                    .api_keys
+                    .iter()
+                    .flat_map(quota::counter_names)
+                    .collect::<Vec<_>>();
+                let created = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
+                    .and_then(|()| {
+                        CasCounters(&host::SharedData).ensure(counters.iter().map(String::as_str))
+                    });
+                if let Err(e) = created {
                     host::log(
                         LogLevel::Error,
-                        &format!("tollgate: could not create usage totals: {e}"),
+                        &format!("tollgate: could not create usage totals and quota counters: {e}"),
                     );
                 }
                 host::log(

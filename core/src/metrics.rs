@@ -1,0 +1,606 @@
+//! Metrics: which series a usage record or a refusal moves, and by how much.
+//!
+//! Hosts only define the metrics and apply the [`Update`]s built here. Labels travel inside the
+//! stat name — `tollgate_requests_total;key=team-a;model=claude-fast;status=200` — and Envoy's
+//! `stats_config.stats_tags` turn them into Prometheus labels with the regexes in
+//! [`STATS_TAGS`] (the shipped `envoy/*.yaml` carry them; a test checks they match):
+//!
+//! ```text
+//! tollgate_requests_total{key="team-a",model="claude-fast",status="200"} 3
+//! ```
+//!
+//! Every label value has bounded cardinality, because every distinct value is a stat Envoy
+//! keeps in memory for the life of the process: `key` is a configured key ID (or `-`), `model`
+//! is a configured alias, a model ID of the price table, or `other` ([`model_label`]); the
+//! other labels come from closed sets.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::pricing::{self, PriceSource};
+use crate::record::{UsageRecord, UsageSource};
+use crate::store::{cas_update, CasStore, StoreError};
+
+/// Finished exchanges: `{key, model, status}` (`status` 0: the upstream never answered).
+pub const REQUESTS: &str = "tollgate_requests_total";
+/// Billed tokens: `{key, model, kind}`, kind = input | output | cache_read | cache_write.
+pub const TOKENS: &str = "tollgate_tokens_total";
+/// Billed cost in micro-USD: `{key, model}`; exact in aggregate (see [`micro_usd_increment`]).
+pub const COST: &str = "tollgate_cost_micro_usd_total";
+/// Records by where their usage came from: `{key, usage_source}`.
+pub const USAGE_SOURCE: &str = "tollgate_usage_source_total";
+/// Requests the gateway refused itself: `{key, reason}`.
+pub const REJECTIONS: &str = "tollgate_rejections_total";
+/// Milliseconds from admission to the end of the response, for answered (2xx) exchanges:
+/// histogram `{model}`.
+pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
+
+/// The `model` label of a model that is neither a configured alias nor in the price table.
+pub const OTHER_MODEL: &str = "other";
+/// The `key` label of a request refused before its key was known.
+pub const NO_KEY: &str = "-";
+
+/// Envoy `stats_config.stats_tags`: (tag_name, regex). The regexes see the whole stat name,
+/// which Envoy prefixes with `wasmcustom.`; the first group is cut from the name, the second is
+/// the value. Anchored, so Envoy applies them only to stats under `wasmcustom.`.
+pub const STATS_TAGS: &[(&str, &str)] = &[
+    (
+        "key",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;key=([^;]*))",
+    ),
+    (
+        "model",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;model=([^;]*))",
+    ),
+    (
+        "status",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;status=([^;]*))",
+    ),
+    (
+        "kind",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;kind=([^;]*))",
+    ),
+    (
+        "usage_source",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;usage_source=([^;]*))",
+    ),
+    (
+        "reason",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;reason=([^;]*))",
+    ),
+];
+
+/// How a host applies an [`Update`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Add `value` (always > 0: Envoy refuses a zero increment).
+    Counter,
+    /// Record one sample of `value`.
+    Histogram,
+}
+
+/// One change to one series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Update {
+    /// The stat name with its labels encoded (see [`series_name`]), without `wasmcustom.`.
+    pub name: String,
+    pub kind: MetricKind,
+    pub value: u64,
+}
+
+/// `metric;tag=value;…`. Values are escaped ([`escape_value`]), so `;` and `=` only ever
+/// delimit and the [`STATS_TAGS`] regexes cannot mis-split a name.
+pub fn series_name(metric: &str, tags: &[(&str, &str)]) -> String {
+    let mut name = String::with_capacity(metric.len() + 16 * tags.len());
+    name.push_str(metric);
+    for (tag, value) in tags {
+        name.push(';');
+        name.push_str(tag);
+        name.push('=');
+        escape_value(value, &mut name);
+    }
+    name
+}
+
+/// Appends `value` with every byte outside `[A-Za-z0-9._:/@-]` written as `%XX`, and a final
+/// `.` as `%2E` (Envoy's tag extraction drops a value's trailing dot). Everything in a label
+/// value today (key IDs, aliases, model IDs) passes through unchanged; anything odd shows up
+/// escaped instead of breaking the name.
+pub fn escape_value(value: &str, out: &mut String) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = value.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        let plain = b.is_ascii_alphanumeric()
+            || matches!(b, b'_' | b'-' | b':' | b'/' | b'@')
+            || (b == b'.' && i + 1 < bytes.len());
+        if plain {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+    }
+}
+
+/// The `model` label of an exchange, from a bounded set:
+///
+/// 1. `model` (what the client named) when it is a configured alias;
+/// 2. else the model ID when the price table knows it in `region`: an inference-profile or
+///    foundation-model ARN counts as its resource ID (the part after the last `/`), which is
+///    what it is priced as;
+/// 3. else [`OTHER_MODEL`]: a client can send any string as a model ID.
+///
+/// Step 2 only accepts an ID the price table holds verbatim (no `%`, no `arn:`), so spellings
+/// of one model that the pricer would normalise cannot each become a series.
+pub fn model_label<'a>(
+    model: &'a str,
+    model_id: &'a str,
+    region: &str,
+    aliases: &BTreeMap<String, String>,
+) -> &'a str {
+    if aliases.contains_key(model) {
+        return model;
+    }
+    let id = if model_id.starts_with("arn:") {
+        model_id.rsplit('/').next().unwrap_or(model_id)
+    } else {
+        model_id
+    };
+    let verbatim = !id.is_empty() && !id.contains('%') && !id.starts_with("arn:");
+    if verbatim && pricing::quote(region, id).source != PriceSource::UnknownModel {
+        id
+    } else {
+        OTHER_MODEL
+    }
+}
+
+/// The `key` label: a configured key ID, or [`NO_KEY`] before authentication.
+pub fn key_label(key_id: Option<&str>) -> &str {
+    match key_id {
+        Some(k) if !k.is_empty() => k,
+        _ => NO_KEY,
+    }
+}
+
+/// The labels of a record's series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Labels<'a> {
+    pub key: &'a str,
+    pub model: &'a str,
+}
+
+impl<'a> Labels<'a> {
+    pub fn of(record: &'a UsageRecord, region: &str, aliases: &BTreeMap<String, String>) -> Self {
+        Self {
+            key: key_label(Some(&record.key_id)),
+            model: model_label(&record.model, &record.model_id, region, aliases),
+        }
+    }
+
+    pub fn of_config(record: &'a UsageRecord, config: &Config) -> Self {
+        Self::of(record, &config.region, &config.aliases)
+    }
+}
+
+pub fn usage_source_name(source: UsageSource) -> &'static str {
+    match source {
+        UsageSource::Reported => "reported",
+        UsageSource::Estimated => "estimated",
+        UsageSource::None => "none",
+    }
+}
+
+const PICO_PER_MICRO: u128 = 1_000_000;
+
+/// Micro-USD to add to a cost counter for a record costing `cost_pico` when the series' running
+/// pico-USD total was `before_pico`: `floor((before + cost) / 1e6) - floor(before / 1e6)`.
+///
+/// When each record of a series gets the running total just before it (the records' intervals
+/// `[before, before + cost)` tile `[0, total)`), the increments sum to exactly
+/// `floor(total / 1e6)`: no rounding error accumulates however the cost is split.
+pub fn micro_usd_increment(before_pico: u64, cost_pico: u64) -> u64 {
+    let before = u128::from(before_pico);
+    let after = before + u128::from(cost_pico);
+    let micro = after / PICO_PER_MICRO - before / PICO_PER_MICRO;
+    // At most u64::MAX / 1e6 + 1: always fits.
+    u64::try_from(micro).unwrap_or(u64::MAX)
+}
+
+/// The updates one finished exchange makes. `cost_before_pico`: the series' running pico-USD
+/// total just before this record's cost was added (see [`add_cost`]).
+pub fn record_updates(record: &UsageRecord, labels: Labels<'_>, cost_before_pico: u64) -> Vec<Update> {
+    let Labels { key, model } = labels;
+    let status = record.status.to_string();
+    let counter = |name: String, value: u64| Update {
+        name,
+        kind: MetricKind::Counter,
+        value,
+    };
+    let mut out = Vec::with_capacity(8);
+    out.push(counter(
+        series_name(
+            REQUESTS,
+            &[("key", key), ("model", model), ("status", &status)],
+        ),
+        1,
+    ));
+    let tokens = [
+        ("input", record.input_tokens),
+        ("output", record.output_tokens),
+        ("cache_read", record.cache_read_tokens),
+        ("cache_write", record.cache_write_tokens),
+    ];
+    for (kind, n) in tokens {
+        if n > 0 {
+            out.push(counter(
+                series_name(TOKENS, &[("key", key), ("model", model), ("kind", kind)]),
+                n,
+            ));
+        }
+    }
+    let micro = micro_usd_increment(cost_before_pico, record.cost_pico_usd);
+    if micro > 0 {
+        out.push(counter(
+            series_name(COST, &[("key", key), ("model", model)]),
+            micro,
+        ));
+    }
+    out.push(counter(
+        series_name(
+            USAGE_SOURCE,
+            &[
+                ("key", key),
+                ("usage_source", usage_source_name(record.usage_source)),
+            ],
+        ),
+        1,
+    ));
+    // A 2xx always comes from upstream (the gateway's own replies are errors); an error status
+    // may be the gateway's own (413, 500, quota 429), which says nothing about upstream latency.
+    if (200..300).contains(&record.status) {
+        out.push(Update {
+            name: series_name(UPSTREAM_LATENCY, &[("model", model)]),
+            kind: MetricKind::Histogram,
+            value: record.latency_ms,
+        });
+    }
+    out
+}
+
+/// The update a refusal by the gateway makes. `key_id`: `None` before authentication.
+pub fn refusal_updates(error: &GatewayError, key_id: Option<&str>) -> Vec<Update> {
+    vec![Update {
+        name: series_name(
+            REJECTIONS,
+            &[("key", key_label(key_id)), ("reason", error.kind.name())],
+        ),
+        kind: MetricKind::Counter,
+        value: 1,
+    }]
+}
+
+/// Store key of a cost series' running pico-USD total.
+pub fn cost_total_key(labels: Labels<'_>) -> String {
+    format!(
+        "tollgate/metrics/{}",
+        series_name(COST, &[("key", labels.key), ("model", labels.model)])
+    )
+}
+
+/// Adds `cost_pico` to the series' running total in `store` (compare-and-swap, exact across
+/// workers) and returns the total *before* it: the `cost_before_pico` of [`record_updates`].
+/// A zero cost touches nothing and returns 0 (its increment is 0 whatever the total).
+pub fn add_cost<S: CasStore + ?Sized>(
+    store: &S,
+    labels: Labels<'_>,
+    cost_pico: u64,
+) -> Result<u64, StoreError> {
+    if cost_pico == 0 {
+        return Ok(0);
+    }
+    cas_update(
+        store,
+        &cost_total_key(labels),
+        &0u64.to_le_bytes(),
+        |current| {
+            let before = <[u8; 8]>::try_from(current)
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            (before.saturating_add(cost_pico).to_le_bytes().to_vec(), before)
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::operation::Operation;
+    use crate::store::memory::MemoryStore;
+
+    const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    const REGION: &str = "us-east-1";
+
+    fn aliases() -> BTreeMap<String, String> {
+        [
+            ("claude-fast", HAIKU),
+            ("mystery", "us.example.unreleased-v9:0"),
+        ]
+        .into_iter()
+        .map(|(a, m)| (a.to_string(), m.to_string()))
+        .collect()
+    }
+
+    fn label(model: &str, model_id: &str) -> String {
+        model_label(model, model_id, REGION, &aliases()).to_string()
+    }
+
+    fn record(status: u16, source: UsageSource) -> UsageRecord {
+        UsageRecord {
+            request_id: None,
+            key_id: "team-a".into(),
+            model: "claude-fast".into(),
+            model_id: HAIKU.into(),
+            operation: Operation::Converse,
+            streamed: false,
+            status,
+            input_tokens: 12,
+            output_tokens: 0,
+            cache_read_tokens: 300,
+            cache_write_tokens: 0,
+            cost_pico_usd: 2_500_000,
+            usage_source: source,
+            priced_as: PriceSource::Model,
+            exception: None,
+            problem: None,
+            request_bytes: 90,
+            latency_ms: 41,
+        }
+    }
+
+    /// What Envoy's tag extraction makes of a name, done by hand: (name, [(tag, value)]).
+    fn extract(name: &str) -> (String, Vec<(String, String)>) {
+        let mut parts = name.split(';');
+        let metric = parts.next().unwrap_or_default().to_string();
+        let tags = parts
+            .map(|p| {
+                let (t, v) = p.split_once('=').expect("tag=value");
+                assert!(!v.contains('='), "{name}");
+                (t.to_string(), v.to_string())
+            })
+            .collect();
+        (metric, tags)
+    }
+
+    #[test]
+    fn model_label_is_alias_then_priced_id_then_other() {
+        assert_eq!(label("claude-fast", HAIKU), "claude-fast");
+        // An alias stays itself even when its target is not priced.
+        assert_eq!(label("mystery", "us.example.unreleased-v9:0"), "mystery");
+        assert_eq!(label(HAIKU, HAIKU), HAIKU);
+        assert_eq!(label("amazon.nova-lite-v1:0", "amazon.nova-lite-v1:0"), "amazon.nova-lite-v1:0");
+        // ARNs count as the resource they are priced as.
+        let arn = format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}");
+        assert_eq!(label(&arn, &arn), HAIKU);
+        // Unknown, application-profile ARNs, encoded spellings, odd case: other.
+        for id in [
+            "us.example.unreleased-model-v9:0",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+            "us.anthropic.claude-haiku-4-5-20251001-v1%3A0",
+            "US.ANTHROPIC.CLAUDE-HAIKU-4-5-20251001-V1:0",
+            "arn:aws:bedrock",
+            "",
+        ] {
+            assert_eq!(label(id, id), OTHER_MODEL, "{id}");
+        }
+    }
+
+    #[test]
+    fn labels_have_bounded_cardinality() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..2000u32 {
+            let ids = [
+                format!("us.example.model-{i}-v1:0"),
+                format!("arn:aws:bedrock:us-east-1:{i:012}:inference-profile/{HAIKU}"),
+                format!("arn:aws:bedrock:us-east-1:{i:012}:application-inference-profile/p{i}"),
+                format!("{HAIKU}{}", "%".repeat(i as usize % 3)),
+                format!("claude-fast-{i}"),
+            ];
+            for id in &ids {
+                seen.insert(label(id, id));
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            vec![OTHER_MODEL.to_string(), HAIKU.to_string()]
+        );
+        assert_eq!(key_label(None), "-");
+        assert_eq!(key_label(Some("")), "-");
+        assert_eq!(key_label(Some("team-a")), "team-a");
+    }
+
+    #[test]
+    fn micro_usd_is_exact_in_aggregate() {
+        // A total split into many uneven records, each given the running total before it.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut before = 0u64;
+        let mut counter = 0u64;
+        for i in 0..100_000u64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let cost = match i % 4 {
+                0 => 0,
+                1 => seed >> 54,      // far below a micro-USD
+                2 => seed >> 40,      // a few micro-USD
+                _ => 999_999 + i % 3, // around one
+            };
+            counter += micro_usd_increment(before, cost);
+            before += cost;
+            assert_eq!(counter, before / 1_000_000, "after record {i}");
+        }
+        assert!(counter > 1000);
+        assert_eq!(micro_usd_increment(999_999, 1), 1);
+        assert_eq!(micro_usd_increment(0, 999_999), 0);
+        assert_eq!(micro_usd_increment(1_000_000, 0), 0);
+        assert_eq!(micro_usd_increment(u64::MAX, u64::MAX), u64::MAX / 1_000_000 + 1);
+    }
+
+    #[test]
+    fn add_cost_returns_each_records_running_total_before_it() {
+        let store = MemoryStore::default();
+        let r = record(200, UsageSource::Reported);
+        let labels = Labels::of(&r, REGION, &aliases());
+        let other = Labels {
+            key: "team-b",
+            model: "claude-fast",
+        };
+        assert_eq!(add_cost(&store, labels, 700_000), Ok(0));
+        assert_eq!(add_cost(&store, labels, 0), Ok(0));
+        assert_eq!(add_cost(&store, labels, 700_000), Ok(700_000));
+        assert_eq!(add_cost(&store, other, 5), Ok(0));
+        assert_eq!(add_cost(&store, labels, 1), Ok(1_400_000));
+        assert_eq!(
+            micro_usd_increment(0, 700_000) + micro_usd_increment(700_000, 700_000),
+            1
+        );
+        assert_eq!(
+            cost_total_key(labels),
+            "tollgate/metrics/tollgate_cost_micro_usd_total;key=team-a;model=claude-fast"
+        );
+    }
+
+    #[test]
+    fn escaping_keeps_names_splittable() {
+        let mut s = String::new();
+        escape_value(HAIKU, &mut s);
+        assert_eq!(s, HAIKU);
+        let arn = "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-haiku-4-5@20251001";
+        s.clear();
+        escape_value(arn, &mut s);
+        assert_eq!(s, arn);
+        for (raw, escaped) in [
+            ("a;key=b", "a%3Bkey%3Db"),
+            ("50%", "50%25"),
+            ("sp ace\"q\\", "sp%20ace%22q%5C"),
+            ("é", "%C3%A9"),
+            ("trail.", "trail%2E"),
+            ("a..b.c", "a..b.c"),
+            ("-", "-"),
+            ("", ""),
+        ] {
+            s.clear();
+            escape_value(raw, &mut s);
+            assert_eq!(s, escaped, "{raw}");
+        }
+        let name = series_name(REQUESTS, &[("key", "k;ey=1"), ("model", "m=;"), ("status", "0")]);
+        assert_eq!(
+            extract(&name),
+            (
+                REQUESTS.to_string(),
+                vec![
+                    ("key".into(), "k%3Bey%3D1".into()),
+                    ("model".into(), "m%3D%3B".into()),
+                    ("status".into(), "0".into())
+                ]
+            )
+        );
+    }
+
+    #[test]
+    fn a_billed_record_moves_every_series() {
+        let r = record(200, UsageSource::Reported);
+        let u = record_updates(&r, Labels::of(&r, REGION, &aliases()), 999_000);
+        let c = |name: &str, value| Update {
+            name: name.into(),
+            kind: MetricKind::Counter,
+            value,
+        };
+        assert_eq!(
+            u,
+            vec![
+                c("tollgate_requests_total;key=team-a;model=claude-fast;status=200", 1),
+                c("tollgate_tokens_total;key=team-a;model=claude-fast;kind=input", 12),
+                // No zero increments: Envoy refuses them.
+                c("tollgate_tokens_total;key=team-a;model=claude-fast;kind=cache_read", 300),
+                // 999_000 + 2_500_000 pico crosses three micro-USD boundaries.
+                c("tollgate_cost_micro_usd_total;key=team-a;model=claude-fast", 3),
+                c("tollgate_usage_source_total;key=team-a;usage_source=reported", 1),
+                Update {
+                    name: "tollgate_upstream_latency_ms;model=claude-fast".into(),
+                    kind: MetricKind::Histogram,
+                    value: 41
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn refused_and_unanswered_records_count_but_have_no_latency() {
+        let mut r = record(429, UsageSource::None);
+        (r.input_tokens, r.cache_read_tokens, r.cost_pico_usd) = (0, 0, 0);
+        let names: Vec<_> = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0)
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                "tollgate_requests_total;key=team-a;model=claude-fast;status=429",
+                "tollgate_usage_source_total;key=team-a;usage_source=none",
+            ]
+        );
+        let mut r = record(0, UsageSource::Estimated);
+        r.model = "us.example.unreleased-model-v9:0".into();
+        r.model_id = r.model.clone();
+        let u = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0);
+        assert_eq!(
+            u[0].name,
+            "tollgate_requests_total;key=team-a;model=other;status=0"
+        );
+        assert!(u.iter().all(|u| u.kind == MetricKind::Counter && u.value > 0));
+    }
+
+    #[test]
+    fn refusals_are_counted_by_key_and_reason() {
+        let e = GatewayError::new(ErrorKind::ModelNotAllowed, "no");
+        assert_eq!(
+            refusal_updates(&e, Some("team-limited")),
+            vec![Update {
+                name: "tollgate_rejections_total;key=team-limited;reason=model_not_allowed".into(),
+                kind: MetricKind::Counter,
+                value: 1
+            }]
+        );
+        let e = GatewayError::new(ErrorKind::MissingKey, "no");
+        assert_eq!(
+            refusal_updates(&e, None)[0].name,
+            "tollgate_rejections_total;key=-;reason=missing_key"
+        );
+    }
+
+    #[test]
+    fn every_label_has_a_tag_regex_in_the_shipped_envoy_configs() {
+        let configs = [
+            include_str!("../../envoy/envoy-emulator.yaml"),
+            include_str!("../../envoy/envoy-bedrock.yaml"),
+        ];
+        for yaml in configs {
+            for (tag, regex) in STATS_TAGS {
+                let spec = format!("- tag_name: {tag}\n    regex: '{regex}'");
+                assert!(yaml.contains(&spec), "missing in an envoy config:\n{spec}");
+            }
+        }
+        let r = record(200, UsageSource::Reported);
+        let mut updates = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0);
+        updates.extend(refusal_updates(
+            &GatewayError::new(ErrorKind::Internal, "x"),
+            None,
+        ));
+        for u in updates {
+            for (tag, _) in extract(&u.name).1 {
+                assert!(STATS_TAGS.iter().any(|(t, _)| *t == tag), "{tag}");
+            }
+        }
+    }
+}
