@@ -1,37 +1,157 @@
 //! Tollgate's own endpoints, answered without going upstream.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::error::Reply;
-use crate::totals::Totals;
+use crate::config::{ApiKey, Config};
+use crate::counters::Counters;
+use crate::error::{ErrorKind, GatewayError, Reply};
+use crate::limits::Scope;
+use crate::period;
+use crate::quota::counter_name;
+use crate::store::CasStore;
+use crate::totals::{self, Counts, Totals};
 
-/// `GET /usage`: the caller's own totals, never another key's.
-pub fn usage_reply(key_id: &str, totals: &Totals) -> Reply {
-    #[derive(Serialize)]
-    struct Body<'a> {
-        key_id: &'a str,
-        requests: u64,
-        input_tokens: u64,
-        output_tokens: u64,
-        cache_read_tokens: u64,
-        cache_write_tokens: u64,
-        cost_pico_usd: u64,
-        /// Exact decimal USD, as a string so no client rounds it through a float.
-        cost_usd: String,
+#[derive(Serialize)]
+struct CountsView {
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    cost_pico_usd: u64,
+    /// Exact decimal USD, as a string so no client rounds it through a float.
+    cost_usd: String,
+}
+
+impl From<&Counts> for CountsView {
+    fn from(c: &Counts) -> Self {
+        Self {
+            requests: c.requests,
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            cache_read_tokens: c.cache_read_tokens,
+            cache_write_tokens: c.cache_write_tokens,
+            cost_pico_usd: c.cost_pico_usd,
+            cost_usd: format_usd(c.cost_pico_usd),
+        }
     }
-    Reply::json(
-        200,
-        &Body {
-            key_id,
-            requests: totals.requests,
-            input_tokens: totals.input_tokens,
-            output_tokens: totals.output_tokens,
-            cache_read_tokens: totals.cache_read_tokens,
-            cache_write_tokens: totals.cache_write_tokens,
-            cost_pico_usd: totals.cost_pico_usd,
-            cost_usd: format_usd(totals.cost_pico_usd),
-        },
-    )
+}
+
+#[derive(Serialize)]
+struct BudgetView {
+    period: &'static str,
+    /// `2026-11-22`, `2026-11` or `total`.
+    current: String,
+    limit_usd: String,
+    /// Settled spend plus what requests in flight have reserved.
+    spent_usd: String,
+    remaining_usd: String,
+    spent_pico_usd: u64,
+    remaining_pico_usd: u64,
+    /// Seconds until the period starts afresh; absent for `total`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resets_in_s: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct LimitView {
+    limit: u64,
+    used: u64,
+}
+
+#[derive(Serialize)]
+struct UsageView<'a> {
+    key_id: &'a str,
+    /// Lifetime totals.
+    #[serde(flatten)]
+    all: CountsView,
+    /// Lifetime totals by model (alias as the client named it, or model ID).
+    models: BTreeMap<&'a str, CountsView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budget: Option<BudgetView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_minute: Option<LimitView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_minute: Option<LimitView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrent_requests: Option<LimitView>,
+}
+
+/// `GET /usage`: the caller's own totals and where it stands against its limits; never
+/// another key's data. Counters that cannot be read are left out rather than guessed.
+pub fn usage_reply(key: &ApiKey, totals: &Totals, counters: &dyn Counters, now_ms: u64) -> Reply {
+    let limits = &key.limits.key;
+    let read = |what: &str, window: u64| {
+        counters
+            .read(&counter_name(&key.id, Scope::Key, "", what), window)
+            .ok()
+            .map(|v| u64::try_from(v).unwrap_or(0))
+    };
+    let minute = period::minute_window(now_ms);
+    let budget = limits.budget.and_then(|b| {
+        let spent = read("spend", b.period.window(now_ms))?;
+        let remaining = b.pico_usd.saturating_sub(spent);
+        Some(BudgetView {
+            period: match b.period {
+                period::Period::Daily => "daily",
+                period::Period::Monthly => "monthly",
+                period::Period::Total => "total",
+            },
+            current: b.period.label(now_ms),
+            limit_usd: format_usd(b.pico_usd),
+            spent_usd: format_usd(spent),
+            remaining_usd: format_usd(remaining),
+            spent_pico_usd: spent,
+            remaining_pico_usd: remaining,
+            resets_in_s: b
+                .period
+                .ends_at_ms(now_ms)
+                .map(|end| period::seconds_until(now_ms, end)),
+        })
+    });
+    let limit = |max: Option<u64>, what: &str, window: u64| {
+        max.and_then(|limit| {
+            Some(LimitView {
+                limit,
+                used: read(what, window)?,
+            })
+        })
+    };
+    let view = UsageView {
+        key_id: &key.id,
+        all: (&totals.all).into(),
+        models: totals
+            .models
+            .iter()
+            .map(|(m, c)| (m.as_str(), c.into()))
+            .collect(),
+        budget,
+        requests_per_minute: limit(limits.requests_per_minute, "rpm", minute),
+        tokens_per_minute: limit(limits.tokens_per_minute, "tpm", minute),
+        concurrent_requests: limit(limits.max_concurrent_requests, "concurrent", 0),
+    };
+    Reply::json(200, &view)
+}
+
+/// `GET /usage` for `key_id`, reading its totals from `store`.
+pub fn usage<S: CasStore + ?Sized>(
+    config: &Config,
+    store: &S,
+    counters: &dyn Counters,
+    key_id: &str,
+    now_ms: u64,
+) -> Reply {
+    let Some(key) = config.api_keys.iter().find(|k| k.id == key_id) else {
+        return GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
+            .to_bedrock_reply();
+    };
+    match totals::read(store, key_id) {
+        Ok(t) => usage_reply(key, &t, counters, now_ms),
+        Err(e) => GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}"))
+            .to_bedrock_reply(),
+    }
 }
 
 /// Exact decimal rendering of pico-USD: `1_500_000` → `"0.0000015"`.
@@ -42,12 +162,17 @@ pub fn format_usd(pico: u64) -> String {
         return format!("{whole}.00");
     }
     let digits = format!("{frac:012}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
+    let digits = digits.trim_end_matches('0');
+    format!("{whole}.{digits:0<2}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::CasCounters;
+    use crate::limits::{Budget, KeyLimits, Limits};
+    use crate::period::Period;
+    use crate::store::memory::MemoryStore;
 
     #[test]
     fn usd_is_exact() {
@@ -55,23 +180,60 @@ mod tests {
         assert_eq!(format_usd(1), "0.000000000001");
         assert_eq!(format_usd(1_500_000), "0.0000015");
         assert_eq!(format_usd(12_340_000_000_000), "12.34");
+        assert_eq!(format_usd(12_300_000_000_000), "12.30");
         assert_eq!(format_usd(3_000_000_000_000), "3.00");
         assert_eq!(format_usd(u64::MAX), "18446744.073709551615");
     }
 
     #[test]
-    fn usage_reply_names_the_key() {
-        let r = usage_reply(
-            "team-a",
-            &Totals {
+    fn usage_reply_shows_the_key_its_models_and_its_budget() {
+        let key = ApiKey {
+            id: "team-a".into(),
+            sha256: [0; 32],
+            any_model: true,
+            models: Default::default(),
+            limits: KeyLimits {
+                key: Limits {
+                    budget: Some(Budget {
+                        pico_usd: 10_000_000_000_000,
+                        period: Period::Daily,
+                    }),
+                    requests_per_minute: Some(60),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        };
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let now = 1_795_383_600_000;
+        counters
+            .add(
+                "tollgate/q/team-a/spend",
+                Period::Daily.window(now),
+                2_500_000_000_000,
+            )
+            .unwrap();
+        let mut totals = Totals::default();
+        totals.all.requests = 2;
+        totals.models.insert(
+            "claude-fast".into(),
+            Counts {
                 requests: 2,
                 cost_pico_usd: 5,
                 ..Default::default()
             },
         );
+        let r = usage_reply(&key, &totals, &counters, now);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);
-        assert_eq!(v["cost_usd"], "0.000000000005");
+        assert_eq!(v["models"]["claude-fast"]["cost_usd"], "0.000000000005");
+        assert_eq!(v["budget"]["current"], "2026-11-22");
+        assert_eq!(v["budget"]["spent_usd"], "2.50");
+        assert_eq!(v["budget"]["remaining_usd"], "7.50");
+        assert_eq!(v["budget"]["resets_in_s"], 8400);
+        assert_eq!(v["requests_per_minute"]["limit"], 60);
+        assert!(v.get("tokens_per_minute").is_none());
     }
 }

@@ -22,8 +22,8 @@ pub enum Admission {
     /// Buffer the body (at most [`Exchange::body_limit`] bytes), then call
     /// [`Exchange::upstream_request`].
     Forward(Box<Exchange>),
-    /// Answer `GET /usage` for this key from the store.
-    Usage { key_id: String },
+    /// Answer `GET /usage` for this key from the store, as of `now_ms`.
+    Usage { key_id: String, now_ms: u64 },
     /// Answer with the error's reply and stop. `key_id` is known once the key authenticated.
     Refused {
         error: GatewayError,
@@ -74,10 +74,16 @@ fn admit_key(
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Result<Admission, GatewayError> {
+    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+    let quota_now_ms = match header(TEST_CLOCK_HEADER) {
+        Some(v) if config.test_hooks => v.trim().parse().unwrap_or(now_ms),
+        _ => now_ms,
+    };
     let (label, operation) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
                 key_id: key.id.clone(),
+                now_ms: quota_now_ms,
             })
         }
         Route::Model { label, operation } => (label, operation),
@@ -109,13 +115,8 @@ fn admit_key(
         .filter(|(n, _)| is_client_credential_header(n))
         .map(|(n, _)| n.to_string())
         .collect();
-    let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
-    let quota_now_ms = match header(TEST_CLOCK_HEADER) {
-        Some(v) if config.test_hooks => v.trim().parse().unwrap_or(now_ms),
-        _ => now_ms,
-    };
     Ok(Admission::Forward(Box::new(Exchange {
         request_id,
         key_id: key.id.clone(),
@@ -456,7 +457,7 @@ mod tests {
     fn usage_route_names_the_callers_key() {
         let auth = [("x-api-key", "key-b")];
         assert!(
-            matches!(admit(&config(), "GET", "/usage", &auth, 0), Admission::Usage { key_id } if key_id == "b")
+            matches!(admit(&config(), "GET", "/usage", &auth, 0), Admission::Usage { key_id, .. } if key_id == "b")
         );
     }
 

@@ -12,6 +12,7 @@ pub mod eventstream;
 pub mod exchange;
 pub mod limits;
 pub mod meter;
+pub mod metrics;
 pub mod model_id;
 pub mod operation;
 pub mod period;

@@ -17,10 +17,11 @@
 use std::collections::BTreeMap;
 
 use crate::config::Config;
+use crate::counters::Counters;
 use crate::error::GatewayError;
 use crate::pricing::{self, PriceSource};
 use crate::record::{UsageRecord, UsageSource};
-use crate::store::{cas_update, CasStore, StoreError};
+use crate::store::StoreError;
 
 /// Finished exchanges: `{key, model, status}` (`status` 0: the upstream never answered).
 pub const REQUESTS: &str = "tollgate_requests_total";
@@ -210,7 +211,11 @@ pub fn micro_usd_increment(before_pico: u64, cost_pico: u64) -> u64 {
 
 /// The updates one finished exchange makes. `cost_before_pico`: the series' running pico-USD
 /// total just before this record's cost was added (see [`add_cost`]).
-pub fn record_updates(record: &UsageRecord, labels: Labels<'_>, cost_before_pico: u64) -> Vec<Update> {
+pub fn record_updates(
+    record: &UsageRecord,
+    labels: Labels<'_>,
+    cost_before_pico: u64,
+) -> Vec<Update> {
     let Labels { key, model } = labels;
     let status = record.status.to_string();
     let counter = |name: String, value: u64| Update {
@@ -289,33 +294,52 @@ pub fn cost_total_key(labels: Labels<'_>) -> String {
     )
 }
 
-/// Adds `cost_pico` to the series' running total in `store` (compare-and-swap, exact across
-/// workers) and returns the total *before* it: the `cost_before_pico` of [`record_updates`].
-/// A zero cost touches nothing and returns 0 (its increment is 0 whatever the total).
-pub fn add_cost<S: CasStore + ?Sized>(
-    store: &S,
+/// The cost totals worth creating up front (`CasCounters::ensure`): every key with every alias
+/// and `other`. Creation is the one step compare-and-swap does not protect; a series created
+/// on first use by two workers at once can lose one record from its running total, which
+/// puts the cost counter off by at most one micro-USD.
+pub fn cost_total_keys(config: &Config) -> Vec<String> {
+    let models: Vec<&str> = config
+        .aliases
+        .keys()
+        .map(String::as_str)
+        .chain([OTHER_MODEL])
+        .collect();
+    config
+        .api_keys
+        .iter()
+        .flat_map(|k| {
+            models.iter().map(move |m| {
+                cost_total_key(Labels {
+                    key: key_label(Some(&k.id)),
+                    model: m,
+                })
+            })
+        })
+        .collect()
+}
+
+/// Adds `cost_pico` to the series' running total (counter [`cost_total_key`], window 0: never
+/// reset; exact across workers) and returns the total *before* it: the `cost_before_pico` of
+/// [`record_updates`]. A zero cost touches nothing and returns 0 (its increment is 0 whatever
+/// the total). Totals saturate at `i64::MAX` pico-USD (9.2 million USD per key and model).
+pub fn add_cost<C: Counters + ?Sized>(
+    counters: &C,
     labels: Labels<'_>,
     cost_pico: u64,
 ) -> Result<u64, StoreError> {
     if cost_pico == 0 {
         return Ok(0);
     }
-    cas_update(
-        store,
-        &cost_total_key(labels),
-        &0u64.to_le_bytes(),
-        |current| {
-            let before = <[u8; 8]>::try_from(current)
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
-            (before.saturating_add(cost_pico).to_le_bytes().to_vec(), before)
-        },
-    )
+    let delta = i64::try_from(cost_pico).unwrap_or(i64::MAX);
+    let after = counters.add(&cost_total_key(labels), 0, delta)?;
+    Ok(u64::try_from(after.saturating_sub(delta)).unwrap_or(0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::counters::CasCounters;
     use crate::error::ErrorKind;
     use crate::operation::Operation;
     use crate::store::memory::MemoryStore;
@@ -380,7 +404,10 @@ mod tests {
         // An alias stays itself even when its target is not priced.
         assert_eq!(label("mystery", "us.example.unreleased-v9:0"), "mystery");
         assert_eq!(label(HAIKU, HAIKU), HAIKU);
-        assert_eq!(label("amazon.nova-lite-v1:0", "amazon.nova-lite-v1:0"), "amazon.nova-lite-v1:0");
+        assert_eq!(
+            label("amazon.nova-lite-v1:0", "amazon.nova-lite-v1:0"),
+            "amazon.nova-lite-v1:0"
+        );
         // ARNs count as the resource they are priced as.
         let arn = format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}");
         assert_eq!(label(&arn, &arn), HAIKU);
@@ -443,12 +470,16 @@ mod tests {
         assert_eq!(micro_usd_increment(999_999, 1), 1);
         assert_eq!(micro_usd_increment(0, 999_999), 0);
         assert_eq!(micro_usd_increment(1_000_000, 0), 0);
-        assert_eq!(micro_usd_increment(u64::MAX, u64::MAX), u64::MAX / 1_000_000 + 1);
+        assert_eq!(
+            micro_usd_increment(u64::MAX, u64::MAX),
+            u64::MAX / 1_000_000 + 1
+        );
     }
 
     #[test]
     fn add_cost_returns_each_records_running_total_before_it() {
         let store = MemoryStore::default();
+        let store = CasCounters(&store);
         let r = record(200, UsageSource::Reported);
         let labels = Labels::of(&r, REGION, &aliases());
         let other = Labels {
@@ -493,7 +524,10 @@ mod tests {
             escape_value(raw, &mut s);
             assert_eq!(s, escaped, "{raw}");
         }
-        let name = series_name(REQUESTS, &[("key", "k;ey=1"), ("model", "m=;"), ("status", "0")]);
+        let name = series_name(
+            REQUESTS,
+            &[("key", "k;ey=1"), ("model", "m=;"), ("status", "0")],
+        );
         assert_eq!(
             extract(&name),
             (
@@ -519,13 +553,28 @@ mod tests {
         assert_eq!(
             u,
             vec![
-                c("tollgate_requests_total;key=team-a;model=claude-fast;status=200", 1),
-                c("tollgate_tokens_total;key=team-a;model=claude-fast;kind=input", 12),
+                c(
+                    "tollgate_requests_total;key=team-a;model=claude-fast;status=200",
+                    1
+                ),
+                c(
+                    "tollgate_tokens_total;key=team-a;model=claude-fast;kind=input",
+                    12
+                ),
                 // No zero increments: Envoy refuses them.
-                c("tollgate_tokens_total;key=team-a;model=claude-fast;kind=cache_read", 300),
+                c(
+                    "tollgate_tokens_total;key=team-a;model=claude-fast;kind=cache_read",
+                    300
+                ),
                 // 999_000 + 2_500_000 pico crosses three micro-USD boundaries.
-                c("tollgate_cost_micro_usd_total;key=team-a;model=claude-fast", 3),
-                c("tollgate_usage_source_total;key=team-a;usage_source=reported", 1),
+                c(
+                    "tollgate_cost_micro_usd_total;key=team-a;model=claude-fast",
+                    3
+                ),
+                c(
+                    "tollgate_usage_source_total;key=team-a;usage_source=reported",
+                    1
+                ),
                 Update {
                     name: "tollgate_upstream_latency_ms;model=claude-fast".into(),
                     kind: MetricKind::Histogram,
@@ -558,7 +607,9 @@ mod tests {
             u[0].name,
             "tollgate_requests_total;key=team-a;model=other;status=0"
         );
-        assert!(u.iter().all(|u| u.kind == MetricKind::Counter && u.value > 0));
+        assert!(u
+            .iter()
+            .all(|u| u.kind == MetricKind::Counter && u.value > 0));
     }
 
     #[test]

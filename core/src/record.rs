@@ -49,6 +49,19 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
+    /// The model as totals and metrics name it, with bounded cardinality: the alias the client
+    /// used, else the Bedrock model ID if it has a price, else `other` (a client can send any
+    /// string as a model ID).
+    pub fn model_label(&self) -> &str {
+        if self.model != self.model_id {
+            &self.model
+        } else if self.priced_as != PriceSource::UnknownModel {
+            &self.model_id
+        } else {
+            "other"
+        }
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             input_tokens: self.input_tokens,

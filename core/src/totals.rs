@@ -1,14 +1,15 @@
 //! Per-key usage totals, kept exact across worker threads in a [`CasStore`].
 
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::store::{cas_update, CasStore, StoreError};
 use crate::usage::Usage;
 
-/// Lifetime totals of one API key. Stored as fixed-width little-endian integers: one CAS covers
-/// the whole record, so a request is counted entirely or not at all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
+/// Usage and cost counted together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
     pub requests: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -17,11 +18,7 @@ pub struct Totals {
     pub cost_pico_usd: u64,
 }
 
-const FIELDS: usize = 6;
-const VERSION: u8 = 1;
-const ENCODED_LEN: usize = 1 + FIELDS * 8;
-
-impl Totals {
+impl Counts {
     pub fn of_request(usage: &Usage, cost_pico_usd: u64) -> Self {
         Self {
             requests: 1,
@@ -33,54 +30,36 @@ impl Totals {
         }
     }
 
-    fn fields(&self) -> [u64; FIELDS] {
-        [
-            self.requests,
-            self.input_tokens,
-            self.output_tokens,
-            self.cache_read_tokens,
-            self.cache_write_tokens,
-            self.cost_pico_usd,
-        ]
-    }
-
-    fn from_fields(f: [u64; FIELDS]) -> Self {
-        let [requests, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_pico_usd] =
-            f;
+    pub fn plus(&self, o: &Self) -> Self {
         Self {
-            requests,
-            input_tokens,
-            output_tokens,
-            cache_read_tokens,
-            cache_write_tokens,
-            cost_pico_usd,
+            requests: self.requests.saturating_add(o.requests),
+            input_tokens: self.input_tokens.saturating_add(o.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(o.output_tokens),
+            cache_read_tokens: self.cache_read_tokens.saturating_add(o.cache_read_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_add(o.cache_write_tokens),
+            cost_pico_usd: self.cost_pico_usd.saturating_add(o.cost_pico_usd),
         }
     }
+}
 
-    pub fn plus(&self, other: &Self) -> Self {
-        let (a, b) = (self.fields(), other.fields());
-        Self::from_fields(std::array::from_fn(|i| a[i].saturating_add(b[i])))
-    }
+/// Lifetime totals of one API key, overall and by model (as metrics label it). One record per
+/// key, updated with one CAS: a request is counted entirely or not at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    #[serde(flatten)]
+    pub all: Counts,
+    #[serde(default)]
+    pub models: BTreeMap<String, Counts>,
+}
 
+impl Totals {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(ENCODED_LEN);
-        out.push(VERSION);
-        for f in self.fields() {
-            out.extend_from_slice(&f.to_le_bytes());
-        }
-        out
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// `None` for bytes this version did not write.
     pub fn decode(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != ENCODED_LEN || bytes[0] != VERSION {
-            return None;
-        }
-        let mut f = [0u64; FIELDS];
-        for (i, chunk) in bytes[1..].chunks_exact(8).enumerate() {
-            f[i] = u64::from_le_bytes(chunk.try_into().ok()?);
-        }
-        Some(Self::from_fields(f))
+        serde_json::from_slice(bytes).ok()
     }
 }
 
@@ -104,29 +83,47 @@ pub fn ensure<S: CasStore + ?Sized>(
     Ok(())
 }
 
-/// Adds one request's usage to the key's totals; returns the new totals.
+/// What one [`add`] changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    /// The model's cost total before this request: exact metric increments derive from it.
+    pub model_cost_before_pico_usd: u64,
+    pub totals: Totals,
+}
+
+/// Adds one request's usage to the key's totals, overall and under `model`.
 pub fn add<S: CasStore + ?Sized>(
     store: &S,
     key_id: &str,
-    delta: &Totals,
-) -> Result<Totals, StoreError> {
+    model: &str,
+    delta: &Counts,
+) -> Result<Added, StoreError> {
     let zero = Totals::default().encode();
     let mut unreadable = false;
-    let out = cas_update(store, &store_key(key_id), &zero, |current| {
-        let now = Totals::decode(current).unwrap_or_else(|| {
+    let added = cas_update(store, &store_key(key_id), &zero, |current| {
+        let mut t = Totals::decode(current).unwrap_or_else(|| {
             unreadable = true;
             Totals::default()
         });
-        let next = now.plus(delta);
-        (next.encode(), next)
+        t.all = t.all.plus(delta);
+        let per_model = t.models.entry(model.to_string()).or_default();
+        let before = per_model.cost_pico_usd;
+        *per_model = per_model.plus(delta);
+        (
+            t.encode(),
+            Added {
+                model_cost_before_pico_usd: before,
+                totals: t,
+            },
+        )
     })?;
     if unreadable {
-        // Only a foreign writer in our vm_id namespace could cause this; say so rather than hide it.
+        // Only a foreign writer in our namespace could cause this; say so rather than hide it.
         return Err(StoreError::Host(format!(
             "totals of `{key_id}` were unreadable and restarted from zero"
         )));
     }
-    Ok(out)
+    Ok(added)
 }
 
 pub fn read<S: CasStore + ?Sized>(store: &S, key_id: &str) -> Result<Totals, StoreError> {
@@ -142,55 +139,78 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use std::sync::Arc;
 
+    fn counts(requests: u64, cost: u64) -> Counts {
+        Counts {
+            requests,
+            cost_pico_usd: cost,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn round_trip_and_reject_foreign_bytes() {
-        let t = Totals {
-            requests: 3,
-            input_tokens: 7,
-            output_tokens: 11,
-            cache_read_tokens: 13,
-            cache_write_tokens: 17,
-            cost_pico_usd: u64::MAX,
+        let mut t = Totals {
+            all: counts(3, u64::MAX),
+            ..Default::default()
         };
+        t.models.insert("claude-fast".into(), counts(1, 2));
         assert_eq!(Totals::decode(&t.encode()), Some(t));
         assert_eq!(Totals::decode(b""), None);
-        assert_eq!(Totals::decode(&[9; ENCODED_LEN]), None);
+        assert_eq!(Totals::decode(&[9; 49]), None);
     }
 
     #[test]
     fn ensure_never_resets() {
         let s = MemoryStore::default();
         ensure(&s, ["a"]).unwrap();
-        add(
-            &s,
-            "a",
-            &Totals {
-                requests: 1,
-                cost_pico_usd: 5,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        add(&s, "a", "m", &counts(1, 5)).unwrap();
         ensure(&s, ["a", "b"]).unwrap();
-        assert_eq!(read(&s, "a").unwrap().cost_pico_usd, 5);
+        assert_eq!(read(&s, "a").unwrap().all.cost_pico_usd, 5);
         assert_eq!(read(&s, "b").unwrap(), Totals::default());
+    }
+
+    #[test]
+    fn models_are_counted_apart_and_report_their_previous_cost() {
+        let s = MemoryStore::default();
+        assert_eq!(
+            add(&s, "a", "m1", &counts(1, 5))
+                .unwrap()
+                .model_cost_before_pico_usd,
+            0
+        );
+        assert_eq!(
+            add(&s, "a", "m2", &counts(1, 7))
+                .unwrap()
+                .model_cost_before_pico_usd,
+            0
+        );
+        let added = add(&s, "a", "m1", &counts(1, 11)).unwrap();
+        assert_eq!(added.model_cost_before_pico_usd, 5);
+        assert_eq!(added.totals.all, counts(3, 23));
+        assert_eq!(added.totals.models["m1"], counts(2, 16));
     }
 
     #[test]
     fn concurrent_adds_are_exact() {
         let s = Arc::new(MemoryStore::default());
         ensure(&*s, ["k"]).unwrap();
-        let threads: Vec<_> = (0..8)
+        let threads: Vec<_> = (0..8u64)
             .map(|t| {
                 let s = s.clone();
                 std::thread::spawn(move || {
-                    for i in 0..500u64 {
+                    for i in 0..300u64 {
                         let usage = Usage {
                             input_tokens: t + i,
                             output_tokens: 1,
                             ..Default::default()
                         };
-                        add(&*s, "k", &Totals::of_request(&usage, 3)).unwrap();
+                        add(
+                            &*s,
+                            "k",
+                            if i % 2 == 0 { "even" } else { "odd" },
+                            &Counts::of_request(&usage, 3),
+                        )
+                        .unwrap();
                     }
                 })
             })
@@ -199,14 +219,16 @@ mod tests {
             t.join().unwrap();
         }
         let total = read(&*s, "k").unwrap();
-        assert_eq!(total.requests, 4000);
-        assert_eq!(total.output_tokens, 4000);
-        assert_eq!(total.cost_pico_usd, 12000);
+        assert_eq!(total.all.requests, 2400);
+        assert_eq!(total.all.output_tokens, 2400);
+        assert_eq!(total.all.cost_pico_usd, 7200);
         assert_eq!(
-            total.input_tokens,
-            (0..8u64)
-                .map(|t| (0..500u64).map(|i| t + i).sum::<u64>())
-                .sum::<u64>()
+            total.models["even"].requests + total.models["odd"].requests,
+            2400
         );
+        let expected: u64 = (0..8u64)
+            .map(|t| (0..300u64).map(|i| t + i).sum::<u64>())
+            .sum();
+        assert_eq!(total.all.input_tokens, expected);
     }
 }

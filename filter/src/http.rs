@@ -8,7 +8,7 @@ use tollgate_core::config::Config;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Exchange, UpstreamRequest};
-use tollgate_core::totals::{self, Totals};
+use tollgate_core::totals::{self, Counts};
 
 use tollgate_core::counters::CasCounters;
 
@@ -104,13 +104,13 @@ impl HttpContext for Http {
             .collect();
         match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
             Admission::Refused { error, key_id } => self.reject(&error, key_id.as_deref()),
-            Admission::Usage { key_id } => match totals::read(&SharedData, &key_id) {
-                Ok(t) => self.reply(&endpoints::usage_reply(&key_id, &t)),
-                Err(e) => self.reject(
-                    &GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}")),
-                    Some(&key_id),
-                ),
-            },
+            Admission::Usage { key_id, now_ms } => self.reply(&endpoints::usage(
+                &config,
+                &SharedData,
+                &CasCounters(&SharedData),
+                &key_id,
+                now_ms,
+            )),
             Admission::Forward(mut ex) => {
                 let declared = ex.check_declared_body_size();
                 self.exchange = Some(ex);
@@ -182,7 +182,6 @@ impl HttpContext for Http {
         if let Ok(line) = serde_json::to_string(&record) {
             host::log(LogLevel::Info, &format!("tollgate.usage {line}"));
         }
-        metrics::on_record(&record);
         if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel
             && record.cost_pico_usd > 0
         {
@@ -194,15 +193,21 @@ impl HttpContext for Http {
                 ),
             );
         }
-        let delta = Totals::of_request(&record.usage(), record.cost_pico_usd);
-        if let Err(e) = totals::add(&SharedData, &record.key_id, &delta) {
-            host::log(
-                LogLevel::Critical,
-                &format!(
-                    "tollgate: usage of key `{}` NOT added to totals: {e}",
-                    record.key_id
-                ),
-            );
-        }
+        let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
+        let cost_before =
+            match totals::add(&SharedData, &record.key_id, record.model_label(), &delta) {
+                Ok(added) => added.model_cost_before_pico_usd,
+                Err(e) => {
+                    host::log(
+                        LogLevel::Critical,
+                        &format!(
+                            "tollgate: usage of key `{}` NOT added to totals: {e}",
+                            record.key_id
+                        ),
+                    );
+                    0
+                }
+            };
+        metrics::on_record(config, &record, cost_before);
     }
 }
