@@ -80,7 +80,7 @@ os.environ["AWS_BEARER_TOKEN_BEDROCK"] = KEYS["team-a"][0]
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
-def bedrock_client(gateway, tls_dir, key: str | None = None, read_timeout: int = 30):
+def bedrock_client(gateway, tls_dir, key: str | None = None, read_timeout: int = 30, max_pool_connections: int = 10):
     session = boto3.Session(region_name=harness.REGION)
     if key is not None:
         core = session._session
@@ -97,6 +97,7 @@ def bedrock_client(gateway, tls_dir, key: str | None = None, read_timeout: int =
             retries={"total_max_attempts": 1, "mode": "standard"},
             read_timeout=read_timeout,
             connect_timeout=5,
+            max_pool_connections=max_pool_connections,
         ),
     )
 

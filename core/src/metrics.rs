@@ -14,14 +14,9 @@
 //! is a configured alias, a model ID of the price table, or `other` ([`model_label`]); the
 //! other labels come from closed sets.
 
-use std::collections::BTreeMap;
-
-use crate::config::Config;
-use crate::counters::Counters;
 use crate::error::GatewayError;
-use crate::pricing::{self, PriceSource};
+use crate::pricing::PriceSource;
 use crate::record::{UsageRecord, UsageSource};
-use crate::store::StoreError;
 
 /// Finished exchanges: `{key, model, status}` (`status` 0: the upstream never answered).
 pub const REQUESTS: &str = "tollgate_requests_total";
@@ -33,8 +28,8 @@ pub const COST: &str = "tollgate_cost_micro_usd_total";
 pub const USAGE_SOURCE: &str = "tollgate_usage_source_total";
 /// Requests the gateway refused itself: `{key, reason}`.
 pub const REJECTIONS: &str = "tollgate_rejections_total";
-/// Milliseconds from admission to the end of the response, for answered (2xx) exchanges:
-/// histogram `{model}`.
+/// Milliseconds from admission to the end of the response (the whole stream), for exchanges
+/// that were forwarded and got a response status: histogram `{model}`.
 pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
 
 /// The `model` label of a model that is neither a configured alias nor in the price table.
@@ -125,35 +120,36 @@ pub fn escape_value(value: &str, out: &mut String) {
     }
 }
 
-/// The `model` label of an exchange, from a bounded set:
+/// The `model` label of an exchange, from a bounded set (what `UsageRecord::model_label`
+/// should return, so totals and metrics name models alike):
 ///
-/// 1. `model` (what the client named) when it is a configured alias;
-/// 2. else the model ID when the price table knows it in `region`: an inference-profile or
-///    foundation-model ARN counts as its resource ID (the part after the last `/`), which is
-///    what it is priced as;
+/// 1. `model`, what the client named, when it is an alias: exchanges resolve only configured
+///    aliases to a different `model_id`, so `model != model_id` means a configured alias;
+/// 2. else the model ID when it is priced (`priced_as`, from `pricing::quote`), as the price
+///    table spells it: an ARN counts as the resource ID after its last `/`, which is what it is
+///    priced as — otherwise every account number or region in a client's ARN would be a new
+///    series;
 /// 3. else [`OTHER_MODEL`]: a client can send any string as a model ID.
 ///
-/// Step 2 only accepts an ID the price table holds verbatim (no `%`, no `arn:`), so spellings
-/// of one model that the pricer would normalise cannot each become a series.
-pub fn model_label<'a>(
-    model: &'a str,
-    model_id: &'a str,
-    region: &str,
-    aliases: &BTreeMap<String, String>,
-) -> &'a str {
-    if aliases.contains_key(model) {
+/// Step 2 takes an ID with a `%` (which the pricer decodes first) as `other`, so that encoded
+/// spellings of one model cannot each become a series: what is left is an ID the price table
+/// holds verbatim.
+pub fn model_label<'a>(model: &'a str, model_id: &'a str, priced_as: PriceSource) -> &'a str {
+    if model != model_id {
         return model;
+    }
+    if priced_as == PriceSource::UnknownModel || model_id.contains('%') {
+        return OTHER_MODEL;
     }
     let id = if model_id.starts_with("arn:") {
         model_id.rsplit('/').next().unwrap_or(model_id)
     } else {
         model_id
     };
-    let verbatim = !id.is_empty() && !id.contains('%') && !id.starts_with("arn:");
-    if verbatim && pricing::quote(region, id).source != PriceSource::UnknownModel {
-        id
-    } else {
+    if id.is_empty() || id.starts_with("arn:") {
         OTHER_MODEL
+    } else {
+        id
     }
 }
 
@@ -173,15 +169,14 @@ pub struct Labels<'a> {
 }
 
 impl<'a> Labels<'a> {
-    pub fn of(record: &'a UsageRecord, region: &str, aliases: &BTreeMap<String, String>) -> Self {
+    /// The model label is `UsageRecord::model_label`, the name the per-model totals use: the
+    /// cost counter's running total (`totals::Added::model_cost_before_pico_usd`) must be
+    /// that of the same series.
+    pub fn of(record: &'a UsageRecord) -> Self {
         Self {
             key: key_label(Some(&record.key_id)),
-            model: model_label(&record.model, &record.model_id, region, aliases),
+            model: record.model_label(),
         }
-    }
-
-    pub fn of_config(record: &'a UsageRecord, config: &Config) -> Self {
-        Self::of(record, &config.region, &config.aliases)
     }
 }
 
@@ -210,7 +205,7 @@ pub fn micro_usd_increment(before_pico: u64, cost_pico: u64) -> u64 {
 }
 
 /// The updates one finished exchange makes. `cost_before_pico`: the series' running pico-USD
-/// total just before this record's cost was added (see [`add_cost`]).
+/// total just before this record's cost was added (`totals::Added::model_cost_before_pico_usd`).
 pub fn record_updates(
     record: &UsageRecord,
     labels: Labels<'_>,
@@ -262,9 +257,11 @@ pub fn record_updates(
         ),
         1,
     ));
-    // A 2xx always comes from upstream (the gateway's own replies are errors); an error status
-    // may be the gateway's own (413, 500, quota 429), which says nothing about upstream latency.
-    if (200..300).contains(&record.status) {
+    // Forwarded and answered: the status is upstream's (Bedrock's, or Envoy's router's own 503
+    // when it could not connect), errors and throttles included. The gateway's own refusals
+    // (413, 500, quota 429) were never forwarded; status 0 (no answer: reset, client gone
+    // first) measures no upstream response.
+    if record.forwarded && record.status != 0 {
         out.push(Update {
             name: series_name(UPSTREAM_LATENCY, &[("model", model)]),
             kind: MetricKind::Histogram,
@@ -286,79 +283,21 @@ pub fn refusal_updates(error: &GatewayError, key_id: Option<&str>) -> Vec<Update
     }]
 }
 
-/// Store key of a cost series' running pico-USD total.
-pub fn cost_total_key(labels: Labels<'_>) -> String {
-    format!(
-        "tollgate/metrics/{}",
-        series_name(COST, &[("key", labels.key), ("model", labels.model)])
-    )
-}
-
-/// The cost totals worth creating up front (`CasCounters::ensure`): every key with every alias
-/// and `other`. Creation is the one step compare-and-swap does not protect; a series created
-/// on first use by two workers at once can lose one record from its running total, which
-/// puts the cost counter off by at most one micro-USD.
-pub fn cost_total_keys(config: &Config) -> Vec<String> {
-    let models: Vec<&str> = config
-        .aliases
-        .keys()
-        .map(String::as_str)
-        .chain([OTHER_MODEL])
-        .collect();
-    config
-        .api_keys
-        .iter()
-        .flat_map(|k| {
-            models.iter().map(move |m| {
-                cost_total_key(Labels {
-                    key: key_label(Some(&k.id)),
-                    model: m,
-                })
-            })
-        })
-        .collect()
-}
-
-/// Adds `cost_pico` to the series' running total (counter [`cost_total_key`], window 0: never
-/// reset; exact across workers) and returns the total *before* it: the `cost_before_pico` of
-/// [`record_updates`]. A zero cost touches nothing and returns 0 (its increment is 0 whatever
-/// the total). Totals saturate at `i64::MAX` pico-USD (9.2 million USD per key and model).
-pub fn add_cost<C: Counters + ?Sized>(
-    counters: &C,
-    labels: Labels<'_>,
-    cost_pico: u64,
-) -> Result<u64, StoreError> {
-    if cost_pico == 0 {
-        return Ok(0);
-    }
-    let delta = i64::try_from(cost_pico).unwrap_or(i64::MAX);
-    let after = counters.add(&cost_total_key(labels), 0, delta)?;
-    Ok(u64::try_from(after.saturating_sub(delta)).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::CasCounters;
     use crate::error::ErrorKind;
     use crate::operation::Operation;
-    use crate::store::memory::MemoryStore;
+    use crate::pricing;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
     const REGION: &str = "us-east-1";
 
-    fn aliases() -> BTreeMap<String, String> {
-        [
-            ("claude-fast", HAIKU),
-            ("mystery", "us.example.unreleased-v9:0"),
-        ]
-        .into_iter()
-        .map(|(a, m)| (a.to_string(), m.to_string()))
-        .collect()
-    }
-
+    /// The label of an exchange naming `model`, sent upstream as `model_id`, priced as
+    /// `record::make` prices it.
     fn label(model: &str, model_id: &str) -> String {
-        model_label(model, model_id, REGION, &aliases()).to_string()
+        let priced_as = pricing::quote(REGION, model_id).source;
+        model_label(model, model_id, priced_as).to_string()
     }
 
     fn record(status: u16, source: UsageSource) -> UsageRecord {
@@ -369,6 +308,7 @@ mod tests {
             model_id: HAIKU.into(),
             operation: Operation::Converse,
             streamed: false,
+            forwarded: true,
             status,
             input_tokens: 12,
             output_tokens: 0,
@@ -404,24 +344,35 @@ mod tests {
         // An alias stays itself even when its target is not priced.
         assert_eq!(label("mystery", "us.example.unreleased-v9:0"), "mystery");
         assert_eq!(label(HAIKU, HAIKU), HAIKU);
-        assert_eq!(
-            label("amazon.nova-lite-v1:0", "amazon.nova-lite-v1:0"),
-            "amazon.nova-lite-v1:0"
-        );
+        let nova = "amazon.nova-lite-v1:0";
+        assert_eq!(label(nova, nova), nova);
         // ARNs count as the resource they are priced as.
         let arn = format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}");
         assert_eq!(label(&arn, &arn), HAIKU);
+        let fm = "arn:aws:bedrock:us-east-1::foundation-model/amazon.nova-lite-v1:0";
+        assert_eq!(label(fm, fm), nova);
         // Unknown, application-profile ARNs, encoded spellings, odd case: other.
         for id in [
             "us.example.unreleased-model-v9:0",
             "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
             "us.anthropic.claude-haiku-4-5-20251001-v1%3A0",
+            "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1%3A0",
             "US.ANTHROPIC.CLAUDE-HAIKU-4-5-20251001-V1:0",
             "arn:aws:bedrock",
             "",
         ] {
             assert_eq!(label(id, id), OTHER_MODEL, "{id}");
         }
+        // Whatever `priced_as` says, a `%` or an ARN without a resource is never a label.
+        assert_eq!(model_label("a%41", "a%41", PriceSource::Model), OTHER_MODEL);
+        assert_eq!(
+            model_label("arn:x", "arn:x", PriceSource::Model),
+            OTHER_MODEL
+        );
+        assert_eq!(
+            model_label("arn:x/", "arn:x/", PriceSource::Model),
+            OTHER_MODEL
+        );
     }
 
     #[test]
@@ -431,6 +382,7 @@ mod tests {
             let ids = [
                 format!("us.example.model-{i}-v1:0"),
                 format!("arn:aws:bedrock:us-east-1:{i:012}:inference-profile/{HAIKU}"),
+                format!("arn:aws-x{i}:bedrock:r{i}:{i:012}:inference-profile/{HAIKU}"),
                 format!("arn:aws:bedrock:us-east-1:{i:012}:application-inference-profile/p{i}"),
                 format!("{HAIKU}{}", "%".repeat(i as usize % 3)),
                 format!("claude-fast-{i}"),
@@ -446,6 +398,27 @@ mod tests {
         assert_eq!(key_label(None), "-");
         assert_eq!(key_label(Some("")), "-");
         assert_eq!(key_label(Some("team-a")), "team-a");
+    }
+
+    #[test]
+    fn record_labels_are_the_totals_model_label() {
+        for (model, model_id) in [
+            ("claude-fast", HAIKU),
+            (HAIKU, HAIKU),
+            (
+                "us.example.unreleased-model-v9:0",
+                "us.example.unreleased-model-v9:0",
+            ),
+        ] {
+            let mut r = record(200, UsageSource::Reported);
+            r.model = model.into();
+            r.model_id = model_id.into();
+            r.priced_as = pricing::quote(REGION, model_id).source;
+            let labels = Labels::of(&r);
+            assert_eq!(labels.model, r.model_label());
+            assert_eq!(labels.model, label(model, model_id));
+            assert_eq!(labels.key, "team-a");
+        }
     }
 
     #[test]
@@ -467,38 +440,25 @@ mod tests {
             assert_eq!(counter, before / 1_000_000, "after record {i}");
         }
         assert!(counter > 1000);
+        // Concurrent records of one series: whichever order they land in, the total is exact.
+        let costs = [700_000u64, 700_000, 1, 2_999_999, 300_000];
+        for rotation in 0..costs.len() {
+            let (mut before, mut counter) = (0u64, 0u64);
+            for c in costs.iter().cycle().skip(rotation).take(costs.len()) {
+                counter += micro_usd_increment(before, *c);
+                before += c;
+            }
+            assert_eq!(counter, 4);
+        }
         assert_eq!(micro_usd_increment(999_999, 1), 1);
         assert_eq!(micro_usd_increment(0, 999_999), 0);
         assert_eq!(micro_usd_increment(1_000_000, 0), 0);
+        let (max, m) = (u128::from(u64::MAX), 1_000_000u128);
         assert_eq!(
-            micro_usd_increment(u64::MAX, u64::MAX),
-            u64::MAX / 1_000_000 + 1
+            u128::from(micro_usd_increment(u64::MAX - 5, 10)),
+            (max + 5) / m - (max - 5) / m
         );
-    }
-
-    #[test]
-    fn add_cost_returns_each_records_running_total_before_it() {
-        let store = MemoryStore::default();
-        let store = CasCounters(&store);
-        let r = record(200, UsageSource::Reported);
-        let labels = Labels::of(&r, REGION, &aliases());
-        let other = Labels {
-            key: "team-b",
-            model: "claude-fast",
-        };
-        assert_eq!(add_cost(&store, labels, 700_000), Ok(0));
-        assert_eq!(add_cost(&store, labels, 0), Ok(0));
-        assert_eq!(add_cost(&store, labels, 700_000), Ok(700_000));
-        assert_eq!(add_cost(&store, other, 5), Ok(0));
-        assert_eq!(add_cost(&store, labels, 1), Ok(1_400_000));
-        assert_eq!(
-            micro_usd_increment(0, 700_000) + micro_usd_increment(700_000, 700_000),
-            1
-        );
-        assert_eq!(
-            cost_total_key(labels),
-            "tollgate/metrics/tollgate_cost_micro_usd_total;key=team-a;model=claude-fast"
-        );
+        assert!(micro_usd_increment(u64::MAX, u64::MAX) >= u64::MAX / 1_000_000);
     }
 
     #[test]
@@ -544,7 +504,7 @@ mod tests {
     #[test]
     fn a_billed_record_moves_every_series() {
         let r = record(200, UsageSource::Reported);
-        let u = record_updates(&r, Labels::of(&r, REGION, &aliases()), 999_000);
+        let u = record_updates(&r, Labels::of(&r), 999_000);
         let c = |name: &str, value| Update {
             name: name.into(),
             kind: MetricKind::Counter,
@@ -585,24 +545,32 @@ mod tests {
     }
 
     #[test]
-    fn refused_and_unanswered_records_count_but_have_no_latency() {
+    fn only_answered_upstream_exchanges_have_a_latency() {
         let mut r = record(429, UsageSource::None);
         (r.input_tokens, r.cache_read_tokens, r.cost_pico_usd) = (0, 0, 0);
-        let names: Vec<_> = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0)
-            .into_iter()
-            .map(|u| u.name)
-            .collect();
+        let names = |r: &UsageRecord| -> Vec<String> {
+            record_updates(r, Labels::of(r), 0)
+                .into_iter()
+                .map(|u| u.name)
+                .collect()
+        };
+        // Throttled by Bedrock: counted, nothing billed, its latency measured.
         assert_eq!(
-            names,
+            names(&r),
             vec![
                 "tollgate_requests_total;key=team-a;model=claude-fast;status=429",
                 "tollgate_usage_source_total;key=team-a;usage_source=none",
+                "tollgate_upstream_latency_ms;model=claude-fast",
             ]
         );
+        // Refused by the gateway after admission (413): no upstream latency.
+        (r.status, r.forwarded) = (413, false);
+        assert_eq!(names(&r).len(), 2);
         let mut r = record(0, UsageSource::Estimated);
         r.model = "us.example.unreleased-model-v9:0".into();
         r.model_id = r.model.clone();
-        let u = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0);
+        r.priced_as = PriceSource::UnknownModel;
+        let u = record_updates(&r, Labels::of(&r), 0);
         assert_eq!(
             u[0].name,
             "tollgate_requests_total;key=team-a;model=other;status=0"
@@ -643,7 +611,7 @@ mod tests {
             }
         }
         let r = record(200, UsageSource::Reported);
-        let mut updates = record_updates(&r, Labels::of(&r, REGION, &aliases()), 0);
+        let mut updates = record_updates(&r, Labels::of(&r), 0);
         updates.extend(refusal_updates(
             &GatewayError::new(ErrorKind::Internal, "x"),
             None,

@@ -31,6 +31,8 @@ pub struct UsageRecord {
     pub model_id: String,
     pub operation: Operation,
     pub streamed: bool,
+    /// The request went upstream (it was not refused by the gateway).
+    pub forwarded: bool,
     pub status: u16,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -144,6 +146,7 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
         model_id: f.model_id.to_string(),
         operation: f.operation,
         streamed: f.operation.is_stream(),
+        forwarded: f.sent_upstream,
         status: f.status,
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,

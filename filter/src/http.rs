@@ -193,21 +193,25 @@ impl HttpContext for Http {
                 ),
             );
         }
+        // Totals count what went to Bedrock; refusals show in metrics and the log.
         let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
-        let cost_before =
-            match totals::add(&SharedData, &record.key_id, record.model_label(), &delta) {
-                Ok(added) => added.model_cost_before_pico_usd,
-                Err(e) => {
-                    host::log(
-                        LogLevel::Critical,
-                        &format!(
-                            "tollgate: usage of key `{}` NOT added to totals: {e}",
-                            record.key_id
-                        ),
-                    );
-                    0
-                }
-            };
-        metrics::on_record(config, &record, cost_before);
+        let added = record
+            .forwarded
+            .then(|| totals::add(&SharedData, &record.key_id, record.model_label(), &delta));
+        let cost_before = match added {
+            Some(Ok(added)) => added.model_cost_before_pico_usd,
+            Some(Err(e)) => {
+                host::log(
+                    LogLevel::Critical,
+                    &format!(
+                        "tollgate: usage of key `{}` NOT added to totals: {e}",
+                        record.key_id
+                    ),
+                );
+                0
+            }
+            None => 0,
+        };
+        metrics::on_record(&record, cost_before);
     }
 }

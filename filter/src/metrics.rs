@@ -9,7 +9,6 @@ use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType};
-use tollgate_core::config::Config;
 use tollgate_core::error::GatewayError;
 use tollgate_core::metrics::{self as core_metrics, Labels, MetricKind, Update};
 use tollgate_core::record::UsageRecord;
@@ -29,15 +28,14 @@ pub fn on_refusal(error: &GatewayError, key_id: Option<&str>) {
     apply(&core_metrics::refusal_updates(error, key_id));
 }
 
-/// A finished exchange's record. `cost_before_pico`: the running pico-USD total of the record's
-/// (key, model) series just before this record's cost was added, from
-/// `tollgate_core::metrics::add_cost` (0 if that failed: the cost counter is then off by less
-/// than one micro-USD).
-pub fn on_record(config: &Config, record: &UsageRecord, cost_before_pico: u64) {
-    let labels = Labels::of_config(record, config);
+/// A finished exchange's record. `cost_before_pico`: the running pico-USD total of the
+/// record's (key, model label) series just before this record's cost was added — what
+/// `totals::add` returns as `model_cost_before_pico_usd`; 0 if that failed (the cost counter
+/// is then off by at most one micro-USD).
+pub fn on_record(record: &UsageRecord, cost_before_pico: u64) {
     apply(&core_metrics::record_updates(
         record,
-        labels,
+        Labels::of(record),
         cost_before_pico,
     ));
 }

@@ -161,7 +161,6 @@ pub fn add_to_linker(linker: &mut wasmtime::component::Linker<State>) -> wasmtim
 fn spin_err(e: KvError) -> spin_kv::Error {
     match e {
         KvError::AccessDenied => spin_kv::Error::AccessDenied,
-        KvError::NoSuchStore => spin_kv::Error::NoSuchStore,
         KvError::Other(m) => spin_kv::Error::Other(m),
     }
 }
@@ -307,7 +306,6 @@ impl<T> spin_vars::HostWithStore<T> for Spin {
 fn wasi_err(e: KvError) -> wkv_store::Error {
     match e {
         KvError::AccessDenied => wkv_store::Error::AccessDenied,
-        KvError::NoSuchStore => wkv_store::Error::NoSuchStore,
         KvError::Other(m) => wkv_store::Error::Other(m),
     }
 }

@@ -17,7 +17,6 @@ use tokio::sync::OnceCell;
 #[derive(Debug, Clone)]
 pub enum KvError {
     AccessDenied,
-    NoSuchStore,
     Other(String),
 }
 
@@ -325,5 +324,69 @@ impl Cas {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory() -> Backend {
+        Backend::Memory(Arc::new(MemoryStore::default()))
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn memory_counter_is_i64_le() {
+        block(async {
+            let b = memory();
+            assert_eq!(b.increment("c", 5).await.unwrap(), 5);
+            assert_eq!(b.increment("c", -7).await.unwrap(), -2);
+            assert_eq!(b.get("c").await.unwrap().unwrap(), (-2i64).to_le_bytes().to_vec());
+            b.set("s", b"12").await.unwrap();
+            assert!(matches!(b.increment("s", 1).await, Err(KvError::Other(_))));
+        })
+    }
+
+    #[test]
+    fn memory_cas_detects_any_intervening_write() {
+        block(async {
+            let b = memory();
+            // Absent key: swap succeeds only while still absent.
+            let cas = b.new_cas("k").await.unwrap();
+            assert_eq!(cas.current(), None);
+            assert!(cas.swap(b"1".to_vec()).await.is_ok());
+            let stale = b.new_cas("k").await.unwrap();
+            assert!(b.new_cas("k").await.unwrap().swap(b"2".to_vec()).await.is_ok());
+            assert!(matches!(stale.swap(b"x".to_vec()).await, Err(SwapError::CasFailed)));
+            // ABA: same bytes written back still invalidates the CAS.
+            let stale = b.new_cas("k").await.unwrap();
+            assert_eq!(stale.current().as_deref(), Some(&b"2"[..]));
+            b.set("k", b"2").await.unwrap();
+            assert!(matches!(stale.swap(b"y".to_vec()).await, Err(SwapError::CasFailed)));
+            // Delete after capture fails the swap too.
+            let stale = b.new_cas("k").await.unwrap();
+            b.delete("k").await.unwrap();
+            assert!(matches!(stale.swap(b"z".to_vec()).await, Err(SwapError::CasFailed)));
+            assert_eq!(b.get("k").await.unwrap(), None);
+        })
+    }
+
+    #[test]
+    fn unknown_labels_are_denied() {
+        block(async {
+            let mut m = StoreManager::default();
+            m.add("cache", "memory").unwrap();
+            assert!(m.open("cache").await.is_ok());
+            assert!(matches!(m.open("default").await, Err(KvError::AccessDenied)));
+            assert!(m.add("x", "postgres://nope").is_err());
+        })
     }
 }

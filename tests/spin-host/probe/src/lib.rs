@@ -11,7 +11,8 @@
 //!                                       -> `<new value> <attempts>`
 //! * `POST /batch[?store=L]`             set-many/get-many/delete-many round trip
 //! * `GET  /var?name=N`                  spin:variables get -> value, or 404/400 + error
-//! * `GET  /proxy?url=U[&store=L]`       outbound GET, streams the upstream body back and,
+//! * `GET  /proxy?url=U[&store=L][&sethost=H]`  outbound GET (optionally with a forbidden
+//!                                       `host` header), streams the upstream body back and,
 //!                                       after the stream ends (spawned task), writes the
 //!                                       byte count to KV key `last_len`
 //! * `GET  /log?msg=M`                   println!/eprintln! the message (stdio forwarding)
@@ -250,10 +251,12 @@ async fn proxy(q: &Query, label: String) -> Response<BoxBody> {
     let Some(url) = q.get("url") else {
         return reply(400, "url required");
     };
-    let out = http::Request::get(url)
-        .header("x-probe", "1")
-        .body(spin_sdk::http::EmptyBody::new())
-        .unwrap();
+    let mut out = http::Request::get(url).header("x-probe", "1");
+    if let Some(h) = q.get("sethost") {
+        // `host` is a forbidden header in wasi:http; this shows what the guest gets.
+        out = out.header("host", h);
+    }
+    let out = out.body(spin_sdk::http::EmptyBody::new()).unwrap();
     let resp = match spin_sdk::http::send(out).await {
         Ok(r) => r,
         Err(e) => return reply(502, format!("{e:?}")),

@@ -1,0 +1,243 @@
+"""Quotas against real Envoy (2 workers) with boto3: budgets, rates, concurrency, exact billing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import botocore.exceptions
+import pytest
+
+import harness
+import pricing_oracle
+from conftest import HAIKU, bedrock_client, plugin_config
+from test_bedrock_api import Observed, converse_messages, ledger_usage, raw
+
+# 2026-11-22T12:00:00Z: the quota clock tests drive with x-tollgate-test-now-ms.
+DAY1_NOON_MS = 1_795_348_800_000
+DAY_MS = 86_400_000
+PICO = 10**12
+
+# One prompt for every budget request, so every request has the same input size.
+BUDGET_PROMPT = "budget please [[emu:output=10]]"
+BUDGET_MAX_TOKENS = 100  # reserved per request; the emulator then generates only 10
+
+KEYS = {
+    "budget": "tg-quota-budget",
+    "rpm": "tg-quota-rpm",
+    "tpm": "tg-quota-tpm",
+    "conc": "tg-quota-conc",
+    "bulk": "tg-quota-bulk",
+    "capped": "tg-quota-capped",
+}
+
+
+@pytest.fixture(scope="module")
+def budget_costs(client, emulator):
+    """(estimate, actual) pico-USD of one budget request, measured on the unlimited gateway."""
+    start = len(emulator.ledger())
+    client.converse(modelId="claude-fast", messages=converse_messages(BUDGET_PROMPT),
+                    inferenceConfig={"maxTokens": BUDGET_MAX_TOKENS})
+    entry = harness.wait_until(lambda: emulator.ledger()[start:], 10, "the probe's ledger entry")[0]
+    usage = ledger_usage(entry)
+    assert usage["output_tokens"] == 10
+    # The gateway estimates input as ceil(body bytes / 4): the emulator counts input the same way.
+    estimate = pricing_oracle.cost_pico_usd(HAIKU, {**usage, "output_tokens": BUDGET_MAX_TOKENS})
+    actual = pricing_oracle.cost_pico_usd(HAIKU, usage)
+    return estimate, actual
+
+
+def usd(pico: int) -> str:
+    return f"{pico // PICO}.{pico % PICO:012d}"
+
+
+@pytest.fixture(scope="module")
+def quota_gateway(workdir, emulator, tls_dir, budget_costs):
+    estimate, actual = budget_costs
+    # Room for exactly 5 requests: after 4 settled ones, the 5th's reservation fits exactly;
+    # after 5, the 6th's does not.
+    budget = 4 * actual + estimate
+    keys = [
+        {"id": "budget", "limits": {"budget": {"usd": usd(budget), "period": "daily"}}},
+        {"id": "rpm", "limits": {"requests_per_minute": 2}},
+        {"id": "tpm", "limits": {"tokens_per_minute": 1000}},
+        {"id": "conc", "limits": {"max_concurrent_requests": 2}},
+        {"id": "bulk", "limits": {"budget": {"usd": "1000", "period": "monthly"}, "max_concurrent_requests": 500}},
+        {"id": "capped", "limits": {"max_output_tokens": 50}},
+    ]
+    cfg = plugin_config(emulator.port, test_hooks=True)
+    cfg["api_keys"] = [
+        {**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys
+    ]
+    envoy = harness.Envoy(workdir / "quotas", cfg, emulator.port, tls_dir, concurrency=2, name="quotas")
+    yield envoy
+    envoy.stop()
+
+
+def quota_client(gateway, tls_dir, key: str, now_ms: list[int] | None = None, **kw):
+    """A boto3 client; with `now_ms`, each request carries the quota test clock's current value."""
+    c = bedrock_client(gateway, tls_dir, KEYS[key], **kw)
+    if now_ms is not None:
+        def set_clock(request, **_):
+            request.headers["x-tollgate-test-now-ms"] = str(now_ms[0])
+        c.meta.events.register("before-sign.bedrock-runtime.*", set_clock)
+    return c
+
+
+def usage_at(gateway, key: str, now_ms: int | None = None) -> dict:
+    headers = {"authorization": f"Bearer {KEYS[key]}"}
+    if now_ms is not None:
+        headers["x-tollgate-test-now-ms"] = str(now_ms)
+    status, _, body = raw(gateway, "GET", "/usage", None, headers)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def retry_after(e: botocore.exceptions.ClientError) -> int:
+    return int(e.response["ResponseMetadata"]["HTTPHeaders"]["retry-after"])
+
+
+def test_budget_rejects_at_exactly_the_right_request_and_renews_daily(quota_gateway, tls_dir, budget_costs):
+    estimate, actual = budget_costs
+    clock = [DAY1_NOON_MS]
+    c = quota_client(quota_gateway, tls_dir, "budget", clock)
+
+    def one():
+        return c.converse(modelId="claude-fast", messages=converse_messages(BUDGET_PROMPT),
+                          inferenceConfig={"maxTokens": BUDGET_MAX_TOKENS})
+
+    for _ in range(5):
+        one()
+    with pytest.raises(c.exceptions.ServiceQuotaExceededException) as e:
+        one()
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert retry_after(e.value) == 12 * 3600  # until UTC midnight
+    u = usage_at(quota_gateway, "budget", clock[0])
+    assert u["budget"]["current"] == "2026-11-22"
+    assert u["budget"]["spent_pico_usd"] == 5 * actual
+    assert u["budget"]["remaining_pico_usd"] == estimate - actual
+
+    # The next UTC day starts afresh; the previous day's spend is gone from the counter.
+    clock[0] += DAY_MS
+    one()
+    u = usage_at(quota_gateway, "budget", clock[0])
+    assert (u["budget"]["current"], u["budget"]["spent_pico_usd"]) == ("2026-11-23", actual)
+    assert u["requests"] == 6 and u["cost_pico_usd"] == 6 * actual
+
+
+def test_requests_per_minute(quota_gateway, tls_dir):
+    clock = [DAY1_NOON_MS + 30_000]
+    c = quota_client(quota_gateway, tls_dir, "rpm", clock)
+    call = lambda: c.converse(modelId="claude-fast", messages=converse_messages("hi"), inferenceConfig={"maxTokens": 1})
+    call()
+    call()
+    with pytest.raises(c.exceptions.ThrottlingException) as e:
+        call()
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+    assert retry_after(e.value) == 30
+    assert "2 requests per minute" in e.value.response["Error"]["Message"]
+    clock[0] += 30_000
+    call()
+
+
+def test_tokens_per_minute(quota_gateway, tls_dir):
+    clock = [DAY1_NOON_MS]
+    c = quota_client(quota_gateway, tls_dir, "tpm", clock)
+    # Reserves ~600 + input; uses ~400 + input.
+    c.converse(modelId="claude-fast", messages=converse_messages("a [[emu:output=400]]"), inferenceConfig={"maxTokens": 600})
+    # ~400 used: 500 more fits, 700 more does not.
+    with pytest.raises(c.exceptions.ThrottlingException) as e:
+        c.converse(modelId="claude-fast", messages=converse_messages("b"), inferenceConfig={"maxTokens": 700})
+    assert "1000 tokens per minute" in e.value.response["Error"]["Message"]
+    assert retry_after(e.value) == 60
+    c.converse(modelId="claude-fast", messages=converse_messages("c [[emu:output=5]]"), inferenceConfig={"maxTokens": 500})
+
+
+def test_concurrency_limit_and_release_on_every_path(quota_gateway, tls_dir, emulator):
+    c = quota_client(quota_gateway, tls_dir, "conc")
+    slow = converse_messages("[[emu:events=6]] [[emu:slow=150]]")
+    started = threading.Barrier(3, timeout=10)
+    done = []
+
+    def stream():
+        resp = c.converse_stream(modelId="claude-fast", messages=slow, inferenceConfig={"maxTokens": 6})
+        started.wait()
+        done.append(sum(1 for _ in resp["stream"]))
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    started.wait()  # both streams are admitted and in flight
+    with pytest.raises(c.exceptions.ThrottlingException) as e:
+        c.converse(modelId="claude-fast", messages=converse_messages("third"))
+    assert retry_after(e.value) == 1
+    assert "2 requests in flight" in e.value.response["Error"]["Message"]
+    for t in threads:
+        t.join(timeout=20)
+    assert len(done) == 2
+
+    # Slots come back after success, a mid-stream exception, and a client cancel.
+    resp = c.converse_stream(modelId="claude-fast", messages=converse_messages("[[emu:fail-after=2]]"))
+    with pytest.raises(botocore.exceptions.EventStreamError):
+        for _ in resp["stream"]:
+            pass
+    resp = c.converse_stream(modelId="claude-fast", messages=slow, inferenceConfig={"maxTokens": 6})
+    next(iter(resp["stream"]))
+    resp["stream"].close()
+    harness.wait_until(
+        lambda: usage_at(quota_gateway, "conc")["concurrent_requests"]["used"] == 0, 10, "slots to be released"
+    )
+    # Two at once are admitted again.
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: c.converse(modelId="claude-fast", messages=converse_messages("x")), range(2)))
+
+
+def test_output_cap_clamps_the_request(quota_gateway, tls_dir, emulator):
+    c = quota_client(quota_gateway, tls_dir, "capped")
+    start = len(emulator.ledger())
+    out = c.converse(modelId="claude-fast", messages=converse_messages("long"), inferenceConfig={"maxTokens": 4000})
+    # The emulator generates maxTokens by default: it saw the clamped value.
+    assert out["usage"]["outputTokens"] == 50
+    entry = emulator.ledger()[start]
+    assert entry["signature_valid"] is True  # the rewritten body was what got signed
+
+
+def test_300_concurrent_requests_half_streams_are_billed_exactly(quota_gateway, tls_dir, emulator):
+    before = usage_at(quota_gateway, "bulk")
+    start = len(emulator.ledger())
+    c = quota_client(quota_gateway, tls_dir, "bulk", max_pool_connections=64)
+    n = 300
+
+    def one(i: int):
+        text = f"bulk {i} [[emu:cache-read={i % 11}]] [[emu:output={1 + i % 17}]]"
+        if i % 2:
+            c.converse(modelId="claude-fast", messages=converse_messages(text), inferenceConfig={"maxTokens": 64})
+        else:
+            resp = c.converse_stream(modelId="claude-fast", messages=converse_messages(text),
+                                     inferenceConfig={"maxTokens": 64})
+            for _ in resp["stream"]:
+                pass
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=48) as pool:
+        list(pool.map(one, range(n)))
+    elapsed = time.monotonic() - t0
+    entries = harness.wait_until(
+        lambda: (lambda l: l[start:] if len(l) - start >= n else None)(emulator.ledger()), 30, "the ledger"
+    )
+    assert len(entries) == n and all(e["signature_valid"] for e in entries)
+    expected_cost = sum(pricing_oracle.cost_pico_usd(HAIKU, ledger_usage(e)) for e in entries)
+
+    def settled():
+        u = usage_at(quota_gateway, "bulk")
+        return u if u["requests"] - before["requests"] == n and u["concurrent_requests"]["used"] == 0 else None
+
+    after = harness.wait_until(settled, 30, "all records to settle")
+    for field in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
+        assert after[field] - before[field] == sum(ledger_usage(e)[field] for e in entries), field
+    assert after["cost_pico_usd"] - before["cost_pico_usd"] == expected_cost
+    # Every reservation was replaced by the actual cost: the budget counter is exact too.
+    assert after["budget"]["spent_pico_usd"] - before["budget"]["spent_pico_usd"] == expected_cost
+    print(f"300 requests through 2 workers in {elapsed:.2f}s")
