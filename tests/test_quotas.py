@@ -31,6 +31,7 @@ KEYS = {
     "conc": "tg-quota-conc",
     "bulk": "tg-quota-bulk",
     "capped": "tg-quota-capped",
+    "cutoff": "tg-quota-cutoff",
 }
 
 
@@ -66,6 +67,8 @@ def quota_gateway(workdir, emulator, tls_dir, budget_costs):
         {"id": "conc", "limits": {"max_concurrent_requests": 2}},
         {"id": "bulk", "limits": {"budget": {"usd": "1000", "period": "monthly"}, "max_concurrent_requests": 500}},
         {"id": "capped", "limits": {"max_output_tokens": 50}},
+        # Room for the prompt and roughly 50 output tokens of Haiku 4.5.
+        {"id": "cutoff", "limits": {"budget": {"usd": "0.0003", "period": "total"}, "cut_off_streams": True}},
     ]
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] = [
@@ -241,3 +244,35 @@ def test_300_concurrent_requests_half_streams_are_billed_exactly(quota_gateway, 
     # Every reservation was replaced by the actual cost: the budget counter is exact too.
     assert after["budget"]["spent_pico_usd"] - before["budget"]["spent_pico_usd"] == expected_cost
     print(f"300 requests through 2 workers in {elapsed:.2f}s")
+
+
+def test_budget_cut_off_ends_the_stream_with_an_exception_frame(quota_gateway, tls_dir, emulator):
+    c = quota_client(quota_gateway, tls_dir, "cutoff")
+    seen = Observed(quota_gateway, emulator)
+    resp = c.converse_stream(
+        modelId="claude-fast", messages=converse_messages("[[emu:events=40]] [[emu:slow=20]]"),
+        inferenceConfig={"maxTokens": 200},
+    )
+    deltas = 0
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        for event in resp["stream"]:
+            deltas += "contentBlockDelta" in event
+    assert e.value.response["Error"]["Code"] == "throttlingException"
+    assert "budget is exhausted" in e.value.response["Error"]["Message"]
+    assert 0 < deltas < 40
+    [record] = seen.records(1)
+    [entry] = seen.ledger(1)
+    # The gateway stopped the upstream too: Bedrock did not generate the rest.
+    assert entry["stream_completed"] is False
+    assert entry["content_events_sent"] < 40
+    assert (record["status"], record["usage_source"]) == (200, "estimated")
+    assert record["exception"] == "throttlingException"
+    # Billed what was delivered: the generated words the client saw, at 4 bytes a token.
+    assert record["output_tokens"] > 0
+    u = usage_at(quota_gateway, "cutoff")
+    assert u["budget"]["spent_pico_usd"] == record["cost_pico_usd"]
+    # At most one event (5 tokens here) past the budget.
+    assert record["cost_pico_usd"] <= 300_000_000 + 5 * pricing_oracle.prices(HAIKU)["output"] * PICO
+    # Nothing left for another prompt.
+    with pytest.raises(c.exceptions.ServiceQuotaExceededException):
+        c.converse_stream(modelId="claude-fast", messages=converse_messages("more"), inferenceConfig={"maxTokens": 10})

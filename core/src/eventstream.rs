@@ -198,6 +198,16 @@ impl Decoder {
         chunk: &[u8],
         mut on_message: impl FnMut(Message<'_>),
     ) -> Result<(), DecodeError> {
+        self.push_with_ends(chunk, |m, _| on_message(m))
+    }
+
+    /// Like [`Decoder::push`], also telling where in `chunk` each message ends (the offset just
+    /// past its last byte): the frame boundaries where a stream can be cut cleanly.
+    pub fn push_with_ends(
+        &mut self,
+        chunk: &[u8],
+        mut on_message: impl FnMut(Message<'_>, usize),
+    ) -> Result<(), DecodeError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
@@ -223,7 +233,7 @@ impl Decoder {
     fn push_inner(
         &mut self,
         chunk: &[u8],
-        on_message: &mut impl FnMut(Message<'_>),
+        on_message: &mut impl FnMut(Message<'_>, usize),
     ) -> Result<(), DecodeError> {
         let mut input = chunk;
 
@@ -240,7 +250,7 @@ impl Decoder {
             if self.buf.len() < self.frame_len {
                 return Ok(());
             }
-            on_message(decode_message(&self.buf)?);
+            on_message(decode_message(&self.buf)?, chunk.len() - input.len());
             if self.buf.capacity() > RETAINED_CAPACITY {
                 self.buf = Vec::new();
             } else {
@@ -258,7 +268,7 @@ impl Decoder {
             let total = check_prelude(prelude)?;
             match input.split_at_checked(total) {
                 Some((message, rest)) => {
-                    on_message(decode_message(message)?);
+                    on_message(decode_message(message)?, chunk.len() - rest.len());
                     input = rest;
                 }
                 None => {

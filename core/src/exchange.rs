@@ -7,7 +7,8 @@ use crate::auth;
 use crate::config::{ApiKey, Config};
 use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError};
-use crate::meter::UsageMeter;
+use crate::eventstream;
+use crate::meter::{Reading, UsageMeter};
 use crate::model_id;
 use crate::operation::Operation;
 use crate::pricing;
@@ -126,6 +127,7 @@ fn admit_key(
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),
+        cut_off: None,
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,
@@ -153,6 +155,30 @@ pub struct UpstreamRequest {
     pub body: Option<Vec<u8>>,
 }
 
+/// What to do with a chunk of the response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyVerdict {
+    Pass,
+    /// Send these bytes instead: the stream ends here (budget cut-off).
+    Replace(Vec<u8>),
+    /// Send nothing: the stream was already ended. Hosts may reset the upstream.
+    Drop,
+}
+
+/// The exception type of the terminal frame that ends a stream whose budget ran out. It is
+/// one both stream unions (ConverseStream, InvokeModelWithResponseStream) model, so SDKs raise
+/// it with its message; an unmodeled type reaches boto3 with neither code nor message.
+pub const CUT_OFF_EXCEPTION: &str = "throttlingException";
+
+/// A stream that ends once what it delivered would cost more than its budget reservation.
+#[derive(Debug)]
+struct CutOff {
+    allowance_pico_usd: u64,
+    quote: pricing::Quote,
+    /// The terminal frame was sent.
+    done: bool,
+}
+
 /// With `test_hooks` on, this request header sets the quota clock (ms since the epoch), so
 /// tests can cross minutes and budget periods without sleeping.
 pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
@@ -169,6 +195,7 @@ pub struct Exchange {
     /// The clock quota windows and periods are read from.
     quota_now_ms: u64,
     reservation: Reservation,
+    cut_off: Option<CutOff>,
     body_limit: u64,
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
@@ -231,9 +258,23 @@ impl Exchange {
         let body = limit.rewritten.as_deref().unwrap_or(body);
         let quote = pricing::quote(&config.region, &self.model_id);
         let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
-        self.reservation =
-            quota::reserve(counters, key, &self.model_id, estimate, self.quota_now_ms)
-                .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        let may_cut_off = key.limits.cut_off_streams && self.operation.is_stream();
+        self.reservation = quota::reserve(
+            counters,
+            key,
+            &self.model_id,
+            estimate,
+            may_cut_off,
+            self.quota_now_ms,
+        )
+        .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        if may_cut_off {
+            self.cut_off = self.reservation.spend_allowance().map(|allowance| CutOff {
+                allowance_pico_usd: allowance,
+                quote,
+                done: false,
+            });
+        }
         let path = format!(
             "/model/{}/{}",
             model_id::encode_path_label(&self.model_id),
@@ -272,8 +313,40 @@ impl Exchange {
         self.meter.on_response_headers(headers);
     }
 
-    pub fn on_response_body(&mut self, chunk: &[u8]) {
-        self.meter.on_body(chunk);
+    /// Observes a chunk of the response, which passes unchanged unless this stream is to be
+    /// cut off: then the chunk is replaced by its complete frames plus a terminal exception
+    /// frame, and everything after is dropped.
+    pub fn on_response_body(&mut self, chunk: &[u8]) -> BodyVerdict {
+        let ok = matches!(self.status, Some(200..=299));
+        let request_bytes = self.request_bytes;
+        let Some(cut) = self.cut_off.as_mut().filter(|_| ok) else {
+            self.meter.on_body(chunk);
+            return BodyVerdict::Pass;
+        };
+        if cut.done {
+            return BodyVerdict::Drop;
+        }
+        // After each message: would what has been delivered cost more than the allowance?
+        // (Estimated as for any cut stream.)
+        let over = |r: &Reading| {
+            cut.quote
+                .cost(&record::billable(200, true, r, request_bytes).0)
+                > cut.allowance_pico_usd
+        };
+        let Some(end) = self.meter.on_body_until(chunk, over) else {
+            return BodyVerdict::Pass;
+        };
+        cut.done = true;
+        let mut out = chunk.get(..end).unwrap_or(chunk).to_vec();
+        out.extend_from_slice(&eventstream::encode(
+            &[
+                (":message-type", "exception"),
+                (":exception-type", CUT_OFF_EXCEPTION),
+                (":content-type", "application/json"),
+            ],
+            br#"{"message":"The API key's budget is exhausted: this response was ended by the gateway."}"#,
+        ));
+        BodyVerdict::Replace(out)
     }
 
     /// The usage record, once, when the exchange is over (completed, failed, or cancelled).
@@ -293,7 +366,7 @@ impl Exchange {
         let reading = self.meter.finish();
         // No status: the upstream never answered (reset, timeout, client gone first).
         let status = self.status.unwrap_or(0);
-        let record = record::make(record::Facts {
+        let mut record = record::make(record::Facts {
             request_id: self.request_id.as_deref(),
             key_id: &self.key_id,
             model: &self.model,
@@ -306,6 +379,9 @@ impl Exchange {
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
         });
+        if matches!(&self.cut_off, Some(c) if c.done) {
+            record.exception = Some(CUT_OFF_EXCEPTION.to_string());
+        }
         let used = record.usage();
         let tokens = used.total_input().saturating_add(used.output_tokens);
         if let Err(e) = self
@@ -514,5 +590,111 @@ mod tests {
         assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
         assert_eq!(record.input_tokens, 20);
         assert!(record.cost_pico_usd > 0);
+    }
+}
+
+#[cfg(test)]
+mod cut_off_tests {
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::eventstream::Decoder;
+    use crate::store::memory::MemoryStore;
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"0.0001","period":"total"}},"cut_off_streams":true}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn delta(text: &str) -> Vec<u8> {
+        eventstream::encode(
+            &[
+                (":message-type", "event"),
+                (":event-type", "contentBlockDelta"),
+                (":content-type", "application/json"),
+            ],
+            format!(r#"{{"contentBlockIndex":0,"delta":{{"text":"{text}"}}}}"#).as_bytes(),
+        )
+    }
+
+    /// Feeds `body` in `chunk`-byte pieces; returns what the client receives.
+    fn run(chunk: usize) -> (Vec<u8>, UsageRecord) {
+        let config = config();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let Admission::Forward(mut ex) = admit(
+            &config,
+            "POST",
+            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse-stream",
+            &[("authorization", "Bearer k")],
+            0,
+        ) else {
+            panic!("not admitted")
+        };
+        ex.upstream_request(
+            &config,
+            &counters,
+            br#"{"inferenceConfig":{"maxTokens":1000}}"#,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        ex.on_response_headers(
+            200,
+            [("content-type", "application/vnd.amazon.eventstream")],
+        );
+        // $0.0001 buys ~10 input and ~18 output tokens of Haiku 4.5; each delta carries 19 bytes.
+        let body: Vec<u8> = (0..40).flat_map(|i| delta(&format!("{i:019}"))).collect();
+        let mut received = Vec::new();
+        for piece in body.chunks(chunk) {
+            match ex.on_response_body(piece) {
+                BodyVerdict::Pass => received.extend_from_slice(piece),
+                BodyVerdict::Replace(bytes) => received.extend_from_slice(&bytes),
+                BodyVerdict::Drop => {}
+            }
+        }
+        let record = ex.finish(&config, &counters, 1).unwrap();
+        (received, record)
+    }
+
+    #[test]
+    fn the_stream_ends_with_one_clean_exception_frame_at_any_chunking() {
+        for chunk in [1, 7, 33, 64, 1000, 100_000] {
+            let (received, record) = run(chunk);
+            let mut kinds = Vec::new();
+            let mut decoder = Decoder::default();
+            decoder
+                .push(&received, |m| {
+                    kinds.push(m.exception_type().unwrap_or("event").to_string())
+                })
+                .unwrap_or_else(|e| panic!("chunk {chunk}: the client got a broken stream: {e}"));
+            assert_eq!(
+                decoder.buffered(),
+                0,
+                "chunk {chunk}: a partial frame reached the client"
+            );
+            assert_eq!(
+                kinds.last().map(String::as_str),
+                Some(CUT_OFF_EXCEPTION),
+                "chunk {chunk}"
+            );
+            let events = kinds.len() - 1;
+            assert!(
+                (1..40).contains(&events),
+                "chunk {chunk}: {events} events delivered"
+            );
+            assert_eq!(record.exception.as_deref(), Some(CUT_OFF_EXCEPTION));
+            // Billed what was delivered: its 19 text bytes a delta, at 4 bytes a token.
+            assert_eq!(
+                record.output_tokens,
+                (19 * events as u64).div_ceil(4),
+                "chunk {chunk}"
+            );
+        }
     }
 }

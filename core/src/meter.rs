@@ -191,14 +191,26 @@ impl UsageMeter {
 
     /// A copy of the next body chunk.
     pub fn on_body(&mut self, chunk: &[u8]) {
+        self.on_body_until(chunk, |_| false);
+    }
+
+    /// Like [`UsageMeter::on_body`], checking `stop` after each EventStream message. At the
+    /// first message after which it holds, metering stops (later messages are not counted:
+    /// they will not be delivered) and the offset just past that message in `chunk` is
+    /// returned — a clean frame boundary to end the stream at.
+    pub fn on_body_until(
+        &mut self,
+        chunk: &[u8],
+        mut stop: impl FnMut(&Reading) -> bool,
+    ) -> Option<usize> {
         if self.finished || chunk.is_empty() {
-            return;
+            return None;
         }
         let op = self.op;
         match *self.mode.get_or_insert_with(|| Mode::of(op, None)) {
             Mode::Json => {
                 if self.body_over_cap {
-                    return;
+                    return None;
                 }
                 if self.body.len().saturating_add(chunk.len()) > MAX_JSON_BODY {
                     self.body_over_cap = true;
@@ -206,13 +218,14 @@ impl UsageMeter {
                     self.reading.note_problem(|| {
                         format!("body over the {MAX_JSON_BODY}-byte cap; usage from headers only")
                     });
-                    return;
+                    return None;
                 }
                 self.body.extend_from_slice(chunk);
+                None
             }
             Mode::Stream => {
                 if self.decoder.error().is_some() {
-                    return;
+                    return None;
                 }
                 let Self {
                     decoder,
@@ -220,11 +233,25 @@ impl UsageMeter {
                     reading,
                     ..
                 } = self;
-                if let Err(err) = decoder.push(chunk, |m| stream.on_message(m, reading)) {
+                let mut stopped_at = None;
+                let pushed = decoder.push_with_ends(chunk, |m, end| {
+                    if stopped_at.is_none() {
+                        stream.on_message(m, reading);
+                        if stop(reading) {
+                            stopped_at = Some(end);
+                        }
+                    }
+                });
+                if let Err(err) = pushed {
                     reading.note_problem(|| format!("eventstream: {err}"));
                 }
+                if stopped_at.is_some() {
+                    // Nothing after this message will reach the client.
+                    self.finished = true;
+                }
+                stopped_at
             }
-            Mode::Skip => {}
+            Mode::Skip => None,
         }
     }
 

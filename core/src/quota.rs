@@ -20,6 +20,8 @@ pub struct Estimate {
     /// Input plus the most output the request may generate.
     pub tokens: u64,
     pub cost_pico_usd: u64,
+    /// The input's share of the cost: the least a stream that may be cut off must be able to pay.
+    pub input_cost_pico_usd: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,9 +65,14 @@ pub fn estimate(
         output_tokens: output,
         ..Default::default()
     };
+    let input_only = crate::Usage {
+        output_tokens: 0,
+        ..usage
+    };
     Estimate {
         tokens: usage.input_tokens.saturating_add(output),
         cost_pico_usd: quote.cost(&usage),
+        input_cost_pico_usd: quote.cost(&input_only),
     }
 }
 
@@ -141,6 +148,61 @@ impl Reservation {
         Ok(None)
     }
 
+    /// Like `take`, but settles for less than `want` (at least `least`) when that is all that
+    /// is left under `max`. Returns what was taken, or the counter's value if even `least` is
+    /// too much.
+    #[allow(clippy::too_many_arguments)]
+    fn take_up_to(
+        &mut self,
+        counters: &dyn Counters,
+        name: String,
+        window: u64,
+        kind: Kind,
+        least: u64,
+        want: u64,
+        max: u64,
+    ) -> Result<Result<u64, i64>, GatewayError> {
+        let (least, want, max) = (
+            saturating_i64(least),
+            saturating_i64(want),
+            saturating_i64(max),
+        );
+        let mut current = 0;
+        // Another worker may take the same room between the read and the add: retry a little.
+        for _ in 0..8 {
+            current = counters.read(&name, window).map_err(store_failure)?;
+            let room = max.saturating_sub(current);
+            if room < least {
+                return Ok(Err(current));
+            }
+            let amount = want.min(room);
+            let total = counters.add(&name, window, amount).map_err(store_failure)?;
+            if total <= max {
+                self.held.push(Held {
+                    name,
+                    window,
+                    kind,
+                    amount,
+                });
+                return Ok(Ok(u64::try_from(amount).unwrap_or(0)));
+            }
+            counters
+                .add(&name, window, -amount)
+                .map_err(store_failure)?;
+        }
+        Ok(Err(current))
+    }
+
+    /// The most a stream admitted with this reservation may spend: the smallest budget
+    /// reservation it holds. `None` when no budget applies.
+    pub fn spend_allowance(&self) -> Option<u64> {
+        self.held
+            .iter()
+            .filter(|h| h.kind == Kind::Spend)
+            .map(|h| u64::try_from(h.amount).unwrap_or(0))
+            .min()
+    }
+
     /// Undoes everything held (a refused request, or release without usage).
     fn undo(&mut self, counters: &dyn Counters) {
         for h in self.held.drain(..) {
@@ -179,15 +241,28 @@ impl Reservation {
 }
 
 /// Reserves `estimate` against every limit that applies to `key` using `model_id`.
+///
+/// With `partial_budget`, a budget that cannot cover the whole estimate but can cover the
+/// input is reserved to what remains: the caller then cuts the response off when it reaches
+/// [`Reservation::spend_allowance`] (opt-in mid-stream cut-off).
 pub fn reserve(
     counters: &dyn Counters,
     key: &ApiKey,
     model_id: &str,
     estimate: Estimate,
+    partial_budget: bool,
     now_ms: u64,
 ) -> Result<Reservation, GatewayError> {
     let mut r = Reservation::default();
-    match reserve_into(&mut r, counters, key, model_id, estimate, now_ms) {
+    match reserve_into(
+        &mut r,
+        counters,
+        key,
+        model_id,
+        estimate,
+        partial_budget,
+        now_ms,
+    ) {
         Ok(()) => Ok(r),
         Err(e) => {
             r.undo(counters);
@@ -202,6 +277,7 @@ fn reserve_into(
     key: &ApiKey,
     model_id: &str,
     estimate: Estimate,
+    partial_budget: bool,
     now_ms: u64,
 ) -> Result<(), GatewayError> {
     let minute = period::minute_window(now_ms);
@@ -249,14 +325,21 @@ fn reserve_into(
         }
         if let Some(budget) = limits.budget {
             let window = budget.period.window(now_ms);
-            if let Some(spent) = r.take(
+            let least = if partial_budget {
+                estimate.input_cost_pico_usd
+            } else {
+                estimate.cost_pico_usd
+            };
+            let taken = r.take_up_to(
                 counters,
                 name("spend"),
                 window,
                 Kind::Spend,
+                least,
                 estimate.cost_pico_usd,
                 budget.pico_usd,
-            )? {
+            )?;
+            if let Err(spent) = taken {
                 let spent = u64::try_from(spent).unwrap_or(0);
                 let mut e = GatewayError::new(
                     ErrorKind::BudgetExhausted,
@@ -315,6 +398,7 @@ mod tests {
         Estimate {
             tokens,
             cost_pico_usd: cost,
+            input_cost_pico_usd: cost / 10,
         }
     }
 
@@ -334,13 +418,13 @@ mod tests {
         );
         // Each request reserves $0.30 and actually costs $0.25.
         for _ in 0..3 {
-            reserve(&c, &k, "m", est(10, 3 * USD / 10), NOW)
+            reserve(&c, &k, "m", est(10, 3 * USD / 10), false, NOW)
                 .unwrap()
                 .settle(&c, 10, USD / 4)
                 .unwrap();
         }
         // $0.75 spent: a $0.30 reservation no longer fits.
-        let e = reserve(&c, &k, "m", est(10, 3 * USD / 10), NOW).unwrap_err();
+        let e = reserve(&c, &k, "m", est(10, 3 * USD / 10), false, NOW).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BudgetExhausted);
         assert!(
             e.message.contains("$0.75 of its $1.00 daily budget"),
@@ -349,7 +433,7 @@ mod tests {
         );
         assert_eq!(e.retry_after_s, Some(2 * 3600 + 20 * 60));
         // A $0.25 one still does; the refused reservation left nothing behind.
-        reserve(&c, &k, "m", est(10, USD / 4), NOW)
+        reserve(&c, &k, "m", est(10, USD / 4), false, NOW)
             .unwrap()
             .settle(&c, 10, USD / 4)
             .unwrap();
@@ -360,7 +444,7 @@ mod tests {
         );
         // The next day starts afresh.
         let tomorrow = NOW + 86_400_000;
-        reserve(&c, &k, "m", est(10, 3 * USD / 10), tomorrow).unwrap();
+        reserve(&c, &k, "m", est(10, 3 * USD / 10), false, tomorrow).unwrap();
     }
 
     #[test]
@@ -378,9 +462,32 @@ mod tests {
             BTreeMap::new(),
         );
         let held: Vec<_> = (0..20)
-            .filter_map(|_| reserve(&c, &k, "m", est(1, 3), NOW).ok())
+            .filter_map(|_| reserve(&c, &k, "m", est(1, 3), false, NOW).ok())
             .collect();
         assert_eq!(held.len(), 3, "3 × 3 fit in 10, the 4th does not");
+    }
+
+    #[test]
+    fn a_stream_that_may_be_cut_off_takes_what_is_left() {
+        let s = MemoryStore::default();
+        let c = CasCounters(&s);
+        let k = key(
+            Limits {
+                budget: Some(Budget {
+                    pico_usd: 100,
+                    period: Period::Total,
+                }),
+                ..Default::default()
+            },
+            BTreeMap::new(),
+        );
+        reserve(&c, &k, "m", est(1, 70), false, NOW).unwrap();
+        assert!(reserve(&c, &k, "m", est(1, 50), false, NOW).is_err());
+        // 30 left: enough for the input (5), not the whole estimate (50).
+        let r = reserve(&c, &k, "m", est(1, 50), true, NOW).unwrap();
+        assert_eq!(r.spend_allowance(), Some(30));
+        // Nothing left now, not even for an input.
+        assert!(reserve(&c, &k, "m", est(1, 50), true, NOW).is_err());
     }
 
     #[test]
@@ -394,15 +501,15 @@ mod tests {
             },
             BTreeMap::new(),
         );
-        let mut a = reserve(&c, &k, "m", est(1, 1), NOW).unwrap();
-        let _b = reserve(&c, &k, "m", est(1, 1), NOW).unwrap();
-        let e = reserve(&c, &k, "m", est(1, 1), NOW).unwrap_err();
+        let mut a = reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
+        let _b = reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
+        let e = reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap_err();
         assert_eq!(
             (e.kind, e.retry_after_s),
             (ErrorKind::ConcurrencyLimited, Some(1))
         );
         a.settle(&c, 0, 0).unwrap();
-        reserve(&c, &k, "m", est(1, 1), NOW).unwrap();
+        reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
     }
 
     #[test]
@@ -417,23 +524,23 @@ mod tests {
             },
             BTreeMap::new(),
         );
-        reserve(&c, &k, "m", est(30, 0), NOW)
+        reserve(&c, &k, "m", est(30, 0), false, NOW)
             .unwrap()
             .settle(&c, 20, 0)
             .unwrap();
-        reserve(&c, &k, "m", est(70, 0), NOW + 1_000)
+        reserve(&c, &k, "m", est(70, 0), false, NOW + 1_000)
             .unwrap()
             .settle(&c, 70, 0)
             .unwrap();
-        let e = reserve(&c, &k, "m", est(1, 0), NOW + 2_000).unwrap_err();
+        let e = reserve(&c, &k, "m", est(1, 0), false, NOW + 2_000).unwrap_err();
         assert_eq!(
             (e.kind, e.retry_after_s),
             (ErrorKind::RequestRateLimited, Some(58))
         );
         // A refused request does not use up the rate: the next minute has both again.
         let next = NOW + 60_000;
-        reserve(&c, &k, "m", est(90, 0), next).unwrap();
-        let e = reserve(&c, &k, "m", est(20, 0), next).unwrap_err();
+        reserve(&c, &k, "m", est(90, 0), false, next).unwrap();
+        let e = reserve(&c, &k, "m", est(20, 0), false, next).unwrap_err();
         assert_eq!(e.kind, ErrorKind::TokenRateLimited);
         assert_eq!(
             c.read("tollgate/q/k/rpm", period::minute_window(next))
@@ -453,10 +560,10 @@ mod tests {
             },
             BTreeMap::new(),
         );
-        let mut r = reserve(&c, &k, "m", est(5_000, 0), NOW).unwrap();
-        assert!(reserve(&c, &k, "m", est(1, 0), NOW).is_err());
+        let mut r = reserve(&c, &k, "m", est(5_000, 0), false, NOW).unwrap();
+        assert!(reserve(&c, &k, "m", est(1, 0), false, NOW).is_err());
         r.settle(&c, 40, 0).unwrap();
-        reserve(&c, &k, "m", est(60, 0), NOW).unwrap();
+        reserve(&c, &k, "m", est(60, 0), false, NOW).unwrap();
     }
 
     #[test]
@@ -478,8 +585,8 @@ mod tests {
             },
             models,
         );
-        let _first = reserve(&c, &k, "big", est(1, 0), NOW).unwrap();
-        let e = reserve(&c, &k, "big", est(1, 0), NOW).unwrap_err();
+        let _first = reserve(&c, &k, "big", est(1, 0), false, NOW).unwrap();
+        let e = reserve(&c, &k, "big", est(1, 0), false, NOW).unwrap_err();
         assert!(e.message.contains("on model `big`"), "{}", e.message);
         // The key-level slot and request taken before the model limit refused were undone.
         assert_eq!(c.read("tollgate/q/k/concurrent", 0).unwrap(), 1);
@@ -488,7 +595,7 @@ mod tests {
                 .unwrap(),
             1
         );
-        reserve(&c, &k, "small", est(1, 0), NOW).unwrap();
+        reserve(&c, &k, "small", est(1, 0), false, NOW).unwrap();
         assert_eq!(
             counter_names(&k),
             [

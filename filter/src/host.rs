@@ -51,6 +51,26 @@ pub fn replace_request_body(old_size: usize, body: &[u8]) {
     }
 }
 
+/// Replaces the current response chunk (body callbacks that return Continue).
+pub fn replace_response_body(old_size: usize, body: &[u8]) {
+    if let Err(e) = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, old_size, body) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not replace a response chunk: {e:?}"),
+        );
+    }
+}
+
+/// Resets the HTTP stream, upstream included.
+pub fn reset_stream() {
+    if let Err(e) = hostcalls::reset_http_response() {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not reset the stream: {e:?}"),
+        );
+    }
+}
+
 pub fn now() -> SystemTime {
     hostcalls::get_current_time().unwrap_or(UNIX_EPOCH)
 }

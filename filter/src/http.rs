@@ -7,7 +7,7 @@ use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::config::Config;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Exchange, UpstreamRequest};
+use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
 use tollgate_core::totals::{self, Counts};
 
 use tollgate_core::counters::CasCounters;
@@ -21,6 +21,8 @@ pub struct Http {
     /// Envoy runs a local reply through this filter's own response callbacks: they must not
     /// mistake it for Bedrock's answer.
     local_reply: bool,
+    /// The stream was reset after a budget cut-off.
+    upstream_reset: bool,
 }
 
 impl Http {
@@ -29,6 +31,7 @@ impl Http {
             config,
             exchange: None,
             local_reply: false,
+            upstream_reset: false,
         }
     }
 
@@ -164,9 +167,21 @@ impl HttpContext for Http {
         if self.local_reply || body_size == 0 {
             return Action::Continue;
         }
-        if let Some(ex) = self.exchange.as_mut() {
-            // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-            ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size));
+        let Some(ex) = self.exchange.as_mut() else {
+            return Action::Continue;
+        };
+        // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
+        match ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size)) {
+            BodyVerdict::Pass => {}
+            BodyVerdict::Replace(bytes) => host::replace_response_body(body_size, &bytes),
+            BodyVerdict::Drop => {
+                host::replace_response_body(body_size, &[]);
+                if !std::mem::replace(&mut self.upstream_reset, true) {
+                    // The terminal frame went out with an earlier chunk: stop Bedrock
+                    // generating (and billing) what nobody will read.
+                    host::reset_stream();
+                }
+            }
         }
         Action::Continue
     }
