@@ -32,6 +32,7 @@ KEYS = {
     "bulk": "tg-quota-bulk",
     "capped": "tg-quota-capped",
     "cutoff": "tg-quota-cutoff",
+    "leaks": "tg-quota-leaks",
 }
 
 
@@ -69,6 +70,8 @@ def quota_gateway(workdir, emulator, tls_dir, budget_costs):
         {"id": "capped", "limits": {"max_output_tokens": 50}},
         # Room for the prompt and roughly 50 output tokens of Haiku 4.5.
         {"id": "cutoff", "limits": {"budget": {"usd": "0.0003", "period": "total"}, "cut_off_streams": True}},
+        {"id": "leaks", "limits": {"budget": {"usd": "1", "period": "monthly"}, "max_concurrent_requests": 1,
+                                   "tokens_per_minute": 100000}},
     ]
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] = [
@@ -276,3 +279,31 @@ def test_budget_cut_off_ends_the_stream_with_an_exception_frame(quota_gateway, t
     # Nothing left for another prompt.
     with pytest.raises(c.exceptions.ServiceQuotaExceededException):
         c.converse_stream(modelId="claude-fast", messages=converse_messages("more"), inferenceConfig={"maxTokens": 10})
+
+
+def test_cancelled_and_failed_streams_leave_no_reservation_behind(quota_gateway, tls_dir, emulator):
+    clock = [DAY1_NOON_MS]  # one minute window for the whole test
+    c = quota_client(quota_gateway, tls_dir, "leaks", clock)
+    seen = Observed(quota_gateway, emulator)
+    # A mid-stream exception from Bedrock.
+    resp = c.converse_stream(modelId="claude-fast", messages=converse_messages("[[emu:fail-after=2]]"),
+                             inferenceConfig={"maxTokens": 500})
+    with pytest.raises(botocore.exceptions.EventStreamError):
+        for _ in resp["stream"]:
+            pass
+    seen.records(1)
+    # A client that hangs up after the first event.
+    resp = c.converse_stream(modelId="claude-fast", messages=converse_messages("[[emu:events=30]] [[emu:slow=50]]"),
+                             inferenceConfig={"maxTokens": 500})
+    next(iter(resp["stream"]))
+    resp["stream"].close()
+    records = seen.records(2)
+    assert [r["usage_source"] for r in records] == ["estimated", "estimated"]
+    assert all(r["cost_pico_usd"] > 0 for r in records)
+    u = usage_at(quota_gateway, "leaks", clock[0])
+    # Each reservation (for 500 output tokens) was replaced by what was billed: nothing leaked.
+    assert u["budget"]["spent_pico_usd"] == sum(r["cost_pico_usd"] for r in records)
+    assert u["tokens_per_minute"]["used"] == sum(
+        r["input_tokens"] + r["output_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in records
+    )
+    assert u["concurrent_requests"]["used"] == 0
