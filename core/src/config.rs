@@ -54,6 +54,8 @@ struct Document {
     #[serde(default)]
     upstream_host: Option<String>,
     #[serde(default)]
+    upstream_scheme: Option<String>,
+    #[serde(default)]
     aliases: BTreeMap<String, String>,
     api_keys: Vec<KeyDocument>,
     credentials: CredentialsDocument,
@@ -149,6 +151,9 @@ impl ApiKey {
 pub struct Config {
     pub region: String,
     pub upstream_host: String,
+    /// `https` (default) or `http` (the emulator). Hosts that open the upstream connection
+    /// themselves (Spin) use it; in Envoy the cluster decides.
+    pub upstream_scheme: &'static str,
     pub aliases: BTreeMap<String, String>,
     pub api_keys: Vec<ApiKey>,
     pub upstream_auth: UpstreamAuth,
@@ -175,6 +180,16 @@ impl Config {
                 "must be an AWS region such as `us-east-1`",
             ));
         }
+        let upstream_scheme = match doc.upstream_scheme.as_deref() {
+            None | Some("https") => "https",
+            Some("http") => "http",
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "upstream_scheme",
+                    "must be `https` or `http`",
+                ))
+            }
+        };
         let upstream_host = match doc.upstream_host {
             Some(h) if is_host(&h) => h,
             Some(_) => {
@@ -337,6 +352,7 @@ impl Config {
         Ok(Self {
             region: doc.region,
             upstream_host,
+            upstream_scheme,
             aliases: doc.aliases,
             api_keys,
             upstream_auth,

@@ -155,6 +155,46 @@ pub struct UpstreamRequest {
     pub body: Option<Vec<u8>>,
 }
 
+impl UpstreamRequest {
+    /// The complete header list of the upstream request, for hosts that build it themselves
+    /// (Spin) rather than edit the client's (Envoy): the client's headers minus its
+    /// credentials, hop-by-hop headers and `host` (wasi-http sets it from the URL and forbids
+    /// it), plus the signature headers. `content-length` is left to the host's HTTP client.
+    pub fn headers_from<'a>(
+        &self,
+        client: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Vec<(String, String)> {
+        const HOP_BY_HOP: &[&str] = &[
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "te",
+            "trailer",
+            "upgrade",
+            "content-length",
+        ];
+        let mut out: Vec<(String, String)> = client
+            .into_iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v))
+            .filter(|(n, _)| {
+                !n.starts_with(':')
+                    && !HOP_BY_HOP.contains(&n.as_str())
+                    && !is_client_credential_header(n)
+                    && n != TEST_CLOCK_HEADER
+                    && !self
+                        .set_headers
+                        .iter()
+                        .any(|(s, _)| s.eq_ignore_ascii_case(n))
+            })
+            .map(|(n, v)| (n, v.to_string()))
+            .collect();
+        out.extend(self.set_headers.iter().cloned());
+        out
+    }
+}
+
 /// What to do with a chunk of the response body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyVerdict {
@@ -484,6 +524,49 @@ mod tests {
             names.contains(&"authorization") && names.contains(&"x-amz-security-token"),
             "{names:?}"
         );
+    }
+
+    #[test]
+    fn upstream_headers_for_hosts_that_build_the_request() {
+        let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse", &[]));
+        let up = ex
+            .upstream_request(
+                &config(),
+                &CasCounters(&MemoryStore::default()),
+                b"{}",
+                SystemTime::UNIX_EPOCH,
+            )
+            .unwrap();
+        let client = [
+            ("Host", "gateway.local"),
+            ("authorization", "Bearer key-a"),
+            ("x-api-key", "key-a"),
+            ("x-amz-date", "old"),
+            ("content-type", "application/json"),
+            ("x-amzn-bedrock-trace", "ENABLED"),
+            ("connection", "keep-alive"),
+            ("content-length", "2"),
+            ("x-tollgate-test-now-ms", "5"),
+        ];
+        let out = up.headers_from(client);
+        let names: Vec<_> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"content-type") && names.contains(&"x-amzn-bedrock-trace"),
+            "{names:?}"
+        );
+        for gone in [
+            "host",
+            "x-api-key",
+            "connection",
+            "content-length",
+            "x-tollgate-test-now-ms",
+        ] {
+            assert!(!names.contains(&gone), "{gone} in {names:?}");
+        }
+        let auth: Vec<_> = out.iter().filter(|(n, _)| n == "authorization").collect();
+        assert_eq!(auth.len(), 1);
+        assert!(auth[0].1.starts_with("AWS4-HMAC-SHA256"));
+        assert_eq!(out.iter().filter(|(n, _)| n == "x-amz-date").count(), 1);
     }
 
     #[test]
