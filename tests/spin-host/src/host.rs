@@ -126,8 +126,7 @@ impl WasiHttpHooks for OutboundHooks {
                 );
                 return Err(ErrorCode::HttpRequestDenied.into());
             }
-            let (res, io) =
-                wasmtime_wasi_http::p3::default_send_request(request, options).await?;
+            let (res, io) = wasmtime_wasi_http::p3::default_send_request(request, options).await?;
             Ok((
                 res.map(BodyExt::boxed_unsync),
                 Box::new(io) as BoxFut<Result<(), ErrorCode>>,
@@ -235,7 +234,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for Spin {
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         self_: Resource<SpinStore>,
-    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), spin_kv::Error>>)> {
+    ) -> wasmtime::Result<(
+        StreamReader<String>,
+        FutureReader<Result<(), spin_kv::Error>>,
+    )> {
         let b = store_backend(accessor, &self_)?;
         let (keys, result) = match b.get_keys().await {
             Ok(keys) => (keys, Ok(())),
@@ -248,7 +250,6 @@ impl<T> spin_kv::HostStoreWithStore<T> for Spin {
         })
     }
 }
-
 
 // ---------------------------------------------------------------------------------------
 // spin:variables/variables@3.0.0

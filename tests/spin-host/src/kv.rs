@@ -52,7 +52,11 @@ impl StoreManager {
 
     /// Spin: labels not listed in the component's `key_value_stores` -> access-denied.
     pub async fn open(&self, label: &str) -> KvResult<Backend> {
-        let backend = self.stores.get(label).cloned().ok_or(KvError::AccessDenied)?;
+        let backend = self
+            .stores
+            .get(label)
+            .cloned()
+            .ok_or(KvError::AccessDenied)?;
         if let Backend::Redis(r) = &backend {
             // Spin's redis store connects lazily on first open.
             r.conn().await?;
@@ -246,7 +250,10 @@ impl Backend {
                 let new = current
                     .checked_add(delta)
                     .ok_or_else(|| KvError::Other("increment overflow".into()))?;
-                map.insert(key.to_string(), (new.to_le_bytes().to_vec(), next_version()));
+                map.insert(
+                    key.to_string(),
+                    (new.to_le_bytes().to_vec(), next_version()),
+                );
                 Ok(new)
             }
             Backend::Redis(r) => r.conn().await?.incr(key, delta).await.map_err(other),
@@ -349,7 +356,10 @@ mod tests {
             let b = memory();
             assert_eq!(b.increment("c", 5).await.unwrap(), 5);
             assert_eq!(b.increment("c", -7).await.unwrap(), -2);
-            assert_eq!(b.get("c").await.unwrap().unwrap(), (-2i64).to_le_bytes().to_vec());
+            assert_eq!(
+                b.get("c").await.unwrap().unwrap(),
+                (-2i64).to_le_bytes().to_vec()
+            );
             b.set("s", b"12").await.unwrap();
             assert!(matches!(b.increment("s", 1).await, Err(KvError::Other(_))));
         })
@@ -364,17 +374,32 @@ mod tests {
             assert_eq!(cas.current(), None);
             assert!(cas.swap(b"1".to_vec()).await.is_ok());
             let stale = b.new_cas("k").await.unwrap();
-            assert!(b.new_cas("k").await.unwrap().swap(b"2".to_vec()).await.is_ok());
-            assert!(matches!(stale.swap(b"x".to_vec()).await, Err(SwapError::CasFailed)));
+            assert!(b
+                .new_cas("k")
+                .await
+                .unwrap()
+                .swap(b"2".to_vec())
+                .await
+                .is_ok());
+            assert!(matches!(
+                stale.swap(b"x".to_vec()).await,
+                Err(SwapError::CasFailed)
+            ));
             // ABA: same bytes written back still invalidates the CAS.
             let stale = b.new_cas("k").await.unwrap();
             assert_eq!(stale.current().as_deref(), Some(&b"2"[..]));
             b.set("k", b"2").await.unwrap();
-            assert!(matches!(stale.swap(b"y".to_vec()).await, Err(SwapError::CasFailed)));
+            assert!(matches!(
+                stale.swap(b"y".to_vec()).await,
+                Err(SwapError::CasFailed)
+            ));
             // Delete after capture fails the swap too.
             let stale = b.new_cas("k").await.unwrap();
             b.delete("k").await.unwrap();
-            assert!(matches!(stale.swap(b"z".to_vec()).await, Err(SwapError::CasFailed)));
+            assert!(matches!(
+                stale.swap(b"z".to_vec()).await,
+                Err(SwapError::CasFailed)
+            ));
             assert_eq!(b.get("k").await.unwrap(), None);
         })
     }
@@ -385,7 +410,10 @@ mod tests {
             let mut m = StoreManager::default();
             m.add("cache", "memory").unwrap();
             assert!(m.open("cache").await.is_ok());
-            assert!(matches!(m.open("default").await, Err(KvError::AccessDenied)));
+            assert!(matches!(
+                m.open("default").await,
+                Err(KvError::AccessDenied)
+            ));
             assert!(m.add("x", "postgres://nope").is_err());
         })
     }

@@ -6,7 +6,7 @@ mod kv;
 mod outbound;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -24,8 +24,8 @@ use wasmtime_wasi_http::handler::{
     self, HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, ViewFn, WorkerExpiration,
     WorkerState, WorkerStatus,
 };
-use wasmtime_wasi_http::p3::WasiHttpView;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode as P3ErrorCode;
+use wasmtime_wasi_http::p3::WasiHttpView;
 
 use host::{App, State};
 
@@ -241,7 +241,9 @@ async fn serve(
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
@@ -313,7 +315,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| serve(handler.clone(), req, client, local));
+            let svc =
+                hyper::service::service_fn(move |req| serve(handler.clone(), req, client, local));
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await

@@ -4,8 +4,8 @@
 
 #[derive(Debug, Clone)]
 struct Entry {
-    scheme: String,      // "*" or lower-case scheme
-    host: String,        // "*", "*.suffix" or lower-case host
+    scheme: String,       // "*" or lower-case scheme
+    host: String,         // "*", "*.suffix" or lower-case host
     port: Option<String>, // None = scheme default, Some("*") or Some(number)
 }
 
@@ -30,9 +30,9 @@ impl AllowedHosts {
             self.allow_all = true;
             return Ok(());
         }
-        let (scheme, rest) = spec
-            .split_once("://")
-            .ok_or_else(|| anyhow::anyhow!("allowed outbound host {spec:?} needs a scheme (e.g. http://host:port)"))?;
+        let (scheme, rest) = spec.split_once("://").ok_or_else(|| {
+            anyhow::anyhow!("allowed outbound host {spec:?} needs a scheme (e.g. http://host:port)")
+        })?;
         let rest = rest.trim_end_matches('/');
         if rest.contains('/') {
             anyhow::bail!("allowed outbound host {spec:?} must not contain a path");
@@ -74,8 +74,7 @@ impl AllowedHosts {
             let scheme_ok = e.scheme == "*" || e.scheme == scheme;
             let host_ok = e.host == "*"
                 || e.host == host
-                || e
-                    .host
+                || e.host
                     .strip_prefix("*.")
                     .is_some_and(|suffix| host.ends_with(&format!(".{suffix}")));
             let port_ok = match &e.port {
@@ -113,8 +112,16 @@ mod tests {
         assert!(h.allows(&"http://127.0.0.1:9100/x".parse().unwrap()));
         assert!(!h.allows(&"http://127.0.0.1:9101/x".parse().unwrap()));
         assert!(!h.allows(&"https://127.0.0.1:9100/x".parse().unwrap()));
-        assert!(h.allows(&"https://bedrock-runtime.us-east-1.amazonaws.com/m".parse().unwrap()));
-        assert!(h.allows(&"https://bedrock-runtime.us-east-1.amazonaws.com:443/m".parse().unwrap()));
+        assert!(h.allows(
+            &"https://bedrock-runtime.us-east-1.amazonaws.com/m"
+                .parse()
+                .unwrap()
+        ));
+        assert!(h.allows(
+            &"https://bedrock-runtime.us-east-1.amazonaws.com:443/m"
+                .parse()
+                .unwrap()
+        ));
         assert!(!h.allows(&"https://amazonaws.com.evil.org/".parse().unwrap()));
         assert!(!h.allows(&"http://bedrock.amazonaws.com/".parse().unwrap()));
         let all = hosts(&["*://*:*"]);

@@ -74,7 +74,10 @@ impl Query {
         )
     }
     fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -159,9 +162,10 @@ async fn kv(q: &Query, label: &str) -> Response<BoxBody> {
         };
     }
     match store.get(key).await {
-        Ok(Some(v)) if q.get("hex").is_some() => {
-            reply(200, v.iter().map(|b| format!("{b:02x}")).collect::<String>())
-        }
+        Ok(Some(v)) if q.get("hex").is_some() => reply(
+            200,
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        ),
         Ok(Some(v)) => reply(200, String::from_utf8_lossy(&v).into_owned()),
         Ok(None) => reply(404, "not found"),
         Err(e) => reply(500, format!("{e:?}")),
@@ -227,7 +231,11 @@ fn batch_roundtrip(label: &str) -> Response<BoxBody> {
     if let Err(e) = batch::set_many(&bucket, &kvs) {
         return reply(500, format!("set_many {e:?}"));
     }
-    let keys = vec!["batch:a".to_string(), "batch:b".to_string(), "batch:missing".to_string()];
+    let keys = vec![
+        "batch:a".to_string(),
+        "batch:b".to_string(),
+        "batch:missing".to_string(),
+    ];
     let got = match batch::get_many(&bucket, &keys) {
         Ok(g) => g,
         Err(e) => return reply(500, format!("get_many {e:?}")),
@@ -243,8 +251,14 @@ fn batch_roundtrip(label: &str) -> Response<BoxBody> {
     if let Err(e) = batch::delete_many(&bucket, &keys[..2]) {
         return reply(500, format!("delete_many {e:?}"));
     }
-    let after = bucket.exists("batch:a").map(|b| b.to_string()).unwrap_or_else(|e| format!("{e:?}"));
-    reply(200, format!("{} exists_after_delete={after}", parts.join(",")))
+    let after = bucket
+        .exists("batch:a")
+        .map(|b| b.to_string())
+        .unwrap_or_else(|e| format!("{e:?}"));
+    reply(
+        200,
+        format!("{} exists_after_delete={after}", parts.join(",")),
+    )
 }
 
 async fn proxy(q: &Query, label: String) -> Response<BoxBody> {
@@ -281,7 +295,7 @@ async fn proxy(q: &Query, label: String) -> Response<BoxBody> {
             }
         }
         drop(tx); // ends the client response
-        // Post-response work: runs after the client has seen the end of the body.
+                  // Post-response work: runs after the client has seen the end of the body.
         if let Ok(store) = Store::open(&label).await {
             let _ = store.set("last_len", total.to_string().as_bytes()).await;
         }

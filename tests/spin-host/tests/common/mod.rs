@@ -233,7 +233,10 @@ pub fn concurrent(n: usize, f: impl Fn(usize) -> Resp + Send + Sync + 'static) -
             })
         })
         .collect();
-    handles.into_iter().map(|h| h.join().expect("request thread")).collect()
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("request thread"))
+        .collect()
 }
 
 /// Upstream test server: answers every request with `chunks`, `gap` apart, chunked encoding.
@@ -289,7 +292,11 @@ impl Upstream {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private redis-server on a random port (no persistence); killed on drop.
@@ -302,7 +309,11 @@ pub struct Redis {
 impl Redis {
     /// `None` (with a message) if `redis-server` is not on PATH.
     pub fn start() -> Option<Redis> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!(
                 "SKIPPED: redis-server not on PATH (apt-get install -y redis-server); \
                  redis-backed checks not run"
@@ -311,7 +322,8 @@ impl Redis {
         }
         for _ in 0..5 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!("spin-host-redis-{port}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("spin-host-redis-{port}-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let mut child = Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
