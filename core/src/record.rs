@@ -52,16 +52,10 @@ pub struct UsageRecord {
 
 impl UsageRecord {
     /// The model as totals and metrics name it, with bounded cardinality: the alias the client
-    /// used, else the Bedrock model ID if it has a price, else `other` (a client can send any
-    /// string as a model ID).
+    /// used, else the priced Bedrock model ID (an ARN by its resource ID), else `other` (a
+    /// client can send any string as a model ID).
     pub fn model_label(&self) -> &str {
-        if self.model != self.model_id {
-            &self.model
-        } else if self.priced_as != PriceSource::UnknownModel {
-            &self.model_id
-        } else {
-            "other"
-        }
+        crate::metrics::model_label(&self.model, &self.model_id, self.priced_as)
     }
 
     pub fn usage(&self) -> Usage {
