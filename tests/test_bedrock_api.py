@@ -364,3 +364,17 @@ def test_client_cancel_mid_stream_is_still_billed(client_for, gateway, emulator)
     assert record["request_id"] == dict(entry["headers"])["x-request-id"]
     assert (record["status"], record["usage_source"]) == (200, "estimated")
     assert record["input_tokens"] > 0 and record["output_tokens"] > 0 and record["cost_pico_usd"] > 0
+
+
+def test_models_endpoint_with_the_openai_sdk(gateway):
+    import openai
+
+    limited = openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=KEYS["team-limited"][0], max_retries=0)
+    models = limited.models.list()
+    assert [m.id for m in models.data] == ["claude-fast", HAIKU]
+    assert models.data[0].model_extra["bedrock_model_id"] == HAIKU
+    # A `*` key sees every alias.
+    everyone = openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=KEYS["team-a"][0], max_retries=0)
+    assert {m.id for m in everyone.models.list().data} >= {"claude-fast", "claude-smart", "nova-lite"}
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=gateway.http_url + "/v1", api_key="tg-nope", max_retries=0).models.list()

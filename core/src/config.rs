@@ -11,6 +11,16 @@ use serde::Deserialize;
 use crate::limits::{KeyLimits, LimitsDocument};
 use crate::model_id;
 
+/// Every name [`Config::parse`] may look up in the host's environment (credentials of type
+/// `environment` and `bedrock_api_key`). Hosts whose lookups are asynchronous (Spin variables)
+/// fetch exactly these before parsing.
+pub const ENVIRONMENT_NAMES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_BEARER_TOKEN_BEDROCK",
+];
+
 /// Default cap on a buffered request body: Envoy's default per-connection buffer is 1 MiB too.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1 << 20;
 
@@ -500,6 +510,27 @@ mod tests {
         let e = Config::parse(doc(r#","upstream_host":"https://x/y""#).as_bytes(), &no_env)
             .unwrap_err();
         assert_eq!(e.field, "upstream_host");
+    }
+
+    #[test]
+    fn environment_lookups_are_only_the_listed_names() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let env = |k: &str| {
+            asked.borrow_mut().push(k.to_string());
+            Some(format!("value-of-{k}"))
+        };
+        for credentials in [r#"{"type":"environment"}"#, r#"{"type":"bedrock_api_key"}"#] {
+            let json = doc("").replace(
+                r#"{"type":"inline","access_key_id":"AKID","secret_access_key":"SECRET"}"#,
+                credentials,
+            );
+            Config::parse(json.as_bytes(), &env).unwrap();
+        }
+        let asked = asked.into_inner();
+        assert!(!asked.is_empty());
+        for name in &asked {
+            assert!(ENVIRONMENT_NAMES.contains(&name.as_str()), "{name}");
+        }
     }
 
     #[test]

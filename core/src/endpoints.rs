@@ -135,6 +135,52 @@ pub fn usage_reply(key: &ApiKey, totals: &Totals, counters: &dyn Counters, now_m
     Reply::json(200, &view)
 }
 
+/// `GET /v1/models`: the aliases and model IDs the key may use, in the OpenAI list shape (what
+/// the OpenAI SDK's `client.models.list()` reads). A `*` key lists every alias; any other
+/// Bedrock model ID works for it too but cannot be listed.
+pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
+    #[derive(Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+        /// The Bedrock model ID an alias names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bedrock_model_id: Option<&'a str>,
+    }
+    let aliases = config
+        .aliases
+        .iter()
+        .filter(|(_, target)| key.may_use(target))
+        .map(|(alias, target)| (alias.as_str(), Some(target.as_str())));
+    let ids = key.models.iter().map(|m| (m.as_str(), None));
+    let mut seen = std::collections::BTreeSet::new();
+    let data: Vec<_> = aliases
+        .chain(ids)
+        .filter(|(id, _)| seen.insert(*id))
+        .map(|(id, bedrock_model_id)| Model {
+            id,
+            object: "model",
+            created: 0,
+            owned_by: "aws-bedrock",
+            bedrock_model_id,
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct List<'a> {
+        object: &'static str,
+        data: Vec<Model<'a>>,
+    }
+    Reply::json(
+        200,
+        &List {
+            object: "list",
+            data,
+        },
+    )
+}
+
 /// `GET /usage` for `key_id`, reading its totals from `store`.
 pub fn usage<S: CasStore + ?Sized>(
     config: &Config,

@@ -55,6 +55,9 @@ pub enum ErrorKind {
     NotConfigured,
     /// Signing or another internal step failed.
     Internal,
+    /// The upstream could not be reached, or failed before answering (hosts that open the
+    /// upstream connection themselves; Envoy answers this case with its own 503).
+    UpstreamUnavailable,
 }
 
 impl ErrorKind {
@@ -70,6 +73,7 @@ impl ErrorKind {
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
+            Self::UpstreamUnavailable => 503,
         }
     }
 
@@ -85,6 +89,7 @@ impl ErrorKind {
             }
             Self::BudgetExhausted => "ServiceQuotaExceededException",
             Self::NotConfigured | Self::Internal => "InternalServerException",
+            Self::UpstreamUnavailable => "ServiceUnavailableException",
         }
     }
 }
@@ -106,6 +111,27 @@ impl ErrorKind {
             Self::NotFound => "not_found",
             Self::NotConfigured => "not_configured",
             Self::Internal => "internal",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+}
+
+/// The error shape a client expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Bedrock runtime (restJson1): `{"message"}` + `x-amzn-ErrorType`.
+    Bedrock,
+    /// OpenAI: `{"error": {"message", "type", "code"}}`.
+    OpenAi,
+}
+
+impl Dialect {
+    /// OpenAI-compatible routes live under `/v1/`; everything else speaks Bedrock.
+    pub fn for_path(path: &str) -> Self {
+        if path.starts_with("/v1/") {
+            Self::OpenAi
+        } else {
+            Self::Bedrock
         }
     }
 }
@@ -127,9 +153,61 @@ impl GatewayError {
         }
     }
 
+    /// What every request gets while the gateway has no valid configuration: it never runs
+    /// unauthenticated. `why` names the offending field (a [`crate::config::ConfigError`]).
+    pub fn not_configured(why: impl std::fmt::Display) -> Self {
+        Self::new(
+            ErrorKind::NotConfigured,
+            format!("gateway misconfigured: {why}"),
+        )
+    }
+
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_s = Some(seconds.max(1));
         self
+    }
+
+    pub fn to_reply(&self, dialect: Dialect) -> Reply {
+        match dialect {
+            Dialect::Bedrock => self.to_bedrock_reply(),
+            Dialect::OpenAi => self.to_openai_reply(),
+        }
+    }
+
+    /// The error as the OpenAI API shapes it; the SDKs pick their exception by status.
+    pub fn to_openai_reply(&self) -> Reply {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            r#type: &'static str,
+            code: &'static str,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: Inner<'a>,
+        }
+        let r#type = match self.kind.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            429 => "rate_limit_error",
+            500..=599 => "api_error",
+            _ => "invalid_request_error",
+        };
+        let mut reply = Reply::json(
+            self.kind.status(),
+            &Body {
+                error: Inner {
+                    message: &self.message,
+                    r#type,
+                    code: self.kind.name(),
+                },
+            },
+        );
+        if let Some(s) = self.retry_after_s {
+            reply.headers.push(("retry-after", s.to_string()));
+        }
+        reply
     }
 
     /// The error as Bedrock would send it.
@@ -196,11 +274,50 @@ mod tests {
     }
 
     #[test]
+    fn openai_envelope() {
+        let r = GatewayError::new(ErrorKind::UnknownKey, "bad key")
+            .to_reply(Dialect::for_path("/v1/models"));
+        assert_eq!(r.status, 401);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], "authentication_error");
+        assert_eq!(v["error"]["code"], "unknown_key");
+        assert_eq!(Dialect::for_path("/model/x/converse"), Dialect::Bedrock);
+    }
+
+    #[test]
     fn statuses() {
         assert_eq!(ErrorKind::MissingKey.status(), 401);
         assert_eq!(ErrorKind::UnknownModel.status(), 400);
         assert_eq!(ErrorKind::BodyTooLarge.status(), 413);
         assert_eq!(ErrorKind::NotFound.status(), 404);
         assert_eq!(ErrorKind::NotConfigured.status(), 500);
+        assert_eq!(ErrorKind::UpstreamUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn upstream_unavailable_is_a_modeled_bedrock_error() {
+        let r = GatewayError::new(ErrorKind::UpstreamUnavailable, "connection refused")
+            .to_bedrock_reply();
+        assert_eq!(r.status, 503);
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "ServiceUnavailableException".into())));
+    }
+
+    #[test]
+    fn not_configured_names_the_field() {
+        let doc = br#"{"region":"US","api_keys":[],"credentials":{"type":"environment"}}"#;
+        let why = crate::config::Config::parse(doc, &|_| None).unwrap_err();
+        let r = GatewayError::not_configured(&why).to_bedrock_reply();
+        assert_eq!(r.status, 500);
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "InternalServerException".into())));
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let message = v["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("gateway misconfigured: invalid configuration: `region`"),
+            "{message}"
+        );
     }
 }

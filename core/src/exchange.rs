@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use crate::auth;
 use crate::config::{ApiKey, Config};
 use crate::counters::Counters;
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::eventstream;
 use crate::meter::{Reading, UsageMeter};
 use crate::model_id;
@@ -25,10 +25,14 @@ pub enum Admission {
     Forward(Box<Exchange>),
     /// Answer `GET /usage` for this key from the store, as of `now_ms`.
     Usage { key_id: String, now_ms: u64 },
+    /// Answer with this (a local endpoint that needs no store) and stop.
+    Reply(crate::error::Reply),
     /// Answer with the error's reply and stop. `key_id` is known once the key authenticated.
     Refused {
         error: GatewayError,
         key_id: Option<String>,
+        /// The shape clients of this route expect errors in.
+        dialect: Dialect,
     },
 }
 
@@ -36,6 +40,28 @@ pub enum Admission {
 /// signing headers, which Tollgate replaces with its own.
 pub fn is_client_credential_header(name: &str) -> bool {
     name == "authorization" || name == "x-api-key" || name.starts_with("x-amz-")
+}
+
+/// Headers that describe one connection or one message framing, not the exchange: hosts that
+/// build the upstream request or the client's response themselves (Spin) leave them to their
+/// HTTP stack, which sets `host` and the framing (`content-length` or chunked) itself and
+/// refuses most of them from a component (wasi-http's forbidden headers). Lowercase `name`.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP_BY_HOP: &[&str] = &[
+        "host",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "http2-settings",
+        "content-length",
+    ];
+    HOP_BY_HOP.contains(&name)
 }
 
 /// Decides what to do with a request. `headers` names are lowercase.
@@ -56,6 +82,7 @@ pub fn admit(
             return Admission::Refused {
                 error,
                 key_id: None,
+                dialect: Dialect::for_path(path),
             }
         }
     };
@@ -64,6 +91,7 @@ pub fn admit(
         Err(error) => Admission::Refused {
             error,
             key_id: Some(key.id.clone()),
+            dialect: Dialect::for_path(path),
         },
     }
 }
@@ -86,6 +114,11 @@ fn admit_key(
                 key_id: key.id.clone(),
                 now_ms: quota_now_ms,
             })
+        }
+        Route::Models => {
+            return Ok(Admission::Reply(crate::endpoints::models_reply(
+                config, key,
+            )))
         }
         Route::Model { label, operation } => (label, operation),
     };
@@ -164,23 +197,12 @@ impl UpstreamRequest {
         &self,
         client: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Vec<(String, String)> {
-        const HOP_BY_HOP: &[&str] = &[
-            "host",
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "transfer-encoding",
-            "te",
-            "trailer",
-            "upgrade",
-            "content-length",
-        ];
         let mut out: Vec<(String, String)> = client
             .into_iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .filter(|(n, _)| {
                 !n.starts_with(':')
-                    && !HOP_BY_HOP.contains(&n.as_str())
+                    && !is_hop_by_hop(n)
                     && !is_client_credential_header(n)
                     && n != TEST_CLOCK_HEADER
                     && !self
@@ -570,6 +592,33 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_headers_cover_wasi_http_forbidden_ones() {
+        // wasmtime-wasi-http's DEFAULT_FORBIDDEN_HEADERS: a Spin component that copies any of
+        // them into a request or response fails the whole exchange.
+        for name in [
+            "host",
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+        ] {
+            assert!(is_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "x-amzn-requestid",
+            "x-amzn-errortype",
+            "retry-after",
+        ] {
+            assert!(!is_hop_by_hop(name), "{name}");
+        }
+    }
+
+    #[test]
     fn allowlist_covers_an_alias_and_its_model_id() {
         forwarded(admit_as("key-b", "/model/claude-fast/converse", &[]));
         forwarded(admit_as(
@@ -610,6 +659,23 @@ mod tests {
         );
         let none = admit(&config(), "POST", "/model/claude-fast/converse", &[], 0);
         assert_eq!(reply_of(none), (401, "UnrecognizedClientException".into()));
+    }
+
+    #[test]
+    fn models_route_lists_what_the_key_may_use() {
+        let auth = [("x-api-key", "key-b")];
+        let Admission::Reply(r) = admit(&config(), "GET", "/v1/models", &auth, 0) else {
+            panic!("expected a reply")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["object"], "list");
+        let ids: Vec<_> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["claude-fast", HAIKU]);
     }
 
     #[test]

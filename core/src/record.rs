@@ -58,6 +58,22 @@ impl UsageRecord {
         crate::metrics::model_label(&self.model, &self.model_id, self.priced_as)
     }
 
+    /// The record as hosts log it: one line, `tollgate.usage {json}`.
+    pub fn log_line(&self) -> String {
+        let json = serde_json::to_string(self).unwrap_or_else(|_| "{}".to_string());
+        format!("{LOG_PREFIX}{json}")
+    }
+
+    /// A warning to log with the record: it was billed at a fallback price.
+    pub fn price_warning(&self) -> Option<String> {
+        (self.priced_as == PriceSource::UnknownModel && self.cost_pico_usd > 0).then(|| {
+            format!(
+                "tollgate: no price for model `{}`: billed at the most expensive chat tier",
+                self.model_id
+            )
+        })
+    }
+
     pub fn usage(&self) -> Usage {
         Usage {
             input_tokens: self.input_tokens,
@@ -67,6 +83,9 @@ impl UsageRecord {
         }
     }
 }
+
+/// What starts every usage record's log line; the JSON follows.
+pub const LOG_PREFIX: &str = "tollgate.usage ";
 
 /// Bytes per token assumed when usage must be estimated. Four is the usual English average; a
 /// request body's JSON framing makes it over-count input, which is the safe direction.
@@ -159,6 +178,53 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(model_id: &str) -> UsageRecord {
+        let reading = Reading {
+            complete: true,
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        make(Facts {
+            request_id: Some("r-1"),
+            key_id: "k",
+            model: model_id,
+            model_id,
+            region: "us-east-1",
+            operation: Operation::Converse,
+            status: 200,
+            sent_upstream: true,
+            reading: &reading,
+            request_bytes: 40,
+            latency_ms: 3,
+        })
+    }
+
+    #[test]
+    fn log_line_is_the_prefix_and_the_json() {
+        let r = record("us.anthropic.claude-haiku-4-5-20251001-v1:0");
+        let line = r.log_line();
+        let json = line.strip_prefix("tollgate.usage ").unwrap();
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["request_id"], "r-1");
+        assert_eq!(v["input_tokens"], 10);
+        assert!(!line.contains('\n'));
+        assert_eq!(r.price_warning(), None);
+    }
+
+    #[test]
+    fn unknown_models_are_warned_about() {
+        let r = record("us.example.unreleased-model-v9:0");
+        assert!(r.cost_pico_usd > 0);
+        assert_eq!(
+            r.price_warning().as_deref(),
+            Some("tollgate: no price for model `us.example.unreleased-model-v9:0`: billed at the most expensive chat tier")
+        );
+    }
 
     #[test]
     fn refused_requests_bill_nothing() {

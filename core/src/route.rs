@@ -12,6 +12,8 @@ pub enum Route<'a> {
     },
     /// `GET /usage`: the caller's own totals.
     Usage,
+    /// `GET /v1/models`: what the caller may use, in the OpenAI list shape.
+    Models,
 }
 
 /// Routes `method` and `path` (query string included, as hosts give it). Bedrock's runtime
@@ -21,12 +23,17 @@ pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, GatewayError>
     let not_found = || {
         GatewayError::new(
             ErrorKind::NotFound,
-            format!("no route for {method} {path}: Tollgate serves POST /model/{{modelId}}/converse, /converse-stream, /invoke, /invoke-with-response-stream and GET /usage"),
+            format!("no route for {method} {path}: Tollgate serves POST /model/{{modelId}}/converse, /converse-stream, /invoke, /invoke-with-response-stream, GET /usage and GET /v1/models"),
         )
     };
-    if path == "/usage" {
+    let local = match path {
+        "/usage" => Some(Route::Usage),
+        "/v1/models" => Some(Route::Models),
+        _ => None,
+    };
+    if let Some(local) = local {
         return if method == "GET" {
-            Ok(Route::Usage)
+            Ok(local)
         } else {
             Err(not_found())
         };
@@ -77,6 +84,11 @@ mod tests {
             }
         );
         assert_eq!(route("GET", "/usage").unwrap(), Route::Usage);
+        assert_eq!(route("GET", "/v1/models?x=1").unwrap(), Route::Models);
+        assert_eq!(
+            route("POST", "/v1/models").unwrap_err().kind,
+            ErrorKind::NotFound
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::config::Config;
 use tollgate_core::endpoints;
-use tollgate_core::error::{ErrorKind, GatewayError, Reply};
+use tollgate_core::error::{Dialect, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
 use tollgate_core::totals::{self, Counts};
 
@@ -46,9 +46,13 @@ impl Http {
 
     /// Refuses the request; every refusal goes through here.
     fn reject(&mut self, e: &GatewayError, key_id: Option<&str>) -> Action {
+        self.reject_in(e, key_id, Dialect::Bedrock)
+    }
+
+    fn reject_in(&mut self, e: &GatewayError, key_id: Option<&str>, dialect: Dialect) -> Action {
         let key_id = key_id.or(self.exchange.as_ref().map(|ex| ex.key_id.as_str()));
         metrics::on_refusal(e, key_id);
-        self.reply(&e.to_bedrock_reply())
+        self.reply(&e.to_reply(dialect))
     }
 
     /// Rewrites the paused request into the signed upstream one.
@@ -88,15 +92,7 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = match &self.config {
             Ok(c) => c.clone(),
-            Err(why) => {
-                return self.reject(
-                    &GatewayError::new(
-                        ErrorKind::NotConfigured,
-                        format!("gateway misconfigured: {why}"),
-                    ),
-                    None,
-                )
-            }
+            Err(why) => return self.reject(&GatewayError::not_configured(why), None),
         };
         let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");
@@ -106,7 +102,12 @@ impl HttpContext for Http {
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
-            Admission::Refused { error, key_id } => self.reject(&error, key_id.as_deref()),
+            Admission::Refused {
+                error,
+                key_id,
+                dialect,
+            } => self.reject_in(&error, key_id.as_deref(), dialect),
+            Admission::Reply(r) => self.reply(&r),
             Admission::Usage { key_id, now_ms } => self.reply(&endpoints::usage(
                 &config,
                 &SharedData,
@@ -194,19 +195,9 @@ impl HttpContext for Http {
         else {
             return;
         };
-        if let Ok(line) = serde_json::to_string(&record) {
-            host::log(LogLevel::Info, &format!("tollgate.usage {line}"));
-        }
-        if record.priced_as == tollgate_core::pricing::PriceSource::UnknownModel
-            && record.cost_pico_usd > 0
-        {
-            host::log(
-                LogLevel::Warn,
-                &format!(
-                    "tollgate: no price for model `{}`: billed at the most expensive chat tier",
-                    record.model_id
-                ),
-            );
+        host::log(LogLevel::Info, &record.log_line());
+        if let Some(warning) = record.price_warning() {
+            host::log(LogLevel::Warn, &warning);
         }
         // Totals count what went to Bedrock; refusals show in metrics and the log.
         let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
