@@ -58,3 +58,23 @@ def test_bedrock_api_key_upstream(workdir, tls_dir):
         if envoy:
             envoy.stop()
         emu.stop()
+
+
+def test_shipped_envoy_configs_validate(workdir, tls_dir):
+    """Both shipped Envoy configurations load in Envoy 1.40 as written (only the dev
+    certificate paths are pointed at this run's certificates)."""
+    import subprocess
+
+    for name in ("envoy-emulator.yaml", "envoy-bedrock.yaml"):
+        text = (harness.ROOT / "envoy" / name).read_text()
+        text = text.replace(".run/tls/", f"{tls_dir}/").replace(
+            "target/wasm32-wasip1/release/tollgate_filter.wasm", str(harness.WASM)
+        )
+        path = workdir / f"validate-{name}"
+        path.write_text(text)
+        out = subprocess.run(
+            [str(harness.ENVOY), "--mode", "validate", "-c", str(path)],
+            capture_output=True, text=True, timeout=60,
+            env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin"},
+        )
+        assert out.returncode == 0, f"{name}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
