@@ -1,64 +1,141 @@
-"""Configuration failures fail closed; other upstream credential modes work end to end."""
+"""Configuration failures fail closed; other upstream credential modes work end to end. Each case
+starts its own gateway, on each host."""
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 import harness
 from conftest import KEYS, plugin_config
 from test_bedrock_api import MESSAGES, raw
 
 
-def test_bad_configuration_fails_closed_naming_the_field(workdir, emulator, tls_dir):
+def test_bad_configuration_fails_closed_naming_the_field(workdir, emulator, tls_dir, host_kind):
     cfg = plugin_config(emulator.port)
     cfg["api_keys"][1]["sha256"] = "not-a-hash"
-    envoy = harness.Envoy(workdir / "badcfg", cfg, emulator.port, tls_dir, concurrency=1, name="badcfg")
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "badcfg", cfg, emulator.port, tls_dir,
+                                  concurrency=1, name="badcfg")
     try:
         body = json.dumps({"messages": MESSAGES}).encode()
-        status, headers, out = raw(envoy, "POST", "/model/claude-fast/converse", body,
+        status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", body,
                                    {"authorization": f"Bearer {KEYS['team-a'][0]}"})
         assert status == 500
         assert headers["x-amzn-errortype"] == "InternalServerException"
         assert "api_keys[1].sha256" in json.loads(out)["message"]
-        assert "api_keys[1].sha256" in envoy.log()
+        assert "api_keys[1].sha256" in gw.log()
     finally:
-        envoy.stop()
+        gw.stop()
 
 
-def test_unknown_field_is_rejected(workdir, emulator, tls_dir):
+def test_unknown_field_is_rejected(workdir, emulator, tls_dir, host_kind):
     cfg = plugin_config(emulator.port)
     cfg["budgets"] = {}
-    envoy = harness.Envoy(workdir / "unknownfield", cfg, emulator.port, tls_dir, concurrency=1, name="unknownfield")
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "unknownfield", cfg, emulator.port, tls_dir,
+                                  concurrency=1, name="unknownfield")
     try:
-        status, _, out = raw(envoy, "POST", "/model/claude-fast/converse", b"{}",
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", b"{}",
                              {"authorization": f"Bearer {KEYS['team-a'][0]}"})
         assert status == 500 and "budgets" in json.loads(out)["message"]
     finally:
-        envoy.stop()
+        gw.stop()
 
 
-def test_bedrock_api_key_upstream(workdir, tls_dir):
+def test_bedrock_api_key_upstream(workdir, tls_dir, host_kind):
     """credentials.type = bedrock_api_key: the upstream sees Tollgate's Bedrock key, not the client's."""
     upstream_key = "ABSKdGVzdC1iZWRyb2NrLWFwaS1rZXk="
-    emu = harness.Emulator(workdir / "bearer", "--bearer-token", upstream_key)
-    envoy = None
+    emu = harness.Emulator(workdir / host_kind / "bearer", "--bearer-token", upstream_key)
+    gw = None
     try:
         cfg = plugin_config(emu.port, credentials={"type": "bedrock_api_key", "api_key": upstream_key})
-        envoy = harness.Envoy(workdir / "bearer", cfg, emu.port, tls_dir, concurrency=1, name="bearer")
+        gw = harness.start_gateway(host_kind, workdir / host_kind / "bearer", cfg, emu.port, tls_dir,
+                                   concurrency=1, name="bearer")
         body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
-        status, _, out = raw(envoy, "POST", "/model/claude-fast/converse", body,
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", body,
                              {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"})
         assert status == 200, out
         [entry] = emu.ledger()
         assert entry["auth"] == "bearer"
         assert dict(entry["headers"])["authorization"] == f"Bearer {upstream_key}"
-        record = harness.wait_until(envoy.usage_records, 10, "a usage record")[0]
+        record = harness.wait_until(gw.usage_records, 10, "a usage record")[0]
         assert record["output_tokens"] == 3 and record["status"] == 200
     finally:
-        if envoy:
-            envoy.stop()
+        if gw:
+            gw.stop()
         emu.stop()
 
+
+def test_unreachable_upstream_is_503_unbilled_and_releases_its_slot(workdir, emulator, tls_dir, host_kind):
+    """Nothing listens upstream: the client gets 503, the record says so and bills nothing, and the
+    reservation (here the key's one concurrency slot) is released: the next request gets 503 again,
+    not 429. Differs between hosts in the body: Envoy answers with its own plain-text 503; the Spin
+    component, which opens the connection itself, with Bedrock's ServiceUnavailableException."""
+    closed = harness.free_port()
+    cfg = plugin_config(closed)
+    cfg["api_keys"][0]["limits"] = {"max_concurrent_requests": 1, "budget": {"usd": "1", "period": "total"}}
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "unreachable", cfg, closed, tls_dir,
+                               concurrency=1, name="unreachable")
+    try:
+        key = {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"}
+        body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
+        for _ in range(2):
+            status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", body, key)
+            assert status == 503, out
+            if host_kind == "spin":
+                assert headers["x-amzn-errortype"] == "ServiceUnavailableException"
+                assert "could not reach" in json.loads(out)["message"]
+        records = harness.wait_until(lambda: (lambda r: r if len(r) >= 2 else None)(gw.usage_records()),
+                                     10, "two usage records")
+        assert [(r["status"], r["cost_pico_usd"], r["usage_source"]) for r in records] == [(503, 0, "none")] * 2
+        status, _, out = raw(gw, "GET", "/usage", None, key)
+        usage = json.loads(out)
+        assert usage["concurrent_requests"]["used"] == 0
+        assert usage["budget"]["spent_pico_usd"] == 0
+    finally:
+        gw.stop()
+
+
+@pytest.mark.spin_only("Spin reads credentials from Spin variables; Envoy from vm_config environment_variables")
+def test_environment_credentials_from_spin_variables(workdir, emulator, tls_dir, host_kind):
+    """`credentials: environment` on Spin: AWS_ACCESS_KEY_ID is the (secret) variable
+    aws_access_key_id, and so on, given as `--variable` or SPIN_VARIABLE_* like `spin up`."""
+    cfg = plugin_config(emulator.port, credentials={"type": "environment"})
+    gw = harness.SpinHost(
+        workdir / "spin" / "envcreds", cfg, emulator.port, tls_dir, name="envcreds",
+        variables={"aws_access_key_id": harness.ACCESS_KEY_ID},
+        env={"SPIN_VARIABLE_AWS_SECRET_ACCESS_KEY": harness.SECRET_ACCESS_KEY,
+             "SPIN_VARIABLE_AWS_SESSION_TOKEN": harness.SESSION_TOKEN},
+    )
+    try:
+        start = len(emulator.ledger())
+        body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 2}}).encode()
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", body,
+                             {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"})
+        assert status == 200, out
+        [entry] = harness.wait_until(lambda: emulator.ledger()[start:], 10, "the ledger entry")
+        assert entry["signature_valid"] is True
+        assert dict(entry["headers"])["x-amz-security-token"] == harness.SESSION_TOKEN
+    finally:
+        gw.stop()
+
+
+@pytest.mark.spin_only("the configuration is the Spin variable tollgate_config")
+def test_missing_configuration_variable_fails_closed(workdir, emulator, tls_dir, host_kind):
+    gw = harness.SpinHost(workdir / "spin" / "noconfig", None, emulator.port, tls_dir, name="noconfig")
+    try:
+        status, headers, out = raw(gw, "GET", "/usage", None, {"authorization": f"Bearer {KEYS['team-a'][0]}"})
+        assert status == 500 and headers["x-amzn-errortype"] == "InternalServerException"
+        assert "tollgate_config" in json.loads(out)["message"]
+        # Credentials of type `environment` without the variables: also named.
+        cfg = plugin_config(emulator.port, credentials={"type": "environment"})
+        gw.stop()
+        gw = harness.SpinHost(workdir / "spin" / "noconfig", cfg, emulator.port, tls_dir, name="nocreds")
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", b"{}",
+                             {"authorization": f"Bearer {KEYS['team-a'][0]}"})
+        assert status == 500 and "AWS_ACCESS_KEY_ID" in json.loads(out)["message"]
+    finally:
+        gw.stop()
 
 def test_shipped_envoy_configs_validate(workdir, tls_dir):
     """Both shipped Envoy configurations load in Envoy 1.40 as written (only the dev
@@ -78,3 +155,54 @@ def test_shipped_envoy_configs_validate(workdir, tls_dir):
             env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin"},
         )
         assert out.returncode == 0, f"{name}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
+
+
+def test_spin_manifest_matches_the_component():
+    """host-spin/spin.toml works as written: it points at the built component, lets it reach
+    Bedrock and the emulator, grants the `default` store, and maps exactly the Spin variables the
+    component reads (`tollgate_config` and core's ENVIRONMENT_NAMES, lower-cased), secret."""
+    import re
+    import tomllib
+
+    manifest = tomllib.loads((harness.ROOT / "host-spin/spin.toml").read_text())
+    assert manifest["spin_manifest_version"] == 2
+    [trigger] = manifest["trigger"]["http"]
+    assert (trigger["route"], trigger["component"]) == ("/...", "tollgate")
+    component = manifest["component"]["tollgate"]
+    assert (harness.ROOT / "host-spin" / component["source"]).resolve() == harness.SPIN_COMPONENT.resolve()
+    assert component["key_value_stores"] == ["default"]
+    assert set(component["allowed_outbound_hosts"]) == {
+        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "http://127.0.0.1:9100"}
+    core_config = (harness.ROOT / "core/src/config.rs").read_text()
+    block = re.search(r"pub const ENVIRONMENT_NAMES: &\[&str\] = &\[(.*?)\];", core_config, re.S).group(1)
+    expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z_]+)"', block)}
+    assert len(expected) == 5
+    assert set(component["variables"]) == expected
+    declared = manifest["variables"]
+    for name in expected:
+        assert component["variables"][name] == "{{ %s }}" % name
+        assert declared[name]["secret"] is True, name
+        assert re.fullmatch(r"[a-z](?:[a-z0-9]|_(?!_))*[a-z0-9]", name), name  # Spin's name rules
+    assert declared["tollgate_config"]["required"] is True
+    for rc in ("runtime-config.sqlite.toml", "runtime-config.redis.toml"):
+        store = tomllib.loads((harness.ROOT / "host-spin" / rc).read_text())["key_value_store"]["default"]
+        assert store["type"] in {"spin", "redis"}, rc
+
+
+def test_spin_demo_configuration_works(workdir, emulator, tls_dir):
+    """host-spin/config.emulator.json (what `make spin-up` runs) parses and serves, with its
+    credentials from Spin variables (pointed at this session's emulator)."""
+    cfg = json.loads((harness.ROOT / "host-spin/config.emulator.json").read_text())
+    cfg["upstream_host"] = f"127.0.0.1:{emulator.port}"
+    gw = harness.SpinHost(workdir / "spin" / "demo", cfg, emulator.port, tls_dir, name="demo", variables={
+        "aws_access_key_id": harness.ACCESS_KEY_ID, "aws_secret_access_key": harness.SECRET_ACCESS_KEY,
+        "aws_session_token": harness.SESSION_TOKEN})
+    try:
+        body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 2}}).encode()
+        headers = {"authorization": "Bearer tg-demo-key", "content-type": "application/json"}
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", body, headers)
+        assert status == 200, out
+        status, _, out = raw(gw, "GET", "/usage", None, headers)
+        assert status == 200 and json.loads(out)["budget"]["limit_usd"] == "1.00"
+    finally:
+        gw.stop()

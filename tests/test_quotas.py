@@ -1,4 +1,6 @@
-"""Quotas against real Envoy (2 workers) with boto3: budgets, rates, concurrency, exact billing."""
+"""Quotas with boto3 against each host: Envoy (2 workers, shared data) and the Spin component (its
+key-value store on Redis): budgets, rates, concurrency, exact billing; and two Spin instances
+sharing one Redis enforcing one budget."""
 
 from __future__ import annotations
 
@@ -36,11 +38,10 @@ KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def budget_costs(client, emulator):
-    """(estimate, actual) pico-USD of one budget request, measured on the unlimited gateway."""
+def measure_costs(client, emulator, prompt: str) -> tuple[int, int]:
+    """(estimate, actual) pico-USD of one request with `prompt`, measured on an unlimited gateway."""
     start = len(emulator.ledger())
-    client.converse(modelId="claude-fast", messages=converse_messages(BUDGET_PROMPT),
+    client.converse(modelId="claude-fast", messages=converse_messages(prompt),
                     inferenceConfig={"maxTokens": BUDGET_MAX_TOKENS})
     entry = harness.wait_until(lambda: emulator.ledger()[start:], 10, "the probe's ledger entry")[0]
     usage = ledger_usage(entry)
@@ -51,12 +52,18 @@ def budget_costs(client, emulator):
     return estimate, actual
 
 
+@pytest.fixture(scope="module")
+def budget_costs(client, emulator):
+    """(estimate, actual) pico-USD of one budget request."""
+    return measure_costs(client, emulator, BUDGET_PROMPT)
+
+
 def usd(pico: int) -> str:
     return f"{pico // PICO}.{pico % PICO:012d}"
 
 
 @pytest.fixture(scope="module")
-def quota_gateway(workdir, emulator, tls_dir, budget_costs):
+def quota_gateway(workdir, emulator, tls_dir, budget_costs, host_kind, request):
     estimate, actual = budget_costs
     # Room for exactly 5 requests: after 4 settled ones, the 5th's reservation fits exactly;
     # after 5, the 6th's does not.
@@ -77,9 +84,18 @@ def quota_gateway(workdir, emulator, tls_dir, budget_costs):
     cfg["api_keys"] = [
         {**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys
     ]
-    envoy = harness.Envoy(workdir / "quotas", cfg, emulator.port, tls_dir, concurrency=2, name="quotas")
-    yield envoy
-    envoy.stop()
+    kw = {}
+    if host_kind == "spin":
+        # Quota state in Redis (DB 1), as several Spin instances would share it; without a
+        # redis-server here (and not in CI, which requires it), the same cases on the memory store.
+        try:
+            kw["store"] = request.getfixturevalue("redis_server").url(1)
+        except pytest.skip.Exception:
+            kw["store"] = "memory"
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "quotas", cfg, emulator.port, tls_dir,
+                               concurrency=2, name="quotas", **kw)
+    yield gw
+    gw.stop()
 
 
 def quota_client(gateway, tls_dir, key: str, now_ms: list[int] | None = None, **kw):
@@ -246,7 +262,7 @@ def test_300_concurrent_requests_half_streams_are_billed_exactly(quota_gateway, 
     assert after["cost_pico_usd"] - before["cost_pico_usd"] == expected_cost
     # Every reservation was replaced by the actual cost: the budget counter is exact too.
     assert after["budget"]["spent_pico_usd"] - before["budget"]["spent_pico_usd"] == expected_cost
-    print(f"300 requests through 2 workers in {elapsed:.2f}s")
+    print(f"300 requests through {quota_gateway.kind} in {elapsed:.2f}s")
 
 
 def test_budget_cut_off_ends_the_stream_with_an_exception_frame(quota_gateway, tls_dir, emulator):
@@ -307,3 +323,73 @@ def test_cancelled_and_failed_streams_leave_no_reservation_behind(quota_gateway,
         r["input_tokens"] + r["output_tokens"] + r["cache_read_tokens"] + r["cache_write_tokens"] for r in records
     )
     assert u["concurrent_requests"]["used"] == 0
+
+
+@pytest.mark.spin_only("several Spin instances share one Redis; Envoy's shared data is per process")
+def test_two_spin_instances_sharing_redis_enforce_one_budget_exactly(
+        workdir, emulator, tls_dir, client, redis_server, host_kind):
+    """Two tollgate-spin-host processes on one Redis: 3n concurrent requests spread over both,
+    on a key whose total budget has room for exactly n. Reservations are estimates, so how many
+    the burst admits depends on timing; but the budget is one, so no interleaving admits more
+    than n, and requests sent one at a time afterwards fill it to exactly n. Spend and totals on
+    both instances then equal the emulator's ledger exactly. Two separate stores would admit 2n."""
+    # Each answer takes 300 ms, so the burst's requests are in flight together: their reservations
+    # (estimates) compete for the budget across both instances.
+    prompt = "budget please [[emu:output=10]] [[emu:slow=300]]"
+    estimate, actual = measure_costs(client, emulator, prompt)
+    n = 12
+    budget = (n - 1) * actual + estimate  # after n-1 settled, the n-th fits exactly; after n, none
+    secret = "tg-shared-budget"
+    cfg = plugin_config(emulator.port)
+    cfg["api_keys"] = [{"id": "shared", "sha256": harness.sha256_hex(secret), "models": ["*"],
+                        "limits": {"budget": {"usd": usd(budget), "period": "total"}}}]
+    store = redis_server.url(2)
+    hosts = [harness.SpinHost(workdir / "spin" / "shared", cfg, emulator.port, tls_dir, name=f"shared-{i}",
+                              store=store) for i in range(2)]
+    try:
+        clients = [bedrock_client(h, tls_dir, secret, max_pool_connections=3 * n) for h in hosts]
+        start = len(emulator.ledger())
+
+        def one(i: int) -> str:
+            try:
+                clients[i % 2].converse(modelId="claude-fast", messages=converse_messages(prompt),
+                                        inferenceConfig={"maxTokens": BUDGET_MAX_TOKENS})
+                return "ok"
+            except clients[i % 2].exceptions.ServiceQuotaExceededException:
+                return "budget"
+
+        with ThreadPoolExecutor(max_workers=3 * n) as pool:
+            burst = list(pool.map(one, range(3 * n)))
+        admitted = burst.count("ok")
+        # The burst both admitted and refused (else it proved nothing about concurrency), and
+        # never admitted more than the budget has room for.
+        assert 1 <= admitted <= n and "budget" in burst, burst
+        print(f"burst of {3 * n} over two instances: {admitted} admitted, then one at a time to {n}")
+        # One at a time, alternating instances, until the budget refuses.
+        for i in range(n + 1):
+            if one(i) == "budget":
+                break
+            admitted += 1
+        assert admitted == n, f"{admitted} requests admitted on a budget for {n}"
+
+        entries = harness.wait_until(
+            lambda: (lambda l: l[start:] if len(l) - start >= n else None)(emulator.ledger()), 10, "the ledger")
+        time.sleep(0.2)
+        entries = emulator.ledger()[start:]
+        assert len(entries) == n and all(e["signature_valid"] for e in entries)
+        assert all(pricing_oracle.cost_pico_usd(HAIKU, ledger_usage(e)) == actual for e in entries)
+        # Both instances served admitted requests.
+        served = [sum(1 for r in h.usage_records() if r["forwarded"]) for h in hosts]
+        assert sum(served) == n and min(served) >= 1, served
+        # Both see one budget and one set of totals, equal to the ledger.
+        for h in hosts:
+            status, _, body = raw(h, "GET", "/usage", None, {"authorization": f"Bearer {secret}"})
+            assert status == 200, body
+            u = json.loads(body)
+            assert u["requests"] == n and u["cost_pico_usd"] == n * actual
+            assert u["output_tokens"] == sum(ledger_usage(e)["output_tokens"] for e in entries)
+            assert u["budget"]["spent_pico_usd"] == n * actual
+            assert u["budget"]["remaining_pico_usd"] == estimate - actual < estimate
+    finally:
+        for h in hosts:
+            h.stop()

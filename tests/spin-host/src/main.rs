@@ -30,12 +30,19 @@ use wasmtime_wasi_http::p3::WasiHttpView;
 use host::{App, State};
 
 const USAGE: &str = "usage: tollgate-spin-host --component PATH.wasm [--listen ADDR] \
+[--tls-cert FILE --tls-key FILE [--accept-plain-http]] \
 [--variable NAME=VALUE]... [--key-value-store LABEL=memory|LABEL=redis://HOST:PORT/DB]... \
 [--allowed-outbound-host URL]... [--env NAME=VALUE]...";
 
 struct Args {
     component: String,
     listen: String,
+    /// `spin up --tls-cert` / `--tls-key`: serve HTTPS instead of HTTP.
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    /// Test convenience (Spin has no such flag): with TLS on, a connection whose first byte
+    /// is not a TLS handshake is served as plain HTTP on the same port.
+    accept_plain_http: bool,
     variables: HashMap<String, String>,
     stores: Vec<(String, String)>,
     allowed: Vec<String>,
@@ -52,6 +59,9 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         component: String::new(),
         listen: std::env::var("SPIN_HTTP_LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:3000".into()),
+        tls_cert: None,
+        tls_key: None,
+        accept_plain_http: false,
         variables: HashMap::new(),
         stores: Vec::new(),
         allowed: Vec::new(),
@@ -68,6 +78,10 @@ fn parse_args() -> anyhow::Result<Args> {
             println!("{USAGE}");
             std::process::exit(0);
         }
+        if flag == "--accept-plain-http" {
+            args.accept_plain_http = true;
+            continue;
+        }
         let mut value = || {
             inline
                 .clone()
@@ -77,6 +91,8 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--component" => args.component = value()?,
             "--listen" => args.listen = value()?,
+            "--tls-cert" => args.tls_cert = Some(value()?),
+            "--tls-key" => args.tls_key = Some(value()?),
             "--variable" => {
                 let (k, v) = split_kv(&flag, &value()?)?;
                 args.variables.insert(k, v);
@@ -89,6 +105,12 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if args.component.is_empty() {
         anyhow::bail!("--component is required\n{USAGE}");
+    }
+    if args.tls_cert.is_some() != args.tls_key.is_some() {
+        anyhow::bail!("--tls-cert and --tls-key go together\n{USAGE}");
+    }
+    if args.accept_plain_http && args.tls_cert.is_none() {
+        anyhow::bail!("--accept-plain-http needs --tls-cert and --tls-key\n{USAGE}");
     }
     Ok(args)
 }
@@ -152,20 +174,16 @@ impl HandlerState for Server {
     type WorkerExpiration = NoExpiry;
     type WorkerState = OneRequest;
 
-    fn instantiate(
-        &self,
-    ) -> impl Future<Output = wasmtime::Result<Instance<State, NoExpiry, OneRequest>>> + Send {
-        async move {
-            let mut store = Store::new(&self.engine, State::new(self.app.clone()));
-            let proxy = self.pre.instantiate_async(&mut store).await?;
-            Ok(Instance {
-                store,
-                proxy,
-                view: ViewFn::P3(<State as WasiHttpView>::http),
-                expiration: NoExpiry,
-                state: OneRequest,
-            })
-        }
+    async fn instantiate(&self) -> wasmtime::Result<Instance<State, NoExpiry, OneRequest>> {
+        let mut store = Store::new(&self.engine, State::new(self.app.clone()));
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: ViewFn::P3(<State as WasiHttpView>::http),
+            expiration: NoExpiry,
+            state: OneRequest,
+        })
     }
 }
 
@@ -183,7 +201,12 @@ fn text(status: u16, body: &'static str) -> http::Response<RespBody> {
 }
 
 /// Spin adds these headers to every incoming request (route `/...`, base `/`).
-fn add_spin_headers(req: &mut http::Request<Incoming>, client: SocketAddr, listen: SocketAddr) {
+fn add_spin_headers(
+    req: &mut http::Request<Incoming>,
+    scheme: &str,
+    client: SocketAddr,
+    listen: SocketAddr,
+) {
     let host = req
         .headers()
         .get(http::header::HOST)
@@ -196,7 +219,7 @@ fn add_spin_headers(req: &mut http::Request<Incoming>, client: SocketAddr, liste
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
     let path = req.uri().path().to_string();
-    let full_url = format!("http://{host}{path_and_query}");
+    let full_url = format!("{scheme}://{host}{path_and_query}");
     if let Ok(uri) = full_url.parse() {
         *req.uri_mut() = uri;
     }
@@ -218,10 +241,11 @@ fn add_spin_headers(req: &mut http::Request<Incoming>, client: SocketAddr, liste
 async fn serve(
     handler: ProxyHandler<Server>,
     mut req: http::Request<Incoming>,
+    scheme: &'static str,
     client: SocketAddr,
     listen: SocketAddr,
 ) -> Result<http::Response<RespBody>, Infallible> {
-    add_spin_headers(&mut req, client, listen);
+    add_spin_headers(&mut req, scheme, client, listen);
     let req = req.map(|body| {
         body.map_err(|e| {
             handler::ErrorCode::from(P3ErrorCode::InternalError(Some(format!(
@@ -296,6 +320,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         app,
     });
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let accept_plain_http = args.accept_plain_http;
+
     let listener = tokio::net::TcpListener::bind(&args.listen).await?;
     let local = listener.local_addr()?;
     {
@@ -314,15 +344,89 @@ async fn run(args: Args) -> anyhow::Result<()> {
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| serve(handler.clone(), req, client, local));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
+            let tls = match tls {
+                Some(acceptor)
+                    if !accept_plain_http || starts_with_tls_handshake(&stream).await =>
+                {
+                    Some(acceptor)
+                }
+                _ => None,
+            };
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let svc = hyper::service::service_fn(move |req| {
+                serve(handler.clone(), req, scheme, client, local)
+            });
+            let result = match tls {
+                None => {
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                }
+                Some(acceptor) => {
+                    let stream =
+                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                eprintln!("tollgate-spin-host: TLS handshake with {client}: {e}");
+                                return;
+                            }
+                            Err(_) => {
+                                eprintln!(
+                                    "tollgate-spin-host: TLS handshake with {client} timed out"
+                                );
+                                return;
+                            }
+                        };
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await
+                }
+            };
+            if let Err(e) = result {
                 eprintln!("tollgate-spin-host: connection from {client}: {e}");
             }
         });
     }
+}
+
+/// A client that does not finish its TLS handshake in this time is dropped.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `spin up --tls-cert FILE --tls-key FILE`: PEM certificate chain and private key, served with
+/// rustls on the `ring` provider (the one wasmtime-wasi-http's outbound TLS already builds), HTTP/1.1.
+fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("--tls-cert {cert}: {e}"))?;
+    if certs.is_empty() {
+        anyhow::bail!("--tls-cert {cert}: no certificate in the file");
+    }
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("--tls-key {key}: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Whether the client's first byte is a TLS handshake record (0x16). Waits for it at most
+/// [`TLS_HANDSHAKE_TIMEOUT`]; a silent client is treated as plain HTTP (hyper times it out).
+async fn starts_with_tls_handshake(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0] == 0x16
+    )
 }

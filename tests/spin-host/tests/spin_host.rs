@@ -363,3 +363,56 @@ fn bench_per_request_overhead() {
         t0.elapsed()
     );
 }
+
+#[test]
+fn incoming_tls_like_spin_up_tls_cert() {
+    let (ca, cert, key) = make_certs("incoming");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    // `--tls-cert`/`--tls-key`: HTTPS only, as `spin up` serves it.
+    let h = Host::start(&["--tls-cert", cert, "--tls-key", key]);
+    let r = https_get(&h.addr, &ca, "/headers").expect("HTTPS request");
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains(&format!("spin-full-url: https://{}/headers", h.addr)),
+        "{r}"
+    );
+    assert!(
+        !plain_get_raw(&h.addr, "/headers").contains("HTTP/1.1 200"),
+        "plain HTTP must not be served on a TLS listener"
+    );
+    // A client that does not trust the CA is refused.
+    let (other_ca, _, _) = make_certs("other");
+    assert!(https_get(&h.addr, &other_ca, "/headers").is_err());
+
+    // The test convenience: both on one port.
+    let h = Host::start(&["--tls-cert", cert, "--tls-key", key, "--accept-plain-http"]);
+    let r = https_get(&h.addr, &ca, "/instance").expect("HTTPS request");
+    // Chunked: one chunk holding `1` (a fresh instance).
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("\r\n\r\n1\r\n1\r\n0\r\n"),
+        "{r}"
+    );
+    let r = h.get("/headers");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .contains(&format!("spin-full-url: http://{}/headers", h.addr)),
+        "{}",
+        r.text()
+    );
+
+    // Half a TLS configuration is an error at start, not a silent HTTP listener.
+    for args in [
+        vec!["--tls-cert", cert],
+        vec!["--tls-key", key],
+        vec!["--accept-plain-http"],
+    ] {
+        let out = std::process::Command::new(host_bin())
+            .args(["--component", probe_wasm().to_str().unwrap()])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .expect("run host");
+        assert!(!out.status.success(), "{args:?} was accepted");
+    }
+}

@@ -1,0 +1,460 @@
+//! Tollgate as a Spin HTTP component (spin-sdk 7, `wasi:http/handler@0.3.0`, Spin >= 4.1):
+//! adapts one Spin request to `tollgate_core`, as `filter/` adapts Envoy's callbacks. Every
+//! gateway rule lives in core; this crate only moves bytes, headers, time and store calls.
+//!
+//! Spin runs every request in a fresh instance, so nothing is kept between requests except in
+//! the key-value store (label `default`): quota counters and usage totals.
+
+mod kv;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use http_body::Frame;
+use spin_sdk::http::body::IncomingBodyExt;
+use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
+use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
+use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
+use tollgate_core::counters::IncrementCounters;
+use tollgate_core::endpoints;
+use tollgate_core::error::{ErrorKind, GatewayError, Reply};
+use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
+use tollgate_core::totals::{self, Counts};
+
+use kv::Kv;
+
+/// The Spin variable holding the configuration document (JSON, as for Envoy).
+const CONFIG_VARIABLE: &str = "tollgate_config";
+/// The key-value store label (`key_value_stores` in spin.toml).
+const STORE_LABEL: &str = "default";
+/// Response chunks buffered between the upstream and the client before the relay waits.
+const RELAY_BUFFER_CHUNKS: usize = 16;
+/// Most request body bytes read and discarded before a refusal is sent (see [`drain`]).
+const DRAIN_MAX_BYTES: u64 = 8 << 20;
+
+#[spin_sdk::http_service]
+async fn handle(request: Request) -> Response<BoxBody> {
+    let (parts, body) = request.into_parts();
+    let config = match load_config().await {
+        Ok(c) => c,
+        Err(why) => {
+            // Fail closed, like the filter: every request gets the same 500 naming the field.
+            log_err(&format!(
+                "tollgate: {why}; answering every request with 500"
+            ));
+            drain(body.stream()).await;
+            return reply(&GatewayError::not_configured(why).to_bedrock_reply());
+        }
+    };
+    // Spin's own `spin-*` request metadata (full URL, client address...) stays here: it is not
+    // the client's, and Bedrock has no use for it.
+    let mut headers: Vec<(String, String)> = parts
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.as_str().starts_with("spin-"))
+        .filter_map(|(n, v)| {
+            Some((
+                n.as_str().to_ascii_lowercase(),
+                v.to_str().ok()?.to_string(),
+            ))
+        })
+        .collect();
+    // Envoy gives every request an `x-request-id` (records carry it, Bedrock sees it); so does
+    // this component when the client sent none.
+    if !headers.iter().any(|(n, _)| n == "x-request-id") {
+        headers.push(("x-request-id".to_string(), new_request_id()));
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    match exchange::admit(
+        &config,
+        parts.method.as_str(),
+        path,
+        &pairs,
+        now_ms(SystemTime::now()),
+    ) {
+        Admission::Refused { error, dialect, .. } => {
+            drain(body.stream()).await;
+            reply(&error.to_reply(dialect))
+        }
+        Admission::Reply(r) => {
+            drain(body.stream()).await;
+            reply(&r)
+        }
+        Admission::Usage { key_id, now_ms } => {
+            drain(body.stream()).await;
+            let kv = Kv::open(STORE_LABEL);
+            reply(&endpoints::usage(
+                &config,
+                &kv,
+                &IncrementCounters(&kv),
+                &key_id,
+                now_ms,
+            ))
+        }
+        Admission::Forward(ex) => {
+            let flight = Flight {
+                config,
+                ex,
+                kv: Kv::open(STORE_LABEL),
+                finished: false,
+            };
+            forward(flight, parts.method, &pairs, body).await
+        }
+    }
+}
+
+/// Reads the configuration document and the credentials it may name from Spin variables.
+/// `AWS_ACCESS_KEY_ID` is variable `aws_access_key_id`, and so on (Spin variable names are
+/// lower case).
+async fn load_config() -> Result<Config, String> {
+    let doc = spin_sdk::variables::get(CONFIG_VARIABLE)
+        .await
+        .map_err(|e| format!("no configuration: Spin variable `{CONFIG_VARIABLE}`: {e:?}"))?;
+    let values = futures::future::join_all(
+        ENVIRONMENT_NAMES
+            .iter()
+            .map(|name| spin_sdk::variables::get(name.to_ascii_lowercase())),
+    )
+    .await;
+    let env: Vec<(&str, String)> = ENVIRONMENT_NAMES
+        .iter()
+        .zip(values)
+        .filter_map(|(name, value)| Some((*name, value.ok()?)))
+        .collect();
+    let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+    Config::parse(doc.as_bytes(), &lookup).map_err(|e| e.to_string())
+}
+
+/// One admitted exchange and what it needs to end: [`Flight::finish`] runs on every path (the
+/// filter's `on_log`), and on drop if a path forgot it.
+struct Flight {
+    config: Config,
+    ex: Box<Exchange>,
+    kv: Kv,
+    finished: bool,
+}
+
+impl Flight {
+    /// Answers the request itself (an error after admission) and ends the exchange.
+    fn refuse(mut self, error: &GatewayError) -> Response<BoxBody> {
+        let r = error.to_bedrock_reply();
+        self.ex.replied_locally(r.status);
+        self.finish();
+        reply(&r)
+    }
+
+    /// Produces the usage record: settles the reservation, adds the usage to the key's totals
+    /// (before the record is logged, so a logged record is always counted), logs the record.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let counters = IncrementCounters(&self.kv);
+        let Some(record) = self
+            .ex
+            .finish(&self.config, &counters, now_ms(SystemTime::now()))
+        else {
+            return;
+        };
+        // Totals count what went to Bedrock; refusals show in the log only.
+        let added = record.forwarded.then(|| {
+            let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
+            totals::add(&self.kv, &record.key_id, record.model_label(), &delta)
+        });
+        log_out(&record.log_line());
+        if let Some(warning) = record.price_warning() {
+            log_err(&warning);
+        }
+        if let Some(Err(e)) = added {
+            log_err(&format!(
+                "tollgate: usage of key `{}` NOT added to totals: {e}",
+                record.key_id
+            ));
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+async fn forward(
+    mut flight: Flight,
+    method: http::Method,
+    client_headers: &[(&str, &str)],
+    body: IncomingRequestBody,
+) -> Response<BoxBody> {
+    let mut body = body.stream();
+    if let Err(e) = flight.ex.check_declared_body_size() {
+        if declared_length(client_headers).is_some_and(|n| n <= DRAIN_MAX_BYTES) {
+            drain(body).await;
+        }
+        return flight.refuse(&e);
+    }
+    let body = match read_body(&mut flight.ex, &mut body).await {
+        Ok(b) => b,
+        Err(e) => {
+            drain(body).await;
+            return flight.refuse(&e);
+        }
+    };
+    let counters = IncrementCounters(&flight.kv);
+    let mut up =
+        match flight
+            .ex
+            .upstream_request(&flight.config, &counters, &body, SystemTime::now())
+        {
+            Ok(up) => up,
+            Err(e) => return flight.refuse(&e),
+        };
+    let url = format!(
+        "{}://{}{}",
+        flight.config.upstream_scheme, up.authority, up.path
+    );
+    // The rewritten body (output cap applied) if core made one, else the client's.
+    let out_body = up.body.take().map_or(body, Bytes::from);
+    let mut out = http::Request::builder().method(method).uri(&url);
+    for (name, value) in up.headers_from(client_headers.iter().copied()) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            out = out.header(n, v);
+        }
+    }
+    // The upstream signature covers the body; send its exact length, never chunked.
+    out = out.header(http::header::CONTENT_LENGTH, out_body.len());
+    let out = match out.body(FullBody::new(out_body)) {
+        Ok(r) => r,
+        Err(e) => {
+            return flight.refuse(&GatewayError::new(
+                ErrorKind::Internal,
+                format!("could not build the upstream request: {e}"),
+            ))
+        }
+    };
+    let response = match spin_sdk::http::send(out).await {
+        Ok(r) => r,
+        Err(code) => {
+            log_err(&format!(
+                "tollgate: upstream request to {url} failed: {code:?}"
+            ));
+            return flight.refuse(&GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("the gateway could not reach the model endpoint: {code}"),
+            ));
+        }
+    };
+
+    let status = response.status();
+    let (parts, upstream) = response.into_parts();
+    flight.ex.on_response_headers(
+        status.as_u16(),
+        parts
+            .headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
+    );
+    let mut to_client = http::Response::builder().status(status);
+    for (name, value) in &parts.headers {
+        // Framing is the host's: the body may change length (budget cut-off).
+        if !exchange::is_hop_by_hop(name.as_str()) {
+            to_client = to_client.header(name, value);
+        }
+    }
+    let (tx, rx) = mpsc::channel(RELAY_BUFFER_CHUNKS);
+    match to_client.body(box_body(http_body_util::StreamBody::new(rx))) {
+        Ok(resp) => {
+            spin_sdk::wasip3::spawn(relay(flight, upstream, tx));
+            resp
+        }
+        Err(e) => flight.refuse(&GatewayError::new(
+            ErrorKind::Internal,
+            format!("could not build the response: {e}"),
+        )),
+    }
+}
+
+type RequestChunks = http_body_util::BodyDataStream<IncomingRequestBody>;
+
+/// Reads the request body, refusing it as soon as it is over the limit.
+async fn read_body(ex: &mut Exchange, chunks: &mut RequestChunks) -> Result<Bytes, GatewayError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| {
+            GatewayError::new(
+                ErrorKind::BadRequest,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        ex.check_body_size((buf.len() + chunk.len()) as u64)?;
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Reads and discards what is left of the request body, up to [`DRAIN_MAX_BYTES`], before a
+/// refusal is sent. A reply sent while the client is still uploading is otherwise often lost:
+/// the HTTP server (hyper, in Spin as in the test host) closes a connection whose request was
+/// not read, and the unread bytes make the kernel reset it under the client's feet.
+async fn drain(mut chunks: RequestChunks) {
+    let mut seen = 0u64;
+    while let Some(Ok(chunk)) = chunks.next().await {
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > DRAIN_MAX_BYTES {
+            break;
+        }
+    }
+}
+
+fn declared_length(headers: &[(&str, &str)]) -> Option<u64> {
+    headers
+        .iter()
+        .find(|(n, _)| *n == "content-length")
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+type ClientFrame = Result<Frame<Bytes>, std::io::Error>;
+
+/// Streams the upstream body to the client chunk by chunk, as core decides for each, then
+/// ends the exchange: when the upstream ends or fails, or the client goes away. Runs after the
+/// handler has returned the response head (a spawned task; the instance lives until it ends).
+async fn relay(
+    mut flight: Flight,
+    upstream: IncomingResponseBody,
+    mut client: mpsc::Sender<ClientFrame>,
+) {
+    let mut upstream = upstream.stream();
+    while let Some(chunk) = upstream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                log_err(&format!("tollgate: upstream response body failed: {e:?}"));
+                // The client sees the response fail, as with a reset, not a clean end.
+                let _ = client
+                    .send(Err(std::io::Error::other(format!("upstream: {e}"))))
+                    .await;
+                break;
+            }
+        };
+        let (bytes, last) = match flight.ex.on_response_body(&chunk) {
+            BodyVerdict::Pass => (chunk, false),
+            // Budget cut-off: the terminal frame goes out, nothing after it is read.
+            BodyVerdict::Replace(bytes) => (Bytes::from(bytes), true),
+            BodyVerdict::Drop => break,
+        };
+        if client.send(Ok(Frame::data(bytes))).await.is_err() {
+            break; // the client went away
+        }
+        if last {
+            break;
+        }
+    }
+    // Dropping the upstream body closes its connection if it was not finished (Bedrock stops
+    // generating); dropping the sender ends the client's response once the record is written.
+    drop(upstream);
+    drop(client);
+    flight.finish();
+}
+
+fn reply(r: &Reply) -> Response<BoxBody> {
+    let mut b = http::Response::builder().status(r.status);
+    for (name, value) in &r.headers {
+        b = b.header(*name, value.as_str());
+    }
+    b.body(box_body(FullBody::new(Bytes::from(r.body.clone()))))
+        .unwrap_or_else(|_| {
+            let mut fallback = http::Response::new(box_body(FullBody::new(Bytes::new())));
+            *fallback.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
+}
+
+/// One line to stdout (usage records). Unlike `println!`, a failed write is ignored rather than
+/// a panic: a trap would turn the exchange into a 500 and lose its record.
+fn log_out(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// One line to stderr (warnings and errors); failures ignored, as for [`log_out`].
+fn log_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+fn now_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A random UUID (version 4), as Envoy generates for `x-request-id`. The randomness is the
+/// host's per-instance seed (`wasi:random/insecure-seed`, which Rust's std already imports).
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    let hi = state.hash_one(0u8);
+    let lo = state.hash_one(1u8);
+    let b = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
+    let mut bytes = b;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_random_uuid4() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let groups: Vec<_> = id.split('-').map(str::len).collect();
+            assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+            assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
+            assert_eq!(&id[14..15], "4", "{id}");
+            assert!("89ab".contains(&id[19..20]), "{id}");
+        }
+    }
+
+    #[test]
+    fn declared_length_is_read_leniently() {
+        assert_eq!(declared_length(&[("content-length", " 42 ")]), Some(42));
+        assert_eq!(declared_length(&[("content-length", "x")]), None);
+        assert_eq!(declared_length(&[("content-type", "1")]), None);
+    }
+
+    #[test]
+    fn replies_keep_status_headers_and_body() {
+        let r = GatewayError::new(ErrorKind::BudgetExhausted, "spent")
+            .retry_after(5)
+            .to_bedrock_reply();
+        let resp = reply(&r);
+        assert_eq!(resp.status(), 429);
+        assert_eq!(
+            resp.headers()["x-amzn-errortype"],
+            "ServiceQuotaExceededException"
+        );
+        assert_eq!(resp.headers()["retry-after"], "5");
+    }
+}
