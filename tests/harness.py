@@ -56,6 +56,17 @@ def http_json(url: str, method: str = "GET", timeout: float = 10):
     return json.loads(body) if body else None
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 10):
+    """Terminates `proc`, killing it if it does not exit within `timeout_s`; bounded either way."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+
 class Emulator:
     def __init__(self, workdir: Path, *extra_args: str):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -88,12 +99,7 @@ class Emulator:
         http_json(f"{self.url}/_emulator/reset", method="POST")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 5)
 
 
 USAGE_PREFIX = "tollgate.usage "
@@ -224,12 +230,7 @@ class Envoy(Gateway):
         return thread.group(1) if thread else None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 10)
 
 
 def free_port() -> int:
@@ -298,13 +299,7 @@ class SpinHost(Gateway):
         return self.log_path.read_text(errors="replace")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 10)
 
 
 def start_gateway(kind: str, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
@@ -359,10 +354,4 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, 10)
