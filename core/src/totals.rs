@@ -126,6 +126,19 @@ pub fn add<S: CasStore + ?Sized>(
     Ok(added)
 }
 
+/// Adds a finished exchange to its key's totals, under its model label. Only requests that went
+/// to Bedrock count (refusals show in logs and metrics): `Ok(None)` for the others.
+pub fn add_record<S: CasStore + ?Sized>(
+    store: &S,
+    record: &crate::record::UsageRecord,
+) -> Result<Option<Added>, StoreError> {
+    if !record.forwarded {
+        return Ok(None);
+    }
+    let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
+    add(store, &record.key_id, record.model_label(), &delta).map(Some)
+}
+
 pub fn read<S: CasStore + ?Sized>(store: &S, key_id: &str) -> Result<Totals, StoreError> {
     Ok(store
         .get(&store_key(key_id))?
@@ -188,6 +201,38 @@ mod tests {
         assert_eq!(added.model_cost_before_pico_usd, 5);
         assert_eq!(added.totals.all, counts(3, 23));
         assert_eq!(added.totals.models["m1"], counts(2, 16));
+    }
+
+    #[test]
+    fn only_forwarded_records_count() {
+        use crate::record::{make, Facts};
+        let s = MemoryStore::default();
+        let reading = crate::meter::Reading {
+            complete: true,
+            usage: Usage {
+                input_tokens: 4,
+                output_tokens: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let facts = |sent_upstream, status| Facts {
+            request_id: None,
+            key_id: "k",
+            model: "claude-fast",
+            model_id: "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            region: "us-east-1",
+            operation: crate::Operation::Converse,
+            status,
+            sent_upstream,
+            reading: &reading,
+            request_bytes: 10,
+            latency_ms: 1,
+        };
+        assert_eq!(add_record(&s, &make(facts(false, 429))).unwrap(), None);
+        let added = add_record(&s, &make(facts(true, 200))).unwrap().unwrap();
+        assert_eq!(added.totals.all.requests, 1);
+        assert_eq!(added.totals.models["claude-fast"].output_tokens, 2);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tollgate_core::config::Config;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
-use tollgate_core::totals::{self, Counts};
+use tollgate_core::totals;
 
 use tollgate_core::counters::CasCounters;
 
@@ -199,14 +199,9 @@ impl HttpContext for Http {
         if let Some(warning) = record.price_warning() {
             host::log(LogLevel::Warn, &warning);
         }
-        // Totals count what went to Bedrock; refusals show in metrics and the log.
-        let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
-        let added = record
-            .forwarded
-            .then(|| totals::add(&SharedData, &record.key_id, record.model_label(), &delta));
-        let cost_before = match added {
-            Some(Ok(added)) => added.model_cost_before_pico_usd,
-            Some(Err(e)) => {
+        let cost_before = match totals::add_record(&SharedData, &record) {
+            Ok(added) => added.map_or(0, |a| a.model_cost_before_pico_usd),
+            Err(e) => {
                 host::log(
                     LogLevel::Critical,
                     &format!(
@@ -216,7 +211,6 @@ impl HttpContext for Http {
                 );
                 0
             }
-            None => 0,
         };
         metrics::on_record(&record, cost_before);
     }

@@ -21,7 +21,7 @@ use tollgate_core::counters::IncrementCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
-use tollgate_core::totals::{self, Counts};
+use tollgate_core::totals;
 
 use kv::Kv;
 
@@ -162,16 +162,13 @@ impl Flight {
         else {
             return;
         };
-        // Totals count what went to Bedrock; refusals show in the log only.
-        let added = record.forwarded.then(|| {
-            let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
-            totals::add(&self.kv, &record.key_id, record.model_label(), &delta)
-        });
+        // Totals before the log line, so a record anyone sees is also counted.
+        let added = totals::add_record(&self.kv, &record);
         log_out(&record.log_line());
         if let Some(warning) = record.price_warning() {
             log_err(&warning);
         }
-        if let Some(Err(e)) = added {
+        if let Err(e) = added {
             log_err(&format!(
                 "tollgate: usage of key `{}` NOT added to totals: {e}",
                 record.key_id
