@@ -1,14 +1,23 @@
-//! Authenticating the upstream request to Bedrock: SigV4 with the `aws-sigv4` crate, or a
-//! Bedrock API key as a bearer token.
+//! Authenticating the upstream request to Bedrock: SigV4, or a Bedrock API key as a bearer
+//! token.
+//!
+//! Every Bedrock request has one shape, so it is signed by writing that canonical request
+//! directly, with the derived signing key kept for the day. The `aws-sigv4` crate provides the
+//! HMAC steps and is the general signer: for anything outside the shape, for AWS's published
+//! vectors, and as the oracle the direct path is tested against.
 
-use std::time::SystemTime;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
+use sha2::{Digest, Sha256};
 
 use crate::config::UpstreamAuth;
 use crate::error::{ErrorKind, GatewayError};
+use crate::period;
 
 /// Bedrock's signing name (the credential scope says `bedrock`, not `bedrock-runtime`).
 pub const SIGNING_NAME: &str = "bedrock";
@@ -42,6 +51,9 @@ pub fn upstream_auth_headers(
                 secret_access_key,
                 session_token: session_token.as_deref(),
             };
+            if let Some(headers) = bedrock_sigv4_headers(&key, region, host, path, body, now) {
+                return Ok(headers);
+            }
             let uri = format!("https://{host}{path}");
             sigv4_headers(
                 &key,
@@ -55,6 +67,150 @@ pub fn upstream_auth_headers(
             )
         }
     }
+}
+
+/// SigV4 headers for Bedrock's one request shape: `POST`, a path of plain segments, no query,
+/// `host` and `x-amz-date` (and the session token) signed, the payload hashed. `None` when the
+/// request is not of that shape (values needing whitespace folding, dot segments, a query),
+/// which then goes through the general signer.
+pub fn bedrock_sigv4_headers(
+    key: &SigningKey<'_>,
+    region: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> Option<Vec<(String, String)>> {
+    let token = key.session_token;
+    let plain_value = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    if !plain_value(host) || !token.is_none_or(plain_value) || !is_plain_path(path) {
+        return None;
+    }
+    let secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    let amz_date = amz_date(secs);
+    let date = amz_date.get(..8)?;
+    let signed_headers = if token.is_some() {
+        "host;x-amz-date;x-amz-security-token"
+    } else {
+        "host;x-amz-date"
+    };
+
+    let mut canonical = String::with_capacity(320 + path.len() + token.map_or(0, str::len));
+    canonical.push_str("POST\n");
+    encode_path_again(&mut canonical, path);
+    let _ = writeln!(canonical, "\n\nhost:{host}\nx-amz-date:{amz_date}");
+    if let Some(token) = token {
+        let _ = writeln!(canonical, "x-amz-security-token:{token}");
+    }
+    let _ = write!(
+        canonical,
+        "\n{signed_headers}\n{}",
+        hex::encode(Sha256::digest(body))
+    );
+
+    let scope = format!("{date}/{region}/{SIGNING_NAME}/aws4_request");
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let signature = with_signing_key(key.secret_access_key, region, date, now, |signing_key| {
+        v4::calculate_signature(signing_key, string_to_sign.as_bytes())
+    });
+    let mut headers = Vec::with_capacity(3);
+    headers.push((
+        "authorization".to_string(),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            key.access_key_id
+        ),
+    ));
+    headers.push(("x-amz-date".to_string(), amz_date));
+    if let Some(token) = token {
+        headers.push(("x-amz-security-token".to_string(), token.to_string()));
+    }
+    Some(headers)
+}
+
+/// Segments free of dot segments and empty segments, in plain ASCII: the canonical URI is then
+/// the path with each byte outside the unreserved set encoded once more.
+fn is_plain_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    path.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        && rest
+            .split('/')
+            .all(|segment| !matches!(segment, "" | "." | ".."))
+}
+
+fn encode_path_again(out: &mut String, path: &str) {
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// `YYYYMMDD'T'HHMMSS'Z'` in UTC.
+fn amz_date(secs: u64) -> String {
+    let (y, m, d) = period::civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// The derived key (four chained HMACs) is valid for a UTC day, region and service, and a VM
+/// signs with one set of credentials: keep the last one rather than derive it per request.
+struct DerivedKey {
+    secret: String,
+    region: String,
+    date: String,
+    key: Vec<u8>,
+}
+
+thread_local! {
+    static DERIVED_KEY: RefCell<Option<DerivedKey>> = const { RefCell::new(None) };
+}
+
+fn with_signing_key<T>(
+    secret: &str,
+    region: &str,
+    date: &str,
+    now: SystemTime,
+    f: impl FnOnce(&[u8]) -> T,
+) -> T {
+    let derive = || {
+        v4::generate_signing_key(secret, now, region, SIGNING_NAME)
+            .as_ref()
+            .to_vec()
+    };
+    DERIVED_KEY.with(|cell| {
+        let Ok(mut slot) = cell.try_borrow_mut() else {
+            return f(&derive());
+        };
+        let fresh = slot
+            .as_ref()
+            .is_some_and(|k| k.secret == secret && k.region == region && k.date == date);
+        if !fresh {
+            *slot = Some(DerivedKey {
+                secret: secret.to_string(),
+                region: region.to_string(),
+                date: date.to_string(),
+                key: derive(),
+            });
+        }
+        match slot.as_ref() {
+            Some(k) => f(&k.key),
+            None => f(&derive()),
+        }
+    })
 }
 
 /// Credentials to sign with.
@@ -121,7 +277,7 @@ pub fn sigv4_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, UNIX_EPOCH};
+    use std::time::Duration;
 
     fn creds(token: Option<&str>) -> UpstreamAuth {
         UpstreamAuth::SigV4 {
@@ -232,5 +388,130 @@ mod tests {
             auth.contains("SignedHeaders=host;x-amz-date;x-amz-security-token,"),
             "{auth}"
         );
+    }
+
+    fn sorted(mut h: Vec<(String, String)>) -> Vec<(String, String)> {
+        h.sort();
+        h
+    }
+
+    /// The direct Bedrock signer against aws-sigv4's general one, over model IDs with every
+    /// kind of character, hosts with ports, tokens, bodies, and times that cross UTC days
+    /// (so the kept signing key must be re-derived) with secrets and regions alternating.
+    #[test]
+    fn direct_signer_agrees_with_aws_sigv4() {
+        let ids = [
+            "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+            "amazon.nova-lite-v1:0",
+            "weird id+with~odd*chars(and)%-é",
+        ];
+        let hosts = [
+            "bedrock-runtime.us-west-2.amazonaws.com",
+            "127.0.0.1:9100",
+            "Bedrock-Runtime.eu-west-1.amazonaws.com",
+        ];
+        let secrets = [
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            "other+/secret==",
+        ];
+        let tokens = [
+            None,
+            Some("IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ=="),
+        ];
+        let mut checked = 0;
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..240u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let id = ids[(seed % 4) as usize];
+            let op = [
+                "converse",
+                "converse-stream",
+                "invoke",
+                "invoke-with-response-stream",
+            ][(seed >> 8) as usize % 4];
+            // Raw IDs too: their `:` is then encoded by the signer alone.
+            let path = if (seed >> 48) & 1 == 1 && !id.contains(['/', ' ', '%']) && id.is_ascii() {
+                format!("/model/{id}/{op}")
+            } else {
+                format!("/model/{}/{op}", crate::model_id::encode_path_label(id))
+            };
+            let host = hosts[(seed >> 16) as usize % hosts.len()];
+            let key = SigningKey {
+                access_key_id: "AKIDEXAMPLE",
+                secret_access_key: secrets[(seed >> 24) as usize % 2],
+                session_token: tokens[(seed >> 32) as usize % 2],
+            };
+            let region = ["us-east-1", "eu-central-1"][(seed >> 40) as usize % 2];
+            // Every few requests the clock moves into the next day, at odd seconds.
+            let now = UNIX_EPOCH + Duration::from_secs(1_763_683_199 + i / 3 * 86_400 + i % 3);
+            let body = vec![b'x' ^ (seed as u8); (seed % 3000) as usize];
+            let direct = bedrock_sigv4_headers(&key, region, host, &path, &body, now)
+                .expect("Bedrock's request shape");
+            let general = sigv4_headers(
+                &key,
+                SIGNING_NAME,
+                region,
+                "POST",
+                &format!("https://{host}{path}"),
+                &[("host", host)],
+                &body,
+                now,
+            )
+            .unwrap();
+            assert_eq!(
+                sorted(direct),
+                sorted(general),
+                "{path} {host} {region} {now:?}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 240);
+    }
+
+    #[test]
+    fn requests_outside_the_shape_use_the_general_signer() {
+        let key = SigningKey {
+            access_key_id: "AKIDEXAMPLE",
+            secret_access_key: "secret",
+            session_token: Some("has space"),
+        };
+        let now = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
+        assert!(
+            bedrock_sigv4_headers(&key, "us-east-1", "h", "/model/x/converse", b"", now).is_none()
+        );
+        let key = SigningKey {
+            session_token: None,
+            ..key
+        };
+        for path in [
+            "/model/../converse",
+            "/model//converse",
+            "/model/x?a=b",
+            "model/x",
+        ] {
+            assert!(
+                bedrock_sigv4_headers(&key, "us-east-1", "h", path, b"", now).is_none(),
+                "{path}"
+            );
+        }
+        // Still signed, by the general path.
+        let auth = UpstreamAuth::SigV4 {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "secret".into(),
+            session_token: Some("has space".into()),
+        };
+        let h =
+            upstream_auth_headers(&auth, "us-east-1", "h", "/model/x/converse", b"", now).unwrap();
+        assert!(header(&h, "authorization").is_some());
+    }
+
+    #[test]
+    fn amz_date_is_utc() {
+        assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
+        assert_eq!(amz_date(951_868_799), "20000229T235959Z");
+        assert_eq!(amz_date(0), "19700101T000000Z");
     }
 }

@@ -12,15 +12,16 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use tollgate_core::error::Reply;
 use tollgate_core::store::{Cas, CasStore, StoreError};
 
-/// Request or response headers, lowercase names, values that are valid UTF-8 only.
+/// Request or response headers, lowercase names, values that are valid UTF-8 only. The
+/// strings the SDK decoded are reused in place: one copy of the map per callback, no more.
 pub fn headers(map: MapType) -> Vec<(String, String)> {
     match hostcalls::get_map_bytes(map) {
         Ok(pairs) => pairs
             .into_iter()
-            .filter_map(|(name, value)| {
-                String::from_utf8(value)
-                    .ok()
-                    .map(|v| (name.to_ascii_lowercase(), v))
+            .filter_map(|(mut name, value)| {
+                // Envoy's names are lowercase already (HTTP/2 and its HTTP/1 codec).
+                name.make_ascii_lowercase();
+                String::from_utf8(value).ok().map(|v| (name, v))
             })
             .collect(),
         Err(_) => Vec::new(),
