@@ -62,7 +62,7 @@ run: build venv certs
 spin-up: spin-build emulator certs
 	@bash tests/spin-up.sh
 
-test: test-rust test-spin-host test-integration
+test: test-rust test-spin-host test-integration bench-smoke
 
 test-rust:
 	cargo test --workspace
