@@ -113,6 +113,8 @@ impl<'a> HeaderValue<'a> {
 pub struct Message<'a> {
     raw_headers: &'a [u8],
     pub payload: &'a [u8],
+    /// The headers the meter asks for on every message, found by the decoding walk.
+    known: KnownHeaders<'a>,
 }
 
 impl<'a> Message<'a> {
@@ -125,27 +127,87 @@ impl<'a> Message<'a> {
 
     /// The first header called `name` (names are compared exactly, as the spec has them).
     pub fn header(&self, name: &str) -> Option<HeaderValue<'a>> {
-        self.headers().find(|(n, _)| *n == name).map(|(_, v)| v)
+        let mut rest = self.raw_headers;
+        while !rest.is_empty() {
+            let (raw, tail) = split_header(rest).ok()?;
+            if raw.name == name.as_bytes() {
+                return raw.value().ok();
+            }
+            rest = tail;
+        }
+        None
     }
 
     /// `:message-type`: `event`, `exception` or `error`.
     pub fn message_type(&self) -> Option<&'a str> {
-        self.header(":message-type")?.as_str()
+        known_str(self.known.message_type)
     }
 
     /// `:event-type`: the stream union member, e.g. `contentBlockDelta` or `chunk`.
     pub fn event_type(&self) -> Option<&'a str> {
-        self.header(":event-type")?.as_str()
+        known_str(self.known.event_type)
     }
 
     /// `:exception-type`, e.g. `throttlingException`.
     pub fn exception_type(&self) -> Option<&'a str> {
-        self.header(":exception-type")?.as_str()
+        known_str(self.known.exception_type)
     }
 
     /// `:error-code` of a `:message-type: error` message.
     pub fn error_code(&self) -> Option<&'a str> {
-        self.header(":error-code")?.as_str()
+        known_str(self.known.error_code)
+    }
+
+    /// [`Message::message_type`] as bytes, for matching without another UTF-8 pass.
+    pub(crate) fn message_type_bytes(&self) -> Option<&'a [u8]> {
+        self.known.message_type
+    }
+
+    /// [`Message::event_type`] as bytes, for matching without another UTF-8 pass.
+    pub(crate) fn event_type_bytes(&self) -> Option<&'a [u8]> {
+        self.known.event_type
+    }
+}
+
+/// A known header's value, already checked to be UTF-8 (so this cannot fail).
+fn known_str(value: Option<&[u8]>) -> Option<&str> {
+    core::str::from_utf8(value?).ok()
+}
+
+/// String values of the first `:message-type`, `:event-type`, `:exception-type` and
+/// `:error-code` headers (UTF-8 checked): `None` if absent or if the first one is not a
+/// string, as `Message::header(..)?.as_str()` would answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KnownHeaders<'a> {
+    message_type: Option<&'a [u8]>,
+    event_type: Option<&'a [u8]>,
+    exception_type: Option<&'a [u8]>,
+    error_code: Option<&'a [u8]>,
+}
+
+impl<'a> KnownHeaders<'a> {
+    /// Collects the known headers from a header block, checking every header as
+    /// [`read_header`] does.
+    fn collect(mut block: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut known = Self::default();
+        // Bit per known name: its first occurrence was seen (later ones do not count).
+        let mut seen = 0u8;
+        while !block.is_empty() {
+            let (raw, rest) = split_header(block)?;
+            block = rest;
+            let (bit, slot) = match raw.name {
+                b":message-type" => (1, &mut known.message_type),
+                b":event-type" => (2, &mut known.event_type),
+                b":exception-type" => (4, &mut known.exception_type),
+                b":error-code" => (8, &mut known.error_code),
+                _ => continue,
+            };
+            if seen & bit == 0 {
+                seen |= bit;
+                *slot = (raw.kind == 7).then_some(raw.value);
+            }
+        }
+        Ok(known)
     }
 }
 
@@ -319,9 +381,9 @@ fn check_prelude(prelude: &[u8]) -> Result<usize, DecodeError> {
     Ok(total)
 }
 
-/// Decodes exactly one message whose prelude `check_prelude` accepted.
+/// Decodes exactly one message whose prelude `check_prelude` accepted (not checked again).
 fn decode_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
-    let total = check_prelude(bytes)?;
+    let total = usize::try_from(be_u32(bytes, 0)).unwrap_or(usize::MAX);
     let covered_len = total.saturating_sub(4);
     let (covered, crc) = bytes
         .split_at_checked(covered_len)
@@ -336,18 +398,55 @@ fn decode_message(bytes: &[u8]) -> Result<Message<'_>, DecodeError> {
     let (raw_headers, payload) = body
         .split_at_checked(headers_len)
         .ok_or(DecodeError::InvalidHeader("headers overrun the message"))?;
-    let mut rest = raw_headers;
-    while !rest.is_empty() {
-        rest = read_header(rest)?.2;
-    }
     Ok(Message {
         raw_headers,
         payload,
+        known: KnownHeaders::collect(raw_headers)?,
     })
 }
 
 /// Reads one header from the front of `bytes`: name, value, remaining bytes.
 fn read_header(bytes: &[u8]) -> Result<(&str, HeaderValue<'_>, &[u8]), DecodeError> {
+    let (raw, rest) = split_header(bytes)?;
+    let name =
+        core::str::from_utf8(raw.name).map_err(|_| DecodeError::InvalidHeader("name not UTF-8"))?;
+    Ok((name, raw.value()?, rest))
+}
+
+/// One header as it lies on the wire, already checked by [`split_header`].
+struct RawHeader<'a> {
+    name: &'a [u8],
+    kind: u8,
+    /// The value bytes (after the length prefix of types 6 and 7).
+    value: &'a [u8],
+}
+
+impl<'a> RawHeader<'a> {
+    fn value(&self) -> Result<HeaderValue<'a>, DecodeError> {
+        let v = self.value;
+        Ok(match self.kind {
+            0 => HeaderValue::Bool(true),
+            1 => HeaderValue::Bool(false),
+            2 => HeaderValue::Byte(i8::from_be_bytes(array(v)?)),
+            3 => HeaderValue::Int16(i16::from_be_bytes(array(v)?)),
+            4 => HeaderValue::Int32(i32::from_be_bytes(array(v)?)),
+            5 => HeaderValue::Int64(i64::from_be_bytes(array(v)?)),
+            6 => HeaderValue::Bytes(v),
+            7 => HeaderValue::String(
+                core::str::from_utf8(v)
+                    .map_err(|_| DecodeError::InvalidHeader("string value not UTF-8"))?,
+            ),
+            8 => HeaderValue::Timestamp(i64::from_be_bytes(array(v)?)),
+            9 => HeaderValue::Uuid(array(v)?),
+            _ => return Err(DecodeError::InvalidHeader("unknown value type")),
+        })
+    }
+}
+
+/// Splits one header off the front of `bytes`, with every check (and error, in the same order)
+/// of a full read but without building values: names and string values are only checked to be
+/// UTF-8, so a walk costs little for headers nobody asks about.
+fn split_header(bytes: &[u8]) -> Result<(RawHeader<'_>, &[u8]), DecodeError> {
     let (&name_len, rest) = bytes
         .split_first()
         .ok_or(DecodeError::InvalidHeader("empty"))?;
@@ -355,52 +454,36 @@ fn read_header(bytes: &[u8]) -> Result<(&str, HeaderValue<'_>, &[u8]), DecodeErr
         return Err(DecodeError::InvalidHeader("zero-length name"));
     }
     let (name, rest) = take(rest, usize::from(name_len), "name cut off")?;
-    let name =
-        core::str::from_utf8(name).map_err(|_| DecodeError::InvalidHeader("name not UTF-8"))?;
+    if !is_utf8(name) {
+        return Err(DecodeError::InvalidHeader("name not UTF-8"));
+    }
     let (&kind, rest) = rest
         .split_first()
         .ok_or(DecodeError::InvalidHeader("type cut off"))?;
     let (value, rest) = match kind {
-        0 => (HeaderValue::Bool(true), rest),
-        1 => (HeaderValue::Bool(false), rest),
-        2 => {
-            let (v, rest) = fixed::<1>(rest)?;
-            (HeaderValue::Byte(i8::from_be_bytes(v)), rest)
-        }
-        3 => {
-            let (v, rest) = fixed::<2>(rest)?;
-            (HeaderValue::Int16(i16::from_be_bytes(v)), rest)
-        }
-        4 => {
-            let (v, rest) = fixed::<4>(rest)?;
-            (HeaderValue::Int32(i32::from_be_bytes(v)), rest)
-        }
-        5 => {
-            let (v, rest) = fixed::<8>(rest)?;
-            (HeaderValue::Int64(i64::from_be_bytes(v)), rest)
-        }
+        0 | 1 => (&[][..], rest),
+        2 => take(rest, 1, "value cut off")?,
+        3 => take(rest, 2, "value cut off")?,
+        4 => take(rest, 4, "value cut off")?,
+        5 | 8 => take(rest, 8, "value cut off")?,
+        9 => take(rest, 16, "value cut off")?,
         6 | 7 => {
-            let (len, rest) = fixed::<2>(rest)?;
-            let (v, rest) = take(rest, usize::from(u16::from_be_bytes(len)), "value cut off")?;
-            if kind == 6 {
-                (HeaderValue::Bytes(v), rest)
-            } else {
-                let s = core::str::from_utf8(v)
-                    .map_err(|_| DecodeError::InvalidHeader("string value not UTF-8"))?;
-                (HeaderValue::String(s), rest)
-            }
-        }
-        8 => {
-            let (v, rest) = fixed::<8>(rest)?;
-            (HeaderValue::Timestamp(i64::from_be_bytes(v)), rest)
-        }
-        9 => {
-            let (v, rest) = fixed::<16>(rest)?;
-            (HeaderValue::Uuid(v), rest)
+            let (len, rest) = take(rest, 2, "value cut off")?;
+            let len = u16::from_be_bytes(array(len)?);
+            take(rest, usize::from(len), "value cut off")?
         }
         _ => return Err(DecodeError::InvalidHeader("unknown value type")),
     };
-    Ok((name, value, rest))
+    if kind == 7 && !is_utf8(value) {
+        return Err(DecodeError::InvalidHeader("string value not UTF-8"));
+    }
+    Ok((RawHeader { name, kind, value }, rest))
+}
+
+/// `from_utf8(bytes).is_ok()`, with a fast path for the ASCII that header blocks hold.
+#[inline]
+fn is_utf8(bytes: &[u8]) -> bool {
+    bytes.is_ascii() || core::str::from_utf8(bytes).is_ok()
 }
 
 fn take<'a>(
@@ -413,10 +496,9 @@ fn take<'a>(
         .ok_or(DecodeError::InvalidHeader(why))
 }
 
-fn fixed<const N: usize>(bytes: &[u8]) -> Result<([u8; N], &[u8]), DecodeError> {
-    let (head, rest) = take(bytes, N, "value cut off")?;
-    let arr = <[u8; N]>::try_from(head).map_err(|_| DecodeError::InvalidHeader("value cut off"))?;
-    Ok((arr, rest))
+/// A value `split_header` cut to length `N`; the error cannot happen.
+fn array<const N: usize>(bytes: &[u8]) -> Result<[u8; N], DecodeError> {
+    <[u8; N]>::try_from(bytes).map_err(|_| DecodeError::InvalidHeader("value cut off"))
 }
 
 /// Big-endian u32 at `at`, or 0 if `bytes` is too short (callers check lengths first).
@@ -480,36 +562,12 @@ fn truncate_utf8(s: &str, max: usize) -> &str {
     s.get(..end).unwrap_or("")
 }
 
-/// CRC-32 (IEEE 802.3 / zlib polynomial, reflected), as both EventStream checksums use.
-///
-/// Byte-at-a-time with a 1 KiB table built at compile time: `crc32fast`'s 16 KiB slice-by-16
-/// table would cost more `.wasm` than the whole decoder, and Bedrock frames are small.
+/// CRC-32 (IEEE 802.3 / zlib polynomial, reflected), as both EventStream checksums use. Every
+/// byte of a stream passes through it: `crc32fast`'s table-driven slice-by-16 (16 KiB of
+/// tables) rather than a byte at a time, which was the meter's largest cost.
 fn crc32(bytes: &[u8]) -> u32 {
-    !bytes.iter().fold(!0u32, |crc, &b| {
-        // A `u8` index into a 256-entry table: cannot be out of bounds.
-        CRC_TABLE[usize::from(crc.to_le_bytes()[0] ^ b)] ^ (crc >> 8)
-    })
+    crc32fast::hash(bytes)
 }
-
-const CRC_TABLE: [u32; 256] = {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 1 {
-                0xEDB8_8320 ^ (crc >> 1)
-            } else {
-                crc >> 1
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
 
 #[cfg(test)]
 mod tests {
@@ -1001,6 +1059,186 @@ mod tests {
             assert!(msgs.is_empty());
             assert_eq!(r, Err(DecodeError::InvalidHeader(why)), "{block:?}");
         }
+    }
+
+    /// A message around a raw header block, CRCs computed.
+    fn frame(block: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut f = prelude(
+            (MIN_MESSAGE_LEN + block.len() + payload.len()) as u32,
+            block.len() as u32,
+        );
+        f.extend_from_slice(block);
+        f.extend_from_slice(payload);
+        let c = crc32(&f);
+        f.extend_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// One header on the wire: `kind` 6 and 7 get their length prefix.
+    fn header(name: &str, kind: u8, value: &[u8]) -> Vec<u8> {
+        let mut h = vec![name.len() as u8];
+        h.extend_from_slice(name.as_bytes());
+        h.push(kind);
+        if kind == 6 || kind == 7 {
+            h.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        }
+        h.extend_from_slice(value);
+        h
+    }
+
+    /// The CRT vector's header block: one header of every type.
+    fn crt_header_block() -> &'static [u8] {
+        &CRT_ALL_HEADERS[PRELUDE_LEN..PRELUDE_LEN + 0x7a]
+    }
+
+    #[test]
+    fn known_header_accessors_agree_with_header_lookup() {
+        let s = |n: &str, v: &str| header(n, 7, v.as_bytes());
+        let blocks: Vec<Vec<u8>> = vec![
+            [
+                crt_header_block(),
+                &s(":event-type", "chunk"),
+                &s(":message-type", "event"),
+            ]
+            .concat(),
+            // Duplicates: the first one counts.
+            [s(":event-type", "first"), s(":event-type", "second")].concat(),
+            // A first `:message-type` that is not a string hides a later string one.
+            [
+                header(":message-type", 4, &[0, 0, 0, 1]),
+                s(":message-type", "exception"),
+            ]
+            .concat(),
+            // Bytes values, UTF-8 or not, are not strings.
+            [
+                header("blob", 6, &[0xff, 0xfe]),
+                header(":event-type", 6, b"chunk"),
+            ]
+            .concat(),
+            [header(":exception-type", 6, &[0xc3]), s(":error-code", "E")].concat(),
+            // Near misses are other headers.
+            [
+                s(":event-typ", "a"),
+                s(":event-types", "b"),
+                s(":Event-Type", "c"),
+            ]
+            .concat(),
+            [
+                s(":exception-type", "throttlingException"),
+                header(":error-code", 0, b""),
+            ]
+            .concat(),
+            Vec::new(),
+        ];
+        for block in blocks {
+            let bytes = frame(&block, b"{}");
+            let mut n = 0;
+            Decoder::new()
+                .push(&bytes, |m| {
+                    n += 1;
+                    let lookup = |name| m.header(name).and_then(|v| v.as_str());
+                    assert_eq!(m.message_type(), lookup(":message-type"), "{block:?}");
+                    assert_eq!(m.event_type(), lookup(":event-type"), "{block:?}");
+                    assert_eq!(m.exception_type(), lookup(":exception-type"), "{block:?}");
+                    assert_eq!(m.error_code(), lookup(":error-code"), "{block:?}");
+                    assert_eq!(m.message_type_bytes(), m.message_type().map(str::as_bytes));
+                    assert_eq!(m.event_type_bytes(), m.event_type().map(str::as_bytes));
+                })
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+
+        let bytes = frame(
+            &[
+                header(":message-type", 4, &[0, 0, 0, 1]),
+                header(":message-type", 7, b"x"),
+            ]
+            .concat(),
+            b"",
+        );
+        Decoder::new()
+            .push(&bytes, |m| {
+                assert_eq!(m.message_type(), None);
+                assert_eq!(m.header(":message-type"), Some(HeaderValue::Int32(1)));
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn unusual_header_blocks_do_not_break_metering() {
+        use crate::meter::UsageMeter;
+        use crate::Operation;
+
+        let s = |n: &str, v: &str| header(n, 7, v.as_bytes());
+        let delta = br#"{"delta":{"text":"abc"}}"#;
+        let stream = [
+            // Every header type (a non-UTF-8 bytes value too) around the usual headers.
+            frame(
+                &[
+                    header("raw", 6, &[0xff, 0x00, 0xfe]),
+                    s(":event-type", "contentBlockDelta"),
+                    crt_header_block().to_vec(),
+                    s(":message-type", "event"),
+                ]
+                .concat(),
+                delta,
+            ),
+            // Duplicate names: the first counts.
+            frame(
+                &[
+                    s(":event-type", "contentBlockDelta"),
+                    s(":event-type", "metadata"),
+                    s(":message-type", "event"),
+                ]
+                .concat(),
+                delta,
+            ),
+            // An `:event-type` that is not a string names no event: counted, not parsed.
+            frame(&header(":event-type", 6, b"contentBlockDelta"), delta),
+            frame(
+                &[s(":message-type", "event"), s(":event-type", "metadata")].concat(),
+                br#"{"usage":{"inputTokens":3,"outputTokens":2}}"#,
+            ),
+        ]
+        .concat();
+        let mut m = UsageMeter::new(Operation::ConverseStream);
+        m.on_response_headers([("content-type", "application/vnd.amazon.eventstream")]);
+        m.on_body(&stream);
+        let r = m.finish();
+        assert_eq!(
+            (r.events, r.output_text_bytes, r.complete, r.problem),
+            (4, 6, true, None)
+        );
+        assert_eq!((r.usage.input_tokens, r.usage.output_tokens), (3, 2));
+    }
+
+    #[test]
+    fn crc32_matches_a_bitwise_reference() {
+        fn reference(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = if crc & 1 == 1 {
+                        0xEDB8_8320 ^ (crc >> 1)
+                    } else {
+                        crc >> 1
+                    };
+                }
+            }
+            !crc
+        }
+        let data: Vec<u8> = (0u32..200)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        // Every length around the 8-byte steps, at every alignment.
+        for start in 0..8 {
+            for len in 0..=64 {
+                let bytes = &data[start..start + len];
+                assert_eq!(crc32(bytes), reference(bytes), "{start}+{len}");
+            }
+        }
+        assert_eq!(crc32(&data), reference(&data));
     }
 
     #[test]

@@ -336,30 +336,30 @@ impl StreamState {
     fn on_message(&mut self, m: Message<'_>, r: &mut Reading) {
         r.events = r.events.saturating_add(1);
         let index = r.events;
-        match m.message_type() {
-            Some("exception") => {
+        match m.message_type_bytes() {
+            Some(b"exception") => {
                 r.note_exception(m.exception_type().unwrap_or("exception"));
                 return;
             }
-            Some("error") => {
+            Some(b"error") => {
                 r.note_exception(m.error_code().unwrap_or("error"));
                 return;
             }
             _ => {}
         }
-        let Some(event) = m.event_type() else {
+        let Some(event) = m.event_type_bytes() else {
             return;
         };
         match (self.op, event) {
-            (Operation::ConverseStream, "contentBlockDelta") => {
+            (Operation::ConverseStream, b"contentBlockDelta") => {
                 match serde_json::from_slice::<DeltaEvent>(m.payload) {
                     Ok(e) => {
                         r.output_text_bytes = r.output_text_bytes.saturating_add(e.delta.bytes())
                     }
-                    Err(err) => r.note_problem(|| bad_json(event, index, &err)),
+                    Err(err) => r.note_problem(|| bad_json("contentBlockDelta", index, &err)),
                 }
             }
-            (Operation::ConverseStream, "metadata") => {
+            (Operation::ConverseStream, b"metadata") => {
                 match serde_json::from_slice::<MetadataEvent>(m.payload) {
                     Ok(e) => {
                         if let Some(usage) = e.usage.filter(UsageFields::any) {
@@ -367,10 +367,10 @@ impl StreamState {
                             r.complete = true;
                         }
                     }
-                    Err(err) => r.note_problem(|| bad_json(event, index, &err)),
+                    Err(err) => r.note_problem(|| bad_json("metadata", index, &err)),
                 }
             }
-            (Operation::InvokeWithResponseStream, "chunk") => self.on_chunk(m.payload, index, r),
+            (Operation::InvokeWithResponseStream, b"chunk") => self.on_chunk(m.payload, index, r),
             _ => {}
         }
     }
