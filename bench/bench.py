@@ -691,10 +691,25 @@ def c1_rounds(runner: Runner, targets: list[Target], rounds: int, duration: floa
                              requests=requests, phase=f"c1-r{r + 1}", extra={"round": r + 1})
 
 
-def c16(runner: Runner, t: Target, duration: float, requests=None):
+def c16(runner: Runner, t: Target, duration: float, requests=None, round_no: int = 1):
     for name, *_ in MIX:
         runner.drive(t, name, concurrency=16, duration=duration, warmup=0.5, requests=requests,
-                     phase="c16")
+                     phase="c16", extra={"round": round_no})
+
+
+def c16_rounds(runner: Runner, targets: list[Target], rounds: int, duration: float, requests=None):
+    """c=16 in interleaved rounds, the order rotating, as for c=1: this VM's speed drifts by tens
+    of percent over minutes, so a single run per gateway compares moments, not gateways."""
+    for r in range(rounds):
+        k = r % len(targets)
+        for t in targets[k:] + targets[:k]:
+            c16(runner, t, duration, requests, round_no=r + 1)
+
+
+def c16_base(runner: Runner, t: Target) -> float:
+    """Median c=16 throughput of 1 KB Converse: where the constant-rate sweep is scaled from."""
+    return statistics.median(r["throughput_rps"] for r in runner.runs if r["target"] == t.name
+                             and r["mix"] == "converse-1k" and r["phase"] == "c16")
 
 
 SWEEP_FRACTIONS = [0.1, 0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25]
@@ -756,14 +771,16 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
                     "cpu_us_per_request": med([r["cpu_us_per_request"] for r in rs]),
                     "throughput_rps": med([r["throughput_rps"] for r in rs]),
                 }
-            rs = [r for r in pick(target=t, mix=m, phase="c16") if r["latency_us"]]
+            rs = clean([r for r in pick(target=t, mix=m, phase="c16") if r["latency_us"]])
             if rs:
-                r = rs[-1]
                 s["c16"][t][m] = {
-                    "throughput_rps": r["throughput_rps"], "p50_us": r["latency_us"]["p50"],
-                    "p99_us": r["latency_us"]["p99"], "cpu_us_per_request": r["cpu_us_per_request"],
-                    "gateway_core_util": r["gateway_core_util"],
-                    "first_event_p99_us": (r.get("first_event_us") or {}).get("p99"),
+                    "rounds": len(rs),
+                    "throughput_rps": med([r["throughput_rps"] for r in rs]),
+                    "p50_us": med([r["latency_us"]["p50"] for r in rs]),
+                    "p99_us": med([r["latency_us"]["p99"] for r in rs]),
+                    "cpu_us_per_request": med([r["cpu_us_per_request"] for r in rs]),
+                    "gateway_core_util": med([r["gateway_core_util"] for r in rs]),
+                    "first_event_p99_us": med([(r.get("first_event_us") or {}).get("p99") for r in rs]),
                 }
         rates = pick(target=t, phase="rate")
         if rates:
@@ -977,6 +994,7 @@ def main() -> int:
     ap.add_argument("--no-litellm", action="store_true")
     ap.add_argument("--no-spin", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--c16-rounds", type=int, default=3, help="interleaved c=16 rounds (median reported)")
     ap.add_argument("--no-pm-qos", action="store_true", help="let idle CPUs halt (see hold_pm_qos)")
     ap.add_argument("--max-wait-quiet", type=float, default=float(os.environ.get("BENCH_MAX_WAIT_QUIET_S", 600)))
     args = ap.parse_args()
@@ -1068,12 +1086,11 @@ def main() -> int:
         rounds = 1 if smoke else args.rounds
         c1_rounds(runner, targets, rounds, duration=0.5 if smoke else 1.5,
                   requests=30 if smoke else None)
-        # Phase 2: c=16 and the constant-rate sweep, one gateway at a time.
+        # Phase 2: c=16 in interleaved rounds, then the constant-rate sweep, one gateway at a time.
+        c16_rounds(runner, targets, 1 if smoke else args.c16_rounds, duration=0.5 if smoke else 3.0,
+                   requests=200 if smoke else None)
         for t in targets:
-            c16(runner, t, duration=0.5 if smoke else 4.0, requests=200 if smoke else None)
-            base = next(r for r in reversed(runner.runs) if r["target"] == t.name and r["mix"] == "converse-1k"
-                        and r["phase"] == "c16")["throughput_rps"]
-            sweep(runner, t, base, duration=0.5 if smoke else 3.0,
+            sweep(runner, t, c16_base(runner, t), duration=0.5 if smoke else 3.0,
                   fractions=[0.1, 0.5] if smoke else SWEEP_FRACTIONS)
             meta["rss_kb"][t.name] = rss_kb(t.pid)
         if spin:
@@ -1104,9 +1121,7 @@ def main() -> int:
                     runner.drive(lt, m, concurrency=1, duration=c1_dur, warmup=0.5,
                                  requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
                 c16(runner, lt, duration=1.0 if smoke else 5.0, requests=40 if smoke else None)
-                base = next(r for r in reversed(runner.runs) if r["target"] == "litellm"
-                            and r["mix"] == "converse-1k" and r["phase"] == "c16")["throughput_rps"]
-                sweep(runner, lt, base, duration=1.0 if smoke else 4.0,
+                sweep(runner, lt, c16_base(runner, lt), duration=1.0 if smoke else 4.0,
                       fractions=[0.5] if smoke else [0.05, 0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.15])
                 meta["rss_kb"]["litellm"] = rss_kb(ll.p.pid)
                 ll.p.stop()
