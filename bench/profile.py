@@ -10,6 +10,7 @@ Starts the emulator and, on the gateway core, one Envoy per layer:
                   layer, without tollgate-core's work (see bench/ablation/src/lib.rs)
   tollgate-nolog  Tollgate with Envoy at log level `warning` (the usage record line is not written)
   tollgate-bearer Tollgate sending a Bedrock API key upstream instead of signing (no SigV4)
+  tollgate-quota  Tollgate with a budget, rpm, tpm and concurrency limit on the key (never reached)
   --extra NAME    Tollgate built differently (e.g. at opt-level 3)
   tollgate        Tollgate as shipped
 
@@ -78,6 +79,14 @@ def main() -> int:
         e = B.Envoy(wd, "tollgate-bearer", True, emu.port, plugin_value=json.dumps(cfg))
         targets.append(B.Target("tollgate-bearer", e.url, f"/model/{B.ALIAS}",
                                 f"authorization: Bearer {B.TOLLGATE_KEY}", e.p.pid, "bearer"))
+        # Tollgate with every quota on the key (limits far above the load): what enforcement costs.
+        cfg = B.plugin_config(emu.port)
+        cfg["api_keys"][0]["limits"] = {"budget": {"usd": "1000000", "period": "daily"},
+                                        "requests_per_minute": 10**12, "tokens_per_minute": 10**15,
+                                        "max_concurrent_requests": 10**6}
+        e = B.Envoy(wd, "tollgate-quota", True, emu.port, plugin_value=json.dumps(cfg))
+        targets.append(B.Target("tollgate-quota", e.url, f"/model/{B.ALIAS}",
+                                f"authorization: Bearer {B.TOLLGATE_KEY}", e.p.pid, "sigv4"))
         for spec in args.extra:
             name, path = spec.split("=", 1)
             e = B.Envoy(wd, name, True, emu.port, wasm=Path(path))
@@ -88,7 +97,9 @@ def main() -> int:
         targets.append(B.Target("tollgate", tg.url, f"/model/{B.ALIAS}",
                                 f"authorization: Bearer {B.TOLLGATE_KEY}", tg.p.pid, "sigv4"))
         for rnd in range(args.rounds):
-            for t in targets:
+            # Rotate the order: this VM has slow phases tens of seconds long.
+            k = rnd * len(targets) // max(args.rounds, 1)
+            for t in targets[k:] + targets[:k]:
                 for m, *_ in B.MIX:
                     r.drive(t, m, concurrency=16, duration=3.0, warmup=0.5, phase=f"c16-r{rnd + 1}")
                 r.drive(t, "converse-1k", concurrency=1, duration=1.5, warmup=0.3, phase=f"c1-r{rnd + 1}")
