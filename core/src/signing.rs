@@ -195,21 +195,18 @@ fn with_signing_key<T>(
         let Ok(mut slot) = cell.try_borrow_mut() else {
             return f(&derive());
         };
-        let fresh = slot
-            .as_ref()
-            .is_some_and(|k| k.secret == secret && k.region == region && k.date == date);
-        if !fresh {
-            *slot = Some(DerivedKey {
+        let kept = slot
+            .take()
+            .filter(|k| k.secret == secret && k.region == region && k.date == date)
+            .unwrap_or_else(|| DerivedKey {
                 secret: secret.to_string(),
                 region: region.to_string(),
                 date: date.to_string(),
                 key: derive(),
             });
-        }
-        match slot.as_ref() {
-            Some(k) => f(&k.key),
-            None => f(&derive()),
-        }
+        let out = f(&kept.key);
+        *slot = Some(kept);
+        out
     })
 }
 
