@@ -44,6 +44,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import free_port, wait_until  # noqa: E402  (stdlib + PyYAML: importable from bench/.venv)
 BENCH = ROOT / "bench"
 
 WASM = Path(os.environ.get("BENCH_WASM", ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
@@ -92,16 +94,6 @@ def log(msg: str):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def wait_until(pred, timeout_s: float, what: str, interval_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 class Proc:
     def __init__(self, name: str, cmd: list[str], log_path: Path, stdout_pipe=False, env=None):
         self.name = name
@@ -134,6 +126,17 @@ class Proc:
                 self.proc.wait(timeout=10)
         if self in PROCS:
             PROCS.remove(self)
+
+
+def serving(p: Proc, url: str, log_path: Path) -> bool:
+    """For `wait_until`: `url` answers 200; an exited process fails at once."""
+    if not p.alive():
+        raise RuntimeError(f"{p.name} exited; see {log_path}")
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 def stop_all(*_):
@@ -412,13 +415,7 @@ class Envoy:
         self.url = f"http://127.0.0.1:{port}"
 
     def _ready(self):
-        if not self.p.alive():
-            raise RuntimeError(f"Envoy exited; see {self.log_path}")
-        try:
-            with urllib.request.urlopen(f"{self.admin}/ready", timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
+        return serving(self.p, f"{self.admin}/ready", self.log_path)
 
     def usage_records(self) -> int:
         try:
@@ -456,13 +453,7 @@ class LiteLLM:
         self.url = f"http://127.0.0.1:{port}"
 
         def up():
-            if not self.p.alive():
-                raise RuntimeError(f"LiteLLM exited; see {workdir / 'litellm.log'}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health/liveliness", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
+            return serving(self.p, f"{self.url}/health/liveliness", workdir / "litellm.log")
 
         try:
             wait_until(up, LITELLM_START_TIMEOUT_S, "LiteLLM to start", 0.25)
@@ -492,13 +483,6 @@ class Spin:
             self.p.stop()
             raise RuntimeError(f"spin host did not start: {line!r}; see {workdir / 'spin.log'}")
         self.url = f"http://127.0.0.1:{m.group(1)}"
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------------------
