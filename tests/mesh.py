@@ -13,11 +13,9 @@ import copy
 import hashlib
 import http.server
 import json
-import os
 import re
 import subprocess
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
@@ -281,19 +279,7 @@ def vm_counts(envoy: harness.Envoy) -> dict[str, int]:
     return {"created": s["wasm.envoy.wasm.runtime.v8.created"], "active": s["wasm.envoy.wasm.runtime.v8.active"]}
 
 
-def wait_ready(envoy: harness.Envoy, timeout_s: float = 20):
-    harness.wait_until(envoy._ready, timeout_s, "Envoy to be ready")
-
-
-def pause(seconds: float):
-    time.sleep(seconds)
-
-
 def environment_credentials() -> dict:
     """Envoy's environment for documents with `"credentials": {"type": "environment"}`."""
     return {"AWS_ACCESS_KEY_ID": harness.ACCESS_KEY_ID, "AWS_SECRET_ACCESS_KEY": harness.SECRET_ACCESS_KEY,
             "AWS_SESSION_TOKEN": harness.SESSION_TOKEN}
-
-
-def free_env() -> dict:
-    return dict(os.environ)

@@ -330,3 +330,121 @@ def test_istio_manifests_render_with_the_digest_istio_agent_checks(tmp_path):
     bad = subprocess.run([sys.executable, str(render), "--image", "docker.io/x/y:1", "--layout", str(layout),
                           "--version", "0.1.0", "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "oci://" in bad.stderr
+
+
+# --- updates with a remotely fetched module --------------------------------------------------
+
+def with_document(extension: dict, change) -> dict:
+    doc = document(extension)
+    change(doc)
+    return mesh.substituted(extension, {mesh.DOCUMENT: json.dumps(doc, indent=1)})
+
+
+def add_key(doc: dict, kid: str, secret: str):
+    doc["api_keys"].append({"id": kid, "sha256": harness.sha256_hex(secret), "models": ["*"]})
+
+
+def demo_converse(envoy, key: str = DEMO_KEY):
+    body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
+    status, _, _ = raw(envoy, "POST", "/model/claude-fast/converse", body,
+                       {"authorization": f"Bearer {key}", "content-type": "application/json"})
+    return status
+
+
+def test_document_updates_reuse_the_fetched_module_and_a_bad_one_is_rejected(workdir, emulator, tls_dir):
+    """With the manifests' remotely fetched module, a new document naming the same module (same
+    sha256) is applied from Envoy's code cache without another fetch, and a bad one is rejected
+    while the previous one keeps serving."""
+    base = workdir / "manifest" / "updates"
+    envoy, server, extension = start_manifest_envoy("ingress-gateway", base, emulator, tls_dir)
+    try:
+        discovery = mesh.Discovery(envoy, extension["name"])
+        watched = base / "ecds"
+        before = discovery.counts()
+        mesh.publish(watched, with_document(extension, lambda d: add_key(d, "beta", "tg-remote-beta")), base / "next.yaml")
+        assert discovery.outcome(before) == "applied"
+        assert demo_converse(envoy, "tg-remote-beta") == 200
+        assert server.gets == {MODULE_PATH: 1}
+
+        def bad(d):
+            add_key(d, "gamma", "tg-remote-gamma")
+            d["api_keys"][-1]["sha256"] = "tg-remote-gamma"  # the key itself, not its hash
+        before = discovery.counts()
+        mesh.publish(watched, with_document(extension, bad), base / "bad.yaml")
+        assert discovery.outcome(before) == "rejected"
+        assert "api_keys[1].sha256" in envoy.log()
+        assert demo_converse(envoy, "tg-remote-beta") == 200
+        assert demo_converse(envoy, "tg-remote-gamma") == 401
+    finally:
+        envoy.stop()
+        server.stop()
+
+
+def module_update(extension: dict, server: mesh.ModuleServer, path: str, module: bytes, nack: bool) -> dict:
+    server.modules[path] = module
+    changes = {mesh.MODULE_URI: server.url(path), mesh.MODULE_SHA256: mesh.sha256(module)}
+    if nack:
+        changes[("typed_config", "config", "vm_config", "nack_on_code_cache_miss")] = True
+    return mesh.substituted(extension, changes)
+
+
+def test_envoy_1_40_skips_the_filter_when_an_ecds_update_brings_a_module_it_has_not_fetched(workdir, emulator, tls_dir):
+    """Pins an Envoy 1.40 hazard the README warns about. An ECDS update naming a remote module
+    that is not in Envoy's code cache is accepted at once, but the fetch waits on an
+    initialisation that is long over and never starts, and until then Envoy leaves the filter
+    out of the chain: requests go upstream unauthenticated, unsigned and unmetered, the client's
+    key with them. istio-agent never lets Envoy see a remote module (it hands Envoy a local
+    file); on plain Envoy, change the module with `nack_on_code_cache_miss` (next test) or a
+    restart. If this test fails after an Envoy upgrade, the hazard is gone: update the README."""
+    base = workdir / "manifest" / "upgrade-hazard"
+    envoy, server, extension = start_manifest_envoy("ingress-gateway", base, emulator, tls_dir)
+    try:
+        discovery = mesh.Discovery(envoy, extension["name"])
+        assert demo_converse(envoy) == 200
+        before = discovery.counts()
+        module = mesh.variant(harness.WASM.read_bytes(), b"2")
+        mesh.publish(base / "ecds", module_update(extension, server, "/v2.wasm", module, nack=False), base / "v2.yaml")
+        assert discovery.outcome(before) == "applied"
+        start = len(emulator.ledger())
+        demo_converse(envoy)
+        [entry] = harness.wait_until(lambda: emulator.ledger()[start:], 10, "the request to reach the upstream")
+        assert entry["auth"] != "sigv4" and dict(entry["headers"])["authorization"] == f"Bearer {DEMO_KEY}"
+        assert server.gets.get("/v2.wasm", 0) == 0
+    finally:
+        envoy.stop()
+        server.stop()
+
+
+def test_a_module_upgrade_with_nack_on_code_cache_miss_keeps_the_old_module_until_the_new_one_is_in(workdir, emulator, tls_dir):
+    """With `nack_on_code_cache_miss: true`, an update naming a module Envoy has not fetched is
+    rejected while the module downloads, and the old module keeps serving; the next (different)
+    update finds it cached and applies: new VMs, same `vm_id`, so usage totals carry over."""
+    base = workdir / "manifest" / "upgrade"
+    envoy, server, extension = start_manifest_envoy("ingress-gateway", base, emulator, tls_dir)
+    try:
+        discovery = mesh.Discovery(envoy, extension["name"])
+        assert demo_converse(envoy) == 200
+        vms = mesh.vm_counts(envoy)
+        module = mesh.variant(harness.WASM.read_bytes(), b"3")
+        upgrade = module_update(extension, server, "/v3.wasm", module, nack=True)
+        before = discovery.counts()
+        mesh.publish(base / "ecds", upgrade, base / "v3.yaml")
+        assert discovery.outcome(before) == "rejected"
+        harness.wait_until(lambda: server.gets.get("/v3.wasm", 0) >= 1, 20, "the new module's fetch")
+        harness.wait_until(lambda: mesh.stats(envoy, r"^wasm\.remote_load_fetch_successes")
+                           ["wasm.remote_load_fetch_successes"] >= 2, 20, "the new module in the cache")
+        start = len(emulator.ledger())
+        assert demo_converse(envoy) == 200
+        assert emulator.ledger()[start]["signature_valid"] is True
+
+        # Envoy ignores the same resource sent again after rejecting it: change something.
+        before = discovery.counts()
+        mesh.publish(base / "ecds", with_document(upgrade, lambda d: add_key(d, "beta", "tg-upgrade-beta")), base / "v3b.yaml")
+        assert discovery.outcome(before) == "applied"
+        assert mesh.vm_counts(envoy)["created"] > vms["created"] + 1  # a new base VM and workers
+        assert demo_converse(envoy, "tg-upgrade-beta") == 200
+        status, _, out = raw(envoy, "GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
+        assert status == 200 and json.loads(out)["requests"] == 2
+    finally:
+        envoy.stop()
+        server.stop()
