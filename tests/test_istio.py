@@ -448,3 +448,30 @@ def test_a_module_upgrade_with_nack_on_code_cache_miss_keeps_the_old_module_unti
     finally:
         envoy.stop()
         server.stop()
+
+
+def test_an_update_whose_module_fails_its_sha256_is_rejected_and_the_old_module_serves(workdir, emulator, tls_dir):
+    """With `nack_on_code_cache_miss: true`, an update naming a module whose download does not
+    match its sha256 is rejected, every time it is retried, and the module already running
+    keeps serving, signed and metered."""
+    base = workdir / "manifest" / "upgrade-badsha"
+    envoy, server, extension = start_manifest_envoy("ingress-gateway", base, emulator, tls_dir)
+    try:
+        discovery = mesh.Discovery(envoy, extension["name"])
+        module = mesh.variant(harness.WASM.read_bytes(), b"4")
+        upgrade = mesh.substituted(module_update(extension, server, "/v4.wasm", module, nack=True),
+                                   {mesh.MODULE_SHA256: mesh.sha256(b"not what is served")})
+        for attempt in range(2):
+            before = discovery.counts()
+            mesh.publish(base / "ecds", with_document(upgrade, lambda d: add_key(d, f"k{attempt}", f"tg-k{attempt}")),
+                         base / f"v4-{attempt}.yaml")
+            assert discovery.outcome(before) == "rejected"
+            harness.wait_until(lambda: server.gets.get("/v4.wasm", 0) >= 1, 20, "the module's download")
+            start = len(emulator.ledger())
+            assert demo_converse(envoy) == 200
+            assert emulator.ledger()[start]["signature_valid"] is True
+            assert demo_converse(envoy, f"tg-k{attempt}") == 401
+        assert mesh.stats(envoy, r"^wasm\.remote_load_fetch_failures")["wasm.remote_load_fetch_failures"] >= 1
+    finally:
+        envoy.stop()
+        server.stop()
