@@ -220,7 +220,7 @@ def test_an_in_flight_stream_finishes_and_is_billed_under_the_document_it_starte
     limits = {"max_concurrent_requests": 1, "budget": {"usd": "1", "period": "total"}}
     gw = live(document(emulator, {"alpha": (ALPHA, limits), "beta": (BETA, None)}))
     events = 16
-    response = stream_request(gw.envoy, ALPHA, f"[[emu:events={events}]] [[emu:slow=200]]", events)
+    response = stream_request(gw.envoy, ALPHA, f"[[emu:events={events}]] [[emu:slow=300]]", events)
     assert response.status == 200
     decoder = botocore.eventstream.EventStreamBuffer()
     seen = []
