@@ -15,9 +15,14 @@ UPSTREAM    ?= emulator
 AWS_REGION  ?= us-east-1
 
 ROOT_TLS    := .run/tls
+VERSION     := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+OCI_LAYOUT  := target/oci/tollgate-filter
+# Image timestamps from the last commit, so the same module always packs to the same digests.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: help build wasm emulator venv certs run test test-rust test-integration lint pricing hash-key clean
 .PHONY: spin-build spin-host spin-up test-spin-host
+.PHONY: run-ecds oci istio-manifests
 
 help:
 	@echo "make run        build, then start Envoy + Tollgate in front of the Bedrock emulator on :10000"
@@ -30,6 +35,11 @@ help:
 	@echo "make lint       rustfmt --check and clippy -D warnings (native and wasm32)"
 	@echo "make pricing    refresh pricing/ from the litellm wheel on PyPI (LITELLM_VERSION=x.y.z to pin)"
 	@echo "make hash-key KEY=...   print the sha256 to put in a key's \"sha256\" field"
+	@echo "make run-ecds   as make run, the filter configured over ECDS from .run/ecds/: live updates"
+	@echo "                with envoy/ecds-update.sh (README \"Live configuration on Envoy\")"
+	@echo "make oci        the filter as an OCI image layout in $(OCI_LAYOUT) (CNCF Wasm artifact + Istio)"
+	@echo "make istio-manifests TOLLGATE_WASM_IMAGE=oci://REGISTRY/REPO:TAG"
+	@echo "                envoy/istio/*.yaml with the module location filled in, in target/istio/"
 
 build: wasm emulator
 
@@ -58,6 +68,18 @@ certs:
 
 run: build venv certs
 	@bash tests/run.sh $(UPSTREAM) $(AWS_REGION)
+
+run-ecds: build venv certs
+	@bash tests/run.sh emulator $(AWS_REGION) ecds
+
+# The filter as an OCI image layout (envoy/wasm_oci.py says what is in it), ready to push with
+# `oras cp --from-oci-layout` or `skopeo copy --preserve-digests`.
+oci: wasm
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) python3 envoy/wasm_oci.py $(WASM) $(OCI_LAYOUT) --version $(VERSION)
+
+istio-manifests: oci
+	@test -n "$(TOLLGATE_WASM_IMAGE)" || { echo "usage: make istio-manifests TOLLGATE_WASM_IMAGE=oci://REGISTRY/REPO:TAG (or https://.../tollgate_filter.wasm)"; exit 2; }
+	python3 envoy/istio/render.py --image '$(TOLLGATE_WASM_IMAGE)' --layout $(OCI_LAYOUT) --version $(VERSION) --out target/istio
 
 spin-up: spin-build emulator certs
 	@bash tests/spin-up.sh

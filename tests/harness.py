@@ -177,13 +177,19 @@ class Envoy(Gateway):
     kind = "envoy"
 
     def __init__(self, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
-                 concurrency: int = 2, name: str = "envoy"):
+                 concurrency: int = 2, name: str = "envoy", bootstrap: dict | None = None,
+                 env: dict | None = None):
+        """`bootstrap`: a whole Envoy configuration to run instead of envoy/envoy-emulator.yaml
+        (`plugin_config`, `upstream_port` and `tls_dir` are then unused); `env`: variables
+        added to Envoy's environment."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.admin_path = workdir / f"{name}.admin"
         self.admin_path.unlink(missing_ok=True)
-        self.config_path.write_text(json.dumps(envoy_config(plugin_config, upstream_port, tls_dir)))
+        if bootstrap is None:
+            bootstrap = envoy_config(plugin_config, upstream_port, tls_dir)
+        self.config_path.write_text(json.dumps(bootstrap))
         self.proc = subprocess.Popen(
             [
                 str(ENVOY), "-c", str(self.config_path),
@@ -197,6 +203,7 @@ class Envoy(Gateway):
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         try:
             admin = wait_until(
@@ -211,7 +218,8 @@ class Envoy(Gateway):
             self.stop()
             raise RuntimeError(f"Envoy did not start; see {self.log_path}")
         self.http_url = f"http://127.0.0.1:{ports['tollgate_http']}"
-        self.https_url = f"https://127.0.0.1:{ports['tollgate_https']}"
+        if "tollgate_https" in ports:
+            self.https_url = f"https://127.0.0.1:{ports['tollgate_https']}"
 
     def _ready(self):
         if self.proc.poll() is not None:

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # `make run`: Envoy + Tollgate in the foreground, in front of the emulator (default) or real Bedrock.
+# `make run-ecds` (third argument `ecds`): the same in front of the emulator, the filter configured
+# over ECDS from .run/ecds/ (envoy/envoy-ecds.yaml), updated live with envoy/ecds-update.sh.
 set -euo pipefail
 upstream=${1:-emulator}
 region=${2:-us-east-1}
+mode=${3:-static}
 mkdir -p .run
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -24,6 +27,13 @@ case "$upstream" in
   *) echo "UPSTREAM must be emulator or bedrock" >&2; exit 2 ;;
 esac
 
+if [ "$mode" = ecds ]; then
+  [ "$upstream" = emulator ] || { echo "make run-ecds runs in front of the emulator" >&2; exit 2; }
+  config=envoy/envoy-ecds.yaml
+  mkdir -p .run/ecds
+  cp envoy/ecds/tollgate.yaml .run/ecds/tollgate.yaml
+fi
+
 .venv/bin/envoy -c "$config" --concurrency 2 --log-path .run/envoy.log --file-flush-interval-msec 1000 &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -37,6 +47,7 @@ cat <<MSG
 Tollgate is listening on http://127.0.0.1:10000 and https://127.0.0.1:10443 (upstream: $upstream).
 Logs: .run/envoy.log. The HTTPS certificate is signed by the dev CA .run/tls/ca.pem.
 Usage records are the "tollgate.usage" lines of that log. Stop with Ctrl-C.
+$( [ "$mode" = ecds ] && printf '%s\n' "Filter configuration: .run/ecds/tollgate.yaml; publish a new one with envoy/ecds-update.sh FILE." )
 
   curl -s http://127.0.0.1:10000/model/claude-fast/converse \\
     -H 'Authorization: Bearer tg-demo-key' -H 'content-type: application/json' \\

@@ -1,5 +1,6 @@
 //! Tollgate as a proxy-wasm HTTP filter: adapts Envoy's callbacks to `tollgate_core`.
 
+mod configuration;
 mod host;
 mod http;
 mod metrics;
@@ -33,46 +34,36 @@ impl RootContext for Root {
         let bytes = host::buffer(BufferType::PluginConfiguration, size);
         // Credentials may come from `vm_config.environment_variables`.
         let env = |name: &str| std::env::var(name).ok();
-        self.config = match Config::parse(&bytes, &env) {
+        match Config::parse(&bytes, &env) {
             Ok(c) => {
-                let counters = c
-                    .api_keys
-                    .iter()
-                    .flat_map(quota::counter_names)
-                    .collect::<Vec<_>>();
-                let created = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
-                    .and_then(|()| {
-                        CasCounters(&host::SharedData).ensure(counters.iter().map(String::as_str))
-                    });
-                if let Err(e) = created {
+                prepare_state(&c);
+                self.config = Ok(Rc::new(c));
+                true
+            }
+            Err(e) => match configuration::on_invalid(&bytes) {
+                configuration::Invalid::Reject => {
+                    // Envoy rejects the update: the configuration serving now stays.
                     host::log(
-                        LogLevel::Error,
-                        &format!("tollgate: could not create usage totals and quota counters: {e}"),
+                        LogLevel::Critical,
+                        &format!(
+                            "tollgate: {e}; configuration update rejected, the previous configuration keeps serving"
+                        ),
                     );
+                    false
                 }
-                host::log(
-                    LogLevel::Info,
-                    &format!(
-                        "tollgate: configured: region {}, upstream {}, {} keys, {} aliases",
-                        c.region,
-                        c.upstream_host,
-                        c.api_keys.len(),
-                        c.aliases.len()
-                    ),
-                );
-                Ok(Rc::new(c))
-            }
-            Err(e) => {
-                // Fail closed: keep the filter loaded so every request gets a clear 500
-                // instead of the listener disappearing or traffic passing unauthenticated.
-                host::log(
-                    LogLevel::Critical,
-                    &format!("tollgate: {e}; answering every request with 500"),
-                );
-                Err(Rc::from(e.to_string()))
-            }
-        };
-        true
+                configuration::Invalid::FailClosed => {
+                    // Nothing valid to keep serving: keep the filter loaded so every request
+                    // gets a clear 500 instead of the listener disappearing or traffic
+                    // passing unauthenticated.
+                    host::log(
+                        LogLevel::Critical,
+                        &format!("tollgate: {e}; answering every request with 500"),
+                    );
+                    self.config = Err(Rc::from(e.to_string()));
+                    true
+                }
+            },
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -82,4 +73,34 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Creates the usage totals and quota counters of keys that have none yet (a new key, or the
+/// first configuration), and records that a valid configuration has served. Existing state is
+/// never touched: a worker starting or a live update carries totals and quotas over.
+fn prepare_state(c: &Config) {
+    let counters = c
+        .api_keys
+        .iter()
+        .flat_map(quota::counter_names)
+        .collect::<Vec<_>>();
+    let created = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
+        .and_then(|()| CasCounters(&host::SharedData).ensure(counters.iter().map(String::as_str)));
+    if let Err(e) = created {
+        host::log(
+            LogLevel::Error,
+            &format!("tollgate: could not create usage totals and quota counters: {e}"),
+        );
+    }
+    configuration::mark_served();
+    host::log(
+        LogLevel::Info,
+        &format!(
+            "tollgate: configured: region {}, upstream {}, {} keys, {} aliases",
+            c.region,
+            c.upstream_host,
+            c.api_keys.len(),
+            c.aliases.len()
+        ),
+    );
 }
