@@ -105,7 +105,10 @@ fn admit_key(
 ) -> Result<Admission, GatewayError> {
     let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let quota_now_ms = match header(TEST_CLOCK_HEADER) {
-        Some(v) if config.test_hooks => v.trim().parse().unwrap_or(now_ms),
+        Some(v) if config.test_hooks => v
+            .trim()
+            .parse::<u64>()
+            .map_or(now_ms, |t| t.min(MAX_TEST_CLOCK_MS)),
         _ => now_ms,
     };
     let (label, operation) = match route {
@@ -244,6 +247,10 @@ struct CutOff {
 /// With `test_hooks` on, this request header sets the quota clock (ms since the epoch), so
 /// tests can cross minutes and budget periods without sleeping.
 pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
+
+/// The latest instant the test clock may be set to: 9999-12-31T23:59:59.999Z. Values past it
+/// are clamped, so no period or window arithmetic ever sees a clock near `u64::MAX`.
+pub const MAX_TEST_CLOCK_MS: u64 = 253_402_300_799_999;
 
 pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
@@ -720,6 +727,24 @@ mod tests {
                 SystemTime::UNIX_EPOCH
             )
             .is_err());
+    }
+
+    #[test]
+    fn the_test_clock_is_off_by_default_and_clamped_when_on() {
+        let at = |hooks: bool, value: &str| {
+            let mut c = config();
+            c.test_hooks = hooks;
+            let headers = [("x-api-key", "key-a"), (TEST_CLOCK_HEADER, value)];
+            match admit(&c, "POST", "/model/claude-fast/converse", &headers, 1_000) {
+                Admission::Forward(ex) => ex.quota_now_ms,
+                _ => panic!("not admitted"),
+            }
+        };
+        assert_eq!(at(false, "5000"), 1_000);
+        assert_eq!(at(true, "1795348800000"), 1_795_348_800_000);
+        assert_eq!(at(true, "not a number"), 1_000);
+        assert_eq!(at(true, "18446744073709551615"), MAX_TEST_CLOCK_MS);
+        assert_eq!(at(true, "0"), 0);
     }
 
     #[test]

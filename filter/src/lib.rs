@@ -60,6 +60,13 @@ impl RootContext for Root {
                         c.aliases.len()
                     ),
                 );
+                if c.test_hooks {
+                    host::log(
+                        LogLevel::Warn,
+                        "tollgate: test_hooks is on: clients can set the quota clock \
+                         (x-tollgate-test-now-ms); never in production",
+                    );
+                }
                 Ok(Rc::new(c))
             }
             Err(e) => {
