@@ -92,7 +92,8 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = match &self.config {
             Ok(c) => c.clone(),
-            Err(why) => return self.reject(&GatewayError::not_configured(why), None),
+            // The reason was logged when the configuration was loaded.
+            Err(_) => return self.reject(&GatewayError::not_configured(), None),
         };
         let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");

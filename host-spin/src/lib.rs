@@ -40,12 +40,13 @@ async fn handle(request: Request) -> Response<BoxBody> {
     let config = match load_config().await {
         Ok(c) => c,
         Err(why) => {
-            // Fail closed, like the filter: every request gets the same 500 naming the field.
+            // Fail closed, like the filter: every request gets the same 500; the reason (naming
+            // the field) goes to the log only.
             log_err(&format!(
                 "tollgate: {why}; answering every request with 500"
             ));
             drain(body.stream()).await;
-            return reply(&GatewayError::not_configured(why).to_bedrock_reply());
+            return reply(&GatewayError::not_configured().to_bedrock_reply());
         }
     };
     // Spin's own `spin-*` request metadata (full URL, client address...) stays here: it is not
