@@ -15,6 +15,7 @@ use crate::pricing;
 use crate::quota::{self, Reservation};
 use crate::record::{self, UsageRecord};
 use crate::request_body;
+use crate::request_headers;
 use crate::route::{self, Route};
 use crate::signing;
 
@@ -34,12 +35,6 @@ pub enum Admission {
         /// The shape clients of this route expect errors in.
         dialect: Dialect,
     },
-}
-
-/// Request headers the client must never send upstream: its own credentials, and any AWS
-/// signing headers, which Tollgate replaces with its own.
-pub fn is_client_credential_header(name: &str) -> bool {
-    name == "authorization" || name == "x-api-key" || name.starts_with("x-amz-")
 }
 
 /// Headers that describe one connection or one message framing, not the exchange: hosts that
@@ -147,11 +142,17 @@ fn admit_key(
             format!("API key `{}` is not allowed to use model `{model}`", key.id),
         ));
     }
-    let strip_headers = headers
-        .iter()
-        .filter(|(n, _)| is_client_credential_header(n) || *n == TEST_CLOCK_HEADER)
-        .map(|(n, _)| n.to_string())
-        .collect();
+    if let Some(encoding) = header("content-encoding")
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+    {
+        // Tollgate reads the body (output limit, options) and Bedrock takes it uncompressed.
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("request bodies must not be compressed (content-encoding: {encoding})"),
+        ));
+    }
+    let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
     Ok(Admission::Forward(Box::new(Exchange {
@@ -193,29 +194,30 @@ pub struct UpstreamRequest {
 
 impl UpstreamRequest {
     /// The complete header list of the upstream request, for hosts that build it themselves
-    /// (Spin) rather than edit the client's (Envoy): the client's headers minus its
-    /// credentials, hop-by-hop headers and `host` (wasi-http sets it from the URL and forbids
-    /// it), plus the signature headers. `content-length` is left to the host's HTTP client.
+    /// (Spin) rather than edit the client's (Envoy): the client's headers that are forwarded
+    /// ([`request_headers::FORWARDED`]), values byte for byte, plus the signature headers.
+    /// `host` and `content-length` are left to the host's HTTP client.
     pub fn headers_from<'a>(
         &self,
-        client: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = client
+        client: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = client
             .into_iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .filter(|(n, _)| {
-                !n.starts_with(':')
-                    && !is_hop_by_hop(n)
-                    && !is_client_credential_header(n)
-                    && n != TEST_CLOCK_HEADER
+                request_headers::is_forwarded(n)
                     && !self
                         .set_headers
                         .iter()
                         .any(|(s, _)| s.eq_ignore_ascii_case(n))
             })
-            .map(|(n, v)| (n, v.to_string()))
+            .map(|(n, v)| (n, v.to_vec()))
             .collect();
-        out.extend(self.set_headers.iter().cloned());
+        out.extend(
+            self.set_headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_bytes().to_vec())),
+        );
         out
     }
 }
@@ -576,25 +578,31 @@ mod tests {
             ("connection", "keep-alive"),
             ("content-length", "2"),
             ("x-tollgate-test-now-ms", "5"),
+            ("x-envoy-retry-on", "5xx"),
+            ("cookie", "c=1"),
+            ("user-agent", "Boto3/1.40"),
         ];
-        let out = up.headers_from(client);
+        let out = up.headers_from(client.map(|(n, v)| (n, v.as_bytes())));
         let names: Vec<_> = out.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
             names.contains(&"content-type") && names.contains(&"x-amzn-bedrock-trace"),
             "{names:?}"
         );
+        assert!(names.contains(&"user-agent"), "{names:?}");
         for gone in [
             "host",
             "x-api-key",
             "connection",
             "content-length",
             "x-tollgate-test-now-ms",
+            "x-envoy-retry-on",
+            "cookie",
         ] {
             assert!(!names.contains(&gone), "{gone} in {names:?}");
         }
         let auth: Vec<_> = out.iter().filter(|(n, _)| n == "authorization").collect();
         assert_eq!(auth.len(), 1);
-        assert!(auth[0].1.starts_with("AWS4-HMAC-SHA256"));
+        assert!(auth[0].1.starts_with(b"AWS4-HMAC-SHA256"));
         assert_eq!(out.iter().filter(|(n, _)| n == "x-amz-date").count(), 1);
     }
 
@@ -727,6 +735,23 @@ mod tests {
                 SystemTime::UNIX_EPOCH
             )
             .is_err());
+    }
+
+    #[test]
+    fn compressed_request_bodies_are_refused() {
+        assert_eq!(
+            reply_of(admit_as(
+                "key-a",
+                "/model/claude-fast/converse",
+                &[("content-encoding", "gzip")]
+            )),
+            (400, "ValidationException".into())
+        );
+        forwarded(admit_as(
+            "key-a",
+            "/model/claude-fast/converse",
+            &[("content-encoding", "identity")],
+        ));
     }
 
     #[test]

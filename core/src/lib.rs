@@ -20,6 +20,7 @@ pub mod pricing;
 pub mod quota;
 pub mod record;
 pub mod request_body;
+pub mod request_headers;
 pub mod route;
 pub mod signing;
 pub mod store;

@@ -163,7 +163,13 @@ mod tests {
     fn any_clock_value_is_safe_up_to_u64_max() {
         // A host clock (or a test clock header) near u64::MAX ms must neither overflow nor
         // panic; periods then end at u64::MAX.
-        for now in [u64::MAX, u64::MAX - 1, u64::MAX - MS_PER_DAY, u64::MAX / 2, 0] {
+        for now in [
+            u64::MAX,
+            u64::MAX - 1,
+            u64::MAX - MS_PER_DAY,
+            u64::MAX / 2,
+            0,
+        ] {
             for p in [Period::Daily, Period::Monthly, Period::Total] {
                 let _ = p.window(now);
                 let _ = p.label(now);

@@ -1,0 +1,232 @@
+"""Request-side hardening, on each host: what a client may put in a request (headers, trailers,
+body encodings, model spellings, cost-raising options) never reaches Bedrock unsigned, carrying
+the client's key, unpriced, or past a limit. Every case checks the emulator's ledger (what
+actually reached "Bedrock"), the usage records (what was billed), and that the next request on
+the same gateway still succeeds."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+import harness
+from conftest import HAIKU, KEYS
+from test_bedrock_api import MESSAGES, Observed, assert_clean_upstream, raw
+
+KEY = KEYS["team-a"][0]
+
+
+def converse_body(text: str = "Say hello.", max_tokens: int | None = 4, **extra) -> bytes:
+    doc = {"messages": [{"role": "user", "content": [{"text": text}]}], **extra}
+    if max_tokens is not None:
+        doc.setdefault("inferenceConfig", {})["maxTokens"] = max_tokens
+    return json.dumps(doc).encode()
+
+
+def port_of(url: str) -> int:
+    return urllib.parse.urlsplit(url).port
+
+
+def http1(gateway, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int, dict, bytes]:
+    """One HTTP/1.1 request written byte for byte (`head` without the blank line), for what
+    urllib refuses to send: non-UTF-8 header values, chunked bodies with trailers."""
+    with socket.create_connection(("127.0.0.1", port_of(gateway.http_url)), timeout=timeout) as s:
+        s.sendall(head + b"\r\n" + body)
+        data = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if _complete(data):
+                break
+    head_bytes, _, rest = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, _dechunk(rest) if headers.get("transfer-encoding") == "chunked" else rest
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lower = head.lower()
+    if b"transfer-encoding: chunked" in lower:
+        return rest.endswith(b"0\r\n\r\n")
+    for line in lower.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return len(rest) >= int(line.split(b":")[1])
+    return False
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out, data = out + data[:size], data[size + 2:]
+    return out
+
+
+def converse_head(path: str, extra: list[tuple[bytes, bytes]], length: int | None) -> bytes:
+    lines = [f"POST {path} HTTP/1.1".encode(), b"host: gateway.test", b"content-type: application/json"]
+    if length is not None:
+        lines.append(b"content-length: %d" % length)
+    lines += [name + b": " + value for name, value in extra]
+    return b"\r\n".join(lines) + b"\r\n"
+
+
+def assert_next_request_succeeds(gateway, emulator):
+    """The gateway (on Envoy: its workers' Wasm VMs) still serves after the case."""
+    seen = Observed(gateway, emulator)
+    status, _, out = raw(gateway, "POST", "/model/claude-fast/converse", converse_body(max_tokens=2),
+                         {"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert_clean_upstream(entry, HAIKU, "converse")
+
+
+# ---------------------------------------------------------------- request headers
+
+# What Bedrock reads, what the AWS SDKs send, and tracing: the README lists the same names.
+FORWARDED = {
+    "content-type", "accept", "user-agent", "x-request-id",
+    "amz-sdk-invocation-id", "amz-sdk-request", "x-amzn-trace-id", "traceparent", "tracestate",
+    "x-amzn-bedrock-accept", "x-amzn-bedrock-trace",
+}
+# Set by Tollgate itself (signing), or by Envoy itself for the upstream hop.
+SET_BY_GATEWAY = {"authorization", "x-amz-date", "x-amz-security-token", "host", "content-length",
+                  "transfer-encoding", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms"}
+
+
+def test_only_allowlisted_request_headers_reach_bedrock(gateway, emulator):
+    seen = Observed(gateway, emulator)
+    sent = {
+        "authorization": f"Bearer {KEY}",
+        "content-type": "application/json",
+        "accept": "application/json",
+        "user-agent": "Boto3/1.40 md/Botocore#1.40",
+        "amz-sdk-invocation-id": "0f0e0d0c-0b0a-4908-8706-050403020100",
+        "amz-sdk-request": "attempt=1; max=1",
+        "x-amzn-bedrock-trace": "DISABLED",
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        # Not Bedrock's business: cookies, proxies' and clients' own headers, Envoy's controls.
+        "cookie": "session=secret",
+        "x-forwarded-for": "203.0.113.9",
+        "x-real-ip": "203.0.113.9",
+        "x-custom-thing": "1",
+        "anthropic-beta": "some-beta",
+        "x-envoy-upstream-alt-stat-name": "x",
+        "x-envoy-force-trace": "true",
+        "x-amz-target": "BedrockRuntime.Converse",
+        "proxy-authorization": "Basic c2VjcmV0",
+    }
+    status, _, out = raw(gateway, "POST", "/model/claude-fast/converse", converse_body(), sent)
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert_clean_upstream(entry, HAIKU, "converse")
+    names = {n for n, _ in entry["headers"]}
+    assert names <= FORWARDED | SET_BY_GATEWAY, sorted(names - FORWARDED - SET_BY_GATEWAY)
+    got = dict(entry["headers"])
+    for kept in ("user-agent", "amz-sdk-invocation-id", "amz-sdk-request", "x-amzn-bedrock-trace", "traceparent"):
+        assert got[kept] == sent[kept], kept
+    [record] = seen.records(1)
+    assert record["status"] == 200 and record["cost_pico_usd"] > 0
+
+
+def test_x_envoy_headers_cannot_make_envoy_retry_or_time_out(gateway, emulator):
+    """A retry would invoke (and bill) Bedrock again while Tollgate saw one response."""
+    seen = Observed(gateway, emulator)
+    headers = {
+        "authorization": f"Bearer {KEY}", "content-type": "application/json",
+        # One private address: enough for Envoy without use_remote_address to call the
+        # request internal, and to honour x-envoy-* controls from it.
+        "x-forwarded-for": "10.1.2.3",
+        "x-envoy-retry-on": "5xx,reset,retriable-status-codes",
+        "x-envoy-retriable-status-codes": "500",
+        "x-envoy-max-retries": "3",
+        "x-envoy-upstream-rq-per-try-timeout-ms": "60000",
+    }
+    status, resp_headers, _ = raw(gateway, "POST", "/model/claude-fast/converse",
+                                  converse_body("[[emu:error=500:InternalServerException]]"), headers)
+    assert status == 500 and resp_headers["x-amzn-errortype"] == "InternalServerException"
+    [record] = seen.records(1)
+    assert (record["status"], record["cost_pico_usd"]) == (500, 0)
+    time.sleep(0.5)  # a retry would have arrived by now
+    entries = emulator.ledger()[seen.ledger_start:]
+    assert len(entries) == 1, [e["status"] for e in entries]
+    assert not [n for n, _ in entries[0]["headers"] if n.startswith("x-envoy-") and n != "x-envoy-expected-rq-timeout-ms"]
+
+    # Nor can a client shorten the upstream timeout (Envoy would answer 504 and reset Bedrock).
+    seen = Observed(gateway, emulator)
+    status, _, out = raw(gateway, "POST", "/model/claude-fast/converse", converse_body("[[emu:slow=300]]"),
+                         {"authorization": f"Bearer {KEY}", "content-type": "application/json",
+                          "x-forwarded-for": "10.1.2.3", "x-envoy-upstream-rq-timeout-ms": "1"})
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert entry["status"] == 200 and entry["signature_valid"]
+    assert_next_request_succeeds(gateway, emulator)
+
+
+@pytest.mark.envoy_only("x-envoy-* are Envoy's own request controls")
+def test_x_envoy_headers_are_stripped_even_from_clients_envoy_calls_internal(workdir, emulator, tls_dir, host_kind):
+    """A mesh or edge that lists its clients' networks in internal_address_config makes Envoy
+    honour x-envoy-* from them; Tollgate removes them before the router reads them."""
+    from conftest import plugin_config
+
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "internal", plugin_config(emulator.port),
+                               emulator.port, tls_dir, concurrency=1, name="internal",
+                               hcm_overrides={"use_remote_address": True, "internal_address_config": {"cidr_ranges": [
+                                   {"address_prefix": "127.0.0.0", "prefix_len": 8}]}})
+    try:
+        seen = Observed(gw, emulator)
+        headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json",
+                   "x-envoy-retry-on": "5xx", "x-envoy-max-retries": "3"}
+        status, _, _ = raw(gw, "POST", "/model/claude-fast/converse",
+                           converse_body("[[emu:error=500:InternalServerException]]"), headers)
+        assert status == 500
+        [record] = seen.records(1)
+        assert (record["status"], record["cost_pico_usd"]) == (500, 0)
+        time.sleep(0.5)  # a retry would have arrived by now
+        entries = emulator.ledger()[seen.ledger_start:]
+        assert len(entries) == 1, f"{len(entries)} upstream calls for one request"
+        assert_next_request_succeeds(gw, emulator)
+    finally:
+        gw.stop()
+
+
+def test_non_utf8_credential_headers_are_stripped_too(gateway, emulator):
+    seen = Observed(gateway, emulator)
+    body = converse_body()
+    extra = [
+        (b"authorization", b"Bearer " + KEY.encode()),
+        (b"x-api-key", b"\xff\xfe" + KEY.encode()),
+        (b"x-amz-target", b"Bedrock\xe9Runtime"),
+        (b"x-custom-latin1", b"caf\xe9"),
+    ]
+    status, _, out = http1(gateway, converse_head("/model/claude-fast/converse", extra, len(body)), body)
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert_clean_upstream(entry, HAIKU, "converse")
+    names = [n for n, _ in entry["headers"]]
+    for gone in ("x-api-key", "x-amz-target", "x-custom-latin1"):
+        assert gone not in names, names
+    # A key sent only in a header that is not UTF-8 does not authenticate.
+    seen = Observed(gateway, emulator)
+    extra = [(b"x-api-key", KEY.encode() + b"\xff")]
+    status, headers, _ = http1(gateway, converse_head("/model/claude-fast/converse", extra, len(body)), body)
+    assert status == 401 and headers["x-amzn-errortype"] == "UnrecognizedClientException"
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []
+    assert_next_request_succeeds(gateway, emulator)
