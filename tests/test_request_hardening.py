@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 
 import harness
-from conftest import HAIKU, KEYS
+from conftest import HAIKU, KEYS, MAX_BODY
 from test_bedrock_api import MESSAGES, Observed, assert_clean_upstream, raw
 
 KEY = KEYS["team-a"][0]
@@ -95,6 +95,119 @@ def assert_next_request_succeeds(gateway, emulator):
     assert status == 200, out
     [entry] = seen.ledger(1)
     assert_clean_upstream(entry, HAIKU, "converse")
+
+
+def h2c(gateway, requests: list[tuple[list, bytes, list | None]], timeout: float = 10) -> list[tuple[int, dict, bytes]]:
+    """Requests one after another on one HTTP/2 connection without TLS (prior knowledge), each
+    `(headers, body, trailers)`; a request with trailers ends with a trailers HEADERS frame
+    instead of END_STREAM on its last DATA frame. Returns (status, headers, body) each, or
+    status 0 for a reset stream."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    out = []
+    with socket.create_connection(("127.0.0.1", port_of(gateway.http_url)), timeout=timeout) as s:
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        # The server's SETTINGS and window first: bodies larger than 64 KiB need its window.
+        settled, deadline = False, time.monotonic() + timeout
+        while not settled and time.monotonic() < deadline:
+            events = conn.receive_data(s.recv(65536))
+            s.sendall(conn.data_to_send())
+            settled = any(isinstance(e, h2.events.RemoteSettingsChanged) for e in events)
+        for headers, body, trailers in requests:
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers, end_stream=False)
+            frame = conn.max_outbound_frame_size
+            pieces = [body[i:i + frame] for i in range(0, len(body), frame)] or [b""]
+            for i, piece in enumerate(pieces):
+                conn.send_data(sid, piece, end_stream=trailers is None and i == len(pieces) - 1)
+            if trailers is not None:
+                conn.send_headers(sid, trailers, end_stream=True)
+            s.sendall(conn.data_to_send())
+            status, resp_headers, resp_body, done = 0, {}, b"", False
+            deadline = time.monotonic() + timeout
+            while not done and time.monotonic() < deadline:
+                data = s.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == sid:
+                        resp_headers = dict(event.headers)
+                        status = int(resp_headers[":status"])
+                    elif isinstance(event, h2.events.DataReceived) and event.stream_id == sid:
+                        resp_body += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)) and event.stream_id == sid:
+                        done = True
+                        if isinstance(event, h2.events.StreamReset):
+                            status = 0
+                s.sendall(conn.data_to_send())
+            assert done, "no complete HTTP/2 response"
+            out.append((status, resp_headers, resp_body))
+    return out
+
+
+# ---------------------------------------------------------------- request trailers
+
+
+def converse_h2_headers(gateway, path="/model/claude-fast/converse"):
+    return [(":method", "POST"), (":scheme", "http"), (":authority", "gateway.test"), (":path", path),
+            ("authorization", f"Bearer {KEY}"), ("content-type", "application/json")]
+
+
+def assert_trailers_case(gateway, emulator, seen, results, n):
+    """Every request of the case was answered 200, reached Bedrock signed, without the client's
+    key (not in a header, not in a trailer), and was billed once."""
+    assert [status for status, _, _ in results] == [200] * n, results
+    entries = seen.ledger(n)
+    for entry in entries:
+        assert_clean_upstream(entry, HAIKU, "converse")
+    records = seen.records(n)
+    assert [(r["status"], r["forwarded"]) for r in records] == [(200, True)] * n
+    assert all(r["cost_pico_usd"] > 0 for r in records)
+    time.sleep(0.2)
+    assert len(emulator.ledger()) - seen.ledger_start == n
+
+
+@pytest.mark.envoy_only("the Spin test host serves HTTP/1.1 only (its h1 case runs on Spin)")
+def test_http2_request_trailers_are_dropped_and_the_request_signed(gateway, emulator):
+    seen = Observed(gateway, emulator)
+    headers = converse_h2_headers(gateway)
+    trailers = [("x-api-key", KEY), ("x-checksum", "abc")]
+    results = h2c(gateway, [
+        (headers, converse_body(), trailers),
+        # A body in several DATA frames, then trailers; then a request without trailers on the
+        # same connection (and Envoy worker).
+        (headers, converse_body("second " + "y" * 40_000), trailers),
+        (headers, converse_body("third"), None),
+    ])
+    assert_trailers_case(gateway, emulator, seen, results, 3)
+
+    # A body over the limit that ends with trailers: the gateway's own 413, nothing upstream.
+    seen = Observed(gateway, emulator)
+    big = converse_body("x" * (MAX_BODY + 10))
+    [(status, resp_headers, out)] = h2c(gateway, [(headers, big, trailers)])
+    assert (status, resp_headers.get("x-amzn-errortype")) == (413, "ValidationException"), out
+    [record] = seen.records(1)
+    assert (record["status"], record["cost_pico_usd"]) == (413, 0)
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []
+    assert_next_request_succeeds(gateway, emulator)
+
+
+def test_http1_chunked_request_trailers_are_dropped_and_the_request_signed(gateway, emulator):
+    seen = Observed(gateway, emulator)
+    body = converse_body()
+    chunked = b"%x\r\n%s\r\n0\r\nx-api-key: %s\r\nx-checksum: abc\r\n\r\n" % (len(body), body, KEY.encode())
+    head = converse_head("/model/claude-fast/converse",
+                         [(b"authorization", b"Bearer " + KEY.encode()), (b"transfer-encoding", b"chunked"),
+                          (b"te", b"trailers")], None)
+    status, _, out = http1(gateway, head, chunked)
+    assert_trailers_case(gateway, emulator, seen, [(status, {}, out)], 1)
+    assert_next_request_succeeds(gateway, emulator)
 
 
 # ---------------------------------------------------------------- request headers

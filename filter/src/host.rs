@@ -50,11 +50,26 @@ pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
 }
 
 /// Replaces the buffered request body (headers still paused, so `content-length` can follow).
-pub fn replace_request_body(old_size: usize, body: &[u8]) {
-    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body) {
+/// False if the host refused (no body buffered, for one).
+pub fn replace_request_body(old_size: usize, body: &[u8]) -> bool {
+    match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body) {
+        Ok(()) => true,
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!("tollgate: could not replace the request body: {e:?}"),
+            );
+            false
+        }
+    }
+}
+
+/// Drops every request trailer (called from the trailers callback).
+pub fn clear_request_trailers() {
+    if let Err(e) = hostcalls::set_map(MapType::HttpRequestTrailers, Vec::new()) {
         log(
             LogLevel::Error,
-            &format!("tollgate: could not replace the request body: {e:?}"),
+            &format!("tollgate: could not drop the request trailers: {e:?}"),
         );
     }
 }
