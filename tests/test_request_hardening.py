@@ -14,10 +14,40 @@ import urllib.parse
 import pytest
 
 import harness
-from conftest import HAIKU, KEYS, MAX_BODY
+from conftest import HAIKU, KEYS, MAX_BODY, SONNET, plugin_config
 from test_bedrock_api import MESSAGES, Observed, assert_clean_upstream, raw
 
 KEY = KEYS["team-a"][0]
+
+# Keys of the hardening gateway, each with the limits its case needs.
+HARD_KEYS = {
+    # One request a minute on claude-fast, any spelling of it.
+    "respell": ("tg-hard-respell", ["*"], {"models": {"claude-fast": {"requests_per_minute": 1}}}),
+    # An output cap: every field that can set the output limit is clamped to it.
+    "capped": ("tg-hard-capped", ["*"], {"max_output_tokens": 50}),
+    # A budget and no cap: bodies must still be strict JSON.
+    "budgeted": ("tg-hard-budgeted", ["*"], {"budget": {"usd": "100", "period": "monthly"}}),
+}
+# 2026-11-22T12:00:00Z; each case takes its own minute from here (x-tollgate-test-now-ms).
+CLOCK_MS = 1_795_348_800_000
+
+
+@pytest.fixture(scope="module")
+def hard_gateway(workdir, emulator, tls_dir, host_kind):
+    cfg = plugin_config(emulator.port, test_hooks=True)
+    cfg["api_keys"] += [
+        {"id": kid, "sha256": harness.sha256_hex(secret), "models": models, "limits": limits}
+        for kid, (secret, models, limits) in HARD_KEYS.items()
+    ]
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "hardening", cfg, emulator.port, tls_dir,
+                               concurrency=2, name="hardening")
+    yield gw
+    gw.stop()
+
+
+def hard_headers(kid: str, minute: int = 0, **extra) -> dict:
+    return {"authorization": f"Bearer {HARD_KEYS[kid][0]}", "content-type": "application/json",
+            "x-tollgate-test-now-ms": str(CLOCK_MS + minute * 60_000), **extra}
 
 
 def converse_body(text: str = "Say hello.", max_tokens: int | None = 4, **extra) -> bytes:
@@ -296,8 +326,6 @@ def test_x_envoy_headers_cannot_make_envoy_retry_or_time_out(gateway, emulator):
 def test_x_envoy_headers_are_stripped_even_from_clients_envoy_calls_internal(workdir, emulator, tls_dir, host_kind):
     """A mesh or edge that lists its clients' networks in internal_address_config makes Envoy
     honour x-envoy-* from them; Tollgate removes them before the router reads them."""
-    from conftest import plugin_config
-
     gw = harness.start_gateway(host_kind, workdir / host_kind / "internal", plugin_config(emulator.port),
                                emulator.port, tls_dir, concurrency=1, name="internal",
                                hcm_overrides={"use_remote_address": True, "internal_address_config": {"cidr_ranges": [
@@ -343,3 +371,53 @@ def test_non_utf8_credential_headers_are_stripped_too(gateway, emulator):
     time.sleep(0.2)
     assert emulator.ledger()[seen.ledger_start:] == []
     assert_next_request_succeeds(gateway, emulator)
+
+
+# ---------------------------------------------------------------- model spellings
+
+
+def test_a_model_respelt_is_still_the_same_model(hard_gateway, emulator):
+    """Allowlists and per-model limits hold however the model is spelt: case, an
+    inference-profile ARN (of any account), percent-encoded or not."""
+    gw = hard_gateway
+    spellings = [
+        HAIKU.upper(),
+        f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}",
+        f"arn:aws:bedrock:us-east-1:999999999999:inference-profile/{HAIKU}".upper(),
+        HAIKU,
+    ]
+    for minute, model in enumerate(spellings, start=1):
+        seen = Observed(gw, emulator)
+        path = "/model/" + urllib.parse.quote(model, safe="") + "/converse"
+        # The alias takes the minute's one request...
+        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", converse_body(), hard_headers("respell", minute))
+        assert status == 200, out
+        # ... and no spelling of the same model gets another.
+        status, headers, out = raw(gw, "POST", path, converse_body(), hard_headers("respell", minute))
+        assert (status, headers.get("x-amzn-errortype")) == (429, "ThrottlingException"), (model, out)
+        [entry] = seen.ledger(1)
+        assert_clean_upstream(entry, HAIKU, "converse")
+        time.sleep(0.2)
+        assert len(emulator.ledger()) - seen.ledger_start == 1, model
+    # In a fresh minute a respelt model is served as the canonical one, billed as it.
+    seen = Observed(gw, emulator)
+    status, _, out = raw(gw, "POST", "/model/" + urllib.parse.quote(spellings[1], safe="") + "/converse",
+                         converse_body(), hard_headers("respell", 10))
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert_clean_upstream(entry, HAIKU, "converse")
+    [record] = seen.records(1)
+    assert (record["model"], record["model_id"], record["priced_as"]) == (HAIKU, HAIKU, "model")
+    # A key allowed only claude-fast may use it however it is spelt, and no other model spelt
+    # as an ARN; an ARN of another region is refused.
+    limited = {"authorization": f"Bearer {KEYS['team-limited'][0]}", "content-type": "application/json"}
+    for model, want in [
+        (spellings[0], (200, None)),
+        (spellings[2], (200, None)),
+        (f"arn:aws:bedrock:us-east-1:123456789012:inference-profile/{SONNET}", (403, "AccessDeniedException")),
+        (f"arn:aws:bedrock:eu-west-1:123456789012:inference-profile/{HAIKU}", (400, "ValidationException")),
+    ]:
+        status, headers, out = raw(gw, "POST", "/model/" + urllib.parse.quote(model, safe="") + "/converse",
+                                   converse_body(), limited)
+        assert (status, headers.get("x-amzn-errortype")) == want, (model, out)
+    assert_next_request_succeeds(gw, emulator)

@@ -126,9 +126,16 @@ fn admit_key(
             "the model ID in the path is not valid",
         )
     })?;
-    let model_id = match config.aliases.get(&model) {
-        Some(target) => target.clone(),
-        None if model_id::is_model_id(&model) => model.clone(),
+    // Aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
+    // allowlist, limit and price lookup sees one spelling per model. `model` (records, totals,
+    // metrics) is the alias, or that one spelling.
+    let (model, model_id) = match config.aliases.get(&model) {
+        Some(target) => (model, target.clone()),
+        None if model_id::is_model_id(&model) => {
+            let id = model_id::canonical(&model, &config.region)
+                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
+            (id.clone(), id)
+        }
         None => {
             return Err(GatewayError::new(
                 ErrorKind::UnknownModel,
@@ -735,6 +742,75 @@ mod tests {
                 SystemTime::UNIX_EPOCH
             )
             .is_err());
+    }
+
+    #[test]
+    fn a_model_respelt_is_the_same_model_for_allowlists_and_limits() {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h","aliases":{{"claude-fast":"{HAIKU}"}},
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"models":{{"claude-fast":{{"requests_per_minute":1}}}}}}}},
+                  {{"id":"b","sha256":"{}","models":["claude-fast"]}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("key-a")),
+            hex::encode(hash_key("key-b")),
+        );
+        let config = Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let send = |key: &str, model: &str| {
+            let path = format!("/model/{}/converse", model_id::encode_path_label(model));
+            match admit(&config, "POST", &path, &[("x-api-key", key)], 1_000) {
+                Admission::Forward(mut ex) => ex
+                    .upstream_request(&config, &counters, b"{}", SystemTime::UNIX_EPOCH)
+                    .map(|up| (ex.model_id.clone(), up.path))
+                    .map_err(|e| e.kind),
+                Admission::Refused { error, .. } => Err(error.kind),
+                _ => panic!("unexpected admission"),
+            }
+        };
+        let spellings = [
+            "US.ANTHROPIC.CLAUDE-HAIKU-4-5-20251001-V1:0".to_string(),
+            format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}"),
+            format!("arn:aws:bedrock:us-east-1:999999999999:inference-profile/{HAIKU}"),
+            HAIKU.to_string(),
+        ];
+        // Key a: one request a minute on this model, however it is spelt.
+        let (sent, path) = send("key-a", "claude-fast").unwrap();
+        assert_eq!(sent, HAIKU);
+        assert!(
+            path.starts_with("/model/us.anthropic.claude-haiku"),
+            "{path}"
+        );
+        for model in &spellings {
+            assert_eq!(
+                send("key-a", model),
+                Err(ErrorKind::RequestRateLimited),
+                "{model}"
+            );
+        }
+        // Key b may use the model behind claude-fast, however it is spelt, and nothing else.
+        for model in &spellings {
+            assert_eq!(
+                send("key-b", model).map(|(id, _)| id),
+                Ok(HAIKU.to_string())
+            );
+        }
+        assert_eq!(
+            send(
+                "key-b",
+                "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+            ),
+            Err(ErrorKind::ModelNotAllowed)
+        );
+        // An ARN of another region cannot be served here.
+        assert_eq!(
+            send(
+                "key-a",
+                &format!("arn:aws:bedrock:eu-west-1:1:inference-profile/{HAIKU}")
+            ),
+            Err(ErrorKind::BadRequest)
+        );
     }
 
     #[test]
