@@ -421,3 +421,70 @@ def test_a_model_respelt_is_still_the_same_model(hard_gateway, emulator):
                                    converse_body(), limited)
         assert (status, headers.get("x-amzn-errortype")) == want, (model, out)
     assert_next_request_succeeds(gw, emulator)
+
+
+# ---------------------------------------------------------------- bodies
+
+
+def sha256(b: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(b).hexdigest()
+
+
+LOOSE_BODIES = {
+    "byte-order mark": b"\xef\xbb\xbf" + converse_body(max_tokens=5000),
+    "trailing data": converse_body(max_tokens=5000) + b' {"inferenceConfig":{"maxTokens":9}}',
+    "duplicate member": b'{"inferenceConfig":{"maxTokens":10},"inferenceConfig":{"maxTokens":5000},'
+                        b'"messages":[{"role":"user","content":[{"text":"hi"}]}]}',
+    "duplicate nested member": b'{"inferenceConfig":{"maxTokens":10,"maxTokens":5000},'
+                               b'"messages":[{"role":"user","content":[{"text":"hi"}]}]}',
+    "lone surrogate": b'{"inferenceConfig":{"maxTokens":5000},'
+                      b'"messages":[{"role":"user","content":[{"text":"\\ud800"}]}]}',
+}
+
+
+@pytest.mark.parametrize("kid", ["capped", "budgeted"])
+def test_bodies_parsers_may_read_differently_are_refused(hard_gateway, emulator, kid):
+    """With a cap or a budget, the body decides what is reserved and clamped: one strict JSON
+    object, or a 400 before anything reaches Bedrock."""
+    gw = hard_gateway
+    seen = Observed(gw, emulator)
+    for what, body in LOOSE_BODIES.items():
+        status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", body, hard_headers(kid))
+        assert (status, headers.get("x-amzn-errortype")) == (400, "ValidationException"), (what, out)
+        assert "JSON object" in json.loads(out)["message"], what
+    records = seen.records(len(LOOSE_BODIES))
+    assert [(r["status"], r["cost_pico_usd"]) for r in records] == [(400, 0)] * len(LOOSE_BODIES)
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []
+    assert_next_request_succeeds(gw, emulator)
+
+
+def test_every_field_that_sets_the_output_limit_is_clamped(hard_gateway, emulator):
+    gw = hard_gateway
+    cases = [
+        # Converse: its own field, and the model's fields passed through.
+        ("claude-fast", "converse",
+         b'{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":5000},'
+         b'"additionalModelRequestFields":{"max_tokens":9000,"max_completion_tokens":9000}}',
+         [(b'"maxTokens":5000', b'"maxTokens":50'), (b'"max_tokens":9000', b'"max_tokens":50'),
+          (b'"max_completion_tokens":9000', b'"max_completion_tokens":50')]),
+        # Anthropic on invoke: the second spelling too.
+        ("claude-fast", "invoke",
+         b'{"anthropic_version":"bedrock-2023-05-31","max_tokens":10,"max_completion_tokens":9000,'
+         b'"messages":[{"role":"user","content":"hi"}]}',
+         [(b'"max_completion_tokens":9000', b'"max_completion_tokens":50')]),
+    ]
+    for model, op, body, edits in cases:
+        seen = Observed(gw, emulator)
+        status, _, out = raw(gw, "POST", f"/model/{model}/{op}", body, hard_headers("capped"))
+        assert status == 200, out
+        expected = body
+        for old, new in edits:
+            expected = expected.replace(old, new)
+        [entry] = seen.ledger(1)
+        assert_clean_upstream(entry, HAIKU, op)
+        assert (entry["body_len"], entry["body_sha256"]) == (len(expected), sha256(expected)), op
+        [record] = seen.records(1)
+        assert record["status"] == 200
+    assert_next_request_succeeds(gw, emulator)
