@@ -14,6 +14,7 @@ import urllib.parse
 import pytest
 
 import harness
+import pricing_oracle
 from conftest import HAIKU, KEYS, MAX_BODY, SONNET, plugin_config
 from test_bedrock_api import MESSAGES, Observed, assert_clean_upstream, raw
 
@@ -27,6 +28,8 @@ HARD_KEYS = {
     "capped": ("tg-hard-capped", ["*"], {"max_output_tokens": 50}),
     # A budget and no cap: bodies must still be strict JSON.
     "budgeted": ("tg-hard-budgeted", ["*"], {"budget": {"usd": "100", "period": "monthly"}}),
+    # Options Tollgate cannot price are refused for every key but this one.
+    "optin": ("tg-hard-optin", ["*"], {"unpriced_options": ["guardrails", "latency_optimized", "service_tier"]}),
 }
 # 2026-11-22T12:00:00Z; each case takes its own minute from here (x-tollgate-test-now-ms).
 CLOCK_MS = 1_795_348_800_000
@@ -488,3 +491,90 @@ def test_every_field_that_sets_the_output_limit_is_clamped(hard_gateway, emulato
         [record] = seen.records(1)
         assert record["status"] == 200
     assert_next_request_succeeds(gw, emulator)
+
+
+# ---------------------------------------------------------------- cost-raising options
+
+NOVA_PRO = "amazon.nova-pro-v1:0"  # litellm prices its priority and flex tiers
+
+
+def ledger_usage(entry: dict) -> dict:
+    return {k: entry["usage"][k] for k in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")}
+
+
+@pytest.mark.parametrize("tier,how", [("priority", "body"), ("flex", "header")])
+def test_a_priced_service_tier_is_billed_at_its_price(hard_gateway, emulator, tier, how):
+    gw = hard_gateway
+    seen = Observed(gw, emulator)
+    if how == "body":
+        status, _, out = raw(gw, "POST", f"/model/{NOVA_PRO}/converse",
+                             converse_body(serviceTier={"type": tier}), hard_headers("capped"))
+    else:
+        status, _, out = raw(gw, "POST", f"/model/{NOVA_PRO}/converse", converse_body(),
+                             hard_headers("capped", **{"x-amzn-bedrock-service-tier": tier}))
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    assert_clean_upstream(entry, NOVA_PRO, "converse")
+    if how == "header":
+        assert dict(entry["headers"])["x-amzn-bedrock-service-tier"] == tier
+    [record] = seen.records(1)
+    usage = ledger_usage(entry)
+    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(NOVA_PRO, usage, tier)
+    assert record["cost_pico_usd"] != pricing_oracle.cost_pico_usd(NOVA_PRO, usage)
+    assert record["service_tier"] == tier
+
+
+UNPRICED = [
+    ("service tier without a price", "claude-fast", {"x-amzn-bedrock-service-tier": "priority"}, {}, "service_tier"),
+    ("service tier in the body", "claude-fast", {}, {"serviceTier": {"type": "priority"}}, "service_tier"),
+    ("reserved tier", NOVA_PRO, {"x-amzn-bedrock-service-tier": "reserved"}, {}, "service_tier"),
+    ("latency-optimized header", "claude-fast", {"x-amzn-bedrock-performanceconfig-latency": "optimized"}, {}, "latency_optimized"),
+    ("latency-optimized body", "claude-fast", {}, {"performanceConfig": {"latency": "optimized"}}, "latency_optimized"),
+    ("guardrail headers", "claude-fast", {"x-amzn-bedrock-guardrailidentifier": "gr-1", "x-amzn-bedrock-guardrailversion": "1"}, {}, "guardrails"),
+    ("guardrail config", "claude-fast", {}, {"guardrailConfig": {"guardrailIdentifier": "gr-1", "guardrailVersion": "1"}}, "guardrails"),
+]
+
+
+@pytest.mark.parametrize("what,model,headers,body,option", UNPRICED, ids=[u[0] for u in UNPRICED])
+def test_options_tollgate_cannot_price_are_refused_unless_the_key_opts_in(hard_gateway, emulator, what, model, headers, body, option):
+    gw = hard_gateway
+    seen = Observed(gw, emulator)
+    status, resp_headers, out = raw(gw, "POST", f"/model/{model}/converse", converse_body(**body),
+                                    hard_headers("capped", **headers))
+    assert (status, resp_headers.get("x-amzn-errortype")) == (400, "ValidationException"), out
+    message = json.loads(out)["message"]
+    assert option in message and "unpriced_options" in message, message
+    [record] = seen.records(1)
+    assert (record["status"], record["cost_pico_usd"]) == (400, 0)
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []
+
+    # The key that opts in: forwarded as sent, billed at the standard price, and the record says so.
+    seen = Observed(gw, emulator)
+    status, _, out = raw(gw, "POST", f"/model/{model}/converse", converse_body(**body), hard_headers("optin", **headers))
+    assert status == 200, out
+    [entry] = seen.ledger(1)
+    sent = dict(entry["headers"])
+    for name, value in headers.items():
+        assert sent[name] == value, name
+    [record] = seen.records(1)
+    model_id = HAIKU if model == "claude-fast" else model
+    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(model_id, ledger_usage(entry))
+    assert record["unpriced_options"] == [option]
+    assert_next_request_succeeds(gw, emulator)
+
+
+def test_unknown_option_values_are_refused(hard_gateway, emulator):
+    gw = hard_gateway
+    seen = Observed(gw, emulator)
+    for headers, body in [
+        ({"x-amzn-bedrock-service-tier": "turbo"}, {}),
+        ({}, {"serviceTier": {"type": "turbo"}}),
+        ({}, {"serviceTier": "priority"}),
+        ({"x-amzn-bedrock-performanceconfig-latency": "warp"}, {}),
+    ]:
+        status, resp_headers, out = raw(gw, "POST", f"/model/{NOVA_PRO}/converse", converse_body(**body),
+                                        hard_headers("optin", **headers))
+        assert (status, resp_headers.get("x-amzn-errortype")) == (400, "ValidationException"), (headers, body, out)
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []

@@ -11,7 +11,8 @@ use crate::eventstream;
 use crate::meter::{Reading, UsageMeter};
 use crate::model_id;
 use crate::operation::Operation;
-use crate::pricing;
+use crate::options::{self, HeaderOptions, Unpriced};
+use crate::pricing::{self, ServiceTier};
 use crate::quota::{self, Reservation};
 use crate::record::{self, UsageRecord};
 use crate::request_body;
@@ -160,6 +161,7 @@ fn admit_key(
         ));
     }
     let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
+    let header_options = HeaderOptions::read(headers);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
     Ok(Admission::Forward(Box::new(Exchange {
@@ -175,6 +177,9 @@ fn admit_key(
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,
+        header_options,
+        service_tier: ServiceTier::Standard,
+        unpriced: Vec::new(),
         request_bytes: 0,
         status: None,
         sent_upstream: false,
@@ -278,6 +283,11 @@ pub struct Exchange {
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
     strip_headers: Vec<String>,
+    /// Cost-raising options the request's headers ask for.
+    header_options: HeaderOptions,
+    /// The tier the request is priced at, and the unpriced options its key allowed it.
+    service_tier: ServiceTier,
+    unpriced: Vec<Unpriced>,
     request_bytes: u64,
     status: Option<u16>,
     sent_upstream: bool,
@@ -332,11 +342,25 @@ impl Exchange {
                 GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
             })?;
         let cap = key.limits.max_output_tokens(&self.model_id);
-        let limit = request_body::scan(body, self.operation)
-            .inspect_err(|e| self.status = Some(e.kind.status()))?
-            .output_limit(body, &self.model_id, cap);
+        let read = request_body::scan(body, self.operation)
+            .and_then(|read| {
+                let decided = options::decide(
+                    &self.header_options,
+                    &read.options,
+                    &key.limits.unpriced_options,
+                    &config.region,
+                    &self.model_id,
+                )?;
+                Ok((read, decided))
+            })
+            .inspect_err(|e| self.status = Some(e.kind.status()));
+        let (read, decided) = read?;
+        let limit = read.output_limit(body, &self.model_id, cap);
         let body = limit.rewritten.as_deref().unwrap_or(body);
-        let quote = pricing::quote(&config.region, &self.model_id);
+        let quote = pricing::quote_tier(&config.region, &self.model_id, decided.tier)
+            .unwrap_or_else(|| pricing::quote(&config.region, &self.model_id));
+        self.service_tier = decided.tier;
+        self.unpriced = decided.unpriced;
         let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
         let may_cut_off = key.limits.cut_off_streams && self.operation.is_stream();
         self.reservation = quota::reserve(
@@ -458,7 +482,9 @@ impl Exchange {
             reading: &reading,
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
+            service_tier: self.service_tier,
         });
+        record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
         if matches!(&self.cut_off, Some(c) if c.done) {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }
@@ -1086,6 +1112,52 @@ mod body_tests {
         )
         .unwrap();
         assert_eq!(json(&out)["max_completion_tokens"], 50);
+    }
+
+    #[test]
+    fn a_service_tier_is_priced_and_unpriced_options_refused() {
+        let config = config();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let run = |model: &str, headers: &[(&str, &str)], body: &[u8]| {
+            let path = format!("/model/{}/converse", model_id::encode_path_label(model));
+            let mut all = vec![("x-api-key", "budget")];
+            all.extend_from_slice(headers);
+            let Admission::Forward(mut ex) = admit(&config, "POST", &path, &all, 0) else {
+                panic!("not admitted")
+            };
+            let sent = ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH);
+            ex.on_response_headers(200, [("content-type", "application/json")]);
+            ex.on_response_body(
+                br#"{"usage":{"inputTokens":1000,"outputTokens":100,"totalTokens":1100}}"#,
+            );
+            (
+                sent.map(|_| ()).map_err(|e| e.kind),
+                ex.finish(&config, &counters, 1),
+            )
+        };
+        let nova = "amazon.nova-pro-v1:0";
+        let (sent, record) = run(nova, &[], br#"{"serviceTier":{"type":"priority"}}"#);
+        assert_eq!(sent, Ok(()));
+        let record = record.unwrap();
+        // litellm priority: 1.4E-6 input, 5.6E-6 output per token.
+        assert_eq!(record.service_tier, ServiceTier::Priority);
+        assert_eq!(record.cost_pico_usd, 1000 * 1_400_000 + 100 * 5_600_000);
+        let (_, flex) = run(nova, &[("x-amzn-bedrock-service-tier", "flex")], b"{}");
+        assert_eq!(
+            flex.unwrap().cost_pico_usd,
+            1000 * 400_000 + 100 * 1_600_000
+        );
+        // No priority price for Haiku, and the key does not allow unpriced options.
+        let (sent, record) = run(HAIKU, &[("x-amzn-bedrock-service-tier", "priority")], b"{}");
+        assert_eq!(sent, Err(ErrorKind::BadRequest));
+        assert_eq!(record.unwrap().cost_pico_usd, 0);
+        let (sent, _) = run(
+            HAIKU,
+            &[],
+            br#"{"guardrailConfig":{"guardrailIdentifier":"g"}}"#,
+        );
+        assert_eq!(sent, Err(ErrorKind::BadRequest));
     }
 
     #[test]

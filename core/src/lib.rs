@@ -15,6 +15,7 @@ pub mod meter;
 pub mod metrics;
 pub mod model_id;
 pub mod operation;
+pub mod options;
 pub mod period;
 pub mod pricing;
 pub mod quota;

@@ -69,6 +69,19 @@ pub struct RequestBody {
     top: ObjectStart,
     /// Converse's `inferenceConfig` object.
     inference_config: Option<ObjectStart>,
+    /// The cost-raising options the body asks for.
+    pub options: BodyOptions,
+}
+
+/// Converse members that change what a request costs (checked by [`crate::options`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BodyOptions {
+    /// `serviceTier.type`, when `serviceTier` is present.
+    pub service_tier: Option<String>,
+    /// `performanceConfig.latency`, when `performanceConfig` is present.
+    pub latency: Option<String>,
+    /// `guardrailConfig` is present (and not null).
+    pub guardrail: bool,
 }
 
 /// The request's output limit after applying a cap, and the body to send if it changed.
@@ -102,6 +115,9 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
         limits: Vec::new(),
         inference_config: None,
         bad_inference_config: false,
+        options: BodyOptions::default(),
+        service_tier_present: false,
+        performance_present: false,
     };
     let place = match operation {
         Operation::Converse | Operation::ConverseStream => Place::ConverseTop,
@@ -114,6 +130,27 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
             "`inferenceConfig` must be a JSON object",
         ));
     }
+    for (member, field, present, value) in [
+        (
+            "serviceTier",
+            "type",
+            found.service_tier_present,
+            &found.options.service_tier,
+        ),
+        (
+            "performanceConfig",
+            "latency",
+            found.performance_present,
+            &found.options.latency,
+        ),
+    ] {
+        if present && value.is_none() {
+            return Err(GatewayError::new(
+                ErrorKind::BadRequest,
+                format!("`{member}` must be a JSON object with a string `{field}`"),
+            ));
+        }
+    }
     Ok(RequestBody {
         operation,
         limits: found.limits,
@@ -122,6 +159,7 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
             has_members,
         },
         inference_config: found.inference_config,
+        options: found.options,
     })
 }
 
@@ -223,6 +261,9 @@ struct Found {
     limits: Vec<LimitField>,
     inference_config: Option<ObjectStart>,
     bad_inference_config: bool,
+    options: BodyOptions,
+    service_tier_present: bool,
+    performance_present: bool,
 }
 
 impl Found {
@@ -279,7 +320,8 @@ fn walk(json: &[u8], found: Option<&mut Found>, place: Place) -> Result<bool, se
     Ok(has_members)
 }
 
-/// A member name, borrowed from the body unless it had escapes.
+/// A JSON string (a member name, or an option's value), borrowed from the body unless it had
+/// escapes.
 struct Name<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Name<'de> {
@@ -288,7 +330,7 @@ impl<'de> Deserialize<'de> for Name<'de> {
         impl<'de> Visitor<'de> for V {
             type Value = Name<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a member name")
+                f.write_str("a string")
             }
             fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
                 Ok(Name(Cow::Borrowed(s)))
@@ -360,6 +402,10 @@ enum Place {
     InvokeTop,
     /// Converse's `inferenceConfig`: `maxTokens` is the operation's own limit.
     InferenceConfig,
+    /// Converse's `serviceTier`: its `type`.
+    ServiceTier,
+    /// Converse's `performanceConfig`: its `latency`.
+    PerformanceConfig,
     /// Members named in [`LIMIT_NAMES`] are limits; members that are objects are walked as
     /// `Limits { depth - 1 }` while `depth > 0`, else as `Plain`.
     Limits { depth: u8 },
@@ -374,6 +420,9 @@ impl Place {
         match self {
             Self::ConverseTop => match name {
                 "inferenceConfig" => Member::InferenceConfig,
+                "serviceTier" => Member::Option(Slot::ServiceTierPresent),
+                "performanceConfig" => Member::Option(Slot::PerformancePresent),
+                "guardrailConfig" => Member::Option(Slot::Guardrail),
                 // Model-specific fields Converse passes through to the model.
                 "additionalModelRequestFields" => Member::Walk(Self::Limits { depth: 1 }),
                 _ => Member::Walk(Self::Plain),
@@ -384,6 +433,8 @@ impl Place {
             Self::InferenceConfig if limit => Member::Limit {
                 primary: name == "maxTokens",
             },
+            Self::ServiceTier if name == "type" => Member::Capture(Slot::ServiceTierType),
+            Self::PerformanceConfig if name == "latency" => Member::Capture(Slot::Latency),
             Self::Limits { .. } if limit => Member::Limit { primary: false },
             Self::Limits { depth } if depth > 0 => Member::Walk(Self::Limits { depth: depth - 1 }),
             _ => Member::Walk(Self::Plain),
@@ -393,9 +444,25 @@ impl Place {
 
 /// How one member's value is read.
 enum Member {
-    Limit { primary: bool },
+    Limit {
+        primary: bool,
+    },
     InferenceConfig,
+    /// An option object (or a guardrail config): noted, then walked.
+    Option(Slot),
+    /// A string kept for [`BodyOptions`].
+    Capture(Slot),
     Walk(Place),
+}
+
+/// Where an option goes in [`Found`].
+#[derive(Clone, Copy)]
+enum Slot {
+    ServiceTierPresent,
+    ServiceTierType,
+    PerformancePresent,
+    Latency,
+    Guardrail,
 }
 
 /// Walks one value of any type: validates all of it, and records what `place` says matters.
@@ -465,6 +532,33 @@ impl<'de> Visitor<'de> for Walk<'_> {
                 (Some(f), Member::InferenceConfig) => {
                     let raw: &RawValue = map.next_value()?;
                     f.inference_config(raw)?;
+                }
+                (Some(f), Member::Option(slot)) => {
+                    let inner = match slot {
+                        Slot::ServiceTierPresent => {
+                            f.service_tier_present = true;
+                            Place::ServiceTier
+                        }
+                        Slot::PerformancePresent => {
+                            f.performance_present = true;
+                            Place::PerformanceConfig
+                        }
+                        _ => Place::Plain,
+                    };
+                    // A `null` guardrail config is no guardrail; anything else is one.
+                    let raw: &RawValue = map.next_value()?;
+                    if matches!(slot, Slot::Guardrail) {
+                        f.options.guardrail = raw.get() != "null";
+                    }
+                    walk(raw.get().as_bytes(), Some(&mut *f), inner).map_err(de::Error::custom)?;
+                }
+                (Some(f), Member::Capture(slot)) => {
+                    let Name(value) = map.next_value()?;
+                    let value = Some(value.into_owned());
+                    match slot {
+                        Slot::ServiceTierType => f.options.service_tier = value,
+                        _ => f.options.latency = value,
+                    }
                 }
                 (Some(f), Member::Walk(inner)) if inner != Place::Plain => {
                     map.next_value_seed(Walk {
@@ -715,6 +809,45 @@ mod tests {
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(scan(deep.as_bytes(), Operation::Converse).is_err());
         assert!(scan(deep.as_bytes(), Operation::Invoke).is_err());
+    }
+
+    #[test]
+    fn converse_options_are_read() {
+        let body =
+            br#"{"serviceTier":{"type":"priority"},"performanceConfig":{"latency":"optimized"},
+                        "guardrailConfig":{"guardrailIdentifier":"g","guardrailVersion":"1"}}"#;
+        let options = scan(body, Operation::Converse).unwrap().options;
+        assert_eq!(
+            options,
+            BodyOptions {
+                service_tier: Some("priority".into()),
+                latency: Some("optimized".into()),
+                guardrail: true,
+            }
+        );
+        let none = scan(
+            br#"{"guardrailConfig":null,"messages":[]}"#,
+            Operation::Converse,
+        )
+        .unwrap()
+        .options;
+        assert_eq!(none, BodyOptions::default());
+        // Invoke bodies carry no Converse options.
+        let invoke = scan(br#"{"serviceTier":{"type":"priority"}}"#, Operation::Invoke).unwrap();
+        assert_eq!(invoke.options, BodyOptions::default());
+        for bad in [
+            &br#"{"serviceTier":"priority"}"#[..],
+            br#"{"serviceTier":{}}"#,
+            br#"{"serviceTier":{"type":1}}"#,
+            br#"{"performanceConfig":{"latency":null}}"#,
+            br#"{"serviceTier":{"type":"flex","type":"priority"}}"#,
+        ] {
+            assert!(
+                scan(bad, Operation::Converse).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
