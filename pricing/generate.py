@@ -68,9 +68,16 @@ By price:
   * Long-context tiers: litellm's "*_above_<N>k_tokens" prices (e.g. Claude
     Sonnet 4/4.5 above 200k input tokens) become the row's long_context tier,
     which applies to the whole request once its total input (input + cache
-    read + cache write) exceeds N*1000 tokens. Service-tier prices (_batches,
-    _flex, _priority, _ultrafast) and 1-hour cache-write prices
+    read + cache write) exceeds N*1000 tokens. 1-hour cache-write prices
     (*_above_1hr*) are not carried: Usage does not tell them apart.
+  * Service tiers: the "_priority" and "_flex" prices of a row (Bedrock's
+    serviceTier / X-Amzn-Bedrock-Service-Tier "priority" and "flex") go to
+    service_tiers.rs, one TIERS / REGIONAL_TIERS row per (model, tier), with
+    the same cache rule (missing: the tier's input price). A tier of a model
+    that also has a long-context tier fails generation (litellm has no
+    long-context tier prices to carry); a tier price above MAX_CHAT_TIER too.
+    "_batches" (batch inference, another API) and "_ultrafast" (not a Bedrock
+    runtime tier) are not carried.
   * max_output_tokens (or max_tokens when missing) is carried as Option<u32>.
 The most expensive chat tier (MAX_CHAT_TIER: price of an unknown model) takes
 the maximum of each of the four prices separately over every chat-like row,
@@ -87,6 +94,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 SNAPSHOT = os.path.join(HERE, "litellm-bedrock.json")
 TABLE = os.path.join(HERE, "table.rs")
+TIERS_TABLE = os.path.join(HERE, "service_tiers.rs")
 SUPPORTED = os.path.join(HERE, "supported-models.txt")
 README = os.path.join(HERE, "README.md")
 
@@ -98,6 +106,8 @@ REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")
 COMMITMENT_RE = re.compile(r"^[0-9]+-months?-commitment$")
 IMAGE_SIZE_RE = re.compile(r"^([0-9]+|max)-x-([0-9]+|max)$")
 LONG_CONTEXT_RE = re.compile(r"^input_cost_per_token_above_([0-9]+)k_tokens$")
+# Bedrock service tiers litellm prices, as table.rs's ServiceTier variants.
+SERVICE_TIERS = (("priority", "Priority"), ("flex", "Flex"))
 PICO = 12
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
@@ -304,7 +314,19 @@ def row_of(key, entry):
         return "per-token prices are zero (priced per query/unit)"
     if mode in CHAT_LIKE and (input_ == 0 or output == 0):
         return "chat model with a zero per-token price"
-    return (price, max_output_of(key, entry), long_context_of(key, entry), mode)
+    return (price, max_output_of(key, entry), long_context_of(key, entry), mode, tiers_of(key, entry))
+
+
+def tiers_of(key, entry):
+    """{tier: price} of the service tiers litellm prices for this entry."""
+    tiers = {}
+    for tier, _ in SERVICE_TIERS:
+        price = price_of(key, entry, "_" + tier)
+        if price is not None:
+            tiers[tier] = price
+        elif entry.get("input_cost_per_token_" + tier) is not None:
+            raise GenerateError("%s: %s tier has no output price" % (key, tier))
+    return tiers
 
 
 def read_supported():
@@ -353,7 +375,7 @@ def rust_price(p):
 
 def rust_row(model, row):
     """One `row(...)` call on one line: a refresh diffs one line per changed model."""
-    price, max_out, long_ctx, mode = row
+    price, max_out, long_ctx, mode = row[:4]
     lc = "None"
     if long_ctx is not None:
         lc = "Some(&LongContext { above_input_tokens: %s, price: %s })" % (
@@ -453,11 +475,59 @@ def generate():
         out.append("    (%s, %s), // %s" % (rust_str(region), call, comment))
     out.append("];")
     write_if_changed(TABLE, "\n".join(out) + "\n")
+    write_tiers(version, models, regional, max_tier)
     update_readme(version)
     print(
         "table.rs: litellm %s, %d models, %d regional, %d supported"
         % (version, len(models), len(regional), len(read_supported()))
     )
+
+
+def write_tiers(version, models, regional, max_tier):
+    """service_tiers.rs: the priority and flex prices of MODELS and REGIONAL rows."""
+    variant = dict(SERVICE_TIERS)
+    rows, regional_rows = [], []
+    for where, table in (("model", models), ("regional", regional)):
+        for k in sorted(table):
+            row = table[k]
+            for tier in sorted(row[4], key=lambda t: [n for n, _ in SERVICE_TIERS].index(t)):
+                price = row[4][tier]
+                name = k if where == "model" else "%s/%s" % k
+                if row[2] is not None:
+                    raise GenerateError(
+                        "%s: has a long-context tier and a %s tier; service_tiers.rs carries no "
+                        "long-context price for a service tier" % (name, tier)
+                    )
+                if any(p > m for p, m in zip(price, max_tier)):
+                    raise GenerateError("%s: %s price above MAX_CHAT_TIER" % (name, tier))
+                args = ", ".join(
+                    ["ServiceTier::" + variant[tier]] + [rust_int(x) for x in price]
+                )
+                if where == "model":
+                    rows.append("    tier_row(%s, %s)," % (rust_str(k), args))
+                else:
+                    regional_rows.append(
+                        "    (%s, tier_row(%s, %s))," % (rust_str(k[0]), rust_str(k[1]), args)
+                    )
+    out = [
+        "// generated by pricing/generate.py from litellm %s — do not edit" % version,
+        "// The priority and flex service-tier prices of the rows of table.rs, pico-USD per token.",
+        "// Sorted by (model, tier) and (region, model, tier) for binary search. Included by",
+        "// core/src/pricing.rs. Refresh: make pricing.",
+        "",
+        "// tier_row(model, tier, input, output, cache_read, cache_write)",
+        "",
+        "/// Service-tier prices of MODELS rows. %d rows." % len(rows),
+        "static TIERS: &[TierRow] = &[",
+        *rows,
+        "];",
+        "",
+        "/// Service-tier prices of REGIONAL rows. %d rows." % len(regional_rows),
+        "static REGIONAL_TIERS: &[(&str, TierRow)] = &[",
+        *regional_rows,
+        "];",
+    ]
+    write_if_changed(TIERS_TABLE, "\n".join(out) + "\n")
 
 
 README_RE = re.compile(r"(<!-- litellm-version -->).*?(<!-- /litellm-version -->)")

@@ -148,8 +148,10 @@ class Gateway:
         raise NotImplementedError
 
 
-def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path) -> dict:
-    """envoy/envoy-emulator.yaml, with ports picked by the OS and the given plugin config."""
+def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
+                 hcm_overrides: dict | None = None) -> dict:
+    """envoy/envoy-emulator.yaml, with ports picked by the OS and the given plugin config;
+    `hcm_overrides` are set on every listener's http_connection_manager (deployment variants)."""
     cfg = yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text())
     cfg = copy.deepcopy(cfg)  # break YAML anchors: both listeners share one filter list
     res = cfg["static_resources"]
@@ -157,6 +159,7 @@ def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path) -
         listener["address"]["socket_address"]["port_value"] = 0
         for chain in listener["filter_chains"]:
             hcm = chain["filters"][0]["typed_config"]
+            hcm.update(copy.deepcopy(hcm_overrides or {}))
             wasm = hcm["http_filters"][0]["typed_config"]["config"]
             wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
             wasm["configuration"]["value"] = (
@@ -178,17 +181,17 @@ class Envoy(Gateway):
 
     def __init__(self, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                  concurrency: int = 2, name: str = "envoy", bootstrap: dict | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, hcm_overrides: dict | None = None):
         """`bootstrap`: a whole Envoy configuration to run instead of envoy/envoy-emulator.yaml
-        (`plugin_config`, `upstream_port` and `tls_dir` are then unused); `env`: variables
-        added to Envoy's environment."""
+        (`plugin_config`, `upstream_port`, `tls_dir` and `hcm_overrides` are then unused); `env`:
+        variables added to Envoy's environment."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.admin_path = workdir / f"{name}.admin"
         self.admin_path.unlink(missing_ok=True)
         if bootstrap is None:
-            bootstrap = envoy_config(plugin_config, upstream_port, tls_dir)
+            bootstrap = envoy_config(plugin_config, upstream_port, tls_dir, hcm_overrides)
         self.config_path.write_text(json.dumps(bootstrap))
         self.proc = subprocess.Popen(
             [
@@ -199,7 +202,7 @@ class Envoy(Gateway):
                 "--disable-hot-restart",
                 # The log is flushed every 10 s by default; tests read usage records from it.
                 "--file-flush-interval-msec", "20",
-                "-l", "info",
+                "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -313,7 +316,7 @@ class SpinHost(Gateway):
 def start_gateway(kind: str, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                   name: str = "gateway", **kw) -> Gateway:
     """Tollgate on `kind` ("envoy" or "spin") in front of the emulator on `upstream_port`.
-    Envoy takes `concurrency`; Spin takes `store`, `variables`, `env`."""
+    Envoy takes `concurrency`, `hcm_overrides`; Spin takes `store`, `variables`, `env`."""
     if kind == "envoy":
         return Envoy(workdir, plugin_config, upstream_port, tls_dir, name=name,
                      concurrency=kw.pop("concurrency", 2), **kw)

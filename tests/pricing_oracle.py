@@ -1,5 +1,7 @@
 """Expected cost, computed independently of the gateway from the vendored litellm snapshot."""
 
+from __future__ import annotations
+
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -11,20 +13,22 @@ _SNAPSHOT = json.loads(
 PICO = Decimal(10) ** 12
 
 
-def prices(model_id: str) -> dict:
+def prices(model_id: str, tier: str | None = None) -> dict:
+    """litellm's prices of `model_id`, or of its service tier (`priority`, `flex`)."""
     entry = _SNAPSHOT[model_id]
-    inp = Decimal(entry["input_cost_per_token"])
+    s = "" if tier is None else "_" + tier
+    inp = Decimal(entry["input_cost_per_token" + s])
     return {
         "input": inp,
-        "output": Decimal(entry["output_cost_per_token"]),
+        "output": Decimal(entry["output_cost_per_token" + s]),
         # Tollgate charges cache tokens at the input price when litellm lists no cache price.
-        "cache_read": Decimal(entry.get("cache_read_input_token_cost", inp)),
-        "cache_write": Decimal(entry.get("cache_creation_input_token_cost", inp)),
+        "cache_read": Decimal(entry.get("cache_read_input_token_cost" + s, inp)),
+        "cache_write": Decimal(entry.get("cache_creation_input_token_cost" + s, inp)),
     }
 
 
-def cost_pico_usd(model_id: str, usage: dict) -> int:
-    p = prices(model_id)
+def cost_pico_usd(model_id: str, usage: dict, tier: str | None = None) -> int:
+    p = prices(model_id, tier)
     total = (
         usage["input_tokens"] * p["input"]
         + usage["output_tokens"] * p["output"]

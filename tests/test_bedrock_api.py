@@ -118,14 +118,14 @@ def test_converse_with_an_alias(client, gateway, emulator):
 def test_converse_with_a_model_id_or_arn(client, gateway, emulator, model_id):
     seen = Observed(gateway, emulator)
     client.converse(modelId=model_id, messages=MESSAGES, inferenceConfig={"maxTokens": 5})
+    # An inference-profile ARN is the profile ID: sent, recorded and priced as that.
+    canonical = model_id.rsplit("/", 1)[-1]
     [entry] = seen.ledger(1)
-    assert_clean_upstream(entry, model_id, "converse")
+    assert_clean_upstream(entry, canonical, "converse")
     [record] = seen.records(1)
-    assert record["model_id"] == model_id and record["model"] == model_id
+    assert record["model_id"] == canonical and record["model"] == canonical
     assert record_usage(record) == ledger_usage(entry)
-    # An ARN is priced by its inference-profile ID.
-    priced = model_id.rsplit("/", 1)[-1]
-    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(priced, ledger_usage(entry))
+    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(canonical, ledger_usage(entry))
 
 
 def test_converse_stream_arrives_incrementally(client, gateway, emulator):

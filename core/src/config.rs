@@ -211,6 +211,10 @@ impl Config {
             None => format!("bedrock-runtime.{}.amazonaws.com", doc.region),
         };
 
+        // Every model is kept in its canonical spelling (`model_id::canonical`), the one
+        // requests are resolved to: allowlists and per-model limits match however a client
+        // spells the model.
+        let mut aliases = BTreeMap::new();
         for (alias, target) in &doc.aliases {
             let field = format!("aliases.{alias}");
             if !is_alias_name(alias) {
@@ -225,6 +229,9 @@ impl Config {
                     format!("`{target}` is not a Bedrock model ID or ARN"),
                 ));
             }
+            let canonical = model_id::canonical(target, &doc.region)
+                .map_err(|why| ConfigError::new(&field, why))?;
+            aliases.insert(alias.clone(), canonical);
         }
 
         if doc.api_keys.is_empty() {
@@ -262,9 +269,10 @@ impl Config {
                     "list the aliases or model IDs this key may use, or `*`",
                 ));
             }
-            let resolve = |m: &str| match doc.aliases.get(m) {
+            let resolve = |m: &str| match aliases.get(m) {
                 Some(target) => Some(target.clone()),
-                None => model_id::is_model_id(m).then(|| m.to_string()),
+                None if model_id::is_model_id(m) => model_id::canonical(m, &doc.region).ok(),
+                None => None,
             };
             let mut any_model = false;
             let mut models = BTreeSet::new();
@@ -363,7 +371,7 @@ impl Config {
             region: doc.region,
             upstream_host,
             upstream_scheme,
-            aliases: doc.aliases,
+            aliases,
             api_keys,
             upstream_auth,
             max_request_body_bytes,

@@ -154,11 +154,12 @@ impl GatewayError {
     }
 
     /// What every request gets while the gateway has no valid configuration: it never runs
-    /// unauthenticated. `why` names the offending field (a [`crate::config::ConfigError`]).
-    pub fn not_configured(why: impl std::fmt::Display) -> Self {
+    /// unauthenticated. The reason (a [`crate::config::ConfigError`] naming the field) is for
+    /// the operator: hosts log it; callers, who may not even be authenticated, never see it.
+    pub fn not_configured() -> Self {
         Self::new(
             ErrorKind::NotConfigured,
-            format!("gateway misconfigured: {why}"),
+            "the gateway is misconfigured; the reason is in the gateway's log",
         )
     }
 
@@ -305,19 +306,20 @@ mod tests {
     }
 
     #[test]
-    fn not_configured_names_the_field() {
+    fn not_configured_says_nothing_about_the_configuration() {
+        // Whoever asks, authenticated or not, learns only that the gateway is misconfigured:
+        // the validation text (which names fields, aliases, key IDs) goes to the host's log.
         let doc = br#"{"region":"US","api_keys":[],"credentials":{"type":"environment"}}"#;
         let why = crate::config::Config::parse(doc, &|_| None).unwrap_err();
-        let r = GatewayError::not_configured(&why).to_bedrock_reply();
+        assert!(why.to_string().contains("`region`"));
+        let r = GatewayError::not_configured().to_bedrock_reply();
         assert_eq!(r.status, 500);
         assert!(r
             .headers
             .contains(&("x-amzn-errortype", "InternalServerException".into())));
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let message = v["message"].as_str().unwrap();
-        assert!(
-            message.starts_with("gateway misconfigured: invalid configuration: `region`"),
-            "{message}"
-        );
+        assert!(!message.contains("region"), "{message}");
+        assert!(message.contains("gateway's log"), "{message}");
     }
 }

@@ -11,10 +11,12 @@ use crate::eventstream;
 use crate::meter::{Reading, UsageMeter};
 use crate::model_id;
 use crate::operation::Operation;
-use crate::pricing;
+use crate::options::{self, HeaderOptions, Unpriced};
+use crate::pricing::{self, ServiceTier};
 use crate::quota::{self, Reservation};
 use crate::record::{self, UsageRecord};
 use crate::request_body;
+use crate::request_headers;
 use crate::route::{self, Route};
 use crate::signing;
 
@@ -34,12 +36,6 @@ pub enum Admission {
         /// The shape clients of this route expect errors in.
         dialect: Dialect,
     },
-}
-
-/// Request headers the client must never send upstream: its own credentials, and any AWS
-/// signing headers, which Tollgate replaces with its own.
-pub fn is_client_credential_header(name: &str) -> bool {
-    name == "authorization" || name == "x-api-key" || name.starts_with("x-amz-")
 }
 
 /// Headers that describe one connection or one message framing, not the exchange: hosts that
@@ -105,7 +101,10 @@ fn admit_key(
 ) -> Result<Admission, GatewayError> {
     let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
     let quota_now_ms = match header(TEST_CLOCK_HEADER) {
-        Some(v) if config.test_hooks => v.trim().parse().unwrap_or(now_ms),
+        Some(v) if config.test_hooks => v
+            .trim()
+            .parse::<u64>()
+            .map_or(now_ms, |t| t.min(MAX_TEST_CLOCK_MS)),
         _ => now_ms,
     };
     let (label, operation) = match route {
@@ -128,9 +127,16 @@ fn admit_key(
             "the model ID in the path is not valid",
         )
     })?;
-    let model_id = match config.aliases.get(&model) {
-        Some(target) => target.clone(),
-        None if model_id::is_model_id(&model) => model.clone(),
+    // Aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
+    // allowlist, limit and price lookup sees one spelling per model. `model` (records, totals,
+    // metrics) is the alias, or that one spelling.
+    let (model, model_id) = match config.aliases.get(&model) {
+        Some(target) => (model, target.clone()),
+        None if model_id::is_model_id(&model) => {
+            let id = model_id::canonical(&model, &config.region)
+                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
+            (id.clone(), id)
+        }
         None => {
             return Err(GatewayError::new(
                 ErrorKind::UnknownModel,
@@ -144,11 +150,18 @@ fn admit_key(
             format!("API key `{}` is not allowed to use model `{model}`", key.id),
         ));
     }
-    let strip_headers = headers
-        .iter()
-        .filter(|(n, _)| is_client_credential_header(n) || *n == TEST_CLOCK_HEADER)
-        .map(|(n, _)| n.to_string())
-        .collect();
+    if let Some(encoding) = header("content-encoding")
+        .map(str::trim)
+        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+    {
+        // Tollgate reads the body (output limit, options) and Bedrock takes it uncompressed.
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("request bodies must not be compressed (content-encoding: {encoding})"),
+        ));
+    }
+    let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
+    let header_options = HeaderOptions::read(headers);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
     let declared_body_bytes = header("content-length").and_then(|v| v.trim().parse().ok());
     Ok(Admission::Forward(Box::new(Exchange {
@@ -164,6 +177,9 @@ fn admit_key(
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,
+        header_options,
+        service_tier: ServiceTier::Standard,
+        unpriced: Vec::new(),
         request_bytes: 0,
         status: None,
         sent_upstream: false,
@@ -190,29 +206,30 @@ pub struct UpstreamRequest {
 
 impl UpstreamRequest {
     /// The complete header list of the upstream request, for hosts that build it themselves
-    /// (Spin) rather than edit the client's (Envoy): the client's headers minus its
-    /// credentials, hop-by-hop headers and `host` (wasi-http sets it from the URL and forbids
-    /// it), plus the signature headers. `content-length` is left to the host's HTTP client.
+    /// (Spin) rather than edit the client's (Envoy): the client's headers that are forwarded
+    /// ([`request_headers::FORWARDED`]), values byte for byte, plus the signature headers.
+    /// `host` and `content-length` are left to the host's HTTP client.
     pub fn headers_from<'a>(
         &self,
-        client: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = client
+        client: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut out: Vec<(String, Vec<u8>)> = client
             .into_iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .filter(|(n, _)| {
-                !n.starts_with(':')
-                    && !is_hop_by_hop(n)
-                    && !is_client_credential_header(n)
-                    && n != TEST_CLOCK_HEADER
+                request_headers::is_forwarded(n)
                     && !self
                         .set_headers
                         .iter()
                         .any(|(s, _)| s.eq_ignore_ascii_case(n))
             })
-            .map(|(n, v)| (n, v.to_string()))
+            .map(|(n, v)| (n, v.to_vec()))
             .collect();
-        out.extend(self.set_headers.iter().cloned());
+        out.extend(
+            self.set_headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.as_bytes().to_vec())),
+        );
         out
     }
 }
@@ -245,6 +262,10 @@ struct CutOff {
 /// tests can cross minutes and budget periods without sleeping.
 pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
 
+/// The latest instant the test clock may be set to: 9999-12-31T23:59:59.999Z. Values past it
+/// are clamped, so no period or window arithmetic ever sees a clock near `u64::MAX`.
+pub const MAX_TEST_CLOCK_MS: u64 = 253_402_300_799_999;
+
 pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
     pub request_id: Option<String>,
@@ -262,6 +283,11 @@ pub struct Exchange {
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
     strip_headers: Vec<String>,
+    /// Cost-raising options the request's headers ask for.
+    header_options: HeaderOptions,
+    /// The tier the request is priced at, and the unpriced options its key allowed it.
+    service_tier: ServiceTier,
+    unpriced: Vec<Unpriced>,
     request_bytes: u64,
     status: Option<u16>,
     sent_upstream: bool,
@@ -316,9 +342,25 @@ impl Exchange {
                 GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
             })?;
         let cap = key.limits.max_output_tokens(&self.model_id);
-        let limit = request_body::output_limit(body, self.operation, &self.model_id, cap);
+        let read = request_body::scan(body, self.operation)
+            .and_then(|read| {
+                let decided = options::decide(
+                    &self.header_options,
+                    &read.options,
+                    &key.limits.unpriced_options,
+                    &config.region,
+                    &self.model_id,
+                )?;
+                Ok((read, decided))
+            })
+            .inspect_err(|e| self.status = Some(e.kind.status()));
+        let (read, decided) = read?;
+        let limit = read.output_limit(body, &self.model_id, cap);
         let body = limit.rewritten.as_deref().unwrap_or(body);
-        let quote = pricing::quote(&config.region, &self.model_id);
+        let quote = pricing::quote_tier(&config.region, &self.model_id, decided.tier)
+            .unwrap_or_else(|| pricing::quote(&config.region, &self.model_id));
+        self.service_tier = decided.tier;
+        self.unpriced = decided.unpriced;
         let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
         let may_cut_off = key.limits.cut_off_streams && self.operation.is_stream();
         self.reservation = quota::reserve(
@@ -440,7 +482,9 @@ impl Exchange {
             reading: &reading,
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
+            service_tier: self.service_tier,
         });
+        record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
         if matches!(&self.cut_off, Some(c) if c.done) {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }
@@ -569,25 +613,31 @@ mod tests {
             ("connection", "keep-alive"),
             ("content-length", "2"),
             ("x-tollgate-test-now-ms", "5"),
+            ("x-envoy-retry-on", "5xx"),
+            ("cookie", "c=1"),
+            ("user-agent", "Boto3/1.40"),
         ];
-        let out = up.headers_from(client);
+        let out = up.headers_from(client.map(|(n, v)| (n, v.as_bytes())));
         let names: Vec<_> = out.iter().map(|(n, _)| n.as_str()).collect();
         assert!(
             names.contains(&"content-type") && names.contains(&"x-amzn-bedrock-trace"),
             "{names:?}"
         );
+        assert!(names.contains(&"user-agent"), "{names:?}");
         for gone in [
             "host",
             "x-api-key",
             "connection",
             "content-length",
             "x-tollgate-test-now-ms",
+            "x-envoy-retry-on",
+            "cookie",
         ] {
             assert!(!names.contains(&gone), "{gone} in {names:?}");
         }
         let auth: Vec<_> = out.iter().filter(|(n, _)| n == "authorization").collect();
         assert_eq!(auth.len(), 1);
-        assert!(auth[0].1.starts_with("AWS4-HMAC-SHA256"));
+        assert!(auth[0].1.starts_with(b"AWS4-HMAC-SHA256"));
         assert_eq!(out.iter().filter(|(n, _)| n == "x-amz-date").count(), 1);
     }
 
@@ -723,12 +773,117 @@ mod tests {
     }
 
     #[test]
+    fn a_model_respelt_is_the_same_model_for_allowlists_and_limits() {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h","aliases":{{"claude-fast":"{HAIKU}"}},
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"models":{{"claude-fast":{{"requests_per_minute":1}}}}}}}},
+                  {{"id":"b","sha256":"{}","models":["claude-fast"]}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("key-a")),
+            hex::encode(hash_key("key-b")),
+        );
+        let config = Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let send = |key: &str, model: &str| {
+            let path = format!("/model/{}/converse", model_id::encode_path_label(model));
+            match admit(&config, "POST", &path, &[("x-api-key", key)], 1_000) {
+                Admission::Forward(mut ex) => ex
+                    .upstream_request(&config, &counters, b"{}", SystemTime::UNIX_EPOCH)
+                    .map(|up| (ex.model_id.clone(), up.path))
+                    .map_err(|e| e.kind),
+                Admission::Refused { error, .. } => Err(error.kind),
+                _ => panic!("unexpected admission"),
+            }
+        };
+        let spellings = [
+            "US.ANTHROPIC.CLAUDE-HAIKU-4-5-20251001-V1:0".to_string(),
+            format!("arn:aws:bedrock:us-east-1:123456789012:inference-profile/{HAIKU}"),
+            format!("arn:aws:bedrock:us-east-1:999999999999:inference-profile/{HAIKU}"),
+            HAIKU.to_string(),
+        ];
+        // Key a: one request a minute on this model, however it is spelt.
+        let (sent, path) = send("key-a", "claude-fast").unwrap();
+        assert_eq!(sent, HAIKU);
+        assert!(
+            path.starts_with("/model/us.anthropic.claude-haiku"),
+            "{path}"
+        );
+        for model in &spellings {
+            assert_eq!(
+                send("key-a", model),
+                Err(ErrorKind::RequestRateLimited),
+                "{model}"
+            );
+        }
+        // Key b may use the model behind claude-fast, however it is spelt, and nothing else.
+        for model in &spellings {
+            assert_eq!(
+                send("key-b", model).map(|(id, _)| id),
+                Ok(HAIKU.to_string())
+            );
+        }
+        assert_eq!(
+            send(
+                "key-b",
+                "arn:aws:bedrock:us-east-1:1:inference-profile/us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+            ),
+            Err(ErrorKind::ModelNotAllowed)
+        );
+        // An ARN of another region cannot be served here.
+        assert_eq!(
+            send(
+                "key-a",
+                &format!("arn:aws:bedrock:eu-west-1:1:inference-profile/{HAIKU}")
+            ),
+            Err(ErrorKind::BadRequest)
+        );
+    }
+
+    #[test]
+    fn compressed_request_bodies_are_refused() {
+        assert_eq!(
+            reply_of(admit_as(
+                "key-a",
+                "/model/claude-fast/converse",
+                &[("content-encoding", "gzip")]
+            )),
+            (400, "ValidationException".into())
+        );
+        forwarded(admit_as(
+            "key-a",
+            "/model/claude-fast/converse",
+            &[("content-encoding", "identity")],
+        ));
+    }
+
+    #[test]
+    fn the_test_clock_is_off_by_default_and_clamped_when_on() {
+        let at = |hooks: bool, value: &str| {
+            let mut c = config();
+            c.test_hooks = hooks;
+            let headers = [("x-api-key", "key-a"), (TEST_CLOCK_HEADER, value)];
+            match admit(&c, "POST", "/model/claude-fast/converse", &headers, 1_000) {
+                Admission::Forward(ex) => ex.quota_now_ms,
+                _ => panic!("not admitted"),
+            }
+        };
+        assert_eq!(at(false, "5000"), 1_000);
+        assert_eq!(at(true, "1795348800000"), 1_795_348_800_000);
+        assert_eq!(at(true, "not a number"), 1_000);
+        assert_eq!(at(true, "18446744073709551615"), MAX_TEST_CLOCK_MS);
+        assert_eq!(at(true, "0"), 0);
+    }
+
+    #[test]
     fn a_cancelled_exchange_after_sending_is_estimated() {
         let mut ex = forwarded(admit_as("key-a", "/model/claude-fast/converse-stream", &[]));
         ex.upstream_request(
             &config(),
             &CasCounters(&MemoryStore::default()),
-            &[b'x'; 80],
+            // 80 bytes of JSON.
+            format!(r#"{{"messages":"{}"}}"#, "x".repeat(64)).as_bytes(),
             SystemTime::UNIX_EPOCH,
         )
         .unwrap();
@@ -845,5 +1000,176 @@ mod cut_off_tests {
                 "chunk {chunk}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod body_tests {
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::store::memory::MemoryStore;
+
+    const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+
+    /// A key capped at 50 output tokens, and one with a budget only.
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"capped","sha256":"{}","models":["*"],"limits":{{"max_output_tokens":50}}}},
+                            {{"id":"budget","sha256":"{}","models":["*"],
+                              "limits":{{"budget":{{"usd":"100","period":"monthly"}}}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}},
+                "max_request_body_bytes":1048576}}"#,
+            hex::encode(hash_key("capped")),
+            hex::encode(hash_key("budget")),
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    /// What reaches Bedrock for `body` sent with `key` to `op` on `model`: the body sent, or
+    /// the refusal.
+    fn send(key: &str, model: &str, op: &str, body: &[u8]) -> Result<Vec<u8>, ErrorKind> {
+        let config = config();
+        let store = MemoryStore::default();
+        let path = format!("/model/{}/{op}", model_id::encode_path_label(model));
+        let Admission::Forward(mut ex) = admit(&config, "POST", &path, &[("x-api-key", key)], 0)
+        else {
+            panic!("not admitted")
+        };
+        ex.upstream_request(&config, &CasCounters(&store), body, SystemTime::UNIX_EPOCH)
+            .map(|up| up.body.unwrap_or_else(|| body.to_vec()))
+            .map_err(|e| e.kind)
+    }
+
+    fn json(bytes: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(bytes).unwrap()
+    }
+
+    #[test]
+    fn bodies_json_parsers_disagree_on_are_refused() {
+        let bom = [
+            &b"\xef\xbb\xbf"[..],
+            br#"{"inferenceConfig":{"maxTokens":5000}}"#,
+        ]
+        .concat();
+        let cases: [&[u8]; 8] = [
+            &bom,
+            br#"{"inferenceConfig":{"maxTokens":5000}} {"x":1}"#,
+            br#"{"inferenceConfig":{"maxTokens":5000}}garbage"#,
+            br#"{"inferenceConfig":{"maxTokens":10},"inferenceConfig":{"maxTokens":5000}}"#,
+            br#"{"inferenceConfig":{"maxTokens":10,"maxTokens":5000}}"#,
+            br#"{"inferenceConfig":{"maxTokens":5000},"messages":[{"role":"user","content":[{"text":"\ud800"}]}]}"#,
+            br#"{"inferenceConfig":{"maxTokens":5000},"m":{"a":1,"\u0061":2}}"#,
+            b"[1,2]",
+        ];
+        for key in ["capped", "budget"] {
+            for body in cases {
+                assert_eq!(
+                    send(key, HAIKU, "converse", body),
+                    Err(ErrorKind::BadRequest),
+                    "{key}: {}",
+                    String::from_utf8_lossy(body)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_field_that_sets_the_output_limit_is_clamped() {
+        let out = send(
+            "capped",
+            HAIKU,
+            "converse",
+            br#"{"inferenceConfig":{"maxTokens":5000},"additionalModelRequestFields":{"max_tokens":9000,"max_completion_tokens":9000,"inferenceConfig":{"max_new_tokens":9000}}}"#,
+        )
+        .unwrap();
+        let v = json(&out);
+        assert_eq!(v["inferenceConfig"]["maxTokens"], 50);
+        let extra = &v["additionalModelRequestFields"];
+        assert_eq!(extra["max_tokens"], 50);
+        assert_eq!(extra["max_completion_tokens"], 50);
+        assert_eq!(extra["inferenceConfig"]["max_new_tokens"], 50);
+
+        // Anthropic on invoke with both spellings; OpenAI-style max_completion_tokens.
+        let out = send(
+            "capped",
+            HAIKU,
+            "invoke",
+            br#"{"max_tokens":10,"max_completion_tokens":9000,"messages":[]}"#,
+        )
+        .unwrap();
+        let v = json(&out);
+        assert_eq!(
+            (v["max_tokens"].clone(), v["max_completion_tokens"].clone()),
+            (10.into(), 50.into())
+        );
+        let out = send(
+            "capped",
+            "openai.gpt-oss-120b-1:0",
+            "invoke",
+            br#"{"max_completion_tokens":9000,"messages":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(json(&out)["max_completion_tokens"], 50);
+    }
+
+    #[test]
+    fn a_service_tier_is_priced_and_unpriced_options_refused() {
+        let config = config();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let run = |model: &str, headers: &[(&str, &str)], body: &[u8]| {
+            let path = format!("/model/{}/converse", model_id::encode_path_label(model));
+            let mut all = vec![("x-api-key", "budget")];
+            all.extend_from_slice(headers);
+            let Admission::Forward(mut ex) = admit(&config, "POST", &path, &all, 0) else {
+                panic!("not admitted")
+            };
+            let sent = ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH);
+            ex.on_response_headers(200, [("content-type", "application/json")]);
+            ex.on_response_body(
+                br#"{"usage":{"inputTokens":1000,"outputTokens":100,"totalTokens":1100}}"#,
+            );
+            (
+                sent.map(|_| ()).map_err(|e| e.kind),
+                ex.finish(&config, &counters, 1),
+            )
+        };
+        let nova = "amazon.nova-pro-v1:0";
+        let (sent, record) = run(nova, &[], br#"{"serviceTier":{"type":"priority"}}"#);
+        assert_eq!(sent, Ok(()));
+        let record = record.unwrap();
+        // litellm priority: 1.4E-6 input, 5.6E-6 output per token.
+        assert_eq!(record.service_tier, ServiceTier::Priority);
+        assert_eq!(record.cost_pico_usd, 1000 * 1_400_000 + 100 * 5_600_000);
+        let (_, flex) = run(nova, &[("x-amzn-bedrock-service-tier", "flex")], b"{}");
+        assert_eq!(
+            flex.unwrap().cost_pico_usd,
+            1000 * 400_000 + 100 * 1_600_000
+        );
+        // No priority price for Haiku, and the key does not allow unpriced options.
+        let (sent, record) = run(HAIKU, &[("x-amzn-bedrock-service-tier", "priority")], b"{}");
+        assert_eq!(sent, Err(ErrorKind::BadRequest));
+        assert_eq!(record.unwrap().cost_pico_usd, 0);
+        let (sent, _) = run(
+            HAIKU,
+            &[],
+            br#"{"guardrailConfig":{"guardrailIdentifier":"g"}}"#,
+        );
+        assert_eq!(sent, Err(ErrorKind::BadRequest));
+    }
+
+    #[test]
+    fn a_body_within_the_cap_passes_byte_for_byte() {
+        let body = br#"{ "messages" : [], "inferenceConfig" : { "maxTokens" : 10 } }"#;
+        assert_eq!(
+            send("capped", HAIKU, "converse", body).unwrap(),
+            body.to_vec()
+        );
+        assert_eq!(
+            send("budget", HAIKU, "converse", body).unwrap(),
+            body.to_vec()
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
+use crate::options::Unpriced;
 use crate::period::Period;
 
 /// Limits of one key, or of one model for one key. `None` means unlimited.
@@ -38,6 +39,9 @@ pub struct KeyLimits {
     pub models: BTreeMap<String, Limits>,
     /// End a stream with an EventStream exception frame once the budget is exhausted.
     pub cut_off_streams: bool,
+    /// Options Tollgate cannot price that this key may use anyway (billed at the standard
+    /// price); any other is refused.
+    pub unpriced_options: Vec<Unpriced>,
 }
 
 impl KeyLimits {
@@ -78,6 +82,8 @@ pub(crate) struct LimitsDocument {
     #[serde(default)]
     cut_off_streams: Option<bool>,
     #[serde(default)]
+    unpriced_options: Option<Vec<Unpriced>>,
+    #[serde(default)]
     models: BTreeMap<String, LimitsDocument>,
 }
 
@@ -97,13 +103,19 @@ impl LimitsDocument {
         resolve: &dyn Fn(&str) -> Option<String>,
     ) -> Result<KeyLimits, ConfigError> {
         let cut_off_streams = self.cut_off_streams.unwrap_or(false);
+        let mut unpriced_options = self.unpriced_options.clone().unwrap_or_default();
+        unpriced_options.sort_unstable();
+        unpriced_options.dedup();
         let mut models = BTreeMap::new();
         for (name, doc) in &self.models {
             let at = format!("{field}.models.{name}");
-            if doc.cut_off_streams.is_some() || !doc.models.is_empty() {
+            if doc.cut_off_streams.is_some()
+                || doc.unpriced_options.is_some()
+                || !doc.models.is_empty()
+            {
                 return Err(ConfigError::new(
                     at,
-                    "per-model limits cannot set `cut_off_streams` or `models`",
+                    "per-model limits cannot set `cut_off_streams`, `unpriced_options` or `models`",
                 ));
             }
             let model_id = resolve(name).ok_or_else(|| {
@@ -120,6 +132,7 @@ impl LimitsDocument {
             key: self.limits(field)?,
             models,
             cut_off_streams,
+            unpriced_options,
         })
     }
 
@@ -258,5 +271,21 @@ mod tests {
         )
         .is_err());
         assert!(serde_json::from_value::<LimitsDocument>(json!({"rpm": 1})).is_err());
+        assert!(serde_json::from_value::<LimitsDocument>(
+            json!({"unpriced_options": ["guardrail"]})
+        )
+        .is_err());
+        let doc: LimitsDocument = serde_json::from_value(json!({"unpriced_options":
+            ["service_tier", "guardrails", "service_tier"]}))
+        .unwrap();
+        assert_eq!(
+            doc.validate("l", &|_| None).unwrap().unpriced_options,
+            [Unpriced::Guardrails, Unpriced::ServiceTier]
+        );
+        let doc: LimitsDocument = serde_json::from_value(
+            json!({"models": {"m.x": {"unpriced_options": ["guardrails"]}}}),
+        )
+        .unwrap();
+        assert!(doc.validate("l", &|n| Some(n.to_string())).is_err());
     }
 }

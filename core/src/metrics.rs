@@ -317,6 +317,8 @@ mod tests {
             cost_pico_usd: 2_500_000,
             usage_source: source,
             priced_as: PriceSource::Model,
+            service_tier: Default::default(),
+            unpriced_options: Vec::new(),
             exception: None,
             problem: None,
             request_bytes: 90,

@@ -21,14 +21,21 @@ pub fn is_model_id(s: &str) -> bool {
     if s.is_empty() || s.len() > MAX_LEN {
         return false;
     }
-    if let Some(rest) = s.strip_prefix("arn:") {
+    // Case-insensitively, as `canonical` lowercases.
+    if let Some(rest) = s
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("arn:"))
+        .and(s.get(4..))
+    {
         // arn:<partition>:bedrock:<region>:<account>:<resource>
         let mut parts = rest.splitn(5, ':');
         let partition = parts.next().unwrap_or("");
         let service = parts.next().unwrap_or("");
         let resource = parts.nth(2).unwrap_or("");
-        return partition.starts_with("aws")
-            && service == "bedrock"
+        return partition
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case("aws"))
+            && service.eq_ignore_ascii_case("bedrock")
             && !resource.is_empty()
             && s.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
@@ -40,6 +47,52 @@ pub fn is_model_id(s: &str) -> bool {
         && !s.ends_with('.')
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// The one spelling of a model that allowlists, per-model limits and prices are looked up by,
+/// and that Tollgate sends to Bedrock. Without it a client could name a limited model another
+/// way and escape its limits.
+///
+/// * Lowercase: Bedrock's model, inference-profile and resource IDs are lowercase, so
+///   `US.Anthropic.…` is the same model as `us.anthropic.…`.
+/// * `arn:…:bedrock:<region>::foundation-model/<id>` is `<id>`, and
+///   `arn:…:bedrock:<region>:<account>:inference-profile/<profile-id>` is `<profile-id>`, whatever
+///   the account: both name a model (or a system-defined profile) that the profile ID names
+///   too, and sent as the ID it runs in the gateway's own account, the only one whose
+///   credentials Tollgate holds.
+/// * Any other Bedrock ARN (an application inference profile, a provisioned, custom or imported
+///   model) names an opaque resource of one account: it is its own model, the whole ARN,
+///   allowed only where listed (or `*`) and priced as an unknown model.
+/// * An ARN of another region is refused: this gateway's endpoint serves one region.
+pub fn canonical(id: &str, region: &str) -> Result<String, String> {
+    let id = id.trim().to_ascii_lowercase();
+    let Some(rest) = id.strip_prefix("arn:") else {
+        return Ok(id);
+    };
+    // <partition>:bedrock:<region>:<account>:<type>/<resource>
+    let mut parts = rest.splitn(5, ':');
+    let (_partition, service, arn_region, _account, resource) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    if service != "bedrock" {
+        return Err(format!("`{id}` is not a Bedrock ARN"));
+    }
+    if arn_region != region {
+        return Err(format!(
+            "`{id}` is in region `{arn_region}`; this gateway serves `{region}`"
+        ));
+    }
+    match resource.split_once('/') {
+        Some(("foundation-model" | "inference-profile", model)) if !model.is_empty() => {
+            Ok(model.to_string())
+        }
+        Some((_, name)) if !name.is_empty() => Ok(id),
+        _ => Err(format!("`{id}` names no Bedrock resource")),
+    }
 }
 
 /// Decodes the `{modelId}` label of a request path once, as Bedrock does. `None` for labels
@@ -74,6 +127,7 @@ mod tests {
             "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
             "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
             "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3",
+            "ARN:AWS:BEDROCK:US-EAST-1::FOUNDATION-MODEL/AMAZON.NOVA-LITE-V1:0",
         ] {
             assert!(is_model_id(ok), "{ok}");
         }
@@ -106,6 +160,51 @@ mod tests {
             decode_path_label("amazon.nova-lite-v1:0").as_deref(),
             Some("amazon.nova-lite-v1:0")
         );
+    }
+
+    #[test]
+    fn one_spelling_per_model() {
+        const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+        let same = [
+            HAIKU,
+            "US.Anthropic.Claude-Haiku-4-5-20251001-V1:0",
+            " us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "arn:aws:bedrock:us-east-1:210987654321:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "ARN:AWS:BEDROCK:US-EAST-1:123456789012:INFERENCE-PROFILE/US.ANTHROPIC.CLAUDE-HAIKU-4-5-20251001-V1:0",
+        ];
+        for id in same {
+            assert_eq!(canonical(id, "us-east-1").as_deref(), Ok(HAIKU), "{id}");
+        }
+        assert_eq!(
+            canonical(
+                "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+                "us-east-1"
+            )
+            .as_deref(),
+            Ok("anthropic.claude-3-haiku-20240307-v1:0")
+        );
+        // Opaque resources stay whole: another account's profile is another model.
+        let app =
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6";
+        assert_eq!(canonical(app, "us-east-1").as_deref(), Ok(app));
+        assert_eq!(
+            canonical(&app.to_uppercase(), "us-east-1").as_deref(),
+            Ok(app)
+        );
+        assert_ne!(
+            canonical(&app.replace("123456789012", "210987654321"), "us-east-1").unwrap(),
+            app
+        );
+        for bad in [
+            "arn:aws:bedrock:eu-west-1::foundation-model/anthropic.claude-3-haiku-20240307-v1:0",
+            "arn:aws:bedrock:us-west-2:123456789012:inference-profile/us.anthropic.claude-haiku-4-5-20251001-v1:0",
+            "arn:aws:s3:us-east-1::bucket/x",
+            "arn:aws:bedrock:us-east-1::foundation-model/",
+            "arn:aws:bedrock:us-east-1:1:inference-profile",
+        ] {
+            assert!(canonical(bad, "us-east-1").is_err(), "{bad}");
+        }
     }
 
     #[test]

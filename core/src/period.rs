@@ -33,14 +33,15 @@ impl Period {
     }
 
     /// Milliseconds since the epoch at which the current period ends; `None` for `Total`.
+    /// Saturates at `u64::MAX` (a clock that far out has no next period).
     pub fn ends_at_ms(self, now_ms: u64) -> Option<u64> {
         let days = now_ms / MS_PER_DAY;
         match self {
-            Self::Daily => Some((days + 1) * MS_PER_DAY),
+            Self::Daily => Some((days + 1).saturating_mul(MS_PER_DAY)),
             Self::Monthly => {
                 let (y, m, _) = civil_from_days(days);
                 let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                Some(days_from_civil(ny, nm, 1) * MS_PER_DAY)
+                Some(days_from_civil(ny, nm, 1).saturating_mul(MS_PER_DAY))
             }
             Self::Total => None,
         }
@@ -69,7 +70,10 @@ pub fn seconds_until(now_ms: u64, until_ms: u64) -> u64 {
 
 /// Seconds until the next minute window.
 pub fn seconds_to_next_minute(now_ms: u64) -> u64 {
-    seconds_until(now_ms, (minute_window(now_ms) + 1) * MS_PER_MINUTE)
+    seconds_until(
+        now_ms,
+        (minute_window(now_ms) + 1).saturating_mul(MS_PER_MINUTE),
+    )
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (H. Hinnant's algorithm).
@@ -153,5 +157,31 @@ mod tests {
         assert_eq!(seconds_to_next_minute(NOW), 60);
         assert_eq!(seconds_to_next_minute(NOW + 59_001), 1);
         assert_eq!(seconds_until(5, 5), 1);
+    }
+
+    #[test]
+    fn any_clock_value_is_safe_up_to_u64_max() {
+        // A host clock (or a test clock header) near u64::MAX ms must neither overflow nor
+        // panic; periods then end at u64::MAX.
+        for now in [
+            u64::MAX,
+            u64::MAX - 1,
+            u64::MAX - MS_PER_DAY,
+            u64::MAX / 2,
+            0,
+        ] {
+            for p in [Period::Daily, Period::Monthly, Period::Total] {
+                let _ = p.window(now);
+                let _ = p.label(now);
+                if let Some(end) = p.ends_at_ms(now) {
+                    assert!(end >= now, "{p:?} ends before {now}");
+                }
+            }
+            let _ = seconds_to_next_minute(now);
+            let _ = civil_from_days(now / MS_PER_DAY);
+        }
+        assert_eq!(Period::Daily.ends_at_ms(u64::MAX), Some(u64::MAX));
+        assert_eq!(Period::Monthly.ends_at_ms(u64::MAX), Some(u64::MAX));
+        assert!(seconds_to_next_minute(u64::MAX) >= 1);
     }
 }

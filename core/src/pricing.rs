@@ -111,6 +111,91 @@ const fn row(
 // Generated: LITELLM_VERSION, MAX_CHAT_TIER, MODELS, REGIONAL.
 include!("../../pricing/table.rs");
 
+/// A Bedrock service tier: Converse `serviceTier.type`, InvokeModel
+/// `X-Amzn-Bedrock-Service-Tier`. Priority costs more than standard, flex less.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceTier {
+    /// Bedrock's `default` tier: the prices of table.rs.
+    #[default]
+    Standard,
+    Priority,
+    Flex,
+}
+
+/// A service-tier price of one model in the generated table.
+#[derive(Debug)]
+struct TierRow {
+    model: &'static str,
+    tier: ServiceTier,
+    price: Price,
+}
+
+/// Constructor used by the generated table.
+const fn tier_row(
+    model: &'static str,
+    tier: ServiceTier,
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+) -> TierRow {
+    TierRow {
+        model,
+        tier,
+        price: Price {
+            input,
+            output,
+            cache_read,
+            cache_write,
+        },
+    }
+}
+
+// Generated: TIERS, REGIONAL_TIERS.
+include!("../../pricing/service_tiers.rs");
+
+/// The price of `model_id` in `region` on a service tier, or `None` when litellm has no price
+/// for that tier of that model (the caller refuses the request or bills it knowingly). The
+/// standard tier is [`quote`]. A tier price follows the same order as [`quote`]: the region's
+/// own tier price, else the model's, but a model priced for this region has no tier price
+/// here unless the region has one (the model-wide tier price would be another region's).
+pub fn quote_tier(region: &str, model_id: &str, tier: ServiceTier) -> Option<Quote> {
+    let base = quote(region, model_id);
+    if tier == ServiceTier::Standard {
+        return Some(base);
+    }
+    let decoded = percent_decode_str(model_id).decode_utf8();
+    let id = match &decoded {
+        Ok(s) => resource_id(s),
+        Err(_) => resource_id(model_id),
+    };
+    let regional = REGIONAL_TIERS
+        .binary_search_by(|(r, row)| (*r, row.model, row.tier).cmp(&(region, id, tier)))
+        .ok()
+        .and_then(|i| REGIONAL_TIERS.get(i))
+        .map(|(_, row)| (row, PriceSource::Regional));
+    let model = || {
+        (base.source == PriceSource::Model)
+            .then(|| {
+                TIERS
+                    .binary_search_by(|row| (row.model, row.tier).cmp(&(id, tier)))
+                    .ok()
+                    .and_then(|i| TIERS.get(i))
+            })
+            .flatten()
+            .map(|row| (row, PriceSource::Model))
+    };
+    let (row, source) = regional.or_else(model)?;
+    Some(Quote {
+        price: row.price,
+        source,
+        max_output_tokens: base.max_output_tokens,
+        // The generator refuses a tier of a model with a long-context tier.
+        long_context: None,
+    })
+}
+
 impl Row {
     fn quote(&self, source: PriceSource) -> Quote {
         Quote {
@@ -478,6 +563,59 @@ mod tests {
         for (region, row) in REGIONAL {
             let q = quote(region, row.model);
             assert_eq!((q.source, q.price), (PriceSource::Regional, row.price));
+        }
+    }
+
+    #[test]
+    fn service_tiers_have_their_own_prices() {
+        // litellm: amazon.nova-pro-v1:0 priority 1.4E-6 / 5.6E-6, cache read 3.5E-7;
+        // flex 4E-7 / 1.6E-6, cache read 1E-7; standard 8E-7 / 3.2E-6.
+        let id = "amazon.nova-pro-v1:0";
+        let standard = quote_tier("us-east-1", id, ServiceTier::Standard).unwrap();
+        assert_eq!(standard, quote("us-east-1", id));
+        let priority = quote_tier("us-east-1", id, ServiceTier::Priority).unwrap();
+        assert_eq!(
+            priority.price,
+            Price {
+                input: 1_400_000,
+                output: 5_600_000,
+                cache_read: 350_000,
+                // no litellm price: the tier's input price
+                cache_write: 1_400_000,
+            }
+        );
+        assert_eq!(priority.source, PriceSource::Model);
+        assert_eq!(priority.max_output_tokens, standard.max_output_tokens);
+        let flex = quote_tier("us-east-1", id, ServiceTier::Flex).unwrap();
+        assert_eq!((flex.price.input, flex.price.output), (400_000, 1_600_000));
+        // No tier price: None, never the standard price.
+        let haiku = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+        assert_eq!(quote_tier("us-east-1", haiku, ServiceTier::Priority), None);
+        assert_eq!(
+            quote_tier("us-east-1", "us.example.unknown-v1:0", ServiceTier::Flex),
+            None
+        );
+        // Region-only prices: bedrock/ap-south-1/deepseek.v3.2 has its own flex price.
+        let regional = quote_tier("ap-south-1", "deepseek.v3.2", ServiceTier::Flex).unwrap();
+        assert_eq!(regional.source, PriceSource::Regional);
+    }
+
+    #[test]
+    fn tier_tables_are_sorted_and_unique() {
+        for w in TIERS.windows(2) {
+            let (a, b) = ((w[0].model, w[0].tier), (w[1].model, w[1].tier));
+            assert!(a < b, "{a:?} !< {b:?}");
+        }
+        for w in REGIONAL_TIERS.windows(2) {
+            let (a, b) = (
+                (w[0].0, w[0].1.model, w[0].1.tier),
+                (w[1].0, w[1].1.model, w[1].1.tier),
+            );
+            assert!(a < b, "{a:?} !< {b:?}");
+        }
+        for row in TIERS {
+            assert_ne!(row.tier, ServiceTier::Standard);
+            assert!(quote("xx-none-0", row.model).source == PriceSource::Model);
         }
     }
 

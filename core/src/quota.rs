@@ -389,7 +389,7 @@ mod tests {
             limits: KeyLimits {
                 key: limits,
                 models,
-                cut_off_streams: false,
+                ..KeyLimits::default()
             },
         }
     }

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::meter::Reading;
 use crate::operation::Operation;
-use crate::pricing::{self, PriceSource};
+use crate::pricing::{self, PriceSource, ServiceTier};
 use crate::usage::Usage;
 
 /// Where a record's token counts come from.
@@ -42,6 +42,13 @@ pub struct UsageRecord {
     pub cost_pico_usd: u64,
     pub usage_source: UsageSource,
     pub priced_as: PriceSource,
+    /// The service tier the request was priced at, when not the standard one.
+    #[serde(skip_serializing_if = "is_standard")]
+    pub service_tier: ServiceTier,
+    /// Options the key allowed although Tollgate cannot price them (`limits.unpriced_options`):
+    /// the request is billed as if it had not used them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpriced_options: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,6 +89,10 @@ impl UsageRecord {
             cache_write_tokens: self.cache_write_tokens,
         }
     }
+}
+
+fn is_standard(tier: &ServiceTier) -> bool {
+    *tier == ServiceTier::Standard
 }
 
 /// What starts every usage record's log line; the JSON follows.
@@ -147,11 +158,14 @@ pub struct Facts<'a> {
     pub reading: &'a Reading,
     pub request_bytes: u64,
     pub latency_ms: u64,
+    /// The service tier the request was admitted at (priced: `options::decide`).
+    pub service_tier: ServiceTier,
 }
 
 pub fn make(f: Facts<'_>) -> UsageRecord {
     let (usage, usage_source) = billable(f.status, f.sent_upstream, f.reading, f.request_bytes);
-    let quote = pricing::quote(f.region, f.model_id);
+    let quote = pricing::quote_tier(f.region, f.model_id, f.service_tier)
+        .unwrap_or_else(|| pricing::quote(f.region, f.model_id));
     UsageRecord {
         request_id: f.request_id.map(str::to_string),
         key_id: f.key_id.to_string(),
@@ -168,6 +182,8 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
         cost_pico_usd: quote.cost(&usage),
         usage_source,
         priced_as: quote.source,
+        service_tier: f.service_tier,
+        unpriced_options: Vec::new(),
         exception: f.reading.exception.clone(),
         problem: f.reading.problem.clone(),
         request_bytes: f.request_bytes,
@@ -201,6 +217,7 @@ mod tests {
             reading: &reading,
             request_bytes: 40,
             latency_ms: 3,
+            service_tier: ServiceTier::Standard,
         })
     }
 

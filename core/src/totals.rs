@@ -618,6 +618,7 @@ mod tests {
             reading: &reading,
             request_bytes: 10,
             latency_ms: 1,
+            service_tier: Default::default(),
         };
         assert_eq!(add_record(&s, &make(facts(false, 429))).unwrap(), None);
         let added = add_record(&s, &make(facts(true, 200))).unwrap().unwrap();

@@ -12,16 +12,23 @@ use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use tollgate_core::error::Reply;
 use tollgate_core::store::{Cas, CasStore, StoreError};
 
-/// Request or response headers, lowercase names, values that are valid UTF-8 only. The
-/// strings the SDK decoded are reused in place: one copy of the map per callback, no more.
+/// Request or response headers, every one of them: lowercase names, and values decoded as
+/// UTF-8 with invalid bytes replaced (U+FFFD). None is dropped, so the allowlist of what goes
+/// upstream sees every name (a value that is not UTF-8 cannot hide a header from it), and a
+/// key that is not UTF-8 simply matches no key. The filter only removes client headers by
+/// name and sets its own; it never writes a decoded client value back.
 pub fn headers(map: MapType) -> Vec<(String, String)> {
     match hostcalls::get_map_bytes(map) {
         Ok(pairs) => pairs
             .into_iter()
-            .filter_map(|(mut name, value)| {
+            .map(|(mut name, value)| {
                 // Envoy's names are lowercase already (HTTP/2 and its HTTP/1 codec).
                 name.make_ascii_lowercase();
-                String::from_utf8(value).ok().map(|v| (name, v))
+                let value = match String::from_utf8(value) {
+                    Ok(v) => v,
+                    Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                };
+                (name, value)
             })
             .collect(),
         Err(_) => Vec::new(),
@@ -43,11 +50,26 @@ pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
 }
 
 /// Replaces the buffered request body (headers still paused, so `content-length` can follow).
-pub fn replace_request_body(old_size: usize, body: &[u8]) {
-    if let Err(e) = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body) {
+/// False if the host refused (no body buffered, for one).
+pub fn replace_request_body(old_size: usize, body: &[u8]) -> bool {
+    match hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body) {
+        Ok(()) => true,
+        Err(e) => {
+            log(
+                LogLevel::Error,
+                &format!("tollgate: could not replace the request body: {e:?}"),
+            );
+            false
+        }
+    }
+}
+
+/// Drops every request trailer (called from the trailers callback).
+pub fn clear_request_trailers() {
+    if let Err(e) = hostcalls::set_map(MapType::HttpRequestTrailers, Vec::new()) {
         log(
             LogLevel::Error,
-            &format!("tollgate: could not replace the request body: {e:?}"),
+            &format!("tollgate: could not drop the request trailers: {e:?}"),
         );
     }
 }

@@ -6,7 +6,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::config::Config;
 use tollgate_core::endpoints;
-use tollgate_core::error::{Dialect, GatewayError, Reply};
+use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
 use tollgate_core::totals;
 
@@ -61,19 +61,38 @@ impl Http {
             return Action::Continue;
         };
         match ex.upstream_request(config, &CasCounters(&SharedData), body, host::now()) {
-            Ok(up) => {
-                apply(&up, body.len());
-                Action::Continue
-            }
+            Ok(up) => match apply(&up, body.len()) {
+                Ok(()) => Action::Continue,
+                Err(e) => self.reject(&e, None),
+            },
             Err(e) => self.reject(&e, None),
         }
     }
+
+    /// The whole request body, once the client has sent all of it.
+    fn finish_body(&mut self, body: &[u8]) -> Action {
+        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+            return Action::Continue;
+        };
+        let config = config.clone();
+        if let Err(e) = ex.check_body_size(body.len() as u64) {
+            return self.reject(&e, None);
+        }
+        self.forward(&config, body)
+    }
 }
 
-fn apply(up: &UpstreamRequest, body_size: usize) {
+/// Edits the paused request. A body that cannot be replaced is an error, never a request
+/// whose `content-length` and body disagree.
+fn apply(up: &UpstreamRequest, body_size: usize) -> Result<(), GatewayError> {
     let map = MapType::HttpRequestHeaders;
     if let Some(body) = &up.body {
-        host::replace_request_body(body_size, body);
+        if !host::replace_request_body(body_size, body) {
+            return Err(GatewayError::new(
+                ErrorKind::Internal,
+                "the gateway could not rewrite the request body",
+            ));
+        }
         host::set_header(map, "content-length", &body.len().to_string());
     }
     for name in &up.remove_headers {
@@ -84,6 +103,7 @@ fn apply(up: &UpstreamRequest, body_size: usize) {
     for (name, value) in &up.set_headers {
         host::set_header(map, name, value);
     }
+    Ok(())
 }
 
 impl Context for Http {}
@@ -92,7 +112,8 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = match &self.config {
             Ok(c) => c.clone(),
-            Err(why) => return self.reject(&GatewayError::not_configured(why), None),
+            // The reason was logged when the configuration was loaded.
+            Err(_) => return self.reject(&GatewayError::not_configured(), None),
         };
         let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");
@@ -133,18 +154,34 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+        let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        let config = config.clone();
-        if let Err(e) = ex.check_body_size(body_size as u64) {
-            return self.reject(&e, None);
-        }
         if !end_of_stream {
+            if let Err(e) = ex.check_body_size(body_size as u64) {
+                return self.reject(&e, None);
+            }
             return Action::Pause;
         }
         let body = host::buffer(BufferType::HttpRequestBody, body_size);
-        self.forward(&config, &body)
+        self.finish_body(&body)
+    }
+
+    /// A request whose body ends with trailers (HTTP/2, or HTTP/1 with Envoy's `enable_trailers`)
+    /// ends here, not in the body callback: its last body callback said "not the end" and
+    /// paused. Without this callback Envoy would resume the held request as the client sent
+    /// it: unsigned, original path, the client's key in `authorization`. So the request is
+    /// finished and signed here like any other, and its trailers are dropped (Bedrock reads
+    /// none; they could carry anything, a key included).
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.local_reply || self.exchange.is_none() {
+            return Action::Continue;
+        }
+        host::clear_request_trailers();
+        // No body callback said how big the body is: read all there is (reads are clamped to
+        // the buffer's end; nothing is buffered when no DATA came at all).
+        let body = host::buffer(BufferType::HttpRequestBody, u32::MAX as usize);
+        self.finish_body(&body)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

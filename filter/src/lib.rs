@@ -103,4 +103,11 @@ fn prepare_state(c: &Config) {
             c.aliases.len()
         ),
     );
+    if c.test_hooks {
+        host::log(
+            LogLevel::Warn,
+            "tollgate: test_hooks is on: clients can set the quota clock \
+             (x-tollgate-test-now-ms); never in production",
+        );
+    }
 }

@@ -40,31 +40,44 @@ async fn handle(request: Request) -> Response<BoxBody> {
     let config = match load_config().await {
         Ok(c) => c,
         Err(why) => {
-            // Fail closed, like the filter: every request gets the same 500 naming the field.
+            // Fail closed, like the filter: every request gets the same 500; the reason (naming
+            // the field) goes to the log only.
             log_err(&format!(
                 "tollgate: {why}; answering every request with 500"
             ));
             drain(body.stream()).await;
-            return reply(&GatewayError::not_configured(why).to_bedrock_reply());
+            return reply(&GatewayError::not_configured().to_bedrock_reply());
         }
     };
     // Spin's own `spin-*` request metadata (full URL, client address...) stays here: it is not
     // the client's, and Bedrock has no use for it.
+    // Values are decoded with invalid bytes replaced, as in the filter: every name reaches
+    // admission; what goes upstream is picked by name from the original bytes (`forward`).
     let mut headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter(|(n, _)| !n.as_str().starts_with("spin-"))
-        .filter_map(|(n, v)| {
-            Some((
+        .map(|(n, v)| {
+            (
                 n.as_str().to_ascii_lowercase(),
-                v.to_str().ok()?.to_string(),
-            ))
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
         })
         .collect();
     // Envoy gives every request an `x-request-id` (records carry it, Bedrock sees it); so does
     // this component when the client sent none.
-    if !headers.iter().any(|(n, _)| n == "x-request-id") {
-        headers.push(("x-request-id".to_string(), new_request_id()));
+    let generated_id = (!headers.iter().any(|(n, _)| n == "x-request-id")).then(new_request_id);
+    if let Some(id) = &generated_id {
+        headers.push(("x-request-id".to_string(), id.clone()));
+    }
+    // The client's headers as sent (the allowlist picks from these), for the upstream request.
+    let mut original: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    if let Some(id) = &generated_id {
+        original.push(("x-request-id", id.as_bytes()));
     }
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let pairs: Vec<(&str, &str)> = headers
@@ -104,7 +117,7 @@ async fn handle(request: Request) -> Response<BoxBody> {
                 kv: Kv::open(STORE_LABEL),
                 finished: false,
             };
-            forward(flight, parts.method, &pairs, body).await
+            forward(flight, parts.method.clone(), &pairs, &original, body).await
         }
     }
 }
@@ -187,6 +200,7 @@ async fn forward(
     mut flight: Flight,
     method: http::Method,
     client_headers: &[(&str, &str)],
+    original_headers: &[(&str, &[u8])],
     body: IncomingRequestBody,
 ) -> Response<BoxBody> {
     let mut body = body.stream();
@@ -219,10 +233,10 @@ async fn forward(
     // The rewritten body (output cap applied) if core made one, else the client's.
     let out_body = up.body.take().map_or(body, Bytes::from);
     let mut out = http::Request::builder().method(method).uri(&url);
-    for (name, value) in up.headers_from(client_headers.iter().copied()) {
+    for (name, value) in up.headers_from(original_headers.iter().copied()) {
         if let (Ok(n), Ok(v)) = (
             http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_str(&value),
+            http::HeaderValue::from_bytes(&value),
         ) {
             out = out.header(n, v);
         }
