@@ -13,6 +13,7 @@ pub mod exchange;
 pub mod limits;
 pub mod meter;
 pub mod metrics;
+pub mod model_family;
 pub mod model_id;
 pub mod operation;
 pub mod period;

@@ -11,6 +11,7 @@
 //!   carry usage or generated text are parsed.
 
 use core::fmt;
+use core::marker::PhantomData;
 use std::borrow::Cow;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -389,49 +390,54 @@ impl StreamState {
             return r.note_problem(|| format!("chunk event {index}: invalid base64: {err}"));
         }
         match serde_json::from_slice::<ModelEvent>(&self.scratch) {
-            Ok(e) => self.on_model_event(e, r),
-            Err(err) => r.note_problem(|| bad_json("chunk bytes", index, &err)),
+            Ok(e) if e.is_known_shape() => self.on_model_event(e, r),
+            // A shape no family uses: what it says cannot be billed from, but its text can.
+            Ok(_) => add_text(r, text_bytes_of(&self.scratch)),
+            Err(err) => {
+                r.note_problem(|| bad_json("chunk bytes", index, &err));
+                add_text(r, text_bytes_of(&self.scratch));
+            }
         }
         if self.scratch.capacity() > RETAINED_SCRATCH {
             self.scratch = Vec::new();
         }
     }
 
-    /// A model's own stream event: Anthropic Messages (also Llama and Nova text, best effort).
+    /// A model's own stream event, in its family's shape (see [`ModelEvent`]).
     fn on_model_event(&mut self, e: ModelEvent, r: &mut Reading) {
-        let text = e
-            .delta
-            .bytes()
-            .saturating_add(e.generation.0)
-            .saturating_add(e.content_block_delta.map_or(0, |d| d.delta.bytes()));
-        r.output_text_bytes = r.output_text_bytes.saturating_add(text);
+        add_text(r, e.text_bytes());
 
-        if let Some(error) = e.error {
+        if let Some(error) = &e.error {
             r.note_exception(error.kind.as_deref().unwrap_or("error"));
-        } else if e.kind == Kind::Error {
+        } else if e.kind == Some(Kind::Error) {
             r.note_exception("error");
         }
 
         if !self.metrics_seen {
             if let Some(usage) = e.message.and_then(|m| m.usage) {
-                usage.apply(&mut r.usage); // message_start
+                usage.apply(&mut r.usage); // Anthropic message_start
             }
             if let Some(usage) = e.usage {
-                // message_delta: output_tokens is cumulative, so it replaces.
+                // Anthropic message_delta (cumulative output), a chat completion's usage.
                 usage.apply(&mut r.usage);
-                if e.kind == Kind::MessageDelta && usage.output().is_some() {
+                if e.kind == Some(Kind::MessageDelta) && usage.output().is_some() {
                     self.delta_usage_seen = true;
                 }
             }
-            // Llama: prompt count on the first chunk, cumulative generation count after.
-            if let Some(n) = e.prompt_token_count.0 {
-                r.usage.input_tokens = n;
+            if let Some(usage) = e.metadata.and_then(|m| m.usage) {
+                usage.apply(&mut r.usage); // Nova
             }
-            if let Some(n) = e.generation_token_count.0 {
-                r.usage.output_tokens = n;
+            // Running counts: Llama's prompt and generation counts, Titan's input and output.
+            let input = e.prompt_token_count.0.or(e.input_text_token_count.0);
+            let output = (e.generation_token_count.0).or(e.total_output_text_token_count.0);
+            if let Some(n) = input {
+                r.usage.input_tokens = r.usage.input_tokens.max(n);
+            }
+            if let Some(n) = output {
+                r.usage.output_tokens = r.usage.output_tokens.max(n);
             }
         }
-        if e.kind == Kind::MessageStop && self.delta_usage_seen {
+        if e.kind == Some(Kind::MessageStop) && self.delta_usage_seen {
             r.complete = true;
         }
         if let Some(metrics) = e.metrics.filter(UsageFields::any) {
@@ -440,6 +446,20 @@ impl StreamState {
             self.metrics_seen = true;
         }
     }
+}
+
+fn add_text(r: &mut Reading, bytes: u64) {
+    r.output_text_bytes = r.output_text_bytes.saturating_add(bytes);
+}
+
+/// The bytes of generated text in a model event of unknown shape: the UTF-8 length of every
+/// string value in it (keys excluded), or, if it is not JSON, its whole length. An over-count
+/// of a few bytes of framing is the safe direction; a stream whose text counts for nothing
+/// could never be cut off, and a cancelled one would be billed no output.
+fn text_bytes_of(event: &[u8]) -> u64 {
+    serde_json::from_slice::<StringBytes>(event)
+        .map(|s| s.0)
+        .unwrap_or_else(|_| u64::try_from(event.len()).unwrap_or(u64::MAX))
 }
 
 fn bad_json(event: &str, index: u64, err: &serde_json::Error) -> String {
@@ -489,6 +509,9 @@ struct UsageFields {
     output_tokens: Count,
     cache_read_input_tokens: Count,
     cache_creation_input_tokens: Count,
+    // Chat completions (OpenAI-style models).
+    prompt_tokens: Count,
+    completion_tokens: Count,
 }
 
 impl UsageFields {
@@ -496,12 +519,14 @@ impl UsageFields {
         (self.input_tokens_camel.0)
             .or(self.input_token_count.0)
             .or(self.input_tokens.0)
+            .or(self.prompt_tokens.0)
     }
 
     fn output(&self) -> Option<u64> {
         (self.output_tokens_camel.0)
             .or(self.output_token_count.0)
             .or(self.output_tokens.0)
+            .or(self.completion_tokens.0)
     }
 
     fn cache_read(&self) -> Option<u64> {
@@ -640,29 +665,305 @@ enum Kind {
     Other,
 }
 
-/// A model event inside an invoke-stream chunk.
+/// A model event inside an invoke-stream chunk: the model provider's own stream format. Every
+/// field is optional; an event with none of them is an unknown shape (see [`text_bytes_of`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct ModelEvent {
+    // Anthropic Messages.
     #[serde(rename = "type")]
-    kind: Kind,
-    /// Anthropic `message_start`.
+    kind: Option<Kind>,
+    /// `message_start`.
     message: Option<UsageHolder>,
-    /// Anthropic `message_delta` (cumulative output).
+    /// `message_delta` (cumulative output); also a chat completion's final `usage`.
     usage: Option<UsageFields>,
-    /// Anthropic `content_block_delta`.
-    delta: Delta,
-    /// Anthropic `error`.
+    /// `content_block_delta`.
+    delta: Option<Delta>,
+    /// `error`.
     error: Option<ErrorInfo>,
+    /// Anthropic text completions (Claude v2, Instant).
+    completion: Option<TextLen>,
+    /// Bedrock's own, on the last chunk of every family.
     #[serde(rename = "amazon-bedrock-invocationMetrics")]
     metrics: Option<UsageFields>,
-    /// Llama.
-    generation: TextLen,
+    // Meta Llama: text, prompt count (first chunk), cumulative generation count.
+    generation: Option<TextLen>,
     prompt_token_count: Count,
     generation_token_count: Count,
-    /// Nova.
+    // Amazon Titan text: text, input count, cumulative output count.
+    #[serde(rename = "outputText")]
+    output_text: Option<TextLen>,
+    #[serde(rename = "inputTextTokenCount")]
+    input_text_token_count: Count,
+    #[serde(rename = "totalOutputTextTokenCount")]
+    total_output_text_token_count: Count,
+    /// Mistral (7B, Mixtral, Large 2402, Small): `outputs[].text`.
+    outputs: Option<TextSum<TextItem>>,
+    /// Chat completions (AI21 Jamba, OpenAI gpt-oss, DeepSeek, Writer, Qwen, Mistral Large 2
+    /// and the other OpenAI-style models): `choices[].delta` / `.message` / `.text`.
+    choices: Option<TextSum<Choice>>,
+    // Cohere: Command R `text-generation` events and Command's chunks carry `text`;
+    // `generations[].text` in Command's other shape.
+    text: Option<TextLen>,
+    generations: Option<TextSum<TextItem>>,
+    event_type: Option<IgnoredAny>,
+    is_finished: Option<IgnoredAny>,
+    // Amazon Nova.
     #[serde(rename = "contentBlockDelta")]
     content_block_delta: Option<DeltaEvent>,
+    #[serde(rename = "messageStart")]
+    message_start: Option<IgnoredAny>,
+    #[serde(rename = "contentBlockStart")]
+    content_block_start: Option<IgnoredAny>,
+    #[serde(rename = "contentBlockStop")]
+    content_block_stop: Option<IgnoredAny>,
+    #[serde(rename = "messageStop")]
+    message_stop: Option<IgnoredAny>,
+    metadata: Option<MetadataEvent>,
+}
+
+impl ModelEvent {
+    /// Generated text in this event, whatever its family.
+    fn text_bytes(&self) -> u64 {
+        let len = |t: &Option<TextLen>| t.map_or(0, |t| t.0);
+        let sum = |t: &Option<TextSum<TextItem>>| t.as_ref().map_or(0, |t| t.0);
+        [
+            self.delta.as_ref().map_or(0, Delta::bytes),
+            len(&self.completion),
+            len(&self.generation),
+            len(&self.output_text),
+            sum(&self.outputs),
+            self.choices.as_ref().map_or(0, |c| c.0),
+            len(&self.text),
+            sum(&self.generations),
+            self.content_block_delta
+                .as_ref()
+                .map_or(0, |d| d.delta.bytes()),
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
+    }
+
+    /// Some family's field is present.
+    fn is_known_shape(&self) -> bool {
+        self.kind.is_some()
+            || self.message.is_some()
+            || self.usage.is_some()
+            || self.delta.is_some()
+            || self.error.is_some()
+            || self.completion.is_some()
+            || self.metrics.is_some()
+            || self.generation.is_some()
+            || self.prompt_token_count.0.is_some()
+            || self.generation_token_count.0.is_some()
+            || self.output_text.is_some()
+            || self.input_text_token_count.0.is_some()
+            || self.total_output_text_token_count.0.is_some()
+            || self.outputs.is_some()
+            || self.choices.is_some()
+            || self.text.is_some()
+            || self.generations.is_some()
+            || self.event_type.is_some()
+            || self.is_finished.is_some()
+            || self.content_block_delta.is_some()
+            || self.message_start.is_some()
+            || self.content_block_start.is_some()
+            || self.content_block_stop.is_some()
+            || self.message_stop.is_some()
+            || self.metadata.is_some()
+    }
+}
+
+/// Text items with a `text` (Mistral `outputs[]`, Cohere `generations[]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TextItem {
+    text: TextLen,
+}
+
+/// One of a chat completion's `choices`: a stream chunk's `delta`, Mistral Large 2's `message`,
+/// or a text completion's `text` (DeepSeek R1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Choice {
+    delta: ChatMessage,
+    message: ChatMessage,
+    text: TextLen,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChatMessage {
+    content: TextLen,
+    reasoning_content: TextLen,
+    reasoning: TextLen,
+    tool_calls: TextSum<ToolCall>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ToolCall {
+    function: FunctionCall,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FunctionCall {
+    arguments: TextLen,
+}
+
+/// Something that carries generated text.
+trait Text {
+    fn bytes(&self) -> u64;
+}
+
+impl Text for TextItem {
+    fn bytes(&self) -> u64 {
+        self.text.0
+    }
+}
+
+impl Text for ChatMessage {
+    fn bytes(&self) -> u64 {
+        (self.content.0)
+            .saturating_add(self.reasoning_content.0)
+            .saturating_add(self.reasoning.0)
+            .saturating_add(self.tool_calls.0)
+    }
+}
+
+impl Text for Choice {
+    fn bytes(&self) -> u64 {
+        self.delta
+            .bytes()
+            .saturating_add(self.message.bytes())
+            .saturating_add(self.text.0)
+    }
+}
+
+impl Text for ToolCall {
+    fn bytes(&self) -> u64 {
+        self.function.arguments.0
+    }
+}
+
+/// The text of every item of an array, summed as it is read; anything else is 0.
+#[derive(Debug)]
+struct TextSum<T>(u64, PhantomData<T>);
+
+impl<T> Default for TextSum<T> {
+    fn default() -> Self {
+        Self(0, PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Text> Deserialize<'de> for TextSum<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Text> Visitor<'de> for Items<T> {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some(item) = seq.next_element::<T>()? {
+                    sum = sum.saturating_add(item.bytes());
+                }
+                Ok(sum)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(0)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_unit<E>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Items::<T>(PhantomData))
+            .map(|n| TextSum(n, PhantomData))
+    }
+}
+
+/// The UTF-8 length of every string value in a JSON document, keys excluded.
+struct StringBytes(u64);
+
+impl<'de> Deserialize<'de> for StringBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Strings;
+        impl<'de> Visitor<'de> for Strings {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<u64, E> {
+                Ok(u64::try_from(v.len()).unwrap_or(u64::MAX))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some(StringBytes(n)) = seq.next_element()? {
+                    sum = sum.saturating_add(n);
+                }
+                Ok(sum)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some((IgnoredAny, StringBytes(n))) = map.next_entry()? {
+                    sum = sum.saturating_add(n);
+                }
+                Ok(sum)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_unit<E>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Strings).map(StringBytes)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1363,6 +1664,280 @@ mod tests {
             (r.usage, r.complete, r.output_text_bytes),
             (usage(4, 2, 0, 0), true, 5)
         );
+    }
+
+    // ---- InvokeWithResponseStream, every model family ------------------------------------
+
+    /// `amazon-bedrock-invocationMetrics`, as Bedrock adds it to a stream's last chunk.
+    fn metrics(input: u64, output: u64) -> String {
+        format!(
+            r#""amazon-bedrock-invocationMetrics":{{"inputTokenCount":{input},"outputTokenCount":{output},"invocationLatency":420,"firstByteLatency":120}}"#
+        )
+    }
+
+    /// One model family's invoke stream: its model events (each becomes one `chunk`), the bytes
+    /// of generated text they carry, and the final usage (from the invocation metrics).
+    struct FamilyStream {
+        family: &'static str,
+        events: Vec<String>,
+        text_bytes: u64,
+        usage: Usage,
+    }
+
+    /// Every family Bedrock serves on InvokeModelWithResponseStream, in its own chunk shape
+    /// (the model providers' native formats, as the Bedrock user guide's per-model inference
+    /// parameters describe them).
+    fn family_streams() -> Vec<FamilyStream> {
+        let s = |family, events: &[&str], text_bytes, input, output| FamilyStream {
+            family,
+            events: events.iter().map(|e| e.to_string()).collect(),
+            text_bytes,
+            usage: usage(input, output, 0, 0),
+        };
+        let m = metrics;
+        vec![
+            s(
+                "mistral (7B, Mixtral, Large 2402, Small)",
+                &[
+                    r#"{"outputs":[{"text":" Bon","stop_reason":null}]}"#,
+                    r#"{"outputs":[{"text":"jour","stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"outputs":[{{"text":"!","stop_reason":"stop"}}],{}}}"#,
+                        m(12, 3)
+                    ),
+                ],
+                4 + 4 + 1,
+                12,
+                3,
+            ),
+            s(
+                "mistral large 2 (2407), pixtral: chat message chunks",
+                &[
+                    r#"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"message":{"role":"assistant","content":"Bon"},"stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"jour"}},"stop_reason":"stop"}}],{}}}"#,
+                        m(8, 2)
+                    ),
+                ],
+                3 + 4,
+                8,
+                2,
+            ),
+            s(
+                "amazon titan text",
+                &[
+                    r#"{"outputText":"Hel","index":0,"totalOutputTextTokenCount":1,"completionReason":null,"inputTextTokenCount":5}"#,
+                    &format!(
+                        r#"{{"outputText":"lo!","index":0,"totalOutputTextTokenCount":2,"completionReason":"FINISH","inputTextTokenCount":null,{}}}"#,
+                        m(5, 2)
+                    ),
+                ],
+                3 + 3,
+                5,
+                2,
+            ),
+            s(
+                "cohere command r / r+",
+                &[
+                    r#"{"is_finished":false,"event_type":"stream-start","generation_id":"g-1"}"#,
+                    r#"{"is_finished":false,"event_type":"text-generation","text":"Hi"}"#,
+                    r#"{"is_finished":false,"event_type":"text-generation","text":" there"}"#,
+                    &format!(
+                        r#"{{"is_finished":true,"event_type":"stream-end","response":{{"response_id":"r-1","text":"Hi there","generation_id":"g-1","finish_reason":"COMPLETE"}},"finish_reason":"COMPLETE",{}}}"#,
+                        m(9, 2)
+                    ),
+                ],
+                2 + 6,
+                9,
+                2,
+            ),
+            s(
+                "cohere command (legacy)",
+                &[
+                    r#"{"text":" Hi","is_finished":false,"index":0}"#,
+                    r#"{"generations":[{"text":" you","index":0}]}"#,
+                    &format!(
+                        r#"{{"is_finished":true,"finish_reason":"COMPLETE",{}}}"#,
+                        m(4, 2)
+                    ),
+                ],
+                3 + 4,
+                4,
+                2,
+            ),
+            s(
+                "meta llama 2/3/4",
+                &[
+                    r#"{"generation":"Hel","prompt_token_count":12,"generation_token_count":1,"stop_reason":null}"#,
+                    r#"{"generation":"lo","prompt_token_count":null,"generation_token_count":2,"stop_reason":null}"#,
+                    &format!(
+                        r#"{{"generation":"","prompt_token_count":null,"generation_token_count":3,"stop_reason":"stop",{}}}"#,
+                        m(12, 3)
+                    ),
+                ],
+                3 + 2,
+                12,
+                3,
+            ),
+            s(
+                "ai21 jamba",
+                &[
+                    r#"{"id":"chat-1","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#,
+                    r#"{"id":"chat-1","choices":[{"index":0,"delta":{"content":"Shalom"},"finish_reason":null}]}"#,
+                    &format!(
+                        r#"{{"id":"chat-1","choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}},{}}}"#,
+                        m(10, 2)
+                    ),
+                ],
+                6,
+                10,
+                2,
+            ),
+            s(
+                "openai gpt-oss, deepseek v3, writer palmyra, qwen: chat completion chunks",
+                &[
+                    r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"openai.gpt-oss-20b-1:0","choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"Think."},"finish_reason":null}]}"#,
+                    r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"reasoning":"Hm","content":"Hi"},"finish_reason":null}]}"#,
+                    &format!(
+                        r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"call_1","type":"function","function":{{"name":"f","arguments":"{{\"a\":1}}"}}}}]}},"finish_reason":"tool_calls"}}],{}}}"#,
+                        m(7, 6)
+                    ),
+                ],
+                6 + 2 + 2 + 7,
+                7,
+                6,
+            ),
+            s(
+                "deepseek r1: text completion choices",
+                &[
+                    r#"{"choices":[{"text":"<think>","stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"choices":[{{"text":"Hi","stop_reason":"stop"}}],{}}}"#,
+                        m(3, 4)
+                    ),
+                ],
+                7 + 2,
+                3,
+                4,
+            ),
+            s(
+                "anthropic text completions (claude v2, instant)",
+                &[
+                    r#"{"completion":" Hello","stop_reason":null,"stop":null}"#,
+                    &format!(
+                        r#"{{"completion":"!","stop_reason":"stop_sequence","stop":"\n\nHuman:",{}}}"#,
+                        m(6, 2)
+                    ),
+                ],
+                6 + 1,
+                6,
+                2,
+            ),
+            s(
+                "amazon nova",
+                &[
+                    r#"{"messageStart":{"role":"assistant"}}"#,
+                    r#"{"contentBlockDelta":{"delta":{"text":"Salut"},"contentBlockIndex":0}}"#,
+                    r#"{"contentBlockStop":{"contentBlockIndex":0}}"#,
+                    r#"{"messageStop":{"stopReason":"end_turn"}}"#,
+                    &format!(
+                        r#"{{"metadata":{{"usage":{{"inputTokens":4,"outputTokens":2}}}},{}}}"#,
+                        m(4, 2)
+                    ),
+                ],
+                5,
+                4,
+                2,
+            ),
+            s(
+                "a shape no family uses: its text values are counted",
+                &[
+                    r#"{"mystery":{"text":"words"},"n":[1,"ab"]}"#,
+                    &format!(r#"{{"done":true,{}}}"#, m(2, 2)),
+                ],
+                5 + 2,
+                2,
+                2,
+            ),
+        ]
+    }
+
+    #[test]
+    fn invoke_stream_every_family_meters_text_at_every_split() {
+        for f in family_streams() {
+            let stream: Vec<u8> = f.events.iter().flat_map(|e| chunk(e)).collect();
+            let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+            assert_eq!(r.output_text_bytes, f.text_bytes, "{}", f.family);
+            assert_eq!((r.usage, r.complete), (f.usage, true), "{}", f.family);
+            assert_eq!(r.events, f.events.len() as u64, "{}", f.family);
+            for cut in 0..=stream.len() {
+                let (a, b) = stream.split_at(cut);
+                assert_eq!(
+                    run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[a, b]),
+                    r,
+                    "{}: cut at {cut}",
+                    f.family
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn invoke_stream_every_family_is_billed_for_text_before_the_metrics() {
+        // A client that cancels before the last chunk (the one with the invocation metrics):
+        // the generated text seen so far is what an estimate bills.
+        for f in family_streams() {
+            let (last, rest) = f.events.split_last().unwrap();
+            let stream: Vec<u8> = rest.iter().flat_map(|e| chunk(e)).collect();
+            let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+            assert!(!r.complete, "{}", f.family);
+            let last_text = run(
+                Operation::InvokeWithResponseStream,
+                EVENTSTREAM,
+                &[&chunk(last)],
+            )
+            .output_text_bytes;
+            assert_eq!(
+                r.output_text_bytes,
+                f.text_bytes - last_text,
+                "{}",
+                f.family
+            );
+            assert!(r.output_text_bytes > 0, "{}: no text metered", f.family);
+            let (billed, _) = crate::record::billable(200, true, &r, 100);
+            assert!(billed.output_tokens > 0, "{}: billed no output", f.family);
+        }
+    }
+
+    #[test]
+    fn invoke_stream_running_counts_of_titan_and_openai_usage() {
+        // Titan reports its input and a running output count in every chunk.
+        let titan = chunk(
+            r#"{"outputText":"Hel","index":0,"totalOutputTextTokenCount":7,"completionReason":null,"inputTextTokenCount":5}"#,
+        );
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&titan]);
+        assert_eq!((r.usage, r.complete), (usage(5, 7, 0, 0), false));
+        // A chat-completion chunk's `usage` (prompt / completion tokens).
+        let usage_chunk = chunk(
+            r#"{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4,"total_tokens":15}}"#,
+        );
+        let r = run(
+            Operation::InvokeWithResponseStream,
+            EVENTSTREAM,
+            &[&usage_chunk],
+        );
+        assert_eq!(r.usage, usage(11, 4, 0, 0));
+    }
+
+    #[test]
+    fn invoke_stream_chunk_that_is_not_json_counts_as_text() {
+        let r = run(
+            Operation::InvokeWithResponseStream,
+            EVENTSTREAM,
+            &[&chunk("plain words")],
+        );
+        assert_eq!(r.output_text_bytes, 11);
+        assert!(r.problem.is_some());
     }
 
     #[test]

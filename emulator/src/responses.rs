@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::directives::{Directives, MAX_OUTPUT_TOKENS};
 use crate::eventstream_encode::{event_frame, exception_frame, EncodeError};
+use crate::families::Family;
 
 /// Output tokens served when neither a directive nor the request's max tokens say otherwise.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 32;
@@ -84,8 +85,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// `json` is the parsed request body (if it parsed).
-    pub fn new(op: Operation, body: &[u8], json: Option<&Value>, d: &Directives) -> Self {
+    /// `json` is the parsed request body (if it parsed); `family` decides how an invoke body
+    /// names its output limit and which stop reason the answer reports.
+    pub fn new(
+        op: Operation,
+        family: Family,
+        body: &[u8],
+        json: Option<&Value>,
+        d: &Directives,
+    ) -> Self {
         let input = d.input.unwrap_or_else(|| (body.len() as u64).div_ceil(4));
         let requested_max = json.and_then(|j| {
             if op.is_converse() {
@@ -93,9 +101,14 @@ impl Plan {
                     .and_then(|c| c.get("maxTokens"))
                     .and_then(Value::as_u64)
             } else {
-                j.get("max_tokens").and_then(Value::as_u64)
+                family.requested_max(j)
             }
         });
+        let default_stop = if op.is_converse() {
+            "end_turn"
+        } else {
+            family.stop_reason()
+        };
         let output = d
             .output
             .or(requested_max)
@@ -117,7 +130,7 @@ impl Plan {
             stop_reason: d
                 .stop_reason
                 .clone()
-                .unwrap_or_else(|| "end_turn".to_string()),
+                .unwrap_or_else(|| default_stop.to_string()),
         }
     }
 
@@ -219,8 +232,14 @@ fn anthropic_usage(u: &Usage, output_tokens: u64) -> Value {
     })
 }
 
-/// The InvokeModel answer (an Anthropic Messages response).
-pub fn invoke_body(plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
+/// The InvokeModel answer, in the model family's format.
+pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
+    if family != Family::Anthropic {
+        return family
+            .body(plan, model_id, message_id)
+            .to_string()
+            .into_bytes();
+    }
     json!({
         "id": message_id,
         "type": "message",
@@ -270,8 +289,13 @@ pub enum StreamEvent {
     MessageStart,
     /// Anthropic `content_block_start` (Converse sends none for text).
     BlockStart,
-    /// A content delta carrying `tokens` words.
-    Delta { text: String, tokens: u64 },
+    /// Content delta number `index`, carrying `tokens` words after `tokens_before`.
+    Delta {
+        text: String,
+        tokens: u64,
+        tokens_before: u64,
+        index: u32,
+    },
     /// `contentBlockStop` / `content_block_stop`.
     BlockStop,
     /// Anthropic `message_delta` (stop reason and cumulative output tokens).
@@ -285,16 +309,33 @@ pub enum StreamEvent {
 }
 
 /// The events of a stream answer, in order, ending with an exception if `fail-after` is set.
-pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
-    let mut events = vec![StreamEvent::MessageStart];
-    if !op.is_converse() {
-        events.push(StreamEvent::BlockStart);
-    }
+/// An invoke stream has its model family's events around the content deltas.
+pub fn stream_events(op: Operation, family: Family, plan: &Plan) -> Vec<StreamEvent> {
+    let (before, after) = if op.is_converse() {
+        (
+            vec![StreamEvent::MessageStart],
+            vec![
+                StreamEvent::BlockStop,
+                StreamEvent::MessageStop,
+                StreamEvent::Metadata,
+            ],
+        )
+    } else {
+        family.stream_frame()
+    };
+    let mut events = before;
+    let mut tokens_before = 0;
     for (i, (text, tokens)) in plan.deltas().into_iter().enumerate() {
         if plan.fail_after == Some(i as u32) {
             break;
         }
-        events.push(StreamEvent::Delta { text, tokens });
+        events.push(StreamEvent::Delta {
+            text,
+            tokens,
+            tokens_before,
+            index: i as u32,
+        });
+        tokens_before += tokens;
     }
     if let Some(n) = plan.fail_after {
         events.push(StreamEvent::Exception {
@@ -302,14 +343,7 @@ pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
         });
         return events;
     }
-    events.push(StreamEvent::BlockStop);
-    if op.is_converse() {
-        events.push(StreamEvent::MessageStop);
-        events.push(StreamEvent::Metadata);
-    } else {
-        events.push(StreamEvent::MessageDelta);
-        events.push(StreamEvent::MessageStop);
-    }
+    events.extend(after);
     events
 }
 
@@ -317,6 +351,8 @@ pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
 #[derive(Clone, Copy, Debug)]
 pub struct StreamContext<'a> {
     pub op: Operation,
+    /// The model's family: the shape of an invoke stream's model events.
+    pub family: Family,
     pub plan: &'a Plan,
     pub model_id: &'a str,
     pub message_id: &'a str,
@@ -367,7 +403,34 @@ pub fn encode_event(
         return event_frame(event_type, payload.to_string().as_bytes());
     }
     let u = &ctx.plan.usage;
-    let inner = match event {
+    let metrics = json!({
+        "inputTokenCount": u.input_tokens,
+        "outputTokenCount": u.output_tokens,
+        "invocationLatency": ctx.latency_ms,
+        "firstByteLatency": ctx.first_byte_latency_ms,
+        "cacheReadInputTokenCount": u.cache_read_tokens,
+        "cacheWriteInputTokenCount": u.cache_write_tokens,
+    });
+    let inner = if ctx.family != Family::Anthropic {
+        let mut inner = ctx
+            .family
+            .stream_event(event, ctx.plan, ctx.model_id, ctx.message_id);
+        if ctx.family.is_last_event(event) {
+            inner["amazon-bedrock-invocationMetrics"] = metrics;
+        }
+        inner
+    } else {
+        anthropic_event(ctx, event, metrics)
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.encode(inner.to_string());
+    let payload = json!({ "bytes": bytes, "p": p });
+    event_frame("chunk", payload.to_string().as_bytes())
+}
+
+/// An Anthropic Messages stream event.
+fn anthropic_event(ctx: &StreamContext<'_>, event: &StreamEvent, metrics: Value) -> Value {
+    let u = &ctx.plan.usage;
+    match event {
         StreamEvent::MessageStart => json!({
             "type": "message_start",
             "message": {
@@ -399,19 +462,9 @@ pub fn encode_event(
         }),
         StreamEvent::MessageStop | StreamEvent::Metadata | StreamEvent::Exception { .. } => json!({
             "type": "message_stop",
-            "amazon-bedrock-invocationMetrics": {
-                "inputTokenCount": u.input_tokens,
-                "outputTokenCount": u.output_tokens,
-                "invocationLatency": ctx.latency_ms,
-                "firstByteLatency": ctx.first_byte_latency_ms,
-                "cacheReadInputTokenCount": u.cache_read_tokens,
-                "cacheWriteInputTokenCount": u.cache_write_tokens,
-            },
+            "amazon-bedrock-invocationMetrics": metrics,
         }),
-    };
-    let bytes = base64::engine::general_purpose::STANDARD.encode(inner.to_string());
-    let payload = json!({ "bytes": bytes, "p": p });
-    event_frame("chunk", payload.to_string().as_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +476,7 @@ mod tests {
         let json: Option<Value> = serde_json::from_str(body).ok();
         Plan::new(
             op,
+            Family::Anthropic,
             body.as_bytes(),
             json.as_ref(),
             &Directives::parse(body.as_bytes()),
@@ -536,24 +590,24 @@ mod tests {
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:events=2]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 6);
         assert_eq!(e[0], StreamEvent::MessageStart);
         assert!(matches!(e[5], StreamEvent::Metadata));
-        let e = stream_events(Operation::InvokeWithResponseStream, &p);
+        let e = stream_events(Operation::InvokeWithResponseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 7);
         let p = plan(
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:events=4]][[emu:fail-after=1]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 3);
         assert!(matches!(e[2], StreamEvent::Exception { .. }));
         let p = plan(
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:fail-after=99]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(
             e.len(),
             6,
@@ -569,6 +623,7 @@ mod tests {
         );
         let ctx = StreamContext {
             op: Operation::InvokeWithResponseStream,
+            family: Family::Anthropic,
             plan: &p,
             model_id: "m",
             message_id: "msg_1",
@@ -576,7 +631,7 @@ mod tests {
             latency_ms: 5,
             first_byte_latency_ms: 1,
         };
-        let events = stream_events(ctx.op, &p);
+        let events = stream_events(ctx.op, ctx.family, &p);
         let mut inner = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let (frame, _) = decode_frame(&encode_event(&ctx, i as u64, e).unwrap()).unwrap();

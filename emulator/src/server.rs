@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::directives::Directives;
+use crate::families::Family;
 use crate::ledger::{now_ms, Entry, Ledger, Ticket};
 use crate::responses::{
     converse_body, encode_event, error_body, invoke_body, invoke_headers, message_id, request_id,
@@ -486,7 +487,8 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         ));
     };
 
-    let plan = Plan::new(op, &body, Some(&json), &directives);
+    let family = Family::of(&model_id);
+    let plan = Plan::new(op, family, &body, Some(&json), &directives);
     let msg_id = message_id(ticket.seq);
     pending.entry.usage = Some(plan.usage);
     if op.is_stream() {
@@ -497,6 +499,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             entry,
             StreamJob {
                 op,
+                family,
                 plan,
                 model_id,
                 msg_id,
@@ -520,7 +523,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         _ => Answer {
             status: 200,
             error: None,
-            body: invoke_body(&plan, &model_id, &msg_id),
+            body: invoke_body(family, &plan, &model_id, &msg_id),
             headers: invoke_headers(&plan.usage, latency_ms),
         },
     };
@@ -566,6 +569,7 @@ impl Body for ChannelBody {
 
 struct StreamJob {
     op: Operation,
+    family: Family,
     plan: Plan,
     model_id: String,
     msg_id: String,
@@ -671,7 +675,7 @@ async fn run_stream(
     job: StreamJob,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let events = stream_events(job.op, &job.plan);
+    let events = stream_events(job.op, job.family, &job.plan);
     let mut chunker = Chunker::new(tx);
     let mut first_byte_latency_ms = None;
     let mut disconnected = false;
@@ -688,6 +692,7 @@ async fn run_stream(
         let latency_ms = job.received.elapsed().as_millis() as u64;
         let ctx = StreamContext {
             op: job.op,
+            family: job.family,
             plan: &job.plan,
             model_id: &job.model_id,
             message_id: &job.msg_id,
@@ -720,7 +725,7 @@ async fn run_stream(
     for &(index, at) in &chunker.done {
         times.push(at);
         match &events[index] {
-            StreamEvent::Delta { text, tokens } => {
+            StreamEvent::Delta { text, tokens, .. } => {
                 content_events += 1;
                 tokens_sent += tokens;
                 text_sent.push_str(text);

@@ -1,0 +1,175 @@
+"""What the gateway bills from Bedrock's responses, on each host: every model family's invoke
+formats, streams cancelled or cut off before their final usage, replies Bedrock never gave,
+and image models."""
+
+from __future__ import annotations
+
+import json
+
+import botocore.exceptions
+import pytest
+
+import harness
+import pricing_oracle
+from conftest import bedrock_client, plugin_config
+from test_bedrock_api import Observed, ledger_usage, record_usage
+
+PICO = 10**12
+
+
+def chat(text: str) -> list:
+    return [{"role": "user", "content": text}]
+
+
+def native_body(model_id: str, text: str, max_tokens: int) -> dict:
+    """An InvokeModel body in the model family's own format."""
+    if "nova" in model_id:
+        return {"messages": [{"role": "user", "content": [{"text": text}]}],
+                "inferenceConfig": {"max_new_tokens": max_tokens}}
+    if "titan-text" in model_id:
+        return {"inputText": text, "textGenerationConfig": {"maxTokenCount": max_tokens}}
+    if ".meta." in model_id or model_id.startswith("meta."):
+        return {"prompt": text, "max_gen_len": max_tokens}
+    if "mistral-large-2402" in model_id or "deepseek.r1" in model_id:
+        return {"prompt": f"<s>[INST] {text} [/INST]", "max_tokens": max_tokens}
+    if "cohere" in model_id:
+        return {"message": text, "max_tokens": max_tokens}
+    if "openai" in model_id:
+        return {"messages": chat(text), "max_completion_tokens": max_tokens}
+    return {"messages": chat(text), "max_tokens": max_tokens}
+
+
+# (model ID, how a client reads the text out of one stream chunk), per family.
+FAMILIES = [
+    ("us.amazon.nova-lite-v1:0", lambda c: c.get("contentBlockDelta", {}).get("delta", {}).get("text", "")),
+    ("amazon.titan-text-express-v1", lambda c: c.get("outputText", "")),
+    ("meta.llama3-8b-instruct-v1:0", lambda c: c.get("generation", "")),
+    ("mistral.mistral-large-2402-v1:0", lambda c: c["outputs"][0]["text"]),
+    ("mistral.mistral-large-2407-v1:0", lambda c: c["choices"][0]["message"]["content"]),
+    ("cohere.command-r-v1:0", lambda c: c.get("text", "") if c.get("event_type") == "text-generation" else ""),
+    ("ai21.jamba-1-5-mini-v1:0", lambda c: c["choices"][0]["delta"].get("content", "") if c["choices"] else ""),
+    ("openai.gpt-oss-20b-1:0", lambda c: c["choices"][0]["delta"].get("content", "") if c["choices"] else ""),
+    ("us.deepseek.r1-v1:0", lambda c: c["choices"][0]["text"]),
+    ("us.writer.palmyra-x5-v1:0", lambda c: c["choices"][0]["delta"].get("content", "") if c["choices"] else ""),
+    ("qwen.qwen3-32b-v1:0", lambda c: c["choices"][0]["delta"].get("content", "") if c["choices"] else ""),
+]
+
+
+def priced(model_id: str) -> bool:
+    try:
+        pricing_oracle.prices(model_id)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.mark.parametrize("model_id,text_of", FAMILIES, ids=[m for m, _ in FAMILIES])
+def test_invoke_stream_of_every_family_is_reported_exactly(client, gateway, emulator, model_id, text_of):
+    seen = Observed(gateway, emulator)
+    body = native_body(model_id, "count [[emu:events=5]]", 12)
+    resp = client.invoke_model_with_response_stream(modelId=model_id, body=json.dumps(body))
+    chunks = [json.loads(e["chunk"]["bytes"]) for e in resp["body"] if "chunk" in e]
+    assert "".join(text_of(c) for c in chunks) == " ".join(f"w{i}" for i in range(12))
+    assert chunks[-1]["amazon-bedrock-invocationMetrics"]["outputTokenCount"] == 12
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert (record["status"], record["usage_source"]) == (200, "reported")
+    assert record_usage(record) == ledger_usage(entry)
+    if priced(model_id):
+        assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(model_id, ledger_usage(entry))
+
+
+@pytest.mark.parametrize("model_id", [m for m, _ in FAMILIES])
+def test_invoke_of_every_family_is_reported_exactly(client, gateway, emulator, model_id):
+    seen = Observed(gateway, emulator)
+    out = client.invoke_model(modelId=model_id, body=json.dumps(native_body(model_id, "hello", 6)))
+    json.loads(out["body"].read())
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert (record["status"], record["usage_source"]) == (200, "reported")
+    assert record_usage(record) == ledger_usage(entry)
+    assert ledger_usage(entry)["output_tokens"] == 6
+
+
+@pytest.mark.parametrize("model_id", ["mistral.mistral-large-2402-v1:0", "meta.llama3-8b-instruct-v1:0",
+                                      "openai.gpt-oss-20b-1:0"])
+def test_a_stream_cancelled_before_its_metrics_is_billed_for_what_it_delivered(
+        client_for, gateway, emulator, model_id):
+    from conftest import KEYS
+    seen = Observed(gateway, emulator)
+    c = client_for(KEYS["team-a"][0])
+    body = native_body(model_id, "[[emu:events=20]] [[emu:slow=100]]", 40)
+    resp = c.invoke_model_with_response_stream(modelId=model_id, body=json.dumps(body))
+    texts = 0
+    for event in resp["body"]:
+        if "chunk" in event:
+            texts += 1
+            if texts == 4:
+                break
+    resp["body"].close()  # hang up before the last chunk, which carries the invocation metrics
+    [record] = seen.records(1)
+    [entry] = seen.ledger(1)
+    assert entry["client_disconnected"] is True and entry["stream_completed"] is False
+    assert (record["status"], record["usage_source"]) == (200, "estimated")
+    # The generated text the gateway relayed is billed, at 4 bytes a token: never input only.
+    assert 0 < record["output_tokens"] <= 40
+    assert record["input_tokens"] > 0
+    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(model_id, record_usage(record))
+
+
+# ---- a gateway with limits ------------------------------------------------------------------
+
+KEYS = {
+    "cutoff": "tg-billing-cutoff",
+}
+
+
+@pytest.fixture(scope="module")
+def billing_gateway(workdir, emulator, tls_dir, host_kind, request):
+    keys = [
+        # Room for the prompt and roughly 15 output tokens of Mistral Large (2402).
+        {"id": "cutoff", "limits": {"budget": {"usd": "0.0003", "period": "total"}, "cut_off_streams": True}},
+    ]
+    cfg = plugin_config(emulator.port, test_hooks=True)
+    cfg["api_keys"] = [{**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys]
+    kw = {}
+    if host_kind == "spin":
+        try:
+            kw["store"] = request.getfixturevalue("redis_server").url(3)
+        except pytest.skip.Exception:
+            kw["store"] = "memory"
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "billing", cfg, emulator.port, tls_dir,
+                               name="billing", **kw)
+    yield gw
+    gw.stop()
+
+
+def usage_of(gateway, key: str) -> dict:
+    from test_bedrock_api import raw
+    status, _, body = raw(gateway, "GET", "/usage", None, {"authorization": f"Bearer {KEYS[key]}"})
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_budget_cut_off_ends_a_non_anthropic_invoke_stream(billing_gateway, tls_dir, emulator):
+    model_id = "mistral.mistral-large-2402-v1:0"
+    c = bedrock_client(billing_gateway, tls_dir, KEYS["cutoff"])
+    seen = Observed(billing_gateway, emulator)
+    body = native_body(model_id, "[[emu:events=40]] [[emu:slow=20]]", 200)
+    resp = c.invoke_model_with_response_stream(modelId=model_id, body=json.dumps(body))
+    chunks = 0
+    with pytest.raises(botocore.exceptions.EventStreamError) as e:
+        for event in resp["body"]:
+            chunks += "chunk" in event
+    assert e.value.response["Error"]["Code"] == "throttlingException"
+    assert "budget is exhausted" in e.value.response["Error"]["Message"]
+    assert 0 < chunks < 40
+    [record] = seen.records(1)
+    [entry] = seen.ledger(1)
+    assert entry["stream_completed"] is False and entry["content_events_sent"] < 40
+    assert (record["status"], record["usage_source"], record["exception"]) == (200, "estimated", "throttlingException")
+    assert record["output_tokens"] > 0
+    u = usage_of(billing_gateway, "cutoff")
+    assert u["budget"]["spent_pico_usd"] == record["cost_pico_usd"]
+    # At most one chunk (5 words, ~4 tokens at 4 bytes a token) past the budget.
+    assert record["cost_pico_usd"] <= 300_000_000 + 6 * pricing_oracle.prices(model_id)["output"] * PICO
