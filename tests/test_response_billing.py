@@ -173,3 +173,54 @@ def test_budget_cut_off_ends_a_non_anthropic_invoke_stream(billing_gateway, tls_
     assert u["budget"]["spent_pico_usd"] == record["cost_pico_usd"]
     # At most one chunk (5 words, ~4 tokens at 4 bytes a token) past the budget.
     assert record["cost_pico_usd"] <= 300_000_000 + 6 * pricing_oracle.prices(model_id)["output"] * PICO
+
+
+# ---- responses that misreport themselves ---------------------------------------------------
+
+def post(gateway, path: str, body: dict):
+    from conftest import KEYS as CONF_KEYS
+    from test_bedrock_api import raw
+    return raw(gateway, "POST", path, json.dumps(body).encode(),
+               {"x-api-key": CONF_KEYS["team-a"][0], "content-type": "application/json"})
+
+
+@pytest.mark.parametrize("operation,content_type", [
+    ("converse", "text/plain"),
+    ("converse", "application/vnd.amazon.eventstream"),
+    ("converse-stream", "application/json"),
+    ("invoke", "image/png"),
+])
+def test_the_operation_not_the_content_type_decides_how_a_response_is_read(
+        gateway, emulator, operation, content_type):
+    seen = Observed(gateway, emulator)
+    text = f"hi [[emu:content-type={content_type}]] [[emu:output=9]]"
+    if operation == "invoke":
+        body = {"anthropic_version": "bedrock-2023-05-31", "max_tokens": 9,
+                "messages": [{"role": "user", "content": text}]}
+    else:
+        body = {"messages": [{"role": "user", "content": [{"text": text}]}]}
+    status, headers, _ = post(gateway, f"/model/claude-fast/{operation}", body)
+    assert status == 200 and headers["content-type"] == content_type
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert record["usage_source"] == "reported"
+    assert record_usage(record) == ledger_usage(entry)
+
+
+@pytest.mark.parametrize("misreport", ["-1", "none"])
+def test_a_stream_whose_final_usage_has_no_valid_output_count_is_billed_for_its_text(
+        client, gateway, emulator, misreport):
+    seen = Observed(gateway, emulator)
+    resp = client.converse_stream(
+        modelId="claude-fast",
+        messages=[{"role": "user", "content": [{"text": f"[[emu:reported-output={misreport}]] [[emu:output=30]]"}]}],
+    )
+    for _ in resp["stream"]:
+        pass
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert entry["stream_completed"] is True
+    assert (record["status"], record["usage_source"]) == (200, "estimated")
+    # The input the stream reported, and its text at 4 bytes a token: not zero output.
+    assert record["input_tokens"] == ledger_usage(entry)["input_tokens"]
+    assert record["output_tokens"] == -(-len(entry["output_text"].encode()) // 4) > 0

@@ -382,7 +382,7 @@ impl Exchange {
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         self.status.get_or_insert(status);
-        self.meter.on_response_headers(headers);
+        self.meter.on_response_headers(status, headers);
     }
 
     /// Observes a chunk of the response, which passes unchanged unless this stream is to be

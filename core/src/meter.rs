@@ -70,20 +70,19 @@ enum Mode {
     Json,
     /// Decode EventStream as it arrives.
     Stream,
-    /// Neither: rely on headers.
-    Skip,
 }
 
 impl Mode {
-    fn of(op: Operation, content_type: Option<&str>) -> Self {
-        let has = |needle: &str| content_type.is_some_and(|ct| contains_ignore_case(ct, needle));
-        match content_type {
-            _ if has("vnd.amazon.eventstream") => Self::Stream,
-            // A JSON body on a stream operation is an error reply, sent before any event.
-            _ if has("json") => Self::Json,
-            None if op.is_stream() => Self::Stream,
-            None => Self::Json,
-            Some(_) => Self::Skip,
+    /// The operation and the status decide, never the response's content type: a non-stream
+    /// answer is JSON (whatever it claims, it is read as such, and its headers are the
+    /// fallback); a stream operation's 2xx answer is EventStream; its refusal, sent before
+    /// any event, is Bedrock's JSON error. `status` is `None` when no head was seen.
+    fn of(op: Operation, status: Option<u16>) -> Self {
+        let refused = status.is_some_and(|s| !(200..300).contains(&s));
+        if op.is_stream() && !refused {
+            Self::Stream
+        } else {
+            Self::Json
         }
     }
 }
@@ -95,10 +94,14 @@ struct HeaderCounts {
     output: Option<u64>,
     cache_read: Option<u64>,
     cache_write: Option<u64>,
+    /// Some count header did not parse (negative, not a number).
+    unparseable: bool,
 }
 
 impl HeaderCounts {
-    fn usage(&self) -> Option<Usage> {
+    /// What the headers say, and whether that is the response's whole usage: an input count,
+    /// and an output count unless none is sent (embeddings generate none); nothing unparseable.
+    fn usage(&self) -> Option<(Usage, bool)> {
         if self.input.is_none()
             && self.output.is_none()
             && self.cache_read.is_none()
@@ -106,12 +109,13 @@ impl HeaderCounts {
         {
             return None;
         }
-        Some(Usage {
+        let usage = Usage {
             input_tokens: self.input.unwrap_or(0),
             output_tokens: self.output.unwrap_or(0),
             cache_read_tokens: self.cache_read.unwrap_or(0),
             cache_write_tokens: self.cache_write.unwrap_or(0),
-        })
+        };
+        Some((usage, self.input.is_some() && !self.unparseable))
     }
 }
 
@@ -145,20 +149,19 @@ impl UsageMeter {
         }
     }
 
-    /// Response headers: `content-type`, `x-amzn-errortype` and InvokeModel's
+    /// The response's status and headers: `x-amzn-errortype` and InvokeModel's
     /// `x-amzn-bedrock-{input,output,cache-read-input,cache-write-input}-token-count` (names
-    /// case-insensitive). The token counts are used for non-stream responses only.
+    /// case-insensitive). The token counts are used for non-stream responses only, when the
+    /// body has ended (see [`UsageMeter::finish`]).
     pub fn on_response_headers<'a>(
         &mut self,
+        status: u16,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
+        let op = self.op;
+        self.mode.get_or_insert_with(|| Mode::of(op, Some(status)));
         for (name, value) in headers {
-            let slot = if name.eq_ignore_ascii_case("content-type") {
-                if self.mode.is_none() {
-                    self.mode = Some(Mode::of(self.op, Some(value)));
-                }
-                continue;
-            } else if name.eq_ignore_ascii_case("x-amzn-errortype") {
+            let slot = if name.eq_ignore_ascii_case("x-amzn-errortype") {
                 // "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
                 let kind = value.split(':').next().unwrap_or("").trim();
                 if !kind.is_empty() {
@@ -178,14 +181,12 @@ impl UsageMeter {
             };
             match value.trim().parse::<u64>() {
                 Ok(n) => *slot = Some(n),
-                Err(_) => self
-                    .reading
-                    .note_problem(|| format!("unparseable {} header", name.to_ascii_lowercase())),
-            }
-        }
-        if !self.finished && !self.is_stream() {
-            if let Some(usage) = self.headers.usage() {
-                self.reading.usage = usage;
+                Err(_) => {
+                    self.headers.unparseable = true;
+                    self.reading.note_problem(|| {
+                        format!("unparseable {} header", name.to_ascii_lowercase())
+                    });
+                }
             }
         }
     }
@@ -252,7 +253,6 @@ impl UsageMeter {
                 }
                 stopped_at
             }
-            Mode::Skip => None,
         }
     }
 
@@ -272,10 +272,6 @@ impl UsageMeter {
         self.reading.clone()
     }
 
-    fn is_stream(&self) -> bool {
-        self.mode.unwrap_or_else(|| Mode::of(self.op, None)) == Mode::Stream
-    }
-
     fn settle(&mut self) {
         let op = self.op;
         match self.mode.unwrap_or_else(|| Mode::of(op, None)) {
@@ -289,7 +285,7 @@ impl UsageMeter {
                     });
                 }
             }
-            Mode::Json | Mode::Skip => {
+            Mode::Json => {
                 let body = std::mem::take(&mut self.body);
                 let from_body = if body.is_empty() {
                     None
@@ -303,9 +299,24 @@ impl UsageMeter {
                         }
                     }
                 };
-                if let Some(usage) = from_body.or_else(|| self.headers.usage()) {
+                let from_headers = self.headers.usage();
+                // The body's own usage, else the headers'; failing both, what either said.
+                let complete = [from_body, from_headers]
+                    .into_iter()
+                    .flatten()
+                    .find(|&(_, complete)| complete);
+                if let Some((usage, _)) = complete {
                     self.reading.usage = usage;
                     self.reading.complete = true;
+                } else {
+                    for (usage, _) in [from_body, from_headers].into_iter().flatten() {
+                        raise(&mut self.reading.usage, &usage);
+                    }
+                    if from_body.is_some() || from_headers.is_some() {
+                        self.reading.note_problem(|| {
+                            "usage without valid input and output token counts".to_string()
+                        });
+                    }
                 }
             }
         }
@@ -322,6 +333,8 @@ struct StreamState {
     metrics_seen: bool,
     /// Anthropic `message_delta` usage seen; `message_stop` after it completes the reading.
     delta_usage_seen: bool,
+    /// Some event reported the input count.
+    input_reported: bool,
 }
 
 impl StreamState {
@@ -331,6 +344,7 @@ impl StreamState {
             scratch: Vec::new(),
             metrics_seen: false,
             delta_usage_seen: false,
+            input_reported: false,
         }
     }
 
@@ -365,7 +379,11 @@ impl StreamState {
                     Ok(e) => {
                         if let Some(usage) = e.usage.filter(UsageFields::any) {
                             usage.apply(&mut r.usage);
-                            r.complete = true;
+                            if usage.is_whole() {
+                                r.complete = true;
+                            } else {
+                                r.note_problem(|| incomplete_usage("metadata", index));
+                            }
                         }
                     }
                     Err(err) => r.note_problem(|| bad_json("metadata", index, &err)),
@@ -390,7 +408,7 @@ impl StreamState {
             return r.note_problem(|| format!("chunk event {index}: invalid base64: {err}"));
         }
         match serde_json::from_slice::<ModelEvent>(&self.scratch) {
-            Ok(e) if e.is_known_shape() => self.on_model_event(e, r),
+            Ok(e) if e.is_known_shape() => self.on_model_event(e, index, r),
             // A shape no family uses: what it says cannot be billed from, but its text can.
             Ok(_) => add_text(r, text_bytes_of(&self.scratch)),
             Err(err) => {
@@ -404,7 +422,7 @@ impl StreamState {
     }
 
     /// A model's own stream event, in its family's shape (see [`ModelEvent`]).
-    fn on_model_event(&mut self, e: ModelEvent, r: &mut Reading) {
+    fn on_model_event(&mut self, e: ModelEvent, index: u64, r: &mut Reading) {
         add_text(r, e.text_bytes());
 
         if let Some(error) = &e.error {
@@ -414,36 +432,42 @@ impl StreamState {
         }
 
         if !self.metrics_seen {
-            if let Some(usage) = e.message.and_then(|m| m.usage) {
-                usage.apply(&mut r.usage); // Anthropic message_start
-            }
-            if let Some(usage) = e.usage {
-                // Anthropic message_delta (cumulative output), a chat completion's usage.
+            // Anthropic message_start; message_delta (cumulative output) and a chat
+            // completion's usage; Nova's metadata.
+            let reported = [
+                e.message.and_then(|m| m.usage),
+                e.usage,
+                e.metadata.and_then(|m| m.usage),
+            ];
+            for usage in reported.into_iter().flatten() {
                 usage.apply(&mut r.usage);
-                if e.kind == Some(Kind::MessageDelta) && usage.output().is_some() {
-                    self.delta_usage_seen = true;
-                }
+                self.input_reported |= usage.input().is_some();
             }
-            if let Some(usage) = e.metadata.and_then(|m| m.usage) {
-                usage.apply(&mut r.usage); // Nova
+            if e.kind == Some(Kind::MessageDelta) && e.usage.is_some_and(|u| u.output().is_some()) {
+                self.delta_usage_seen = true;
             }
             // Running counts: Llama's prompt and generation counts, Titan's input and output.
             let input = e.prompt_token_count.0.or(e.input_text_token_count.0);
             let output = (e.generation_token_count.0).or(e.total_output_text_token_count.0);
             if let Some(n) = input {
                 r.usage.input_tokens = r.usage.input_tokens.max(n);
+                self.input_reported = true;
             }
             if let Some(n) = output {
                 r.usage.output_tokens = r.usage.output_tokens.max(n);
             }
         }
-        if e.kind == Some(Kind::MessageStop) && self.delta_usage_seen {
+        if e.kind == Some(Kind::MessageStop) && self.delta_usage_seen && self.input_reported {
             r.complete = true;
         }
         if let Some(metrics) = e.metrics.filter(UsageFields::any) {
             metrics.apply(&mut r.usage);
-            r.complete = true;
-            self.metrics_seen = true;
+            if metrics.is_whole() {
+                r.complete = true;
+                self.metrics_seen = true;
+            } else {
+                r.note_problem(|| incomplete_usage("invocation metrics of chunk", index));
+            }
         }
     }
 }
@@ -462,6 +486,18 @@ fn text_bytes_of(event: &[u8]) -> u64 {
         .unwrap_or_else(|_| u64::try_from(event.len()).unwrap_or(u64::MAX))
 }
 
+fn incomplete_usage(event: &str, index: u64) -> String {
+    format!("{event} event {index}: usage without valid input and output token counts")
+}
+
+/// Raises each count of `usage` to `to`'s, never lowering one: readings only grow.
+fn raise(usage: &mut Usage, to: &Usage) {
+    usage.input_tokens = usage.input_tokens.max(to.input_tokens);
+    usage.output_tokens = usage.output_tokens.max(to.output_tokens);
+    usage.cache_read_tokens = usage.cache_read_tokens.max(to.cache_read_tokens);
+    usage.cache_write_tokens = usage.cache_write_tokens.max(to.cache_write_tokens);
+}
+
 fn bad_json(event: &str, index: u64, err: &serde_json::Error) -> String {
     format!("{event} event {index}: invalid JSON: {err}")
 }
@@ -471,11 +507,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Wire shapes. Every struct ignores unknown fields and defaults missing ones; counts and text
@@ -548,26 +579,25 @@ impl UsageFields {
             || self.cache_write().is_some()
     }
 
-    /// Overwrites the fields present here; absent ones keep what was known.
+    /// A final usage to bill from: valid input and output counts (a negative, fractional or
+    /// missing output count is not "zero output").
+    fn is_whole(&self) -> bool {
+        self.input().is_some() && self.output().is_some()
+    }
+
+    /// Raises the counts to the ones present here (counts are cumulative: a reading never
+    /// goes down); absent ones keep what was known.
     fn apply(&self, usage: &mut Usage) {
-        if let Some(n) = self.input() {
-            usage.input_tokens = n;
-        }
-        if let Some(n) = self.output() {
-            usage.output_tokens = n;
-        }
-        if let Some(n) = self.cache_read() {
-            usage.cache_read_tokens = n;
-        }
-        if let Some(n) = self.cache_write() {
-            usage.cache_write_tokens = n;
-        }
+        raise(usage, &self.to_usage());
     }
 
     fn to_usage(self) -> Usage {
-        let mut usage = Usage::default();
-        self.apply(&mut usage);
-        usage
+        Usage {
+            input_tokens: self.input().unwrap_or(0),
+            output_tokens: self.output().unwrap_or(0),
+            cache_read_tokens: self.cache_read().unwrap_or(0),
+            cache_write_tokens: self.cache_write().unwrap_or(0),
+        }
     }
 }
 
@@ -581,18 +611,21 @@ struct JsonBody {
 }
 
 impl JsonBody {
-    fn usage(&self) -> Option<Usage> {
+    /// The body's usage, and whether it is whole (see [`UsageFields::is_whole`]).
+    fn usage(&self) -> Option<(Usage, bool)> {
         if let Some(usage) = self.usage.filter(UsageFields::any) {
-            return Some(usage.to_usage());
+            return Some((usage.to_usage(), usage.is_whole()));
         }
-        if self.prompt_token_count.0.is_none() && self.generation_token_count.0.is_none() {
+        let (input, output) = (self.prompt_token_count.0, self.generation_token_count.0);
+        if input.is_none() && output.is_none() {
             return None;
         }
-        Some(Usage {
-            input_tokens: self.prompt_token_count.0.unwrap_or(0),
-            output_tokens: self.generation_token_count.0.unwrap_or(0),
+        let usage = Usage {
+            input_tokens: input.unwrap_or(0),
+            output_tokens: output.unwrap_or(0),
             ..Usage::default()
-        })
+        };
+        Some((usage, input.is_some() && output.is_some()))
     }
 }
 
@@ -1109,7 +1142,10 @@ mod tests {
 
     fn meter_with(op: Operation, content_type: &str) -> UsageMeter {
         let mut m = UsageMeter::new(op);
-        m.on_response_headers([("Content-Type", content_type), ("x-amzn-requestid", "abc")]);
+        m.on_response_headers(
+            200,
+            [("Content-Type", content_type), ("x-amzn-requestid", "abc")],
+        );
         m
     }
 
@@ -1159,12 +1195,15 @@ mod tests {
     fn anthropic_invoke_json() {
         let body = br#"{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":14,"cache_creation_input_tokens":1024,"cache_read_input_tokens":512,"cache_creation":{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":0},"output_tokens":7,"server_tool_use":null}}"#;
         let mut m = meter_with(Operation::Invoke, "application/json");
-        // Headers say something else: the body wins.
-        m.on_response_headers([
-            ("X-Amzn-Bedrock-Input-Token-Count", "99"),
-            ("X-Amzn-Bedrock-Output-Token-Count", "99"),
-        ]);
-        assert_eq!(m.reading().usage, usage(99, 99, 0, 0));
+        // Headers say something else: the body wins. Neither counts before the body ended.
+        m.on_response_headers(
+            200,
+            [
+                ("X-Amzn-Bedrock-Input-Token-Count", "99"),
+                ("X-Amzn-Bedrock-Output-Token-Count", "99"),
+            ],
+        );
+        assert_eq!(m.reading().usage, Usage::default());
         assert!(!m.reading().complete);
         m.on_body(body);
         let r = m.finish();
@@ -1194,14 +1233,17 @@ mod tests {
         // Titan embeddings: no usage object in the body.
         let body = br#"{"embedding":[0.1,-0.2,0.3],"inputTextTokenCount":6}"#;
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("content-type", "application/json"),
-            ("x-amzn-bedrock-input-token-count", "6"),
-            ("X-AMZN-BEDROCK-OUTPUT-TOKEN-COUNT", " 0 "),
-            ("x-amzn-bedrock-cache-read-input-token-count", "2"),
-            ("x-amzn-Bedrock-Cache-Write-Input-Token-Count", "3"),
-            ("x-amzn-bedrock-invocation-latency", "120"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("content-type", "application/json"),
+                ("x-amzn-bedrock-input-token-count", "6"),
+                ("X-AMZN-BEDROCK-OUTPUT-TOKEN-COUNT", " 0 "),
+                ("x-amzn-bedrock-cache-read-input-token-count", "2"),
+                ("x-amzn-Bedrock-Cache-Write-Input-Token-Count", "3"),
+                ("x-amzn-bedrock-invocation-latency", "120"),
+            ],
+        );
         m.on_body(body);
         let r = m.finish();
         assert_eq!(r.usage, usage(6, 0, 2, 3));
@@ -1215,35 +1257,35 @@ mod tests {
             ("x-amzn-bedrock-input-token-count", "5"),
             ("x-amzn-bedrock-output-token-count", "1"),
         ];
-        // Non-JSON content type: the body is not even buffered.
+        // A non-JSON content type: read as JSON all the same, then the headers.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([("content-type", "image/png")]);
-        m.on_response_headers(headers);
+        m.on_response_headers(200, [("content-type", "image/png")]);
+        m.on_response_headers(200, headers);
         m.on_body(b"\x89PNG\r\n");
-        assert!(m.body.is_empty());
         let r = m.finish();
-        assert_eq!(
-            (r.usage, r.complete, r.problem),
-            (usage(5, 1, 0, 0), true, None)
-        );
+        assert_eq!((r.usage, r.complete), (usage(5, 1, 0, 0), true));
+        assert!(r.problem.unwrap().starts_with("invalid JSON body"));
 
         // Invalid JSON: a problem, and the headers.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers(headers);
+        m.on_response_headers(200, headers);
         m.on_body(b"{\"usage\": {\"input_tokens\": 3,");
         let r = m.finish();
         assert_eq!(r.usage, usage(5, 1, 0, 0));
         assert!(r.complete);
         assert!(r.problem.unwrap().starts_with("invalid JSON body"));
 
-        // Unparseable header value: recorded, ignored.
+        // Unparseable header value: recorded; what the others say is seen, not whole.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("x-amzn-bedrock-input-token-count", "-4"),
-            ("x-amzn-bedrock-output-token-count", "2"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "-4"),
+                ("x-amzn-bedrock-output-token-count", "2"),
+            ],
+        );
         let r = m.finish();
-        assert_eq!(r.usage, usage(0, 2, 0, 0));
+        assert_eq!((r.usage, r.complete), (usage(0, 2, 0, 0), false));
         assert_eq!(
             r.problem.as_deref(),
             Some("unparseable x-amzn-bedrock-input-token-count header")
@@ -1253,13 +1295,16 @@ mod tests {
     #[test]
     fn error_bodies_yield_no_usage() {
         let mut m = UsageMeter::new(Operation::Converse);
-        m.on_response_headers([
-            ("content-type", "application/json"),
-            (
-                "x-amzn-errortype",
-                "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-            ),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("content-type", "application/json"),
+                (
+                    "x-amzn-errortype",
+                    "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                ),
+            ],
+        );
         m.on_body(br#"{"message":"The provided model identifier is invalid."}"#);
         let r = m.finish();
         assert_eq!(r.usage, Usage::default());
@@ -1268,11 +1313,10 @@ mod tests {
         assert_eq!(r.problem, None);
 
         // A stream operation answered with a JSON error before any event.
-        let r = run(
-            Operation::ConverseStream,
-            "application/json",
-            &[br#"{"message":"Too many requests, please wait before trying again."}"#],
-        );
+        let mut m = UsageMeter::new(Operation::ConverseStream);
+        m.on_response_headers(429, [("content-type", "application/json")]);
+        m.on_body(br#"{"message":"Too many requests, please wait before trying again."}"#);
+        let r = m.finish();
         assert_eq!(
             (r.usage, r.complete, r.events, r.problem),
             (Usage::default(), false, 0, None)
@@ -1285,9 +1329,9 @@ mod tests {
 
     #[test]
     fn odd_json_types_lose_a_field_not_the_body() {
-        let body = br#"{"usage":{"inputTokens":"12","outputTokens":-1,"cacheReadInputTokens":1.5,"cacheWriteInputTokens":null,"input_tokens":{"x":[1,2]}}}"#;
+        let body = br#"{"usage":{"inputTokens":"12","outputTokens":7,"cacheReadInputTokens":1.5,"cacheWriteInputTokens":null,"input_tokens":{"x":[1,2]}}}"#;
         let r = run(Operation::Converse, "application/json", &[body]);
-        assert_eq!(r.usage, usage(12, 0, 0, 0));
+        assert_eq!(r.usage, usage(12, 7, 0, 0));
         assert!(r.complete);
         assert_eq!(r.problem, None);
         // Not an object at all.
@@ -1325,7 +1369,7 @@ mod tests {
         body.resize(9 * 1024 * 1024, b'x');
         body.extend_from_slice(b"\"}");
         let mut m = UsageMeter::new(Operation::Converse);
-        m.on_response_headers([("content-type", "application/json")]);
+        m.on_response_headers(200, [("content-type", "application/json")]);
         for c in body.chunks(64 * 1024) {
             m.on_body(c);
             assert!(m.body.len() <= MAX_JSON_BODY);
@@ -1338,10 +1382,13 @@ mod tests {
 
         // With headers, they carry the usage.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("x-amzn-bedrock-input-token-count", "7"),
-            ("x-amzn-bedrock-output-token-count", "8"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "7"),
+                ("x-amzn-bedrock-output-token-count", "8"),
+            ],
+        );
         m.on_body(&body);
         let r = m.finish();
         assert_eq!((r.usage, r.complete), (usage(7, 8, 0, 0), true));
@@ -1975,6 +2022,231 @@ mod tests {
         assert_eq!((r.usage.output_tokens, r.problem), (63, None));
     }
 
+    // ---- what decides how a response is read ----------------------------------------------
+
+    #[test]
+    fn a_non_stream_operation_is_metered_as_json_whatever_its_content_type() {
+        let body = br#"{"usage":{"inputTokens":5,"outputTokens":3}}"#;
+        for ct in [EVENTSTREAM, "text/plain", "image/png", "application/json"] {
+            for op in [Operation::Converse, Operation::Invoke] {
+                let mut m = UsageMeter::new(op);
+                m.on_response_headers(200, [("content-type", ct)]);
+                m.on_body(body);
+                let r = m.finish();
+                assert_eq!(
+                    (r.usage, r.complete),
+                    (usage(5, 3, 0, 0), true),
+                    "{op:?} {ct}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_operation_answered_2xx_is_metered_as_a_stream_whatever_its_content_type() {
+        let stream = converse_stream();
+        let expected = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        for ct in ["application/json", "text/plain"] {
+            let mut m = UsageMeter::new(Operation::ConverseStream);
+            m.on_response_headers(200, [("content-type", ct)]);
+            m.on_body(&stream);
+            assert_eq!(m.finish(), expected, "{ct}");
+        }
+        // Refused: the body is Bedrock's JSON error, whatever the content type says. Nothing
+        // in it is billed, and it is not a broken stream.
+        let mut m = UsageMeter::new(Operation::ConverseStream);
+        m.on_response_headers(
+            400,
+            [
+                ("content-type", EVENTSTREAM),
+                (
+                    "x-amzn-errortype",
+                    "ValidationException:http://internal.amazon.com/",
+                ),
+            ],
+        );
+        m.on_body(br#"{"message":"Malformed input request"}"#);
+        let r = m.finish();
+        assert_eq!(
+            (r.events, r.problem, r.exception.as_deref()),
+            (0, None, Some("ValidationException"))
+        );
+    }
+
+    #[test]
+    fn a_final_usage_without_a_valid_output_count_does_not_complete_the_reading() {
+        for usage_json in [
+            r#"{"inputTokens":7,"outputTokens":-1}"#,
+            r#"{"inputTokens":7}"#,
+            r#"{"inputTokens":7,"outputTokens":"many"}"#,
+            r#"{"inputTokens":7,"outputTokens":1.5}"#,
+            r#"{"inputTokens":7,"outputTokens":null}"#,
+        ] {
+            let stream = [
+                event("contentBlockDelta", r#"{"delta":{"text":"twelve bytes"}}"#),
+                event("metadata", &format!(r#"{{"usage":{usage_json}}}"#)),
+            ]
+            .concat();
+            let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+            assert!(!r.complete, "{usage_json}");
+            assert_eq!(r.usage.input_tokens, 7, "{usage_json}");
+            assert!(r.problem.is_some(), "{usage_json}");
+            // Billed from what was seen: never zero output for a response with text.
+            let (billed, source) = crate::record::billable(200, true, &r, 100);
+            assert_eq!(
+                (source, billed.input_tokens, billed.output_tokens),
+                (crate::record::UsageSource::Estimated, 7, 3),
+                "{usage_json}"
+            );
+        }
+        // A Converse body, an Anthropic body, invocation metrics: the same rule.
+        let r = run(
+            Operation::Converse,
+            "application/json",
+            &[br#"{"usage":{"inputTokens":5,"outputTokens":-3}}"#],
+        );
+        assert!(!r.complete);
+        let r = run(
+            Operation::Invoke,
+            "application/json",
+            &[br#"{"usage":{"input_tokens":5}}"#],
+        );
+        assert!(!r.complete);
+        let s = chunk(
+            r#"{"generation":"abcd","amazon-bedrock-invocationMetrics":{"inputTokenCount":4}}"#,
+        );
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&s]);
+        assert_eq!((r.complete, r.output_text_bytes), (false, 4));
+        // Token-count headers: a missing output count is an embedding's (none generated), an
+        // unparseable one is not.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(200, [("x-amzn-bedrock-input-token-count", "6")]);
+        let r = m.finish();
+        assert_eq!((r.usage, r.complete), (usage(6, 0, 0, 0), true));
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "6"),
+                ("x-amzn-bedrock-output-token-count", "-2"),
+            ],
+        );
+        assert!(!m.finish().complete);
+    }
+
+    /// Every reading is at least the one before it: usage, text, events, completeness. The
+    /// cut-off and the hosts read the meter mid-response; a later reading that bills less
+    /// would let a stream spend what an earlier check refused.
+    #[test]
+    fn readings_never_decrease() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut pool: Vec<Vec<u8>> = family_streams()
+            .iter()
+            .flat_map(|f| f.events.iter().map(|e| chunk(e)).collect::<Vec<_>>())
+            .collect();
+        let valid_invoke = pool.len();
+        for round in 0..400u64 {
+            let n = |next: &mut dyn FnMut() -> u64| next() % 50;
+            // Events reporting counts in any order, as a confused (or hostile) upstream might.
+            pool.truncate(valid_invoke);
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_delta","usage":{{"output_tokens":{}}}}}"#,
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_start","message":{{"usage":{{"input_tokens":{},"output_tokens":1,"cache_read_input_tokens":{}}}}}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"generation":"x","prompt_token_count":{},"generation_token_count":{}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_stop",{}}}"#,
+                metrics(n(&mut next), n(&mut next))
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"outputText":"y","totalOutputTextTokenCount":{},"inputTextTokenCount":{}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            let op = if round % 5 == 0 {
+                Operation::ConverseStream
+            } else {
+                Operation::InvokeWithResponseStream
+            };
+            let stream: Vec<u8> = if op == Operation::ConverseStream {
+                let mut v = converse_stream();
+                v.extend(event(
+                    "metadata",
+                    &format!(
+                        r#"{{"usage":{{"inputTokens":{},"outputTokens":{}}}}}"#,
+                        n(&mut next),
+                        n(&mut next)
+                    ),
+                ));
+                v
+            } else {
+                (0..1 + next() % 12)
+                    .flat_map(|_| pool[(next() % pool.len() as u64) as usize].clone())
+                    .collect()
+            };
+            let mut m = meter_with(op, EVENTSTREAM);
+            let mut prev = m.reading();
+            let mut rest = &stream[..];
+            let check = |r: Reading, prev: &mut Reading| {
+                let (a, b) = (&prev.usage, &r.usage);
+                assert!(
+                    b.input_tokens >= a.input_tokens
+                        && b.output_tokens >= a.output_tokens
+                        && b.cache_read_tokens >= a.cache_read_tokens
+                        && b.cache_write_tokens >= a.cache_write_tokens,
+                    "round {round}: usage went from {a:?} to {b:?}"
+                );
+                assert!(
+                    r.output_text_bytes >= prev.output_text_bytes,
+                    "round {round}"
+                );
+                assert!(r.events >= prev.events, "round {round}");
+                assert!(r.complete || !prev.complete, "round {round}");
+                *prev = r;
+            };
+            while !rest.is_empty() {
+                let k = ((next() % 61) as usize + 1).min(rest.len());
+                let (c, tail) = rest.split_at(k);
+                m.on_body(c);
+                check(m.reading(), &mut prev);
+                rest = tail;
+            }
+            check(m.finish(), &mut prev);
+        }
+
+        // A non-stream response: token-count headers first, the body's usage at the end.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "99"),
+                ("x-amzn-bedrock-output-token-count", "99"),
+            ],
+        );
+        let before = m.reading();
+        m.on_body(br#"{"usage":{"input_tokens":14,"output_tokens":7}}"#);
+        let after = m.finish();
+        assert!(
+            after.usage.input_tokens >= before.usage.input_tokens,
+            "{before:?} then {after:?}"
+        );
+    }
+
     #[test]
     fn garbage_bodies_never_panic() {
         for op in [
@@ -2053,7 +2325,7 @@ mod tests {
             let mut m = UsageMeter::new(op);
             let ct = types[(next() % 4) as usize];
             if !ct.is_empty() {
-                m.on_response_headers([("content-type", ct)]);
+                m.on_response_headers(200, [("content-type", ct)]);
             }
             let mut rest = &bytes[..];
             while !rest.is_empty() {

@@ -114,7 +114,9 @@ pub fn billable(
     if !(200..300).contains(&status) && !unanswered {
         return (Usage::default(), UsageSource::None);
     }
-    if reading.complete {
+    // A final usage of zero output for a response that carried text is not believed.
+    let believable = !(reading.usage.output_tokens == 0 && reading.output_text_bytes > 0);
+    if reading.complete && believable {
         return (reading.usage, UsageSource::Reported);
     }
     let seen = reading.usage;
@@ -281,6 +283,24 @@ mod tests {
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cache_read_tokens),
             (40, 25, 7)
+        );
+    }
+
+    #[test]
+    fn a_reported_zero_output_with_text_seen_is_estimated() {
+        let r = Reading {
+            complete: true,
+            usage: Usage {
+                input_tokens: 5,
+                ..Default::default()
+            },
+            output_text_bytes: 40,
+            ..Default::default()
+        };
+        let (u, src) = billable(200, true, &r, 100);
+        assert_eq!(
+            (src, u.input_tokens, u.output_tokens),
+            (UsageSource::Estimated, 5, 10)
         );
     }
 

@@ -62,7 +62,10 @@ fn every_family_is_metered_as_it_streams() {
         let (plan, frames) = stream(model_id, body);
         let text_bytes = plan.full_text().len() as u64;
         let mut meter = UsageMeter::new(Operation::InvokeWithResponseStream);
-        meter.on_response_headers([("content-type", "application/vnd.amazon.eventstream")]);
+        meter.on_response_headers(
+            200,
+            [("content-type", "application/vnd.amazon.eventstream")],
+        );
         let (last, rest) = frames.split_last().unwrap();
         for frame in rest {
             meter.on_body(frame);

@@ -124,6 +124,17 @@ impl Family {
 
     /// The InvokeModel answer (Anthropic's is built by `responses::invoke_body`).
     pub fn body(self, plan: &Plan, model_id: &str, id: &str) -> Value {
+        let mut body = self.body_as_reported(plan, model_id, id);
+        match self {
+            Self::Nova => plan.misreport(&mut body["usage"], "outputTokens"),
+            Self::ChatCompletions => plan.misreport(&mut body["usage"], "completion_tokens"),
+            Self::Llama => plan.misreport(&mut body, "generation_token_count"),
+            _ => {}
+        }
+        body
+    }
+
+    fn body_as_reported(self, plan: &Plan, model_id: &str, id: &str) -> Value {
         let u = &plan.usage;
         let text = plan.full_text();
         let stop = plan.stop_reason.as_str();
@@ -212,13 +223,12 @@ impl Family {
             (Self::Nova, StreamEvent::MessageStop) => {
                 json!({ "messageStop": { "stopReason": stop } })
             }
-            (Self::Nova, _) => json!({
-                "metadata": {
-                    "usage": { "inputTokens": u.input_tokens, "outputTokens": u.output_tokens },
-                    "metrics": {},
-                    "trace": {},
-                },
-            }),
+            (Self::Nova, _) => {
+                let mut usage =
+                    json!({ "inputTokens": u.input_tokens, "outputTokens": u.output_tokens });
+                plan.misreport(&mut usage, "outputTokens");
+                json!({ "metadata": { "usage": usage, "metrics": {}, "trace": {} } })
+            }
             (
                 Self::TitanText,
                 StreamEvent::Delta {
@@ -319,6 +329,7 @@ impl Family {
                 let mut v =
                     chunk_head(json!([ { "index": 0, "delta": {}, "finish_reason": stop } ]));
                 v["usage"] = chat_usage(u);
+                plan.misreport(&mut v["usage"], "completion_tokens");
                 v
             }
             (Self::Anthropic, _) => Value::Null,

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::directives::{Directives, MAX_OUTPUT_TOKENS};
+use crate::directives::{Directives, ReportedOutput, MAX_OUTPUT_TOKENS};
 use crate::eventstream_encode::{event_frame, exception_frame, EncodeError};
 use crate::families::Family;
 
@@ -82,6 +82,8 @@ pub struct Plan {
     /// For streams: end with an exception after this many content deltas (at most `events`).
     pub fail_after: Option<u32>,
     pub stop_reason: String,
+    /// How the final usage misreports its output count, if it does.
+    pub reported_output: Option<ReportedOutput>,
 }
 
 impl Plan {
@@ -131,6 +133,20 @@ impl Plan {
                 .stop_reason
                 .clone()
                 .unwrap_or_else(|| default_stop.to_string()),
+            reported_output: d.reported_output,
+        }
+    }
+
+    /// Applies `reported-output` to the output count `key` of a final usage object.
+    pub fn misreport(&self, usage: &mut Value, key: &str) {
+        match (self.reported_output, usage.as_object_mut()) {
+            (Some(ReportedOutput::Omitted), Some(o)) => {
+                o.remove(key);
+            }
+            (Some(ReportedOutput::Negative), Some(o)) => {
+                o.insert(key.to_string(), json!(-1));
+            }
+            _ => {}
         }
     }
 
@@ -216,11 +232,16 @@ pub fn converse_body(plan: &Plan, latency_ms: u64) -> Vec<u8> {
     json!({
         "output": { "message": { "role": "assistant", "content": [ { "text": plan.full_text() } ] } },
         "stopReason": plan.stop_reason,
-        "usage": converse_usage(&plan.usage),
+        "usage": reported(plan, converse_usage(&plan.usage), "outputTokens"),
         "metrics": { "latencyMs": latency_ms },
     })
     .to_string()
     .into_bytes()
+}
+
+fn reported(plan: &Plan, mut usage: Value, key: &str) -> Value {
+    plan.misreport(&mut usage, key);
+    usage
 }
 
 fn anthropic_usage(u: &Usage, output_tokens: u64) -> Value {
@@ -248,25 +269,32 @@ pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str
         "content": [ { "type": "text", "text": plan.full_text() } ],
         "stop_reason": plan.stop_reason,
         "stop_sequence": null,
-        "usage": anthropic_usage(&plan.usage, plan.usage.output_tokens),
+        "usage": reported(plan, anthropic_usage(&plan.usage, plan.usage.output_tokens), "output_tokens"),
     })
     .to_string()
     .into_bytes()
 }
 
 /// The `X-Amzn-Bedrock-*` headers of an InvokeModel answer.
-pub fn invoke_headers(usage: &Usage, latency_ms: u64) -> Vec<(&'static str, String)> {
+pub fn invoke_headers(plan: &Plan, latency_ms: u64) -> Vec<(&'static str, String)> {
+    let usage = &plan.usage;
     let mut h = vec![
         (
             "x-amzn-bedrock-input-token-count",
             usage.input_tokens.to_string(),
         ),
-        (
-            "x-amzn-bedrock-output-token-count",
-            usage.output_tokens.to_string(),
-        ),
         ("x-amzn-bedrock-invocation-latency", latency_ms.to_string()),
     ];
+    match plan.reported_output {
+        None => h.push((
+            "x-amzn-bedrock-output-token-count",
+            usage.output_tokens.to_string(),
+        )),
+        Some(ReportedOutput::Negative) => {
+            h.push(("x-amzn-bedrock-output-token-count", "-1".into()))
+        }
+        Some(ReportedOutput::Omitted) => {}
+    }
     if usage.cache_read_tokens > 0 {
         h.push((
             "x-amzn-bedrock-cache-read-input-token-count",
@@ -394,7 +422,7 @@ pub fn encode_event(
             StreamEvent::Metadata | StreamEvent::Exception { .. } => (
                 "metadata",
                 json!({
-                    "usage": converse_usage(&ctx.plan.usage),
+                    "usage": reported(ctx.plan, converse_usage(&ctx.plan.usage), "outputTokens"),
                     "metrics": { "latencyMs": ctx.latency_ms },
                     "p": p,
                 }),
@@ -403,14 +431,18 @@ pub fn encode_event(
         return event_frame(event_type, payload.to_string().as_bytes());
     }
     let u = &ctx.plan.usage;
-    let metrics = json!({
-        "inputTokenCount": u.input_tokens,
-        "outputTokenCount": u.output_tokens,
-        "invocationLatency": ctx.latency_ms,
-        "firstByteLatency": ctx.first_byte_latency_ms,
-        "cacheReadInputTokenCount": u.cache_read_tokens,
-        "cacheWriteInputTokenCount": u.cache_write_tokens,
-    });
+    let metrics = reported(
+        ctx.plan,
+        json!({
+            "inputTokenCount": u.input_tokens,
+            "outputTokenCount": u.output_tokens,
+            "invocationLatency": ctx.latency_ms,
+            "firstByteLatency": ctx.first_byte_latency_ms,
+            "cacheReadInputTokenCount": u.cache_read_tokens,
+            "cacheWriteInputTokenCount": u.cache_write_tokens,
+        }),
+        "outputTokenCount",
+    );
     let inner = if ctx.family != Family::Anthropic {
         let mut inner = ctx
             .family
@@ -458,7 +490,7 @@ fn anthropic_event(ctx: &StreamContext<'_>, event: &StreamEvent, metrics: Value)
         StreamEvent::MessageDelta => json!({
             "type": "message_delta",
             "delta": { "stop_reason": ctx.plan.stop_reason, "stop_sequence": null },
-            "usage": { "output_tokens": u.output_tokens },
+            "usage": reported(ctx.plan, json!({ "output_tokens": u.output_tokens }), "output_tokens"),
         }),
         StreamEvent::MessageStop | StreamEvent::Metadata | StreamEvent::Exception { .. } => json!({
             "type": "message_stop",
@@ -668,6 +700,29 @@ mod tests {
             inner[7]["amazon-bedrock-invocationMetrics"]["firstByteLatency"],
             1
         );
+    }
+
+    #[test]
+    fn reported_output_misreports_the_final_usage_only() {
+        let p = plan(
+            Operation::Converse,
+            r#"{"x":"[[emu:output=2]][[emu:input=3]][[emu:reported-output=-1]]"}"#,
+        );
+        let v: Value = serde_json::from_slice(&converse_body(&p, 1)).unwrap();
+        assert_eq!(v["usage"]["outputTokens"], -1);
+        assert_eq!(p.usage.output_tokens, 2, "what is served (and the ledger) is unchanged");
+        assert_eq!(v["output"]["message"]["content"][0]["text"], "w0 w1");
+        let p = plan(
+            Operation::Invoke,
+            r#"{"x":"[[emu:output=2]][[emu:reported-output=none]]"}"#,
+        );
+        let v: Value =
+            serde_json::from_slice(&invoke_body(Family::Anthropic, &p, "m", "id")).unwrap();
+        assert!(v["usage"].get("output_tokens").is_none());
+        let headers = invoke_headers(&p, 1);
+        assert!(headers
+            .iter()
+            .all(|(n, _)| *n != "x-amzn-bedrock-output-token-count"));
     }
 
     #[test]

@@ -201,6 +201,8 @@ struct Answer {
     error: Option<(String, String)>,
     body: Vec<u8>,
     headers: Vec<(&'static str, String)>,
+    /// Instead of `application/json` (`[[emu:content-type]]`).
+    content_type: Option<String>,
 }
 
 impl Answer {
@@ -211,6 +213,7 @@ impl Answer {
             body: error_body(&message),
             error: Some((error_type.to_string(), message)),
             headers: vec![],
+            content_type: None,
         }
     }
 }
@@ -225,7 +228,10 @@ fn build_response(answer: &Answer, request_id: &str) -> Response<ResponseBody> {
             headers.insert(name, v);
         }
     };
-    add("content-type", "application/json");
+    add(
+        "content-type",
+        answer.content_type.as_deref().unwrap_or("application/json"),
+    );
     add("x-amzn-requestid", request_id);
     if let Some((error_type, _)) = &answer.error {
         add("x-amzn-errortype", error_type);
@@ -500,6 +506,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             StreamJob {
                 op,
                 family,
+                content_type: directives.content_type.clone(),
                 plan,
                 model_id,
                 msg_id,
@@ -519,12 +526,14 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             error: None,
             body: converse_body(&plan, latency_ms),
             headers: vec![],
+            content_type: directives.content_type.clone(),
         },
         _ => Answer {
             status: 200,
             error: None,
             body: invoke_body(family, &plan, &model_id, &msg_id),
-            headers: invoke_headers(&plan.usage, latency_ms),
+            headers: invoke_headers(&plan, latency_ms),
+            content_type: directives.content_type.clone(),
         },
     };
     pending.entry.output_text = Some(plan.full_text());
@@ -570,6 +579,7 @@ impl Body for ChannelBody {
 struct StreamJob {
     op: Operation,
     family: Family,
+    content_type: Option<String>,
     plan: Plan,
     model_id: String,
     msg_id: String,
@@ -586,10 +596,14 @@ fn start_stream(
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
     let mut r = Response::new(ChannelBody { rx }.boxed());
     let headers = r.headers_mut();
-    headers.insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
-    );
+    let content_type = job
+        .content_type
+        .as_deref()
+        .and_then(|ct| hyper::header::HeaderValue::from_str(ct).ok())
+        .unwrap_or(hyper::header::HeaderValue::from_static(
+            "application/vnd.amazon.eventstream",
+        ));
+    headers.insert("content-type", content_type);
     if let Ok(v) = hyper::header::HeaderValue::from_str(&entry.request_id) {
         headers.insert("x-amzn-requestid", v);
     }
