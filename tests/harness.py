@@ -148,8 +148,10 @@ class Gateway:
         raise NotImplementedError
 
 
-def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path) -> dict:
-    """envoy/envoy-emulator.yaml, with ports picked by the OS and the given plugin config."""
+def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
+                 route_timeout: str | None = None) -> dict:
+    """envoy/envoy-emulator.yaml, with ports picked by the OS and the given plugin config;
+    `route_timeout` (e.g. "1s") replaces the route's `timeout: 0s`."""
     cfg = yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text())
     cfg = copy.deepcopy(cfg)  # break YAML anchors: both listeners share one filter list
     res = cfg["static_resources"]
@@ -162,6 +164,10 @@ def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path) -
             wasm["configuration"]["value"] = (
                 plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
             )
+            if route_timeout is not None:
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    for route in vhost["routes"]:
+                        route["route"]["timeout"] = route_timeout
             ts = chain.get("transport_socket")
             if ts:
                 certs = ts["typed_config"]["common_tls_context"]["tls_certificates"][0]
@@ -177,13 +183,13 @@ class Envoy(Gateway):
     kind = "envoy"
 
     def __init__(self, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
-                 concurrency: int = 2, name: str = "envoy"):
+                 concurrency: int = 2, name: str = "envoy", route_timeout: str | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.admin_path = workdir / f"{name}.admin"
         self.admin_path.unlink(missing_ok=True)
-        self.config_path.write_text(json.dumps(envoy_config(plugin_config, upstream_port, tls_dir)))
+        self.config_path.write_text(json.dumps(envoy_config(plugin_config, upstream_port, tls_dir, route_timeout)))
         self.proc = subprocess.Popen(
             [
                 str(ENVOY), "-c", str(self.config_path),
@@ -305,7 +311,7 @@ class SpinHost(Gateway):
 def start_gateway(kind: str, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                   name: str = "gateway", **kw) -> Gateway:
     """Tollgate on `kind` ("envoy" or "spin") in front of the emulator on `upstream_port`.
-    Envoy takes `concurrency`; Spin takes `store`, `variables`, `env`."""
+    Envoy takes `concurrency` and `route_timeout`; Spin takes `store`, `variables`, `env`."""
     if kind == "envoy":
         return Envoy(workdir, plugin_config, upstream_port, tls_dir, name=name,
                      concurrency=kw.pop("concurrency", 2), **kw)

@@ -121,6 +121,7 @@ def test_a_stream_cancelled_before_its_metrics_is_billed_for_what_it_delivered(
 
 KEYS = {
     "cutoff": "tg-billing-cutoff",
+    "estimate": "tg-billing-estimate",
 }
 
 
@@ -129,6 +130,7 @@ def billing_gateway(workdir, emulator, tls_dir, host_kind, request):
     keys = [
         # Room for the prompt and roughly 15 output tokens of Mistral Large (2402).
         {"id": "cutoff", "limits": {"budget": {"usd": "0.0003", "period": "total"}, "cut_off_streams": True}},
+        {"id": "estimate", "limits": {"budget": {"usd": "10", "period": "total"}}},
     ]
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] = [{**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys]
@@ -224,3 +226,117 @@ def test_a_stream_whose_final_usage_has_no_valid_output_count_is_billed_for_its_
     # The input the stream reported, and its text at 4 bytes a token: not zero output.
     assert record["input_tokens"] == ledger_usage(entry)["input_tokens"]
     assert record["output_tokens"] == -(-len(entry["output_text"].encode()) // 4) > 0
+
+
+# ---- exchanges Bedrock ran but never answered ----------------------------------------------
+
+HAIKU_ID = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
+
+
+def estimate_of(record: dict, max_tokens: int) -> dict:
+    """The reservation's estimate: the body at 4 bytes a token, and the output limit."""
+    return {"input_tokens": -(-record["request_bytes"] // 4), "output_tokens": max_tokens,
+            "cache_read_tokens": 0, "cache_write_tokens": 0}
+
+
+def assert_billed_the_estimate(gateway, record: dict, max_tokens: int, spent_before: int):
+    assert record["usage_source"] == "estimated"
+    assert record_usage(record) == estimate_of(record, max_tokens)
+    assert record["cost_pico_usd"] == pricing_oracle.cost_pico_usd(HAIKU_ID, record_usage(record)) > 0
+    # The budget holds the same amount: the reservation became the bill.
+    u = usage_of(gateway, "estimate")
+    assert u["budget"]["spent_pico_usd"] - spent_before == record["cost_pico_usd"]
+    assert u.get("concurrent_requests", {"used": 0})["used"] == 0
+
+
+def test_a_client_that_cancels_a_non_streamed_call_is_billed_its_estimate(billing_gateway, tls_dir, emulator):
+    """Bedrock runs a non-streamed call to its end whether or not the client waits for it.
+    Differs between hosts: Envoy resets the upstream request when the client goes, so nothing
+    reports the usage and the estimate is billed; the Spin component (on the test host) runs the
+    exchange to Bedrock's answer and bills what it reports."""
+    spent = usage_of(billing_gateway, "estimate")["budget"]["spent_pico_usd"]
+    seen = Observed(billing_gateway, emulator)
+    c = bedrock_client(billing_gateway, tls_dir, KEYS["estimate"], read_timeout=1)
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        c.converse(modelId="claude-fast", messages=[{"role": "user", "content": [{"text": "[[emu:slow=3000]]"}]}],
+                   inferenceConfig={"maxTokens": 100})
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert entry["signature_valid"] is True and record["forwarded"] is True
+    if billing_gateway.kind == "envoy":
+        # The emulator noticed the gateway hang up: no usage ever came back.
+        assert (entry["status"], record["status"]) == (499, 0)
+        assert_billed_the_estimate(billing_gateway, record, 100, spent)
+    else:
+        assert (entry["status"], record["status"], record["usage_source"]) == (200, 200, "reported")
+        assert record_usage(record) == ledger_usage(entry)
+        u = usage_of(billing_gateway, "estimate")
+        assert u["budget"]["spent_pico_usd"] - spent == record["cost_pico_usd"]
+
+
+def test_an_upstream_that_hangs_up_after_the_request_is_billed_its_estimate(billing_gateway, emulator):
+    """The request reached Bedrock, which may have run it, but no answer came: the client gets
+    503 (Envoy's own; the Spin component's ServiceUnavailableException) and the estimate is
+    billed."""
+    from test_bedrock_api import raw
+    spent = usage_of(billing_gateway, "estimate")["budget"]["spent_pico_usd"]
+    seen = Observed(billing_gateway, emulator)
+    body = {"messages": [{"role": "user", "content": [{"text": "[[emu:hang-up]]"}]}],
+            "inferenceConfig": {"maxTokens": 100}}
+    status, _, _ = raw(billing_gateway, "POST", "/model/claude-fast/converse", json.dumps(body).encode(),
+                       {"x-api-key": KEYS["estimate"], "content-type": "application/json"})
+    assert status == 503
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert entry["signature_valid"] is True and entry["error_type"] == "HangUp"
+    assert record["forwarded"] is True and record["status"] == 503
+    assert_billed_the_estimate(billing_gateway, record, 100, spent)
+
+
+def test_a_non_streamed_answer_without_valid_usage_is_billed_its_estimate(billing_gateway, tls_dir, emulator):
+    spent = usage_of(billing_gateway, "estimate")["budget"]["spent_pico_usd"]
+    seen = Observed(billing_gateway, emulator)
+    c = bedrock_client(billing_gateway, tls_dir, KEYS["estimate"])
+    out = c.converse(modelId="claude-fast",
+                     messages=[{"role": "user", "content": [{"text": "[[emu:reported-output=none]] [[emu:output=7]]"}]}],
+                     inferenceConfig={"maxTokens": 50})
+    assert out["output"]["message"]["content"][0]["text"] == "w0 w1 w2 w3 w4 w5 w6"
+    [record] = seen.records(1)
+    assert record["status"] == 200
+    # The body's input count stands; its output is unknown, and Bedrock generated all of it
+    # before answering: the most the request allowed.
+    [entry] = seen.ledger(1)
+    assert record["input_tokens"] == ledger_usage(entry)["input_tokens"]
+    assert record["output_tokens"] == 50
+    assert record["usage_source"] == "estimated"
+
+
+@pytest.fixture(scope="module")
+def timeout_envoy(workdir, emulator, tls_dir, host_kind):
+    if host_kind != "envoy":
+        pytest.skip("differs between hosts (envoy only): a route timeout is Envoy's; a Spin "
+                    "component has none")
+    cfg = plugin_config(emulator.port)
+    cfg["api_keys"] = [{"id": "estimate", "sha256": harness.sha256_hex(KEYS["estimate"]), "models": ["*"],
+                        "limits": {"budget": {"usd": "10", "period": "total"}}}]
+    gw = harness.start_gateway("envoy", workdir / "envoy" / "timeout", cfg, emulator.port, tls_dir,
+                               name="timeout", route_timeout="1s")
+    yield gw
+    gw.stop()
+
+
+@pytest.mark.envoy_only("a route timeout is Envoy's own reply; a Spin component has no route timeout")
+def test_envoys_upstream_timeout_after_sending_is_billed_its_estimate(timeout_envoy, emulator):
+    from test_bedrock_api import raw
+    spent = usage_of(timeout_envoy, "estimate")["budget"]["spent_pico_usd"]
+    seen = Observed(timeout_envoy, emulator)
+    body = {"messages": [{"role": "user", "content": [{"text": "[[emu:slow=4000]]"}]}],
+            "inferenceConfig": {"maxTokens": 100}}
+    status, headers, out = raw(timeout_envoy, "POST", "/model/claude-fast/converse", json.dumps(body).encode(),
+                               {"x-api-key": KEYS["estimate"], "content-type": "application/json"})
+    assert status == 504 and b"upstream request timeout" in out
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert entry["signature_valid"] is True and entry["status"] == 499
+    assert record["forwarded"] is True and record["status"] == 504
+    assert_billed_the_estimate(timeout_envoy, record, 100, spent)

@@ -18,6 +18,7 @@ use crate::record::{self, UsageRecord};
 use crate::request_body;
 use crate::route::{self, Route};
 use crate::signing;
+use crate::usage::Usage;
 
 /// What to do with a request once its head is known.
 pub enum Admission {
@@ -168,6 +169,8 @@ fn admit_key(
         request_bytes: 0,
         status: None,
         sent_upstream: false,
+        host_answered: false,
+        estimate: Usage::default(),
         meter: UsageMeter::new(operation),
         finished: false,
     })))
@@ -266,6 +269,10 @@ pub struct Exchange {
     request_bytes: u64,
     status: Option<u16>,
     sent_upstream: bool,
+    /// The host answered in Bedrock's place after the request may have reached it.
+    host_answered: bool,
+    /// The reservation's estimate of the usage (see [`record::Fallback`]).
+    estimate: Usage,
     meter: UsageMeter,
     finished: bool,
 }
@@ -321,6 +328,7 @@ impl Exchange {
         let body = limit.rewritten.as_deref().unwrap_or(body);
         let quote = pricing::quote(&config.region, &self.model_id);
         let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
+        self.estimate = estimate.usage;
         // A partial allowance needs a stream the meter can price as it goes: ConverseStream
         // (Bedrock's own format), or an invoke stream of a model family it knows.
         let may_cut_off = key.limits.cut_off_streams
@@ -376,6 +384,17 @@ impl Exchange {
         self.status.get_or_insert(status);
     }
 
+    /// The host answered in Bedrock's place once the request was on its way: Envoy's 504 when
+    /// the route times out or its 503 when the upstream resets, a Spin host's failed upstream
+    /// call. `reached`: the request may have reached Bedrock (not if the connection was never
+    /// made). Then Bedrock may have run it to the end, and its estimate is billed.
+    pub fn upstream_failed(&mut self, status: u16, reached: bool) {
+        if self.status.is_none() {
+            self.status = Some(status);
+            self.host_answered = reached && self.sent_upstream;
+        }
+    }
+
     pub fn on_response_headers<'a>(
         &mut self,
         status: u16,
@@ -402,7 +421,7 @@ impl Exchange {
         // (Estimated as for any cut stream.)
         let over = |r: &Reading| {
             cut.quote
-                .cost(&record::billable(200, true, r, request_bytes).0)
+                .cost(&record::billable(200, true, r, request_bytes, &Default::default()).0)
                 > cut.allowance_pico_usd
         };
         let Some(end) = self.meter.on_body_until(chunk, over) else {
@@ -438,7 +457,14 @@ impl Exchange {
         let reading = self.meter.finish();
         // No status: the upstream never answered (reset, timeout, client gone first).
         let status = self.status.unwrap_or(0);
-        let mut record = record::make(record::Facts {
+        let fallback = record::Fallback {
+            estimate: self.estimate,
+            // A non-stream answer is generated whole before it is sent; an unanswered request
+            // may have run to its end.
+            whole_estimate: !self.operation.is_stream() || status == 0 || self.host_answered,
+            host_answered: self.host_answered,
+        };
+        let facts = record::Facts {
             request_id: self.request_id.as_deref(),
             key_id: &self.key_id,
             model: &self.model,
@@ -450,7 +476,8 @@ impl Exchange {
             reading: &reading,
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
-        });
+        };
+        let mut record = record::make_with(facts, &fallback);
         if matches!(&self.cut_off, Some(c) if c.done) {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }
@@ -753,6 +780,150 @@ mod tests {
 }
 
 #[cfg(test)]
+mod unanswered_tests {
+    //! Exchanges Bedrock ran (or may have run) whose usage never came back are billed the
+    //! reservation's estimate; the budget keeps exactly what was billed.
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::record::UsageSource;
+    use crate::store::memory::MemoryStore;
+
+    const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    const BODY: &[u8] = br#"{"messages":[],"inferenceConfig":{"maxTokens":100}}"#;
+    /// The same length, in Anthropic's format (`invoke`).
+    const INVOKE_BODY: &[u8] = br#"{"messages":[],"max_tokens":100,"system":"abcdefgh"}"#;
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"10","period":"total"}}}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    /// Admits and sends a request on `operation`, lets `end` play the response, finishes.
+    fn exchange(operation: &str, end: impl FnOnce(&mut Exchange)) -> (UsageRecord, u64) {
+        let config = config();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let path = format!("/model/claude-x/{operation}")
+            .replace("claude-x", &crate::model_id::encode_path_label(HAIKU));
+        let Admission::Forward(mut ex) =
+            admit(&config, "POST", &path, &[("authorization", "Bearer k")], 0)
+        else {
+            panic!("not admitted")
+        };
+        let body = if operation.starts_with("invoke") {
+            INVOKE_BODY
+        } else {
+            BODY
+        };
+        ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH)
+            .unwrap();
+        end(&mut ex);
+        let record = ex.finish(&config, &counters, 1).unwrap();
+        let spent = counters
+            .read(
+                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                0,
+            )
+            .unwrap();
+        (record, u64::try_from(spent).unwrap())
+    }
+
+    fn estimate() -> Usage {
+        Usage {
+            input_tokens: (BODY.len() as u64).div_ceil(4),
+            output_tokens: 100,
+            ..Default::default()
+        }
+    }
+
+    fn assert_estimate_billed(record: &UsageRecord, spent: u64) {
+        assert_eq!(record.usage_source, UsageSource::Estimated);
+        assert_eq!(record.usage(), estimate());
+        assert_eq!(
+            record.cost_pico_usd,
+            pricing::quote("us-east-1", HAIKU).cost(&estimate())
+        );
+        assert_eq!(
+            spent, record.cost_pico_usd,
+            "the budget keeps what was billed"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_call_is_billed_its_estimate() {
+        for operation in ["converse", "converse-stream", "invoke"] {
+            let (record, spent) = exchange(operation, |_| {});
+            assert_eq!(record.status, 0, "{operation}");
+            assert_estimate_billed(&record, spent);
+        }
+    }
+
+    #[test]
+    fn a_host_reply_after_sending_is_billed_its_estimate_unless_nothing_was_reached() {
+        let (record, spent) = exchange("converse", |ex| ex.upstream_failed(504, true));
+        assert_eq!(record.status, 504);
+        assert_estimate_billed(&record, spent);
+        // The connection was never made: Bedrock saw nothing.
+        let (record, spent) = exchange("converse", |ex| ex.upstream_failed(503, false));
+        assert_eq!(
+            (
+                record.status,
+                record.usage_source,
+                record.cost_pico_usd,
+                spent
+            ),
+            (503, UsageSource::None, 0, 0)
+        );
+        // Bedrock's own refusal stays unbilled.
+        let (record, spent) = exchange("converse", |ex| {
+            ex.on_response_headers(429, [("x-amzn-errortype", "ThrottlingException")]);
+            ex.on_response_body(br#"{"message":"slow down"}"#);
+        });
+        assert_eq!((record.usage_source, spent), (UsageSource::None, 0));
+    }
+
+    #[test]
+    fn a_non_stream_answer_cut_before_its_usage_is_billed_its_estimate() {
+        let (record, spent) = exchange("converse", |ex| {
+            ex.on_response_headers(200, [("content-type", "application/json")]);
+            ex.on_response_body(br#"{"output":{"message":{"content":[{"text":"w0 w1"#);
+        });
+        assert_eq!(record.status, 200);
+        assert_estimate_billed(&record, spent);
+    }
+
+    #[test]
+    fn a_stream_cut_mid_way_is_billed_what_it_delivered() {
+        let (record, _) = exchange("converse-stream", |ex| {
+            ex.on_response_headers(
+                200,
+                [("content-type", "application/vnd.amazon.eventstream")],
+            );
+            ex.on_response_body(&eventstream::encode(
+                &[
+                    (":message-type", "event"),
+                    (":event-type", "contentBlockDelta"),
+                    (":content-type", "application/json"),
+                ],
+                br#"{"contentBlockIndex":0,"delta":{"text":"eight by"}}"#,
+            ));
+        });
+        assert_eq!(record.usage_source, UsageSource::Estimated);
+        assert_eq!(
+            (record.input_tokens, record.output_tokens),
+            (estimate().input_tokens, 2)
+        );
+    }
+}
+
+#[cfg(test)]
 mod cut_off_tests {
     use super::*;
     use crate::auth::hash_key;
@@ -892,10 +1063,10 @@ mod cut_off_tests {
             hex::encode(hash_key("k"))
         );
         let config = Config::parse(json.as_bytes(), &|_| None).unwrap();
-        let store = MemoryStore::default();
-        let counters = CasCounters(&store);
         let body = br#"{"prompt":"x","max_tokens":1000}"#;
         let attempt = |path: &str| {
+            let store = MemoryStore::default();
+            let counters = CasCounters(&store);
             let Admission::Forward(mut ex) =
                 admit(&config, "POST", path, &[("authorization", "Bearer k")], 0)
             else {

@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod error;
 pub mod eventstream;
 pub mod exchange;
+pub mod host_reply;
 pub mod limits;
 pub mod meter;
 pub mod metrics;

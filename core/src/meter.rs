@@ -1951,7 +1951,7 @@ mod tests {
                 f.family
             );
             assert!(r.output_text_bytes > 0, "{}: no text metered", f.family);
-            let (billed, _) = crate::record::billable(200, true, &r, 100);
+            let (billed, _) = crate::record::billable(200, true, &r, 100, &Default::default());
             assert!(billed.output_tokens > 0, "{}: billed no output", f.family);
         }
     }
@@ -2092,7 +2092,7 @@ mod tests {
             assert_eq!(r.usage.input_tokens, 7, "{usage_json}");
             assert!(r.problem.is_some(), "{usage_json}");
             // Billed from what was seen: never zero output for a response with text.
-            let (billed, source) = crate::record::billable(200, true, &r, 100);
+            let (billed, source) = crate::record::billable(200, true, &r, 100, &Default::default());
             assert_eq!(
                 (source, billed.input_tokens, billed.output_tokens),
                 (crate::record::UsageSource::Estimated, 7, 3),

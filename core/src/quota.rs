@@ -22,6 +22,8 @@ pub struct Estimate {
     pub cost_pico_usd: u64,
     /// The input's share of the cost: the least a stream that may be cut off must be able to pay.
     pub input_cost_pico_usd: u64,
+    /// The usage estimated: what is billed if the request ran but its usage never came back.
+    pub usage: crate::Usage,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,7 @@ pub fn estimate(
         tokens: usage.input_tokens.saturating_add(output),
         cost_pico_usd: quote.cost(&usage),
         input_cost_pico_usd: quote.cost(&input_only),
+        usage,
     }
 }
 
@@ -399,6 +402,7 @@ mod tests {
             tokens,
             cost_pico_usd: cost,
             input_cost_pico_usd: cost / 10,
+            ..Default::default()
         }
     }
 

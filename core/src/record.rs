@@ -96,21 +96,38 @@ pub fn estimate_tokens(bytes: u64) -> u64 {
     bytes.div_ceil(BYTES_PER_TOKEN)
 }
 
+/// What billing falls back to when a response's own usage is missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The reservation's estimate: the request's input and the most output it allows.
+    pub estimate: Usage,
+    /// Bedrock may have generated all the request allowed: a non-stream answer is complete
+    /// before it is sent, and an exchange nobody answered may have run to its end.
+    pub whole_estimate: bool,
+    /// The host answered in Bedrock's place after the request reached it (Envoy's 504 when the
+    /// route times out, a 503 after the upstream hung up): the status is not Bedrock's refusal.
+    pub host_answered: bool,
+}
+
 /// What to bill for a response that got this far.
 ///
-/// - Refused (`status` not 2xx): nothing — Bedrock does not bill refused requests.
-/// - Never answered (`status` 0) after being sent upstream: Bedrock may have run it, so it is
-///   estimated like a cut stream.
+/// - Refused (`status` not 2xx, from Bedrock or from the gateway before sending): nothing —
+///   Bedrock does not bill refused requests.
+/// - Never answered after being sent upstream (`status` 0: a client cancel, a reset; or the
+///   host's own reply, [`Fallback::host_answered`]): Bedrock may have run it, so it is
+///   estimated, at least at the reservation's estimate ([`Fallback::whole_estimate`]).
 /// - Reported usage: exactly that.
 /// - Otherwise an estimate that never undercounts what was seen: input from the request size
-///   (or what the stream already reported), output from the generated text seen.
+///   (or what the response already reported), output from the generated text seen; raised to
+///   the reservation's estimate when Bedrock may have generated it all.
 pub fn billable(
     status: u16,
     sent_upstream: bool,
     reading: &Reading,
     request_bytes: u64,
+    fallback: &Fallback,
 ) -> (Usage, UsageSource) {
-    let unanswered = status == 0 && sent_upstream;
+    let unanswered = sent_upstream && (status == 0 || fallback.host_answered);
     if !(200..300).contains(&status) && !unanswered {
         return (Usage::default(), UsageSource::None);
     }
@@ -122,7 +139,7 @@ pub fn billable(
     let seen = reading.usage;
     let input_estimate = estimate_tokens(request_bytes).max(1);
     let output_estimate = estimate_tokens(reading.output_text_bytes);
-    let usage = Usage {
+    let mut usage = Usage {
         input_tokens: if seen.total_input() > 0 {
             seen.input_tokens
         } else {
@@ -132,6 +149,13 @@ pub fn billable(
         cache_read_tokens: seen.cache_read_tokens,
         cache_write_tokens: seen.cache_write_tokens,
     };
+    if unanswered || fallback.whole_estimate {
+        let e = &fallback.estimate;
+        if seen.total_input() == 0 {
+            usage.input_tokens = usage.input_tokens.max(e.input_tokens);
+        }
+        usage.output_tokens = usage.output_tokens.max(e.output_tokens);
+    }
     (usage, UsageSource::Estimated)
 }
 
@@ -152,7 +176,18 @@ pub struct Facts<'a> {
 }
 
 pub fn make(f: Facts<'_>) -> UsageRecord {
-    let (usage, usage_source) = billable(f.status, f.sent_upstream, f.reading, f.request_bytes);
+    make_with(f, &Fallback::default())
+}
+
+/// The record, billed with `fallback` where the response's own usage is missing.
+pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
+    let (usage, usage_source) = billable(
+        f.status,
+        f.sent_upstream,
+        f.reading,
+        f.request_bytes,
+        fallback,
+    );
     let quote = pricing::quote(f.region, f.model_id);
     UsageRecord {
         request_id: f.request_id.map(str::to_string),
@@ -239,7 +274,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            billable(429, true, &r, 100),
+            billable(429, true, &r, 100, &Fallback::default()),
             (Usage::default(), UsageSource::None)
         );
     }
@@ -258,7 +293,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            billable(200, true, &r, 1_000_000),
+            billable(200, true, &r, 1_000_000, &Fallback::default()),
             (u, UsageSource::Reported)
         );
     }
@@ -266,7 +301,7 @@ mod tests {
     #[test]
     fn cut_streams_are_estimated_never_zero() {
         let nothing = Reading::default();
-        let (u, src) = billable(200, true, &nothing, 10);
+        let (u, src) = billable(200, true, &nothing, 10, &Fallback::default());
         assert_eq!(src, UsageSource::Estimated);
         assert_eq!(u.input_tokens, 3);
         let partial = Reading {
@@ -279,7 +314,7 @@ mod tests {
             output_text_bytes: 100,
             ..Default::default()
         };
-        let (u, _) = billable(200, true, &partial, 10);
+        let (u, _) = billable(200, true, &partial, 10, &Fallback::default());
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cache_read_tokens),
             (40, 25, 7)
@@ -297,7 +332,7 @@ mod tests {
             output_text_bytes: 40,
             ..Default::default()
         };
-        let (u, src) = billable(200, true, &r, 100);
+        let (u, src) = billable(200, true, &r, 100, &Fallback::default());
         assert_eq!(
             (src, u.input_tokens, u.output_tokens),
             (UsageSource::Estimated, 5, 10)
@@ -307,11 +342,11 @@ mod tests {
     #[test]
     fn unanswered_requests_are_estimated_only_if_sent() {
         assert_eq!(
-            billable(0, true, &Reading::default(), 40).1,
+            billable(0, true, &Reading::default(), 40, &Fallback::default()).1,
             UsageSource::Estimated
         );
         assert_eq!(
-            billable(0, false, &Reading::default(), 40).1,
+            billable(0, false, &Reading::default(), 40, &Fallback::default()).1,
             UsageSource::None
         );
     }

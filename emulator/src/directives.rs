@@ -41,6 +41,9 @@ pub struct Directives {
     pub cache_write: Option<u64>,
     /// `[[emu:throttle]]`: answer 429 ThrottlingException.
     pub throttle: bool,
+    /// `[[emu:hang-up]]`: read the request, wait `slow` if set, then close the connection
+    /// without answering, as an upstream that failed after the request reached it.
+    pub hang_up: bool,
     /// `[[emu:error=STATUS:TYPE]]`: answer STATUS (400..=599) with `x-amzn-ErrorType: TYPE`.
     pub error: Option<(u16, String)>,
     /// `[[emu:slow=MS]]`: wait before a non-stream answer, or between stream events.
@@ -101,6 +104,7 @@ impl Directives {
         };
         match (name, value) {
             ("throttle", None) => self.throttle = true,
+            ("hang-up", None) => self.hang_up = true,
             ("input", Some(_)) => match number(MAX_OTHER_TOKENS) {
                 Some(n) => self.input = Some(n),
                 None => return false,
@@ -187,7 +191,7 @@ mod tests {
         let body = br#"{"messages":[{"role":"user","content":[{"text":"hi [[emu:input=10]] [[emu:output=5]]
             [[emu:cache-read=3]][[emu:cache-write=4]] [[emu:throttle]] [[emu:error=500:InternalServerException]]
             [[emu:slow=20]] [[emu:fail-after=2]] [[emu:events=3]] [[emu:stop=max_tokens]]
-            [[emu:content-type=text/plain]] [[emu:reported-output=-1]]"}]}]}"#;
+            [[emu:content-type=text/plain]] [[emu:reported-output=-1]] [[emu:hang-up]]"}]}]}"#;
         let d = Directives::parse(body);
         assert_eq!(d.input, Some(10));
         assert_eq!(d.output, Some(5));
@@ -201,7 +205,8 @@ mod tests {
         assert_eq!(d.stop_reason.as_deref(), Some("max_tokens"));
         assert_eq!(d.content_type.as_deref(), Some("text/plain"));
         assert_eq!(d.reported_output, Some(ReportedOutput::Negative));
-        assert_eq!(d.seen.len(), 12);
+        assert!(d.hang_up);
+        assert_eq!(d.seen.len(), 13);
         let d = Directives::parse(
             b"[[emu:reported-output=none]] [[emu:reported-output=5]] [[emu:content-type=a b]]",
         );

@@ -710,7 +710,10 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&converse_body(&p, 1)).unwrap();
         assert_eq!(v["usage"]["outputTokens"], -1);
-        assert_eq!(p.usage.output_tokens, 2, "what is served (and the ledger) is unchanged");
+        assert_eq!(
+            p.usage.output_tokens, 2,
+            "what is served (and the ledger) is unchanged"
+        );
         assert_eq!(v["output"]["message"]["content"][0]["text"], "w0 w1");
         let p = plan(
             Operation::Invoke,

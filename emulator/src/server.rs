@@ -140,6 +140,7 @@ impl Emulator {
             let state = self.state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(state.clone(), req));
+                // A `HangUp` from the service closes the connection without an answer.
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -162,10 +163,23 @@ fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
     r
 }
 
+/// The connection is closed without an answer (`[[emu:hang-up]]`): the service's error,
+/// which makes hyper drop the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct HangUp;
+
+impl std::fmt::Display for HangUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the emulator hung up ([[emu:hang-up]])")
+    }
+}
+
+impl std::error::Error for HangUp {}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, HangUp> {
     let path = req.uri().path();
     if let Some(control) = path.strip_prefix("/_emulator/") {
         return Ok(match (req.method().as_str(), control) {
@@ -192,7 +206,11 @@ async fn handle(
             ),
         });
     }
-    Ok(api(state, req).await)
+    let response = api(state, req).await;
+    if response.extensions().get::<HangUp>().is_some() {
+        return Err(HangUp);
+    }
+    Ok(response)
 }
 
 /// An answer that is not a stream: status, error (type and message) or body, extra headers.
@@ -466,6 +484,18 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         .slow_ms
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis);
+    if directives.hang_up {
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
+        let mut response = pending.finish(Answer::error(
+            0,
+            "HangUp",
+            "the emulator closed the connection without answering ([[emu:hang-up]])",
+        ));
+        response.extensions_mut().insert(HangUp);
+        return response;
+    }
     if directives.throttle || directives.error.is_some() {
         if let Some(d) = slow {
             tokio::time::sleep(d).await;
