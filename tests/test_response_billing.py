@@ -5,6 +5,7 @@ and image models."""
 from __future__ import annotations
 
 import json
+import time
 
 import botocore.exceptions
 import pytest
@@ -122,6 +123,7 @@ def test_a_stream_cancelled_before_its_metrics_is_billed_for_what_it_delivered(
 KEYS = {
     "cutoff": "tg-billing-cutoff",
     "estimate": "tg-billing-estimate",
+    "images": "tg-billing-images",
 }
 
 
@@ -131,6 +133,8 @@ def billing_gateway(workdir, emulator, tls_dir, host_kind, request):
         # Room for the prompt and roughly 15 output tokens of Mistral Large (2402).
         {"id": "cutoff", "limits": {"budget": {"usd": "0.0003", "period": "total"}, "cut_off_streams": True}},
         {"id": "estimate", "limits": {"budget": {"usd": "10", "period": "total"}}},
+        # Room for one Nova Canvas image ($0.06), not two.
+        {"id": "images", "limits": {"budget": {"usd": "0.1", "period": "total"}}},
     ]
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] = [{**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys]
@@ -340,3 +344,73 @@ def test_envoys_upstream_timeout_after_sending_is_billed_its_estimate(timeout_en
     assert entry["signature_valid"] is True and entry["status"] == 499
     assert record["forwarded"] is True and record["status"] == 504
     assert_billed_the_estimate(timeout_envoy, record, 100, spent)
+
+
+# ---- image models ---------------------------------------------------------------------------
+
+def image_price_pico(model_id: str) -> int:
+    """litellm's per-image price of `model_id`: its own entry or, for per-size/step variants
+    (`1024-x-1024/50-steps/<id>`), the highest of them."""
+    from decimal import Decimal
+    prices = [Decimal(e["output_cost_per_image"]) for k, e in pricing_oracle._SNAPSHOT.items()
+              if isinstance(e, dict) and "output_cost_per_image" in e
+              and (k == model_id or k.endswith("/" + model_id))]
+    assert prices, model_id
+    return int(max(prices) * pricing_oracle.PICO)
+
+
+def image_request(model_id: str, n: int, text: str = "a lighthouse at dusk") -> dict:
+    if "stable-diffusion-xl" in model_id:
+        return {"text_prompts": [{"text": text}], "samples": n, "steps": 30}
+    if model_id.startswith("stability.") or ".stability." in model_id:
+        return {"prompt": text, "mode": "text-to-image"}
+    return {"taskType": "TEXT_IMAGE", "textToImageParams": {"text": text},
+            "imageGenerationConfig": {"numberOfImages": n, "width": 1024, "height": 1024}}
+
+
+@pytest.mark.parametrize("model_id,asked,made", [
+    ("amazon.nova-canvas-v1:0", 2, 2),
+    ("us.amazon.nova-canvas-v1:0", 3, 2),  # the answer's count is billed, not the request's
+    ("amazon.titan-image-generator-v2:0", 4, 4),
+    ("stability.sd3-5-large-v1:0", 1, 1),
+    ("stability.stable-image-ultra-v1:1", 1, 1),
+    ("stability.stable-diffusion-xl-v1", 1, 1),
+])
+def test_image_models_are_billed_per_image(client, gateway, emulator, model_id, asked, made):
+    seen = Observed(gateway, emulator)
+    text = "a lighthouse" + (f" [[emu:images={made}]]" if made != asked else "")
+    out = client.invoke_model(modelId=model_id, body=json.dumps(image_request(model_id, asked, text)))
+    body = json.loads(out["body"].read())
+    assert len(body.get("images") or body.get("artifacts")) == made
+    [entry] = seen.ledger(1)
+    [record] = seen.records(1)
+    assert entry["usage"]["images"] == made
+    assert (record["status"], record["usage_source"], record["images"]) == (200, "reported", made)
+    assert (record["input_tokens"], record["output_tokens"]) == (0, 0)
+    assert record["cost_pico_usd"] == made * image_price_pico(model_id) > 0
+
+
+def test_an_image_model_the_gateway_cannot_price_is_refused(client, gateway, emulator):
+    seen = Observed(gateway, emulator)
+    model_id = "stability.unreleased-image-model-v9:0"
+    with pytest.raises(client.exceptions.ValidationException) as e:
+        client.invoke_model(modelId=model_id, body=json.dumps(image_request(model_id, 1)))
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "per-image price" in e.value.response["Error"]["Message"]
+    # Refused at admission, like an unknown model: nothing upstream, nothing billed.
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == []
+    assert all(r["cost_pico_usd"] == 0 for r in gateway.usage_records()[seen.records_start:])
+
+
+def test_the_budget_reserves_the_images_requested(billing_gateway, tls_dir, emulator):
+    c = bedrock_client(billing_gateway, tls_dir, KEYS["images"])
+    model_id = "amazon.nova-canvas-v1:0"
+    seen = Observed(billing_gateway, emulator)
+    with pytest.raises(c.exceptions.ServiceQuotaExceededException):
+        c.invoke_model(modelId=model_id, body=json.dumps(image_request(model_id, 2)))
+    c.invoke_model(modelId=model_id, body=json.dumps(image_request(model_id, 1)))
+    [entry] = seen.ledger(1)
+    assert entry["usage"]["images"] == 1
+    u = usage_of(billing_gateway, "images")
+    assert u["budget"]["spent_pico_usd"] == u["cost_pico_usd"] == image_price_pico(model_id)

@@ -8,6 +8,7 @@ use crate::config::{ApiKey, Config};
 use crate::counters::Counters;
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::eventstream;
+use crate::images;
 use crate::meter::{Reading, UsageMeter};
 use crate::model_family;
 use crate::model_id;
@@ -146,6 +147,15 @@ fn admit_key(
             format!("API key `{}` is not allowed to use model `{model}`", key.id),
         ));
     }
+    if pricing::quote(&config.region, &model_id).unpriced_images(&model_id) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "`{model_id}` is an image model this gateway has no per-image price for; \
+                 it cannot be billed, so it is refused"
+            ),
+        ));
+    }
     let strip_headers = headers
         .iter()
         .filter(|(n, _)| is_client_credential_header(n) || *n == TEST_CLOCK_HEADER)
@@ -171,6 +181,7 @@ fn admit_key(
         sent_upstream: false,
         host_answered: false,
         estimate: Usage::default(),
+        priced_per_image: false,
         meter: UsageMeter::new(operation),
         finished: false,
     })))
@@ -273,6 +284,7 @@ pub struct Exchange {
     host_answered: bool,
     /// The reservation's estimate of the usage (see [`record::Fallback`]).
     estimate: Usage,
+    priced_per_image: bool,
     meter: UsageMeter,
     finished: bool,
 }
@@ -327,8 +339,14 @@ impl Exchange {
         let limit = request_body::output_limit(body, self.operation, &self.model_id, cap);
         let body = limit.rewritten.as_deref().unwrap_or(body);
         let quote = pricing::quote(&config.region, &self.model_id);
-        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
+        let images = if quote.per_image_pico_usd.is_some() {
+            images::requested(body)
+        } else {
+            0
+        };
+        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, images, &quote);
         self.estimate = estimate.usage;
+        self.priced_per_image = quote.per_image_pico_usd.is_some();
         // A partial allowance needs a stream the meter can price as it goes: ConverseStream
         // (Bedrock's own format), or an invoke stream of a model family it knows.
         let may_cut_off = key.limits.cut_off_streams
@@ -463,6 +481,7 @@ impl Exchange {
             // may have run to its end.
             whole_estimate: !self.operation.is_stream() || status == 0 || self.host_answered,
             host_answered: self.host_answered,
+            priced_per_image: self.priced_per_image,
         };
         let facts = record::Facts {
             request_id: self.request_id.as_deref(),
@@ -920,6 +939,171 @@ mod unanswered_tests {
             (record.input_tokens, record.output_tokens),
             (estimate().input_tokens, 2)
         );
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    //! Image models are billed per image, and refused when they have no per-image price.
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::store::memory::MemoryStore;
+
+    fn config(budget_usd: &str) -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"{budget_usd}","period":"total"}}}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn admit_model(config: &Config, model_id: &str) -> Admission {
+        let path = format!(
+            "/model/{}/invoke",
+            crate::model_id::encode_path_label(model_id)
+        );
+        admit(config, "POST", &path, &[("authorization", "Bearer k")], 0)
+    }
+
+    /// Invokes `model_id` with `request`, answered by `response`; the record and the spend.
+    fn invoke(
+        config: &Config,
+        model_id: &str,
+        request: &str,
+        response: &str,
+    ) -> Result<(UsageRecord, i64), GatewayError> {
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let Admission::Forward(mut ex) = admit_model(config, model_id) else {
+            panic!("not admitted")
+        };
+        ex.upstream_request(
+            config,
+            &counters,
+            request.as_bytes(),
+            SystemTime::UNIX_EPOCH,
+        )?;
+        ex.on_response_headers(200, [("content-type", "application/json")]);
+        ex.on_response_body(response.as_bytes());
+        let record = ex.finish(config, &counters, 1).unwrap();
+        let spent = counters
+            .read(
+                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                0,
+            )
+            .unwrap();
+        Ok((record, spent))
+    }
+
+    const PICO_PER_USD: u64 = 1_000_000_000_000;
+
+    #[test]
+    fn images_are_billed_per_image_from_the_response() {
+        let config = config("1");
+        // litellm: Nova Canvas $0.06, Titan Image Generator v2 $0.008, SD3.5 Large $0.08,
+        // SDXL 1.0 $0.04 / $0.08 (50 / more steps: the higher, never under).
+        for (model_id, request, response, images, usd_per_image_milli) in [
+            (
+                "amazon.nova-canvas-v1:0",
+                r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":2}}"#,
+                r#"{"images":["iVBORw0KGgo=","iVBORw0KGgo="],"error":null}"#,
+                2,
+                60,
+            ),
+            (
+                "amazon.titan-image-generator-v2:0",
+                r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":3}}"#,
+                r#"{"images":["a","b","c"],"error":null}"#,
+                3,
+                8,
+            ),
+            (
+                "stability.sd3-5-large-v1:0",
+                r#"{"prompt":"a cat"}"#,
+                r#"{"seeds":[7],"finish_reasons":[null],"images":["iVBORw0KGgo="]}"#,
+                1,
+                80,
+            ),
+            (
+                "stability.stable-diffusion-xl-v1",
+                r#"{"text_prompts":[{"text":"a cat"}],"samples":1}"#,
+                r#"{"result":"success","artifacts":[{"seed":1,"base64":"iVBORw0KGgo=","finishReason":"SUCCESS"}]}"#,
+                1,
+                80,
+            ),
+        ] {
+            let (record, spent) = invoke(&config, model_id, request, response).unwrap();
+            let cost = images * usd_per_image_milli * PICO_PER_USD / 1000;
+            assert_eq!(record.cost_pico_usd, cost, "{model_id}");
+            assert_eq!(
+                record.usage_source,
+                crate::record::UsageSource::Reported,
+                "{model_id}"
+            );
+            assert_eq!(spent, i64::try_from(cost).unwrap(), "{model_id}");
+        }
+    }
+
+    #[test]
+    fn the_reservation_counts_the_images_requested() {
+        // $0.10 covers one Nova Canvas image ($0.06), not two.
+        let config = config("0.1");
+        let request = |n: u32| {
+            format!(
+                r#"{{"taskType":"TEXT_IMAGE","textToImageParams":{{"text":"a cat"}},"imageGenerationConfig":{{"numberOfImages":{n}}}}}"#
+            )
+        };
+        let one = r#"{"images":["a"],"error":null}"#;
+        invoke(&config, "amazon.nova-canvas-v1:0", &request(1), one).unwrap();
+        let err = invoke(&config, "amazon.nova-canvas-v1:0", &request(2), one).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BudgetExhausted);
+    }
+
+    #[test]
+    fn an_image_answer_too_large_to_read_is_billed_the_images_requested() {
+        // Four 2048x2048 images do not fit the meter's 8 MiB parse cap: the count requested.
+        let config = config("1");
+        let image = "A".repeat(3 << 20);
+        let response = format!(r#"{{"images":["{image}","{image}","{image}","{image}"]}}"#);
+        let request = r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":4,"width":2048,"height":2048}}"#;
+        let (record, spent) =
+            invoke(&config, "amazon.nova-canvas-v1:0", request, &response).unwrap();
+        assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
+        assert_eq!(
+            (record.images, record.input_tokens, record.output_tokens),
+            (4, 0, 0)
+        );
+        assert_eq!(record.cost_pico_usd, 4 * 60 * PICO_PER_USD / 1000);
+        assert_eq!(spent, i64::try_from(record.cost_pico_usd).unwrap());
+    }
+
+    #[test]
+    fn image_models_without_a_per_image_price_are_refused() {
+        for model_id in [
+            "stability.unreleased-image-model-v9:0",
+            "amazon.nova-canvas-v9:0",
+            "us.amazon.titan-image-generator-v7:0",
+        ] {
+            match admit_model(&config("1"), model_id) {
+                Admission::Refused { error, .. } => {
+                    let reply = error.to_bedrock_reply();
+                    assert_eq!(reply.status, 400, "{model_id}");
+                    assert!(
+                        reply
+                            .headers
+                            .iter()
+                            .any(|(n, v)| *n == "x-amzn-errortype" && v == "ValidationException"),
+                        "{model_id}"
+                    );
+                    assert!(error.message.contains(model_id), "{}", error.message);
+                }
+                _ => panic!("{model_id} admitted"),
+            }
+        }
     }
 }
 

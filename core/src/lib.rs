@@ -11,6 +11,7 @@ pub mod error;
 pub mod eventstream;
 pub mod exchange;
 pub mod host_reply;
+pub mod images;
 pub mod limits;
 pub mod meter;
 pub mod metrics;

@@ -114,6 +114,7 @@ impl HeaderCounts {
             output_tokens: self.output.unwrap_or(0),
             cache_read_tokens: self.cache_read.unwrap_or(0),
             cache_write_tokens: self.cache_write.unwrap_or(0),
+            images: 0,
         };
         Some((usage, self.input.is_some() && !self.unparseable))
     }
@@ -496,6 +497,7 @@ fn raise(usage: &mut Usage, to: &Usage) {
     usage.output_tokens = usage.output_tokens.max(to.output_tokens);
     usage.cache_read_tokens = usage.cache_read_tokens.max(to.cache_read_tokens);
     usage.cache_write_tokens = usage.cache_write_tokens.max(to.cache_write_tokens);
+    usage.images = usage.images.max(to.images);
 }
 
 fn bad_json(event: &str, index: u64, err: &serde_json::Error) -> String {
@@ -597,22 +599,38 @@ impl UsageFields {
             output_tokens: self.output().unwrap_or(0),
             cache_read_tokens: self.cache_read().unwrap_or(0),
             cache_write_tokens: self.cache_write().unwrap_or(0),
+            images: 0,
         }
     }
 }
 
-/// A non-stream body: Converse, Anthropic, Nova (`usage`) or Llama (top-level counts).
+/// A non-stream body: Converse, Anthropic, Nova (`usage`) or Llama (top-level counts); an
+/// image model's images.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct JsonBody {
     usage: Option<UsageFields>,
     prompt_token_count: Count,
     generation_token_count: Count,
+    /// Titan Image Generator, Nova Canvas, Stability's image services.
+    images: Option<Items>,
+    /// Stability SDXL.
+    artifacts: Option<Items>,
 }
 
 impl JsonBody {
-    /// The body's usage, and whether it is whole (see [`UsageFields::is_whole`]).
+    /// The body's usage, and whether it is whole (see [`UsageFields::is_whole`]); an image
+    /// model's answer is whole with its images counted.
     fn usage(&self) -> Option<(Usage, bool)> {
+        let images = [self.images, self.artifacts]
+            .into_iter()
+            .flatten()
+            .map(|n| n.0)
+            .reduce(u64::saturating_add);
+        if let Some(images) = images {
+            let tokens = self.usage.map(UsageFields::to_usage).unwrap_or_default();
+            return Some((Usage { images, ..tokens }, true));
+        }
         if let Some(usage) = self.usage.filter(UsageFields::any) {
             return Some((usage.to_usage(), usage.is_whole()));
         }
@@ -942,6 +960,57 @@ impl<'de, T: Deserialize<'de> + Text> Deserialize<'de> for TextSum<T> {
     }
 }
 
+/// The number of items of an array (each skipped unread); anything else is 0.
+#[derive(Clone, Copy, Debug, Default)]
+struct Items(u64);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut n = 0u64;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n = n.saturating_add(1);
+                }
+                Ok(n)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(0)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Count).map(Items)
+    }
+}
+
 /// The UTF-8 length of every string value in a JSON document, keys excluded.
 struct StringBytes(u64);
 
@@ -1163,6 +1232,7 @@ mod tests {
             output_tokens: output,
             cache_read_tokens: read,
             cache_write_tokens: write,
+            images: 0,
         }
     }
 

@@ -53,12 +53,26 @@ pub struct Reservation {
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 8192;
 
 /// What a request may use: its input (estimated from the body size, as for cut streams) and
-/// the most output it allows — its own limit, else the model's maximum.
+/// the most output it allows — its own limit, else the model's maximum. A model priced per
+/// image may use `images` and no tokens.
 pub fn estimate(
     body_bytes: u64,
     max_output_tokens: Option<u64>,
+    images: u64,
     quote: &crate::pricing::Quote,
 ) -> Estimate {
+    if quote.per_image_pico_usd.is_some() {
+        let usage = crate::Usage {
+            images,
+            ..Default::default()
+        };
+        return Estimate {
+            tokens: 0,
+            cost_pico_usd: quote.cost(&usage),
+            input_cost_pico_usd: 0,
+            usage,
+        };
+    }
     let output = max_output_tokens
         .or(quote.max_output_tokens.map(u64::from))
         .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);

@@ -38,6 +38,9 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Images generated (image models, priced per image); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images: u64,
     /// Exact cost in pico-USD (1e-12 USD).
     pub cost_pico_usd: u64,
     pub usage_source: UsageSource,
@@ -80,8 +83,13 @@ impl UsageRecord {
             output_tokens: self.output_tokens,
             cache_read_tokens: self.cache_read_tokens,
             cache_write_tokens: self.cache_write_tokens,
+            images: self.images,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What starts every usage record's log line; the JSON follows.
@@ -107,6 +115,8 @@ pub struct Fallback {
     /// The host answered in Bedrock's place after the request reached it (Envoy's 504 when the
     /// route times out, a 503 after the upstream hung up): the status is not Bedrock's refusal.
     pub host_answered: bool,
+    /// The model is priced per image: no tokens are estimated from the request's size.
+    pub priced_per_image: bool,
 }
 
 /// What to bill for a response that got this far.
@@ -137,7 +147,11 @@ pub fn billable(
         return (reading.usage, UsageSource::Reported);
     }
     let seen = reading.usage;
-    let input_estimate = estimate_tokens(request_bytes).max(1);
+    let input_estimate = if fallback.priced_per_image {
+        0
+    } else {
+        estimate_tokens(request_bytes).max(1)
+    };
     let output_estimate = estimate_tokens(reading.output_text_bytes);
     let mut usage = Usage {
         input_tokens: if seen.total_input() > 0 {
@@ -148,6 +162,7 @@ pub fn billable(
         output_tokens: seen.output_tokens.max(output_estimate),
         cache_read_tokens: seen.cache_read_tokens,
         cache_write_tokens: seen.cache_write_tokens,
+        images: seen.images,
     };
     if unanswered || fallback.whole_estimate {
         let e = &fallback.estimate;
@@ -155,6 +170,7 @@ pub fn billable(
             usage.input_tokens = usage.input_tokens.max(e.input_tokens);
         }
         usage.output_tokens = usage.output_tokens.max(e.output_tokens);
+        usage.images = usage.images.max(e.images);
     }
     (usage, UsageSource::Estimated)
 }
@@ -202,6 +218,7 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         output_tokens: usage.output_tokens,
         cache_read_tokens: usage.cache_read_tokens,
         cache_write_tokens: usage.cache_write_tokens,
+        images: usage.images,
         cost_pico_usd: quote.cost(&usage),
         usage_source,
         priced_as: quote.source,
@@ -286,6 +303,7 @@ mod tests {
             output_tokens: 20,
             cache_read_tokens: 3,
             cache_write_tokens: 4,
+            images: 0,
         };
         let r = Reading {
             complete: true,

@@ -13,6 +13,8 @@ pub const MAX_OTHER_TOKENS: u64 = 1_000_000_000;
 pub const MAX_SLOW_MS: u64 = 10_000;
 /// Cap on `events` and `fail-after`.
 pub const MAX_EVENTS: u32 = 10_000;
+/// Cap on `images`.
+pub const MAX_IMAGES: u64 = 100;
 
 const OPEN: &[u8] = b"[[emu:";
 const CLOSE: &[u8] = b"]]";
@@ -41,6 +43,9 @@ pub struct Directives {
     pub cache_write: Option<u64>,
     /// `[[emu:throttle]]`: answer 429 ThrottlingException.
     pub throttle: bool,
+    /// `[[emu:images=N]]`: images an image model answers with, instead of the count the
+    /// request asks for (capped at [`MAX_IMAGES`]).
+    pub images: Option<u64>,
     /// `[[emu:hang-up]]`: read the request, wait `slow` if set, then close the connection
     /// without answering, as an upstream that failed after the request reached it.
     pub hang_up: bool,
@@ -105,6 +110,10 @@ impl Directives {
         match (name, value) {
             ("throttle", None) => self.throttle = true,
             ("hang-up", None) => self.hang_up = true,
+            ("images", Some(_)) => match number(MAX_IMAGES) {
+                Some(n) => self.images = Some(n),
+                None => return false,
+            },
             ("input", Some(_)) => match number(MAX_OTHER_TOKENS) {
                 Some(n) => self.input = Some(n),
                 None => return false,
@@ -191,7 +200,7 @@ mod tests {
         let body = br#"{"messages":[{"role":"user","content":[{"text":"hi [[emu:input=10]] [[emu:output=5]]
             [[emu:cache-read=3]][[emu:cache-write=4]] [[emu:throttle]] [[emu:error=500:InternalServerException]]
             [[emu:slow=20]] [[emu:fail-after=2]] [[emu:events=3]] [[emu:stop=max_tokens]]
-            [[emu:content-type=text/plain]] [[emu:reported-output=-1]] [[emu:hang-up]]"}]}]}"#;
+            [[emu:content-type=text/plain]] [[emu:reported-output=-1]] [[emu:hang-up]] [[emu:images=3]]"}]}]}"#;
         let d = Directives::parse(body);
         assert_eq!(d.input, Some(10));
         assert_eq!(d.output, Some(5));
@@ -206,7 +215,8 @@ mod tests {
         assert_eq!(d.content_type.as_deref(), Some("text/plain"));
         assert_eq!(d.reported_output, Some(ReportedOutput::Negative));
         assert!(d.hang_up);
-        assert_eq!(d.seen.len(), 13);
+        assert_eq!(d.images, Some(3));
+        assert_eq!(d.seen.len(), 14);
         let d = Directives::parse(
             b"[[emu:reported-output=none]] [[emu:reported-output=5]] [[emu:content-type=a b]]",
         );

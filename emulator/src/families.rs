@@ -31,7 +31,17 @@ pub enum Family {
     ChatCompletions,
     /// DeepSeek-R1: a text completion, `choices[].text`.
     DeepSeekR1,
+    /// Amazon Titan Image Generator and Nova Canvas: `{"images": [...], "error": null}`.
+    TitanImage,
+    /// Stability's image services (SD3, Stable Image Core/Ultra, edits):
+    /// `{"seeds", "finish_reasons", "images"}`.
+    StabilityImage,
+    /// Stability SDXL: `{"result", "artifacts": [{"seed", "base64", "finishReason"}]}`.
+    Sdxl,
 }
+
+/// The base64 of a tiny PNG header: what an emulated image is.
+const IMAGE_B64: &str = "iVBORw0KGgoAAAANSUhEUg==";
 
 /// The provider and model name of a model ID (an ARN's resource ID, without a cross-region
 /// prefix).
@@ -51,6 +61,10 @@ impl Family {
     pub fn of(model_id: &str) -> Self {
         let (provider, name) = provider_and_name(model_id);
         match provider {
+            "amazon" if name.starts_with("nova-canvas") => Self::TitanImage,
+            "amazon" if name.starts_with("titan-image") => Self::TitanImage,
+            "stability" if name.starts_with("stable-diffusion-xl") => Self::Sdxl,
+            "stability" => Self::StabilityImage,
             "amazon" if name.starts_with("nova") => Self::Nova,
             "amazon" if name.starts_with("titan-text") || name.starts_with("titan-tg1") => {
                 Self::TitanText
@@ -66,6 +80,27 @@ impl Family {
             | "nvidia" | "zai" | "xai" | "google" => Self::ChatCompletions,
             _ => Self::Anthropic,
         }
+    }
+
+    /// Images an invoke request to an image model asks for (`numberOfImages`, `samples`, else
+    /// one); `None` for other models.
+    pub fn images_requested(self, body: Option<&Value>) -> Option<u64> {
+        let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(1).max(1);
+        match self {
+            Self::TitanImage => {
+                Some(n(body.and_then(|b| {
+                    b.get("imageGenerationConfig")?.get("numberOfImages")
+                })))
+            }
+            Self::Sdxl => Some(n(body.and_then(|b| b.get("samples")))),
+            Self::StabilityImage => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The model makes images (and only answers InvokeModel).
+    pub fn makes_images(self) -> bool {
+        matches!(self, Self::TitanImage | Self::StabilityImage | Self::Sdxl)
     }
 
     /// The output limit an invoke request names, in this family's field.
@@ -110,7 +145,10 @@ impl Family {
             | Self::Llama
             | Self::Mistral
             | Self::MistralChat
-            | Self::DeepSeekR1 => (vec![], vec![MessageStop]),
+            | Self::DeepSeekR1
+            | Self::TitanImage
+            | Self::StabilityImage
+            | Self::Sdxl => (vec![], vec![MessageStop]),
         }
     }
 
@@ -193,6 +231,21 @@ impl Family {
                 "usage": chat_usage(u),
             }),
             Self::DeepSeekR1 => json!({ "choices": [ { "text": text, "stop_reason": stop } ] }),
+            Self::TitanImage => json!({
+                "images": vec![IMAGE_B64; u.images as usize],
+                "error": null,
+            }),
+            Self::StabilityImage => json!({
+                "seeds": (0..u.images).collect::<Vec<_>>(),
+                "finish_reasons": vec![Value::Null; u.images as usize],
+                "images": vec![IMAGE_B64; u.images as usize],
+            }),
+            Self::Sdxl => json!({
+                "result": "success",
+                "artifacts": (0..u.images)
+                    .map(|seed| json!({ "seed": seed, "base64": IMAGE_B64, "finishReason": "SUCCESS" }))
+                    .collect::<Vec<_>>(),
+            }),
         }
     }
 
@@ -332,7 +385,9 @@ impl Family {
                 plan.misreport(&mut v["usage"], "completion_tokens");
                 v
             }
-            (Self::Anthropic, _) => Value::Null,
+            (Self::Anthropic | Self::TitanImage | Self::StabilityImage | Self::Sdxl, _) => {
+                Value::Null
+            }
         }
     }
 }
@@ -417,6 +472,7 @@ mod tests {
             Family::CohereCommandR => String::new(),
             Family::ChatCompletions => s(&e["choices"][0]["delta"]["content"]),
             Family::DeepSeekR1 => s(&e["choices"][0]["text"]),
+            Family::TitanImage | Family::StabilityImage | Family::Sdxl => String::new(),
         }
     }
 
@@ -496,6 +552,7 @@ mod tests {
                 }
                 Family::CohereCommandR => &v["text"],
                 Family::DeepSeekR1 => &v["choices"][0]["text"],
+                Family::TitanImage | Family::StabilityImage | Family::Sdxl => continue,
             };
             assert_eq!(text, "w0 w1 w2 w3", "{family:?}");
         }
@@ -529,6 +586,65 @@ mod tests {
         ] {
             assert_eq!(Family::of(id), family, "{id}");
         }
+    }
+
+    #[test]
+    fn image_models_answer_with_the_images_asked_for() {
+        for (model_id, body, key) in [
+            (
+                "amazon.nova-canvas-v1:0",
+                r#"{"taskType":"TEXT_IMAGE","imageGenerationConfig":{"numberOfImages":3}}"#,
+                "images",
+            ),
+            (
+                "amazon.titan-image-generator-v2:0",
+                r#"{"taskType":"TEXT_IMAGE","imageGenerationConfig":{"numberOfImages":3}}"#,
+                "images",
+            ),
+            (
+                "stability.stable-diffusion-xl-v1",
+                r#"{"samples":3}"#,
+                "artifacts",
+            ),
+        ] {
+            let family = Family::of(model_id);
+            let json: Value = serde_json::from_str(body).unwrap();
+            let plan = Plan::new(
+                Operation::Invoke,
+                family,
+                body.as_bytes(),
+                Some(&json),
+                &Directives::default(),
+            );
+            assert_eq!(
+                plan.usage,
+                Usage {
+                    images: 3,
+                    ..Usage::default()
+                },
+                "{model_id}"
+            );
+            let v = family.body(&plan, model_id, "id");
+            assert_eq!(v[key].as_array().unwrap().len(), 3, "{model_id}");
+        }
+        let family = Family::of("stability.sd3-5-large-v1:0");
+        let body = r#"{"prompt":"x [[emu:images=2]]"}"#;
+        let json: Value = serde_json::from_str(body).unwrap();
+        let plan = Plan::new(
+            Operation::Invoke,
+            family,
+            body.as_bytes(),
+            Some(&json),
+            &Directives::parse(body.as_bytes()),
+        );
+        let v = family.body(&plan, "m", "id");
+        assert_eq!(
+            (
+                v["images"].as_array().unwrap().len(),
+                v["seeds"].as_array().unwrap().len()
+            ),
+            (2, 2)
+        );
     }
 
     #[test]

@@ -62,6 +62,13 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Images generated (image models); absent from the ledger when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -120,13 +127,22 @@ impl Plan {
             Some(n) => n.max(1),
             None => output.clamp(1, DEFAULT_MAX_EVENTS) as u32,
         };
-        Plan {
-            usage: Usage {
+        // Image models are billed per image, not per token.
+        let usage = match family.images_requested(json) {
+            Some(asked) if !op.is_converse() => Usage {
+                images: d.images.unwrap_or(asked),
+                ..Usage::default()
+            },
+            _ => Usage {
                 input_tokens: input,
                 output_tokens: output,
                 cache_read_tokens: d.cache_read.unwrap_or(0),
                 cache_write_tokens: d.cache_write.unwrap_or(0),
+                images: 0,
             },
+        };
+        Plan {
+            usage,
             events,
             fail_after: d.fail_after.map(|n| n.min(events)),
             stop_reason: d
@@ -546,7 +562,8 @@ mod tests {
                 input_tokens: 5,
                 output_tokens: 3,
                 cache_read_tokens: 2,
-                cache_write_tokens: 0
+                cache_write_tokens: 0,
+                images: 0,
             }
         );
         assert_eq!(

@@ -524,6 +524,13 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
     };
 
     let family = Family::of(&model_id);
+    if family.makes_images() && op != Operation::Invoke {
+        return pending.finish(Answer::error(
+            400,
+            "ValidationException",
+            "The provided model doesn't support this operation; image models answer InvokeModel.",
+        ));
+    }
     let plan = Plan::new(op, family, &body, Some(&json), &directives);
     let msg_id = message_id(ticket.seq);
     pending.entry.usage = Some(plan.usage);
@@ -562,7 +569,12 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             status: 200,
             error: None,
             body: invoke_body(family, &plan, &model_id, &msg_id),
-            headers: invoke_headers(&plan, latency_ms),
+            // Image models are billed per image: no token counts.
+            headers: if family.makes_images() {
+                vec![("x-amzn-bedrock-invocation-latency", latency_ms.to_string())]
+            } else {
+                invoke_headers(&plan, latency_ms)
+            },
             content_type: directives.content_type.clone(),
         },
     };
