@@ -50,7 +50,8 @@ Generate step, by key shape (first match wins):
     Skipped.
   * "bedrock/claude_platform/<name>": "Claude Platform on AWS" (Anthropic's
     own API billed through AWS), not a bedrock-runtime model ID. Skipped.
-  * "<W>-x-<H>/<steps>/<id>": image generation priced per image. Skipped.
+  * "<W>-x-<H>/<steps>/<id>" (or ".../bedrock/<id>"): a size/step variant of an image model's
+    per-image price; see "Image models" below.
   * "bedrock/guardrails" and any other shape: skipped (listed on stderr).
 By price:
   * Entries without both input_cost_per_token and output_cost_per_token are
@@ -79,6 +80,13 @@ By price:
     "_batches" (batch inference, another API) and "_ultrafast" (not a Bedrock
     runtime tier) are not carried.
   * max_output_tokens (or max_tokens when missing) is carried as Option<u32>.
+Image models (Stability, Titan Image Generator, Nova Canvas) are priced per image, from
+output_cost_per_image (USD per image, scaled to pico-USD exactly like token prices), into the
+IMAGES table. The bare "<id>" entry and every "<W>-x-<H>/<steps>/[bedrock/]<id>" variant of an
+ID are one row: the highest of their prices (a request's size and steps are not read, so the
+dearest variant is billed, never a cheaper one). An image price of zero is no price. Image
+models without a row are refused by the gateway. input_cost_per_image (image inputs of
+embedding models) is not carried.
 The most expensive chat tier (MAX_CHAT_TIER: price of an unknown model) takes
 the maximum of each of the four prices separately over every chat-like row,
 MODELS and REGIONAL, long-context tiers included.
@@ -303,6 +311,30 @@ def classify(key):
     return ("skip", "unrecognised key shape")
 
 
+IMAGE_MODES = ("image_generation", "image_edit")
+
+
+def image_price_of(key, entry):
+    """(model ID, pico-USD per image) of an image model's entry, or None."""
+    value = entry.get("output_cost_per_image")
+    if value is None or entry.get("mode") not in IMAGE_MODES:
+        return None
+    parts = key.split("/")
+    if len(parts) == 1:
+        model_id = key
+    elif len(parts) >= 3 and IMAGE_SIZE_RE.match(parts[0]):
+        rest = parts[2:]
+        if rest[0] == "bedrock":
+            rest = rest[1:]
+        if len(rest) != 1 or not rest[0]:
+            return None
+        model_id = rest[0]
+    else:
+        return None
+    price = pico(key, "output_cost_per_image", value)
+    return (model_id, price) if price > 0 else None
+
+
 def row_of(key, entry):
     """(price, max_output, long_context, mode) or a skip reason string."""
     mode = entry.get("mode", "")
@@ -394,12 +426,17 @@ def generate():
         raise GenerateError("%s: missing _source.version" % SNAPSHOT)
     version = source["version"]
 
-    models, aliases, regional = {}, {}, {}
+    models, aliases, regional, images = {}, {}, {}, {}
     skipped = {}
     for key in sorted(snap):
         entry = snap[key]
         if not isinstance(entry, dict):
             raise GenerateError("%s: entry is not an object" % key)
+        image = image_price_of(key, entry)
+        if image is not None:
+            model_id, price = image
+            images[model_id] = max(price, images.get(model_id, 0))
+            continue
         kind = classify(key)
         if kind[0] == "skip":
             skipped.setdefault(kind[1], []).append(key)
@@ -474,12 +511,19 @@ def generate():
         call, comment = line.rsplit(", // ", 1)
         out.append("    (%s, %s), // %s" % (rust_str(region), call, comment))
     out.append("];")
+    out.append("")
+    out.append("/// Image models priced per image (litellm's output_cost_per_image), sorted by model: pico-USD")
+    out.append("/// per image, the highest of a model's size/step variants. %d rows." % len(images))
+    out.append("static IMAGES: &[(&str, u64)] = &[")
+    for model_id in sorted(images):
+        out.append("    (%s, %s)," % (rust_str(model_id), rust_int(images[model_id])))
+    out.append("];")
     write_if_changed(TABLE, "\n".join(out) + "\n")
     write_tiers(version, models, regional, max_tier)
     update_readme(version)
     print(
-        "table.rs: litellm %s, %d models, %d regional, %d supported"
-        % (version, len(models), len(regional), len(read_supported()))
+        "table.rs: litellm %s, %d models, %d regional, %d image models, %d supported"
+        % (version, len(models), len(regional), len(images), len(read_supported()))
     )
 
 

@@ -479,3 +479,47 @@ static REGIONAL: &[(&str, Row)] = &[
     ("us-west-2", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), None)), // chat
     ("us-west-2", row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), None)), // chat
 ];
+
+/// Image models priced per image (litellm's output_cost_per_image), sorted by model: pico-USD
+/// per image, the highest of a model's size/step variants. 39 rows.
+static IMAGES: &[(&str, u64)] = &[
+    ("amazon.nova-canvas-v1:0", 60_000_000_000),
+    ("amazon.titan-image-generator-v1", 8_000_000_000),
+    ("amazon.titan-image-generator-v2", 8_000_000_000),
+    ("amazon.titan-image-generator-v2:0", 8_000_000_000),
+    ("stability.sd3-5-large-v1:0", 80_000_000_000),
+    ("stability.sd3-large-v1:0", 80_000_000_000),
+    ("stability.stable-conservative-upscale-v1:0", 400_000_000_000),
+    ("stability.stable-creative-upscale-v1:0", 600_000_000_000),
+    ("stability.stable-diffusion-xl-v0", 72_000_000_000),
+    ("stability.stable-diffusion-xl-v1", 80_000_000_000),
+    ("stability.stable-fast-upscale-v1:0", 30_000_000_000),
+    ("stability.stable-image-control-sketch-v1:0", 70_000_000_000),
+    ("stability.stable-image-control-structure-v1:0", 70_000_000_000),
+    ("stability.stable-image-core-v1:0", 40_000_000_000),
+    ("stability.stable-image-core-v1:1", 40_000_000_000),
+    ("stability.stable-image-erase-object-v1:0", 70_000_000_000),
+    ("stability.stable-image-inpaint-v1:0", 70_000_000_000),
+    ("stability.stable-image-remove-background-v1:0", 70_000_000_000),
+    ("stability.stable-image-search-recolor-v1:0", 70_000_000_000),
+    ("stability.stable-image-search-replace-v1:0", 70_000_000_000),
+    ("stability.stable-image-style-guide-v1:0", 70_000_000_000),
+    ("stability.stable-image-ultra-v1:0", 140_000_000_000),
+    ("stability.stable-image-ultra-v1:1", 140_000_000_000),
+    ("stability.stable-outpaint-v1:0", 60_000_000_000),
+    ("stability.stable-style-transfer-v1:0", 80_000_000_000),
+    ("us.amazon.nova-canvas-v1:0", 60_000_000_000),
+    ("us.stability.stable-conservative-upscale-v1:0", 400_000_000_000),
+    ("us.stability.stable-creative-upscale-v1:0", 600_000_000_000),
+    ("us.stability.stable-fast-upscale-v1:0", 30_000_000_000),
+    ("us.stability.stable-image-control-sketch-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-control-structure-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-erase-object-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-inpaint-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-remove-background-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-search-recolor-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-search-replace-v1:0", 70_000_000_000),
+    ("us.stability.stable-image-style-guide-v1:0", 70_000_000_000),
+    ("us.stability.stable-outpaint-v1:0", 60_000_000_000),
+    ("us.stability.stable-style-transfer-v1:0", 80_000_000_000),
+];

@@ -149,9 +149,10 @@ class Gateway:
 
 
 def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
-                 hcm_overrides: dict | None = None) -> dict:
+                 hcm_overrides: dict | None = None, route_timeout: str | None = None) -> dict:
     """envoy/envoy-emulator.yaml, with ports picked by the OS and the given plugin config;
-    `hcm_overrides` are set on every listener's http_connection_manager (deployment variants)."""
+    `hcm_overrides` are set on every listener's http_connection_manager (deployment variants);
+    `route_timeout` (e.g. "1s") replaces the route's `timeout: 0s`."""
     cfg = yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text())
     cfg = copy.deepcopy(cfg)  # break YAML anchors: both listeners share one filter list
     res = cfg["static_resources"]
@@ -165,6 +166,10 @@ def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
             wasm["configuration"]["value"] = (
                 plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
             )
+            if route_timeout is not None:
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    for route in vhost["routes"]:
+                        route["route"]["timeout"] = route_timeout
             ts = chain.get("transport_socket")
             if ts:
                 certs = ts["typed_config"]["common_tls_context"]["tls_certificates"][0]
@@ -181,17 +186,18 @@ class Envoy(Gateway):
 
     def __init__(self, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                  concurrency: int = 2, name: str = "envoy", bootstrap: dict | None = None,
-                 env: dict | None = None, hcm_overrides: dict | None = None):
+                 env: dict | None = None, hcm_overrides: dict | None = None,
+                 route_timeout: str | None = None):
         """`bootstrap`: a whole Envoy configuration to run instead of envoy/envoy-emulator.yaml
-        (`plugin_config`, `upstream_port`, `tls_dir` and `hcm_overrides` are then unused); `env`:
-        variables added to Envoy's environment."""
+        (`plugin_config`, `upstream_port`, `tls_dir`, `hcm_overrides` and `route_timeout` are then
+        unused); `env`: variables added to Envoy's environment."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / f"{name}.json"
         self.log_path = workdir / f"{name}.log"
         self.admin_path = workdir / f"{name}.admin"
         self.admin_path.unlink(missing_ok=True)
         if bootstrap is None:
-            bootstrap = envoy_config(plugin_config, upstream_port, tls_dir, hcm_overrides)
+            bootstrap = envoy_config(plugin_config, upstream_port, tls_dir, hcm_overrides, route_timeout)
         self.config_path.write_text(json.dumps(bootstrap))
         self.proc = subprocess.Popen(
             [
@@ -316,7 +322,7 @@ class SpinHost(Gateway):
 def start_gateway(kind: str, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                   name: str = "gateway", **kw) -> Gateway:
     """Tollgate on `kind` ("envoy" or "spin") in front of the emulator on `upstream_port`.
-    Envoy takes `concurrency`, `hcm_overrides`; Spin takes `store`, `variables`, `env`."""
+    Envoy takes `concurrency`, `hcm_overrides`, `route_timeout`; Spin takes `store`, `variables`, `env`."""
     if kind == "envoy":
         return Envoy(workdir, plugin_config, upstream_port, tls_dir, name=name,
                      concurrency=kw.pop("concurrency", 2), **kw)

@@ -1202,7 +1202,10 @@ mod tests {
         ]
         .concat();
         let mut m = UsageMeter::new(Operation::ConverseStream);
-        m.on_response_headers([("content-type", "application/vnd.amazon.eventstream")]);
+        m.on_response_headers(
+            200,
+            [("content-type", "application/vnd.amazon.eventstream")],
+        );
         m.on_body(&stream);
         let r = m.finish();
         assert_eq!(

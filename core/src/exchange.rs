@@ -8,7 +8,9 @@ use crate::config::{ApiKey, Config};
 use crate::counters::Counters;
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::eventstream;
+use crate::images;
 use crate::meter::{Reading, UsageMeter};
+use crate::model_family;
 use crate::model_id;
 use crate::operation::Operation;
 use crate::options::{self, HeaderOptions, Unpriced};
@@ -19,6 +21,7 @@ use crate::request_body;
 use crate::request_headers;
 use crate::route::{self, Route};
 use crate::signing;
+use crate::usage::Usage;
 
 /// What to do with a request once its head is known.
 pub enum Admission {
@@ -160,6 +163,15 @@ fn admit_key(
             format!("request bodies must not be compressed (content-encoding: {encoding})"),
         ));
     }
+    if pricing::quote(&config.region, &model_id).unpriced_images(&model_id) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "`{model_id}` is an image model this gateway has no per-image price for; \
+                 it cannot be billed, so it is refused"
+            ),
+        ));
+    }
     let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
     let header_options = HeaderOptions::read(headers);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
@@ -183,6 +195,9 @@ fn admit_key(
         request_bytes: 0,
         status: None,
         sent_upstream: false,
+        host_answered: false,
+        estimate: Usage::default(),
+        priced_per_image: false,
         meter: UsageMeter::new(operation),
         finished: false,
     })))
@@ -291,6 +306,11 @@ pub struct Exchange {
     request_bytes: u64,
     status: Option<u16>,
     sent_upstream: bool,
+    /// The host answered in Bedrock's place after the request may have reached it.
+    host_answered: bool,
+    /// The reservation's estimate of the usage (see [`record::Fallback`]).
+    estimate: Usage,
+    priced_per_image: bool,
     meter: UsageMeter,
     finished: bool,
 }
@@ -361,8 +381,24 @@ impl Exchange {
             .unwrap_or_else(|| pricing::quote(&config.region, &self.model_id));
         self.service_tier = decided.tier;
         self.unpriced = decided.unpriced;
-        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, &quote);
-        let may_cut_off = key.limits.cut_off_streams && self.operation.is_stream();
+        let images = if quote.per_image_pico_usd.is_some() {
+            images::requested(body)
+        } else {
+            0
+        };
+        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, images, &quote);
+        self.estimate = estimate.usage;
+        self.priced_per_image = quote.per_image_pico_usd.is_some();
+        // A partial allowance needs a stream the meter can price as it goes: ConverseStream
+        // (Bedrock's own format), or an invoke stream of a model family it knows.
+        let may_cut_off = key.limits.cut_off_streams
+            && match self.operation {
+                Operation::ConverseStream => true,
+                Operation::InvokeWithResponseStream => {
+                    model_family::invoke_stream_is_metered(&self.model_id)
+                }
+                Operation::Converse | Operation::Invoke => false,
+            };
         self.reservation = quota::reserve(
             counters,
             key,
@@ -408,13 +444,24 @@ impl Exchange {
         self.status.get_or_insert(status);
     }
 
+    /// The host answered in Bedrock's place once the request was on its way: Envoy's 504 when
+    /// the route times out or its 503 when the upstream resets, a Spin host's failed upstream
+    /// call. `reached`: the request may have reached Bedrock (not if the connection was never
+    /// made). Then Bedrock may have run it to the end, and its estimate is billed.
+    pub fn upstream_failed(&mut self, status: u16, reached: bool) {
+        if self.status.is_none() {
+            self.status = Some(status);
+            self.host_answered = reached && self.sent_upstream;
+        }
+    }
+
     pub fn on_response_headers<'a>(
         &mut self,
         status: u16,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         self.status.get_or_insert(status);
-        self.meter.on_response_headers(headers);
+        self.meter.on_response_headers(status, headers);
     }
 
     /// Observes a chunk of the response, which passes unchanged unless this stream is to be
@@ -434,7 +481,7 @@ impl Exchange {
         // (Estimated as for any cut stream.)
         let over = |r: &Reading| {
             cut.quote
-                .cost(&record::billable(200, true, r, request_bytes).0)
+                .cost(&record::billable(200, true, r, request_bytes, &Default::default()).0)
                 > cut.allowance_pico_usd
         };
         let Some(end) = self.meter.on_body_until(chunk, over) else {
@@ -470,7 +517,15 @@ impl Exchange {
         let reading = self.meter.finish();
         // No status: the upstream never answered (reset, timeout, client gone first).
         let status = self.status.unwrap_or(0);
-        let mut record = record::make(record::Facts {
+        let fallback = record::Fallback {
+            estimate: self.estimate,
+            // A non-stream answer is generated whole before it is sent; an unanswered request
+            // may have run to its end.
+            whole_estimate: !self.operation.is_stream() || status == 0 || self.host_answered,
+            host_answered: self.host_answered,
+            priced_per_image: self.priced_per_image,
+        };
+        let facts = record::Facts {
             request_id: self.request_id.as_deref(),
             key_id: &self.key_id,
             model: &self.model,
@@ -483,7 +538,8 @@ impl Exchange {
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
             service_tier: self.service_tier,
-        });
+        };
+        let mut record = record::make_with(facts, &fallback);
         record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
         if matches!(&self.cut_off, Some(c) if c.done) {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
@@ -898,6 +954,315 @@ mod tests {
 }
 
 #[cfg(test)]
+mod unanswered_tests {
+    //! Exchanges Bedrock ran (or may have run) whose usage never came back are billed the
+    //! reservation's estimate; the budget keeps exactly what was billed.
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::record::UsageSource;
+    use crate::store::memory::MemoryStore;
+
+    const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+    const BODY: &[u8] = br#"{"messages":[],"inferenceConfig":{"maxTokens":100}}"#;
+    /// The same length, in Anthropic's format (`invoke`).
+    const INVOKE_BODY: &[u8] = br#"{"messages":[],"max_tokens":100,"system":"abcdefgh"}"#;
+
+    fn config() -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"10","period":"total"}}}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    /// Admits and sends a request on `operation`, lets `end` play the response, finishes.
+    fn exchange(operation: &str, end: impl FnOnce(&mut Exchange)) -> (UsageRecord, u64) {
+        let config = config();
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let path = format!("/model/claude-x/{operation}")
+            .replace("claude-x", &crate::model_id::encode_path_label(HAIKU));
+        let Admission::Forward(mut ex) =
+            admit(&config, "POST", &path, &[("authorization", "Bearer k")], 0)
+        else {
+            panic!("not admitted")
+        };
+        let body = if operation.starts_with("invoke") {
+            INVOKE_BODY
+        } else {
+            BODY
+        };
+        ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH)
+            .unwrap();
+        end(&mut ex);
+        let record = ex.finish(&config, &counters, 1).unwrap();
+        let spent = counters
+            .read(
+                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                0,
+            )
+            .unwrap();
+        (record, u64::try_from(spent).unwrap())
+    }
+
+    fn estimate() -> Usage {
+        Usage {
+            input_tokens: (BODY.len() as u64).div_ceil(4),
+            output_tokens: 100,
+            ..Default::default()
+        }
+    }
+
+    fn assert_estimate_billed(record: &UsageRecord, spent: u64) {
+        assert_eq!(record.usage_source, UsageSource::Estimated);
+        assert_eq!(record.usage(), estimate());
+        assert_eq!(
+            record.cost_pico_usd,
+            pricing::quote("us-east-1", HAIKU).cost(&estimate())
+        );
+        assert_eq!(
+            spent, record.cost_pico_usd,
+            "the budget keeps what was billed"
+        );
+    }
+
+    #[test]
+    fn a_cancelled_call_is_billed_its_estimate() {
+        for operation in ["converse", "converse-stream", "invoke"] {
+            let (record, spent) = exchange(operation, |_| {});
+            assert_eq!(record.status, 0, "{operation}");
+            assert_estimate_billed(&record, spent);
+        }
+    }
+
+    #[test]
+    fn a_host_reply_after_sending_is_billed_its_estimate_unless_nothing_was_reached() {
+        let (record, spent) = exchange("converse", |ex| ex.upstream_failed(504, true));
+        assert_eq!(record.status, 504);
+        assert_estimate_billed(&record, spent);
+        // The connection was never made: Bedrock saw nothing.
+        let (record, spent) = exchange("converse", |ex| ex.upstream_failed(503, false));
+        assert_eq!(
+            (
+                record.status,
+                record.usage_source,
+                record.cost_pico_usd,
+                spent
+            ),
+            (503, UsageSource::None, 0, 0)
+        );
+        // Bedrock's own refusal stays unbilled.
+        let (record, spent) = exchange("converse", |ex| {
+            ex.on_response_headers(429, [("x-amzn-errortype", "ThrottlingException")]);
+            ex.on_response_body(br#"{"message":"slow down"}"#);
+        });
+        assert_eq!((record.usage_source, spent), (UsageSource::None, 0));
+    }
+
+    #[test]
+    fn a_non_stream_answer_cut_before_its_usage_is_billed_its_estimate() {
+        let (record, spent) = exchange("converse", |ex| {
+            ex.on_response_headers(200, [("content-type", "application/json")]);
+            ex.on_response_body(br#"{"output":{"message":{"content":[{"text":"w0 w1"#);
+        });
+        assert_eq!(record.status, 200);
+        assert_estimate_billed(&record, spent);
+    }
+
+    #[test]
+    fn a_stream_cut_mid_way_is_billed_what_it_delivered() {
+        let (record, _) = exchange("converse-stream", |ex| {
+            ex.on_response_headers(
+                200,
+                [("content-type", "application/vnd.amazon.eventstream")],
+            );
+            ex.on_response_body(&eventstream::encode(
+                &[
+                    (":message-type", "event"),
+                    (":event-type", "contentBlockDelta"),
+                    (":content-type", "application/json"),
+                ],
+                br#"{"contentBlockIndex":0,"delta":{"text":"eight by"}}"#,
+            ));
+        });
+        assert_eq!(record.usage_source, UsageSource::Estimated);
+        assert_eq!(
+            (record.input_tokens, record.output_tokens),
+            (estimate().input_tokens, 2)
+        );
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    //! Image models are billed per image, and refused when they have no per-image price.
+    use super::*;
+    use crate::auth::hash_key;
+    use crate::counters::CasCounters;
+    use crate::store::memory::MemoryStore;
+
+    fn config(budget_usd: &str) -> Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"{budget_usd}","period":"total"}}}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn admit_model(config: &Config, model_id: &str) -> Admission {
+        let path = format!(
+            "/model/{}/invoke",
+            crate::model_id::encode_path_label(model_id)
+        );
+        admit(config, "POST", &path, &[("authorization", "Bearer k")], 0)
+    }
+
+    /// Invokes `model_id` with `request`, answered by `response`; the record and the spend.
+    fn invoke(
+        config: &Config,
+        model_id: &str,
+        request: &str,
+        response: &str,
+    ) -> Result<(UsageRecord, i64), GatewayError> {
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let Admission::Forward(mut ex) = admit_model(config, model_id) else {
+            panic!("not admitted")
+        };
+        ex.upstream_request(
+            config,
+            &counters,
+            request.as_bytes(),
+            SystemTime::UNIX_EPOCH,
+        )?;
+        ex.on_response_headers(200, [("content-type", "application/json")]);
+        ex.on_response_body(response.as_bytes());
+        let record = ex.finish(config, &counters, 1).unwrap();
+        let spent = counters
+            .read(
+                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                0,
+            )
+            .unwrap();
+        Ok((record, spent))
+    }
+
+    const PICO_PER_USD: u64 = 1_000_000_000_000;
+
+    #[test]
+    fn images_are_billed_per_image_from_the_response() {
+        let config = config("1");
+        // litellm: Nova Canvas $0.06, Titan Image Generator v2 $0.008, SD3.5 Large $0.08,
+        // SDXL 1.0 $0.04 / $0.08 (50 / more steps: the higher, never under).
+        for (model_id, request, response, images, usd_per_image_milli) in [
+            (
+                "amazon.nova-canvas-v1:0",
+                r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":2}}"#,
+                r#"{"images":["iVBORw0KGgo=","iVBORw0KGgo="],"error":null}"#,
+                2,
+                60,
+            ),
+            (
+                "amazon.titan-image-generator-v2:0",
+                r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":3}}"#,
+                r#"{"images":["a","b","c"],"error":null}"#,
+                3,
+                8,
+            ),
+            (
+                "stability.sd3-5-large-v1:0",
+                r#"{"prompt":"a cat"}"#,
+                r#"{"seeds":[7],"finish_reasons":[null],"images":["iVBORw0KGgo="]}"#,
+                1,
+                80,
+            ),
+            (
+                "stability.stable-diffusion-xl-v1",
+                r#"{"text_prompts":[{"text":"a cat"}],"samples":1}"#,
+                r#"{"result":"success","artifacts":[{"seed":1,"base64":"iVBORw0KGgo=","finishReason":"SUCCESS"}]}"#,
+                1,
+                80,
+            ),
+        ] {
+            let (record, spent) = invoke(&config, model_id, request, response).unwrap();
+            let cost = images * usd_per_image_milli * PICO_PER_USD / 1000;
+            assert_eq!(record.cost_pico_usd, cost, "{model_id}");
+            assert_eq!(
+                record.usage_source,
+                crate::record::UsageSource::Reported,
+                "{model_id}"
+            );
+            assert_eq!(spent, i64::try_from(cost).unwrap(), "{model_id}");
+        }
+    }
+
+    #[test]
+    fn the_reservation_counts_the_images_requested() {
+        // $0.10 covers one Nova Canvas image ($0.06), not two.
+        let config = config("0.1");
+        let request = |n: u32| {
+            format!(
+                r#"{{"taskType":"TEXT_IMAGE","textToImageParams":{{"text":"a cat"}},"imageGenerationConfig":{{"numberOfImages":{n}}}}}"#
+            )
+        };
+        let one = r#"{"images":["a"],"error":null}"#;
+        invoke(&config, "amazon.nova-canvas-v1:0", &request(1), one).unwrap();
+        let err = invoke(&config, "amazon.nova-canvas-v1:0", &request(2), one).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BudgetExhausted);
+    }
+
+    #[test]
+    fn an_image_answer_too_large_to_read_is_billed_the_images_requested() {
+        // Four 2048x2048 images do not fit the meter's 8 MiB parse cap: the count requested.
+        let config = config("1");
+        let image = "A".repeat(3 << 20);
+        let response = format!(r#"{{"images":["{image}","{image}","{image}","{image}"]}}"#);
+        let request = r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":4,"width":2048,"height":2048}}"#;
+        let (record, spent) =
+            invoke(&config, "amazon.nova-canvas-v1:0", request, &response).unwrap();
+        assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
+        assert_eq!(
+            (record.images, record.input_tokens, record.output_tokens),
+            (4, 0, 0)
+        );
+        assert_eq!(record.cost_pico_usd, 4 * 60 * PICO_PER_USD / 1000);
+        assert_eq!(spent, i64::try_from(record.cost_pico_usd).unwrap());
+    }
+
+    #[test]
+    fn image_models_without_a_per_image_price_are_refused() {
+        for model_id in [
+            "stability.unreleased-image-model-v9:0",
+            "amazon.nova-canvas-v9:0",
+            "us.amazon.titan-image-generator-v7:0",
+        ] {
+            match admit_model(&config("1"), model_id) {
+                Admission::Refused { error, .. } => {
+                    let reply = error.to_bedrock_reply();
+                    assert_eq!(reply.status, 400, "{model_id}");
+                    assert!(
+                        reply
+                            .headers
+                            .iter()
+                            .any(|(n, v)| *n == "x-amzn-errortype" && v == "ValidationException"),
+                        "{model_id}"
+                    );
+                    assert!(error.message.contains(model_id), "{}", error.message);
+                }
+                _ => panic!("{model_id} admitted"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod cut_off_tests {
     use super::*;
     use crate::auth::hash_key;
@@ -929,31 +1294,38 @@ mod cut_off_tests {
 
     /// Feeds `body` in `chunk`-byte pieces; returns what the client receives.
     fn run(chunk: usize) -> (Vec<u8>, UsageRecord) {
-        let config = config();
+        // $0.0001 buys ~10 input and ~18 output tokens of Haiku 4.5; each delta carries 19 bytes.
+        let body: Vec<u8> = (0..40).flat_map(|i| delta(&format!("{i:019}"))).collect();
+        run_stream(
+            &config(),
+            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse-stream",
+            br#"{"inferenceConfig":{"maxTokens":1000}}"#,
+            &body,
+            chunk,
+        )
+    }
+
+    /// Streams `body` through an exchange admitted for `path`, in `chunk`-byte pieces.
+    fn run_stream(
+        config: &Config,
+        path: &str,
+        request: &[u8],
+        body: &[u8],
+        chunk: usize,
+    ) -> (Vec<u8>, UsageRecord) {
         let store = MemoryStore::default();
         let counters = CasCounters(&store);
-        let Admission::Forward(mut ex) = admit(
-            &config,
-            "POST",
-            "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse-stream",
-            &[("authorization", "Bearer k")],
-            0,
-        ) else {
+        let Admission::Forward(mut ex) =
+            admit(config, "POST", path, &[("authorization", "Bearer k")], 0)
+        else {
             panic!("not admitted")
         };
-        ex.upstream_request(
-            &config,
-            &counters,
-            br#"{"inferenceConfig":{"maxTokens":1000}}"#,
-            SystemTime::UNIX_EPOCH,
-        )
-        .unwrap();
+        ex.upstream_request(config, &counters, request, SystemTime::UNIX_EPOCH)
+            .unwrap();
         ex.on_response_headers(
             200,
             [("content-type", "application/vnd.amazon.eventstream")],
         );
-        // $0.0001 buys ~10 input and ~18 output tokens of Haiku 4.5; each delta carries 19 bytes.
-        let body: Vec<u8> = (0..40).flat_map(|i| delta(&format!("{i:019}"))).collect();
         let mut received = Vec::new();
         for piece in body.chunks(chunk) {
             match ex.on_response_body(piece) {
@@ -962,8 +1334,101 @@ mod cut_off_tests {
                 BodyVerdict::Drop => {}
             }
         }
-        let record = ex.finish(&config, &counters, 1).unwrap();
+        let record = ex.finish(config, &counters, 1).unwrap();
         (received, record)
+    }
+
+    /// An InvokeWithResponseStream `chunk` event wrapping a model event.
+    fn invoke_chunk(model_event: &str) -> Vec<u8> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(model_event);
+        eventstream::encode(
+            &[
+                (":message-type", "event"),
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+            ],
+            format!(r#"{{"bytes":"{b64}","p":"abc"}}"#).as_bytes(),
+        )
+    }
+
+    fn events_of(received: &[u8]) -> Vec<String> {
+        let mut kinds = Vec::new();
+        let mut decoder = Decoder::default();
+        decoder
+            .push(received, |m| {
+                kinds.push(m.exception_type().unwrap_or("event").to_string())
+            })
+            .unwrap_or_else(|e| panic!("the client got a broken stream: {e}"));
+        assert_eq!(decoder.buffered(), 0, "a partial frame reached the client");
+        kinds
+    }
+
+    #[test]
+    fn a_mistral_invoke_stream_is_cut_off_too() {
+        // Mistral's chunks carry `outputs[].text`: 19 bytes each. $0.0001 buys ~9 input and
+        // ~5 output tokens of Mistral Large (2402).
+        let body: Vec<u8> = (0..40)
+            .flat_map(|i| {
+                invoke_chunk(&format!(
+                    r#"{{"outputs":[{{"text":"{i:019}","stop_reason":null}}]}}"#
+                ))
+            })
+            .collect();
+        for chunk in [1, 13, 100_000] {
+            let (received, record) = run_stream(
+                &config(),
+                "/model/mistral.mistral-large-2402-v1%3A0/invoke-with-response-stream",
+                br#"{"prompt":"x","max_tokens":1000}"#,
+                &body,
+                chunk,
+            );
+            let kinds = events_of(&received);
+            assert_eq!(kinds.last().map(String::as_str), Some(CUT_OFF_EXCEPTION));
+            let events = kinds.len() - 1;
+            assert!((1..40).contains(&events), "{events} chunks delivered");
+            assert_eq!(record.output_tokens, (19 * events as u64).div_ceil(4));
+            assert_eq!(record.exception.as_deref(), Some(CUT_OFF_EXCEPTION));
+        }
+    }
+
+    #[test]
+    fn a_stream_the_meter_cannot_read_gets_no_partial_allowance() {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"h",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                  "limits":{{"budget":{{"usd":"0.01","period":"total"}},"cut_off_streams":true}}}}],
+                "credentials":{{"type":"inline","access_key_id":"AK","secret_access_key":"SK"}}}}"#,
+            hex::encode(hash_key("k"))
+        );
+        let config = Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let body = br#"{"prompt":"x","max_tokens":1000}"#;
+        let attempt = |path: &str| {
+            let store = MemoryStore::default();
+            let counters = CasCounters(&store);
+            let Admission::Forward(mut ex) =
+                admit(&config, "POST", path, &[("authorization", "Bearer k")], 0)
+            else {
+                panic!("not admitted")
+            };
+            let result = ex
+                .upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH)
+                .map(|_| ());
+            ex.finish(&config, &counters, 1);
+            result
+        };
+        // The budget covers the input but not the whole estimate: a stream the meter reads is
+        // admitted with what remains as its allowance...
+        attempt("/model/mistral.mistral-large-2402-v1%3A0/invoke-with-response-stream").unwrap();
+        // ...one it cannot read (an application inference profile's opaque ID names no model
+        // family) would run unmetered to its end: it must fit whole, and does not.
+        let opaque = crate::model_id::encode_path_label(
+            "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
+        );
+        let err = attempt(&format!("/model/{opaque}/invoke-with-response-stream")).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::BudgetExhausted);
+        // ConverseStream is Bedrock's own format whatever the model: metered.
+        attempt(&format!("/model/{opaque}/converse-stream")).unwrap();
     }
 
     #[test]

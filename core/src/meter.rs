@@ -11,6 +11,7 @@
 //!   carry usage or generated text are parsed.
 
 use core::fmt;
+use core::marker::PhantomData;
 use std::borrow::Cow;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
@@ -69,20 +70,19 @@ enum Mode {
     Json,
     /// Decode EventStream as it arrives.
     Stream,
-    /// Neither: rely on headers.
-    Skip,
 }
 
 impl Mode {
-    fn of(op: Operation, content_type: Option<&str>) -> Self {
-        let has = |needle: &str| content_type.is_some_and(|ct| contains_ignore_case(ct, needle));
-        match content_type {
-            _ if has("vnd.amazon.eventstream") => Self::Stream,
-            // A JSON body on a stream operation is an error reply, sent before any event.
-            _ if has("json") => Self::Json,
-            None if op.is_stream() => Self::Stream,
-            None => Self::Json,
-            Some(_) => Self::Skip,
+    /// The operation and the status decide, never the response's content type: a non-stream
+    /// answer is JSON (whatever it claims, it is read as such, and its headers are the
+    /// fallback); a stream operation's 2xx answer is EventStream; its refusal, sent before
+    /// any event, is Bedrock's JSON error. `status` is `None` when no head was seen.
+    fn of(op: Operation, status: Option<u16>) -> Self {
+        let refused = status.is_some_and(|s| !(200..300).contains(&s));
+        if op.is_stream() && !refused {
+            Self::Stream
+        } else {
+            Self::Json
         }
     }
 }
@@ -94,10 +94,14 @@ struct HeaderCounts {
     output: Option<u64>,
     cache_read: Option<u64>,
     cache_write: Option<u64>,
+    /// Some count header did not parse (negative, not a number).
+    unparseable: bool,
 }
 
 impl HeaderCounts {
-    fn usage(&self) -> Option<Usage> {
+    /// What the headers say, and whether that is the response's whole usage: an input count,
+    /// and an output count unless none is sent (embeddings generate none); nothing unparseable.
+    fn usage(&self) -> Option<(Usage, bool)> {
         if self.input.is_none()
             && self.output.is_none()
             && self.cache_read.is_none()
@@ -105,12 +109,14 @@ impl HeaderCounts {
         {
             return None;
         }
-        Some(Usage {
+        let usage = Usage {
             input_tokens: self.input.unwrap_or(0),
             output_tokens: self.output.unwrap_or(0),
             cache_read_tokens: self.cache_read.unwrap_or(0),
             cache_write_tokens: self.cache_write.unwrap_or(0),
-        })
+            images: 0,
+        };
+        Some((usage, self.input.is_some() && !self.unparseable))
     }
 }
 
@@ -144,20 +150,19 @@ impl UsageMeter {
         }
     }
 
-    /// Response headers: `content-type`, `x-amzn-errortype` and InvokeModel's
+    /// The response's status and headers: `x-amzn-errortype` and InvokeModel's
     /// `x-amzn-bedrock-{input,output,cache-read-input,cache-write-input}-token-count` (names
-    /// case-insensitive). The token counts are used for non-stream responses only.
+    /// case-insensitive). The token counts are used for non-stream responses only, when the
+    /// body has ended (see [`UsageMeter::finish`]).
     pub fn on_response_headers<'a>(
         &mut self,
+        status: u16,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
+        let op = self.op;
+        self.mode.get_or_insert_with(|| Mode::of(op, Some(status)));
         for (name, value) in headers {
-            let slot = if name.eq_ignore_ascii_case("content-type") {
-                if self.mode.is_none() {
-                    self.mode = Some(Mode::of(self.op, Some(value)));
-                }
-                continue;
-            } else if name.eq_ignore_ascii_case("x-amzn-errortype") {
+            let slot = if name.eq_ignore_ascii_case("x-amzn-errortype") {
                 // "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/"
                 let kind = value.split(':').next().unwrap_or("").trim();
                 if !kind.is_empty() {
@@ -177,14 +182,12 @@ impl UsageMeter {
             };
             match value.trim().parse::<u64>() {
                 Ok(n) => *slot = Some(n),
-                Err(_) => self
-                    .reading
-                    .note_problem(|| format!("unparseable {} header", name.to_ascii_lowercase())),
-            }
-        }
-        if !self.finished && !self.is_stream() {
-            if let Some(usage) = self.headers.usage() {
-                self.reading.usage = usage;
+                Err(_) => {
+                    self.headers.unparseable = true;
+                    self.reading.note_problem(|| {
+                        format!("unparseable {} header", name.to_ascii_lowercase())
+                    });
+                }
             }
         }
     }
@@ -251,7 +254,6 @@ impl UsageMeter {
                 }
                 stopped_at
             }
-            Mode::Skip => None,
         }
     }
 
@@ -271,10 +273,6 @@ impl UsageMeter {
         self.reading.clone()
     }
 
-    fn is_stream(&self) -> bool {
-        self.mode.unwrap_or_else(|| Mode::of(self.op, None)) == Mode::Stream
-    }
-
     fn settle(&mut self) {
         let op = self.op;
         match self.mode.unwrap_or_else(|| Mode::of(op, None)) {
@@ -288,7 +286,7 @@ impl UsageMeter {
                     });
                 }
             }
-            Mode::Json | Mode::Skip => {
+            Mode::Json => {
                 let body = std::mem::take(&mut self.body);
                 let from_body = if body.is_empty() {
                     None
@@ -302,9 +300,24 @@ impl UsageMeter {
                         }
                     }
                 };
-                if let Some(usage) = from_body.or_else(|| self.headers.usage()) {
+                let from_headers = self.headers.usage();
+                // The body's own usage, else the headers'; failing both, what either said.
+                let complete = [from_body, from_headers]
+                    .into_iter()
+                    .flatten()
+                    .find(|&(_, complete)| complete);
+                if let Some((usage, _)) = complete {
                     self.reading.usage = usage;
                     self.reading.complete = true;
+                } else {
+                    for (usage, _) in [from_body, from_headers].into_iter().flatten() {
+                        raise(&mut self.reading.usage, &usage);
+                    }
+                    if from_body.is_some() || from_headers.is_some() {
+                        self.reading.note_problem(|| {
+                            "usage without valid input and output token counts".to_string()
+                        });
+                    }
                 }
             }
         }
@@ -321,6 +334,8 @@ struct StreamState {
     metrics_seen: bool,
     /// Anthropic `message_delta` usage seen; `message_stop` after it completes the reading.
     delta_usage_seen: bool,
+    /// Some event reported the input count.
+    input_reported: bool,
 }
 
 impl StreamState {
@@ -330,6 +345,7 @@ impl StreamState {
             scratch: Vec::new(),
             metrics_seen: false,
             delta_usage_seen: false,
+            input_reported: false,
         }
     }
 
@@ -364,7 +380,11 @@ impl StreamState {
                     Ok(e) => {
                         if let Some(usage) = e.usage.filter(UsageFields::any) {
                             usage.apply(&mut r.usage);
-                            r.complete = true;
+                            if usage.is_whole() {
+                                r.complete = true;
+                            } else {
+                                r.note_problem(|| incomplete_usage("metadata", index));
+                            }
                         }
                     }
                     Err(err) => r.note_problem(|| bad_json("metadata", index, &err)),
@@ -389,57 +409,95 @@ impl StreamState {
             return r.note_problem(|| format!("chunk event {index}: invalid base64: {err}"));
         }
         match serde_json::from_slice::<ModelEvent>(&self.scratch) {
-            Ok(e) => self.on_model_event(e, r),
-            Err(err) => r.note_problem(|| bad_json("chunk bytes", index, &err)),
+            Ok(e) if e.is_known_shape() => self.on_model_event(e, index, r),
+            // A shape no family uses: what it says cannot be billed from, but its text can.
+            Ok(_) => add_text(r, text_bytes_of(&self.scratch)),
+            Err(err) => {
+                r.note_problem(|| bad_json("chunk bytes", index, &err));
+                add_text(r, text_bytes_of(&self.scratch));
+            }
         }
         if self.scratch.capacity() > RETAINED_SCRATCH {
             self.scratch = Vec::new();
         }
     }
 
-    /// A model's own stream event: Anthropic Messages (also Llama and Nova text, best effort).
-    fn on_model_event(&mut self, e: ModelEvent, r: &mut Reading) {
-        let text = e
-            .delta
-            .bytes()
-            .saturating_add(e.generation.0)
-            .saturating_add(e.content_block_delta.map_or(0, |d| d.delta.bytes()));
-        r.output_text_bytes = r.output_text_bytes.saturating_add(text);
+    /// A model's own stream event, in its family's shape (see [`ModelEvent`]).
+    fn on_model_event(&mut self, e: ModelEvent, index: u64, r: &mut Reading) {
+        add_text(r, e.text_bytes());
 
-        if let Some(error) = e.error {
+        if let Some(error) = &e.error {
             r.note_exception(error.kind.as_deref().unwrap_or("error"));
-        } else if e.kind == Kind::Error {
+        } else if e.kind == Some(Kind::Error) {
             r.note_exception("error");
         }
 
         if !self.metrics_seen {
-            if let Some(usage) = e.message.and_then(|m| m.usage) {
-                usage.apply(&mut r.usage); // message_start
-            }
-            if let Some(usage) = e.usage {
-                // message_delta: output_tokens is cumulative, so it replaces.
+            // Anthropic message_start; message_delta (cumulative output) and a chat
+            // completion's usage; Nova's metadata.
+            let reported = [
+                e.message.and_then(|m| m.usage),
+                e.usage,
+                e.metadata.and_then(|m| m.usage),
+            ];
+            for usage in reported.into_iter().flatten() {
                 usage.apply(&mut r.usage);
-                if e.kind == Kind::MessageDelta && usage.output().is_some() {
-                    self.delta_usage_seen = true;
-                }
+                self.input_reported |= usage.input().is_some();
             }
-            // Llama: prompt count on the first chunk, cumulative generation count after.
-            if let Some(n) = e.prompt_token_count.0 {
-                r.usage.input_tokens = n;
+            if e.kind == Some(Kind::MessageDelta) && e.usage.is_some_and(|u| u.output().is_some()) {
+                self.delta_usage_seen = true;
             }
-            if let Some(n) = e.generation_token_count.0 {
-                r.usage.output_tokens = n;
+            // Running counts: Llama's prompt and generation counts, Titan's input and output.
+            let input = e.prompt_token_count.0.or(e.input_text_token_count.0);
+            let output = (e.generation_token_count.0).or(e.total_output_text_token_count.0);
+            if let Some(n) = input {
+                r.usage.input_tokens = r.usage.input_tokens.max(n);
+                self.input_reported = true;
+            }
+            if let Some(n) = output {
+                r.usage.output_tokens = r.usage.output_tokens.max(n);
             }
         }
-        if e.kind == Kind::MessageStop && self.delta_usage_seen {
+        if e.kind == Some(Kind::MessageStop) && self.delta_usage_seen && self.input_reported {
             r.complete = true;
         }
         if let Some(metrics) = e.metrics.filter(UsageFields::any) {
             metrics.apply(&mut r.usage);
-            r.complete = true;
-            self.metrics_seen = true;
+            if metrics.is_whole() {
+                r.complete = true;
+                self.metrics_seen = true;
+            } else {
+                r.note_problem(|| incomplete_usage("invocation metrics of chunk", index));
+            }
         }
     }
+}
+
+fn add_text(r: &mut Reading, bytes: u64) {
+    r.output_text_bytes = r.output_text_bytes.saturating_add(bytes);
+}
+
+/// The bytes of generated text in a model event of unknown shape: the UTF-8 length of every
+/// string value in it (keys excluded), or, if it is not JSON, its whole length. An over-count
+/// of a few bytes of framing is the safe direction; a stream whose text counts for nothing
+/// could never be cut off, and a cancelled one would be billed no output.
+fn text_bytes_of(event: &[u8]) -> u64 {
+    serde_json::from_slice::<StringBytes>(event)
+        .map(|s| s.0)
+        .unwrap_or_else(|_| u64::try_from(event.len()).unwrap_or(u64::MAX))
+}
+
+fn incomplete_usage(event: &str, index: u64) -> String {
+    format!("{event} event {index}: usage without valid input and output token counts")
+}
+
+/// Raises each count of `usage` to `to`'s, never lowering one: readings only grow.
+fn raise(usage: &mut Usage, to: &Usage) {
+    usage.input_tokens = usage.input_tokens.max(to.input_tokens);
+    usage.output_tokens = usage.output_tokens.max(to.output_tokens);
+    usage.cache_read_tokens = usage.cache_read_tokens.max(to.cache_read_tokens);
+    usage.cache_write_tokens = usage.cache_write_tokens.max(to.cache_write_tokens);
+    usage.images = usage.images.max(to.images);
 }
 
 fn bad_json(event: &str, index: u64, err: &serde_json::Error) -> String {
@@ -451,11 +509,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Wire shapes. Every struct ignores unknown fields and defaults missing ones; counts and text
@@ -489,6 +542,9 @@ struct UsageFields {
     output_tokens: Count,
     cache_read_input_tokens: Count,
     cache_creation_input_tokens: Count,
+    // Chat completions (OpenAI-style models).
+    prompt_tokens: Count,
+    completion_tokens: Count,
 }
 
 impl UsageFields {
@@ -496,12 +552,14 @@ impl UsageFields {
         (self.input_tokens_camel.0)
             .or(self.input_token_count.0)
             .or(self.input_tokens.0)
+            .or(self.prompt_tokens.0)
     }
 
     fn output(&self) -> Option<u64> {
         (self.output_tokens_camel.0)
             .or(self.output_token_count.0)
             .or(self.output_tokens.0)
+            .or(self.completion_tokens.0)
     }
 
     fn cache_read(&self) -> Option<u64> {
@@ -523,51 +581,69 @@ impl UsageFields {
             || self.cache_write().is_some()
     }
 
-    /// Overwrites the fields present here; absent ones keep what was known.
+    /// A final usage to bill from: valid input and output counts (a negative, fractional or
+    /// missing output count is not "zero output").
+    fn is_whole(&self) -> bool {
+        self.input().is_some() && self.output().is_some()
+    }
+
+    /// Raises the counts to the ones present here (counts are cumulative: a reading never
+    /// goes down); absent ones keep what was known.
     fn apply(&self, usage: &mut Usage) {
-        if let Some(n) = self.input() {
-            usage.input_tokens = n;
-        }
-        if let Some(n) = self.output() {
-            usage.output_tokens = n;
-        }
-        if let Some(n) = self.cache_read() {
-            usage.cache_read_tokens = n;
-        }
-        if let Some(n) = self.cache_write() {
-            usage.cache_write_tokens = n;
-        }
+        raise(usage, &self.to_usage());
     }
 
     fn to_usage(self) -> Usage {
-        let mut usage = Usage::default();
-        self.apply(&mut usage);
-        usage
+        Usage {
+            input_tokens: self.input().unwrap_or(0),
+            output_tokens: self.output().unwrap_or(0),
+            cache_read_tokens: self.cache_read().unwrap_or(0),
+            cache_write_tokens: self.cache_write().unwrap_or(0),
+            images: 0,
+        }
     }
 }
 
-/// A non-stream body: Converse, Anthropic, Nova (`usage`) or Llama (top-level counts).
+/// A non-stream body: Converse, Anthropic, Nova (`usage`) or Llama (top-level counts); an
+/// image model's images.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct JsonBody {
     usage: Option<UsageFields>,
     prompt_token_count: Count,
     generation_token_count: Count,
+    /// Titan Image Generator, Nova Canvas, Stability's image services.
+    images: Option<Items>,
+    /// Stability SDXL.
+    artifacts: Option<Items>,
 }
 
 impl JsonBody {
-    fn usage(&self) -> Option<Usage> {
-        if let Some(usage) = self.usage.filter(UsageFields::any) {
-            return Some(usage.to_usage());
+    /// The body's usage, and whether it is whole (see [`UsageFields::is_whole`]); an image
+    /// model's answer is whole with its images counted.
+    fn usage(&self) -> Option<(Usage, bool)> {
+        let images = [self.images, self.artifacts]
+            .into_iter()
+            .flatten()
+            .map(|n| n.0)
+            .reduce(u64::saturating_add);
+        if let Some(images) = images {
+            let tokens = self.usage.map(UsageFields::to_usage).unwrap_or_default();
+            return Some((Usage { images, ..tokens }, true));
         }
-        if self.prompt_token_count.0.is_none() && self.generation_token_count.0.is_none() {
+        if let Some(usage) = self.usage.filter(UsageFields::any) {
+            return Some((usage.to_usage(), usage.is_whole()));
+        }
+        let (input, output) = (self.prompt_token_count.0, self.generation_token_count.0);
+        if input.is_none() && output.is_none() {
             return None;
         }
-        Some(Usage {
-            input_tokens: self.prompt_token_count.0.unwrap_or(0),
-            output_tokens: self.generation_token_count.0.unwrap_or(0),
+        let usage = Usage {
+            input_tokens: input.unwrap_or(0),
+            output_tokens: output.unwrap_or(0),
             ..Usage::default()
-        })
+        };
+        Some((usage, input.is_some() && output.is_some()))
     }
 }
 
@@ -640,29 +716,356 @@ enum Kind {
     Other,
 }
 
-/// A model event inside an invoke-stream chunk.
+/// A model event inside an invoke-stream chunk: the model provider's own stream format. Every
+/// field is optional; an event with none of them is an unknown shape (see [`text_bytes_of`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct ModelEvent {
+    // Anthropic Messages.
     #[serde(rename = "type")]
-    kind: Kind,
-    /// Anthropic `message_start`.
+    kind: Option<Kind>,
+    /// `message_start`.
     message: Option<UsageHolder>,
-    /// Anthropic `message_delta` (cumulative output).
+    /// `message_delta` (cumulative output); also a chat completion's final `usage`.
     usage: Option<UsageFields>,
-    /// Anthropic `content_block_delta`.
-    delta: Delta,
-    /// Anthropic `error`.
+    /// `content_block_delta`.
+    delta: Option<Delta>,
+    /// `error`.
     error: Option<ErrorInfo>,
+    /// Anthropic text completions (Claude v2, Instant).
+    completion: Option<TextLen>,
+    /// Bedrock's own, on the last chunk of every family.
     #[serde(rename = "amazon-bedrock-invocationMetrics")]
     metrics: Option<UsageFields>,
-    /// Llama.
-    generation: TextLen,
+    // Meta Llama: text, prompt count (first chunk), cumulative generation count.
+    generation: Option<TextLen>,
     prompt_token_count: Count,
     generation_token_count: Count,
-    /// Nova.
+    // Amazon Titan text: text, input count, cumulative output count.
+    #[serde(rename = "outputText")]
+    output_text: Option<TextLen>,
+    #[serde(rename = "inputTextTokenCount")]
+    input_text_token_count: Count,
+    #[serde(rename = "totalOutputTextTokenCount")]
+    total_output_text_token_count: Count,
+    /// Mistral (7B, Mixtral, Large 2402, Small): `outputs[].text`.
+    outputs: Option<TextSum<TextItem>>,
+    /// Chat completions (AI21 Jamba, OpenAI gpt-oss, DeepSeek, Writer, Qwen, Mistral Large 2
+    /// and the other OpenAI-style models): `choices[].delta` / `.message` / `.text`.
+    choices: Option<TextSum<Choice>>,
+    // Cohere: Command R `text-generation` events and Command's chunks carry `text`;
+    // `generations[].text` in Command's other shape.
+    text: Option<TextLen>,
+    generations: Option<TextSum<TextItem>>,
+    event_type: Option<IgnoredAny>,
+    is_finished: Option<IgnoredAny>,
+    // Amazon Nova.
     #[serde(rename = "contentBlockDelta")]
     content_block_delta: Option<DeltaEvent>,
+    #[serde(rename = "messageStart")]
+    message_start: Option<IgnoredAny>,
+    #[serde(rename = "contentBlockStart")]
+    content_block_start: Option<IgnoredAny>,
+    #[serde(rename = "contentBlockStop")]
+    content_block_stop: Option<IgnoredAny>,
+    #[serde(rename = "messageStop")]
+    message_stop: Option<IgnoredAny>,
+    metadata: Option<MetadataEvent>,
+}
+
+impl ModelEvent {
+    /// Generated text in this event, whatever its family.
+    fn text_bytes(&self) -> u64 {
+        let len = |t: &Option<TextLen>| t.map_or(0, |t| t.0);
+        let sum = |t: &Option<TextSum<TextItem>>| t.as_ref().map_or(0, |t| t.0);
+        [
+            self.delta.as_ref().map_or(0, Delta::bytes),
+            len(&self.completion),
+            len(&self.generation),
+            len(&self.output_text),
+            sum(&self.outputs),
+            self.choices.as_ref().map_or(0, |c| c.0),
+            len(&self.text),
+            sum(&self.generations),
+            self.content_block_delta
+                .as_ref()
+                .map_or(0, |d| d.delta.bytes()),
+        ]
+        .into_iter()
+        .fold(0u64, u64::saturating_add)
+    }
+
+    /// Some family's field is present.
+    fn is_known_shape(&self) -> bool {
+        self.kind.is_some()
+            || self.message.is_some()
+            || self.usage.is_some()
+            || self.delta.is_some()
+            || self.error.is_some()
+            || self.completion.is_some()
+            || self.metrics.is_some()
+            || self.generation.is_some()
+            || self.prompt_token_count.0.is_some()
+            || self.generation_token_count.0.is_some()
+            || self.output_text.is_some()
+            || self.input_text_token_count.0.is_some()
+            || self.total_output_text_token_count.0.is_some()
+            || self.outputs.is_some()
+            || self.choices.is_some()
+            || self.text.is_some()
+            || self.generations.is_some()
+            || self.event_type.is_some()
+            || self.is_finished.is_some()
+            || self.content_block_delta.is_some()
+            || self.message_start.is_some()
+            || self.content_block_start.is_some()
+            || self.content_block_stop.is_some()
+            || self.message_stop.is_some()
+            || self.metadata.is_some()
+    }
+}
+
+/// Text items with a `text` (Mistral `outputs[]`, Cohere `generations[]`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TextItem {
+    text: TextLen,
+}
+
+/// One of a chat completion's `choices`: a stream chunk's `delta`, Mistral Large 2's `message`,
+/// or a text completion's `text` (DeepSeek R1).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Choice {
+    delta: ChatMessage,
+    message: ChatMessage,
+    text: TextLen,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChatMessage {
+    content: TextLen,
+    reasoning_content: TextLen,
+    reasoning: TextLen,
+    tool_calls: TextSum<ToolCall>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ToolCall {
+    function: FunctionCall,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FunctionCall {
+    arguments: TextLen,
+}
+
+/// Something that carries generated text.
+trait Text {
+    fn bytes(&self) -> u64;
+}
+
+impl Text for TextItem {
+    fn bytes(&self) -> u64 {
+        self.text.0
+    }
+}
+
+impl Text for ChatMessage {
+    fn bytes(&self) -> u64 {
+        (self.content.0)
+            .saturating_add(self.reasoning_content.0)
+            .saturating_add(self.reasoning.0)
+            .saturating_add(self.tool_calls.0)
+    }
+}
+
+impl Text for Choice {
+    fn bytes(&self) -> u64 {
+        self.delta
+            .bytes()
+            .saturating_add(self.message.bytes())
+            .saturating_add(self.text.0)
+    }
+}
+
+impl Text for ToolCall {
+    fn bytes(&self) -> u64 {
+        self.function.arguments.0
+    }
+}
+
+/// The text of every item of an array, summed as it is read; anything else is 0.
+#[derive(Debug)]
+struct TextSum<T>(u64, PhantomData<T>);
+
+impl<T> Default for TextSum<T> {
+    fn default() -> Self {
+        Self(0, PhantomData)
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Text> Deserialize<'de> for TextSum<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Text> Visitor<'de> for Items<T> {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some(item) = seq.next_element::<T>()? {
+                    sum = sum.saturating_add(item.bytes());
+                }
+                Ok(sum)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(0)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_unit<E>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Items::<T>(PhantomData))
+            .map(|n| TextSum(n, PhantomData))
+    }
+}
+
+/// The number of items of an array (each skipped unread); anything else is 0.
+#[derive(Clone, Copy, Debug, Default)]
+struct Items(u64);
+
+impl<'de> Deserialize<'de> for Items {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Count;
+        impl<'de> Visitor<'de> for Count {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array")
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut n = 0u64;
+                while seq.next_element::<IgnoredAny>()?.is_some() {
+                    n = n.saturating_add(1);
+                }
+                Ok(n)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(0)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Count).map(Items)
+    }
+}
+
+/// The UTF-8 length of every string value in a JSON document, keys excluded.
+struct StringBytes(u64);
+
+impl<'de> Deserialize<'de> for StringBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Strings;
+        impl<'de> Visitor<'de> for Strings {
+            type Value = u64;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<u64, E> {
+                Ok(u64::try_from(v.len()).unwrap_or(u64::MAX))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some(StringBytes(n)) = seq.next_element()? {
+                    sum = sum.saturating_add(n);
+                }
+                Ok(sum)
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+                let mut sum = 0u64;
+                while let Some((IgnoredAny, StringBytes(n))) = map.next_entry()? {
+                    sum = sum.saturating_add(n);
+                }
+                Ok(sum)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<u64, E> {
+                Ok(0)
+            }
+
+            fn visit_unit<E>(self) -> Result<u64, E> {
+                Ok(0)
+            }
+        }
+        d.deserialize_any(Strings).map(StringBytes)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -808,7 +1211,10 @@ mod tests {
 
     fn meter_with(op: Operation, content_type: &str) -> UsageMeter {
         let mut m = UsageMeter::new(op);
-        m.on_response_headers([("Content-Type", content_type), ("x-amzn-requestid", "abc")]);
+        m.on_response_headers(
+            200,
+            [("Content-Type", content_type), ("x-amzn-requestid", "abc")],
+        );
         m
     }
 
@@ -826,6 +1232,7 @@ mod tests {
             output_tokens: output,
             cache_read_tokens: read,
             cache_write_tokens: write,
+            images: 0,
         }
     }
 
@@ -858,12 +1265,15 @@ mod tests {
     fn anthropic_invoke_json() {
         let body = br#"{"id":"msg_bdrk_01","type":"message","role":"assistant","model":"claude-sonnet-4-20250514","content":[{"type":"text","text":"Hello!"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":14,"cache_creation_input_tokens":1024,"cache_read_input_tokens":512,"cache_creation":{"ephemeral_5m_input_tokens":1024,"ephemeral_1h_input_tokens":0},"output_tokens":7,"server_tool_use":null}}"#;
         let mut m = meter_with(Operation::Invoke, "application/json");
-        // Headers say something else: the body wins.
-        m.on_response_headers([
-            ("X-Amzn-Bedrock-Input-Token-Count", "99"),
-            ("X-Amzn-Bedrock-Output-Token-Count", "99"),
-        ]);
-        assert_eq!(m.reading().usage, usage(99, 99, 0, 0));
+        // Headers say something else: the body wins. Neither counts before the body ended.
+        m.on_response_headers(
+            200,
+            [
+                ("X-Amzn-Bedrock-Input-Token-Count", "99"),
+                ("X-Amzn-Bedrock-Output-Token-Count", "99"),
+            ],
+        );
+        assert_eq!(m.reading().usage, Usage::default());
         assert!(!m.reading().complete);
         m.on_body(body);
         let r = m.finish();
@@ -893,14 +1303,17 @@ mod tests {
         // Titan embeddings: no usage object in the body.
         let body = br#"{"embedding":[0.1,-0.2,0.3],"inputTextTokenCount":6}"#;
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("content-type", "application/json"),
-            ("x-amzn-bedrock-input-token-count", "6"),
-            ("X-AMZN-BEDROCK-OUTPUT-TOKEN-COUNT", " 0 "),
-            ("x-amzn-bedrock-cache-read-input-token-count", "2"),
-            ("x-amzn-Bedrock-Cache-Write-Input-Token-Count", "3"),
-            ("x-amzn-bedrock-invocation-latency", "120"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("content-type", "application/json"),
+                ("x-amzn-bedrock-input-token-count", "6"),
+                ("X-AMZN-BEDROCK-OUTPUT-TOKEN-COUNT", " 0 "),
+                ("x-amzn-bedrock-cache-read-input-token-count", "2"),
+                ("x-amzn-Bedrock-Cache-Write-Input-Token-Count", "3"),
+                ("x-amzn-bedrock-invocation-latency", "120"),
+            ],
+        );
         m.on_body(body);
         let r = m.finish();
         assert_eq!(r.usage, usage(6, 0, 2, 3));
@@ -914,35 +1327,35 @@ mod tests {
             ("x-amzn-bedrock-input-token-count", "5"),
             ("x-amzn-bedrock-output-token-count", "1"),
         ];
-        // Non-JSON content type: the body is not even buffered.
+        // A non-JSON content type: read as JSON all the same, then the headers.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([("content-type", "image/png")]);
-        m.on_response_headers(headers);
+        m.on_response_headers(200, [("content-type", "image/png")]);
+        m.on_response_headers(200, headers);
         m.on_body(b"\x89PNG\r\n");
-        assert!(m.body.is_empty());
         let r = m.finish();
-        assert_eq!(
-            (r.usage, r.complete, r.problem),
-            (usage(5, 1, 0, 0), true, None)
-        );
+        assert_eq!((r.usage, r.complete), (usage(5, 1, 0, 0), true));
+        assert!(r.problem.unwrap().starts_with("invalid JSON body"));
 
         // Invalid JSON: a problem, and the headers.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers(headers);
+        m.on_response_headers(200, headers);
         m.on_body(b"{\"usage\": {\"input_tokens\": 3,");
         let r = m.finish();
         assert_eq!(r.usage, usage(5, 1, 0, 0));
         assert!(r.complete);
         assert!(r.problem.unwrap().starts_with("invalid JSON body"));
 
-        // Unparseable header value: recorded, ignored.
+        // Unparseable header value: recorded; what the others say is seen, not whole.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("x-amzn-bedrock-input-token-count", "-4"),
-            ("x-amzn-bedrock-output-token-count", "2"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "-4"),
+                ("x-amzn-bedrock-output-token-count", "2"),
+            ],
+        );
         let r = m.finish();
-        assert_eq!(r.usage, usage(0, 2, 0, 0));
+        assert_eq!((r.usage, r.complete), (usage(0, 2, 0, 0), false));
         assert_eq!(
             r.problem.as_deref(),
             Some("unparseable x-amzn-bedrock-input-token-count header")
@@ -952,13 +1365,16 @@ mod tests {
     #[test]
     fn error_bodies_yield_no_usage() {
         let mut m = UsageMeter::new(Operation::Converse);
-        m.on_response_headers([
-            ("content-type", "application/json"),
-            (
-                "x-amzn-errortype",
-                "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
-            ),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("content-type", "application/json"),
+                (
+                    "x-amzn-errortype",
+                    "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                ),
+            ],
+        );
         m.on_body(br#"{"message":"The provided model identifier is invalid."}"#);
         let r = m.finish();
         assert_eq!(r.usage, Usage::default());
@@ -967,11 +1383,10 @@ mod tests {
         assert_eq!(r.problem, None);
 
         // A stream operation answered with a JSON error before any event.
-        let r = run(
-            Operation::ConverseStream,
-            "application/json",
-            &[br#"{"message":"Too many requests, please wait before trying again."}"#],
-        );
+        let mut m = UsageMeter::new(Operation::ConverseStream);
+        m.on_response_headers(429, [("content-type", "application/json")]);
+        m.on_body(br#"{"message":"Too many requests, please wait before trying again."}"#);
+        let r = m.finish();
         assert_eq!(
             (r.usage, r.complete, r.events, r.problem),
             (Usage::default(), false, 0, None)
@@ -984,9 +1399,9 @@ mod tests {
 
     #[test]
     fn odd_json_types_lose_a_field_not_the_body() {
-        let body = br#"{"usage":{"inputTokens":"12","outputTokens":-1,"cacheReadInputTokens":1.5,"cacheWriteInputTokens":null,"input_tokens":{"x":[1,2]}}}"#;
+        let body = br#"{"usage":{"inputTokens":"12","outputTokens":7,"cacheReadInputTokens":1.5,"cacheWriteInputTokens":null,"input_tokens":{"x":[1,2]}}}"#;
         let r = run(Operation::Converse, "application/json", &[body]);
-        assert_eq!(r.usage, usage(12, 0, 0, 0));
+        assert_eq!(r.usage, usage(12, 7, 0, 0));
         assert!(r.complete);
         assert_eq!(r.problem, None);
         // Not an object at all.
@@ -1024,7 +1439,7 @@ mod tests {
         body.resize(9 * 1024 * 1024, b'x');
         body.extend_from_slice(b"\"}");
         let mut m = UsageMeter::new(Operation::Converse);
-        m.on_response_headers([("content-type", "application/json")]);
+        m.on_response_headers(200, [("content-type", "application/json")]);
         for c in body.chunks(64 * 1024) {
             m.on_body(c);
             assert!(m.body.len() <= MAX_JSON_BODY);
@@ -1037,10 +1452,13 @@ mod tests {
 
         // With headers, they carry the usage.
         let mut m = UsageMeter::new(Operation::Invoke);
-        m.on_response_headers([
-            ("x-amzn-bedrock-input-token-count", "7"),
-            ("x-amzn-bedrock-output-token-count", "8"),
-        ]);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "7"),
+                ("x-amzn-bedrock-output-token-count", "8"),
+            ],
+        );
         m.on_body(&body);
         let r = m.finish();
         assert_eq!((r.usage, r.complete), (usage(7, 8, 0, 0), true));
@@ -1365,6 +1783,280 @@ mod tests {
         );
     }
 
+    // ---- InvokeWithResponseStream, every model family ------------------------------------
+
+    /// `amazon-bedrock-invocationMetrics`, as Bedrock adds it to a stream's last chunk.
+    fn metrics(input: u64, output: u64) -> String {
+        format!(
+            r#""amazon-bedrock-invocationMetrics":{{"inputTokenCount":{input},"outputTokenCount":{output},"invocationLatency":420,"firstByteLatency":120}}"#
+        )
+    }
+
+    /// One model family's invoke stream: its model events (each becomes one `chunk`), the bytes
+    /// of generated text they carry, and the final usage (from the invocation metrics).
+    struct FamilyStream {
+        family: &'static str,
+        events: Vec<String>,
+        text_bytes: u64,
+        usage: Usage,
+    }
+
+    /// Every family Bedrock serves on InvokeModelWithResponseStream, in its own chunk shape
+    /// (the model providers' native formats, as the Bedrock user guide's per-model inference
+    /// parameters describe them).
+    fn family_streams() -> Vec<FamilyStream> {
+        let s = |family, events: &[&str], text_bytes, input, output| FamilyStream {
+            family,
+            events: events.iter().map(|e| e.to_string()).collect(),
+            text_bytes,
+            usage: usage(input, output, 0, 0),
+        };
+        let m = metrics;
+        vec![
+            s(
+                "mistral (7B, Mixtral, Large 2402, Small)",
+                &[
+                    r#"{"outputs":[{"text":" Bon","stop_reason":null}]}"#,
+                    r#"{"outputs":[{"text":"jour","stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"outputs":[{{"text":"!","stop_reason":"stop"}}],{}}}"#,
+                        m(12, 3)
+                    ),
+                ],
+                4 + 4 + 1,
+                12,
+                3,
+            ),
+            s(
+                "mistral large 2 (2407), pixtral: chat message chunks",
+                &[
+                    r#"{"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"message":{"role":"assistant","content":"Bon"},"stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"jour"}},"stop_reason":"stop"}}],{}}}"#,
+                        m(8, 2)
+                    ),
+                ],
+                3 + 4,
+                8,
+                2,
+            ),
+            s(
+                "amazon titan text",
+                &[
+                    r#"{"outputText":"Hel","index":0,"totalOutputTextTokenCount":1,"completionReason":null,"inputTextTokenCount":5}"#,
+                    &format!(
+                        r#"{{"outputText":"lo!","index":0,"totalOutputTextTokenCount":2,"completionReason":"FINISH","inputTextTokenCount":null,{}}}"#,
+                        m(5, 2)
+                    ),
+                ],
+                3 + 3,
+                5,
+                2,
+            ),
+            s(
+                "cohere command r / r+",
+                &[
+                    r#"{"is_finished":false,"event_type":"stream-start","generation_id":"g-1"}"#,
+                    r#"{"is_finished":false,"event_type":"text-generation","text":"Hi"}"#,
+                    r#"{"is_finished":false,"event_type":"text-generation","text":" there"}"#,
+                    &format!(
+                        r#"{{"is_finished":true,"event_type":"stream-end","response":{{"response_id":"r-1","text":"Hi there","generation_id":"g-1","finish_reason":"COMPLETE"}},"finish_reason":"COMPLETE",{}}}"#,
+                        m(9, 2)
+                    ),
+                ],
+                2 + 6,
+                9,
+                2,
+            ),
+            s(
+                "cohere command (legacy)",
+                &[
+                    r#"{"text":" Hi","is_finished":false,"index":0}"#,
+                    r#"{"generations":[{"text":" you","index":0}]}"#,
+                    &format!(
+                        r#"{{"is_finished":true,"finish_reason":"COMPLETE",{}}}"#,
+                        m(4, 2)
+                    ),
+                ],
+                3 + 4,
+                4,
+                2,
+            ),
+            s(
+                "meta llama 2/3/4",
+                &[
+                    r#"{"generation":"Hel","prompt_token_count":12,"generation_token_count":1,"stop_reason":null}"#,
+                    r#"{"generation":"lo","prompt_token_count":null,"generation_token_count":2,"stop_reason":null}"#,
+                    &format!(
+                        r#"{{"generation":"","prompt_token_count":null,"generation_token_count":3,"stop_reason":"stop",{}}}"#,
+                        m(12, 3)
+                    ),
+                ],
+                3 + 2,
+                12,
+                3,
+            ),
+            s(
+                "ai21 jamba",
+                &[
+                    r#"{"id":"chat-1","choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}"#,
+                    r#"{"id":"chat-1","choices":[{"index":0,"delta":{"content":"Shalom"},"finish_reason":null}]}"#,
+                    &format!(
+                        r#"{{"id":"chat-1","choices":[{{"index":0,"delta":{{}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12}},{}}}"#,
+                        m(10, 2)
+                    ),
+                ],
+                6,
+                10,
+                2,
+            ),
+            s(
+                "openai gpt-oss, deepseek v3, writer palmyra, qwen: chat completion chunks",
+                &[
+                    r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"openai.gpt-oss-20b-1:0","choices":[{"index":0,"delta":{"role":"assistant","reasoning_content":"Think."},"finish_reason":null}]}"#,
+                    r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"reasoning":"Hm","content":"Hi"},"finish_reason":null}]}"#,
+                    &format!(
+                        r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"call_1","type":"function","function":{{"name":"f","arguments":"{{\"a\":1}}"}}}}]}},"finish_reason":"tool_calls"}}],{}}}"#,
+                        m(7, 6)
+                    ),
+                ],
+                6 + 2 + 2 + 7,
+                7,
+                6,
+            ),
+            s(
+                "deepseek r1: text completion choices",
+                &[
+                    r#"{"choices":[{"text":"<think>","stop_reason":null}]}"#,
+                    &format!(
+                        r#"{{"choices":[{{"text":"Hi","stop_reason":"stop"}}],{}}}"#,
+                        m(3, 4)
+                    ),
+                ],
+                7 + 2,
+                3,
+                4,
+            ),
+            s(
+                "anthropic text completions (claude v2, instant)",
+                &[
+                    r#"{"completion":" Hello","stop_reason":null,"stop":null}"#,
+                    &format!(
+                        r#"{{"completion":"!","stop_reason":"stop_sequence","stop":"\n\nHuman:",{}}}"#,
+                        m(6, 2)
+                    ),
+                ],
+                6 + 1,
+                6,
+                2,
+            ),
+            s(
+                "amazon nova",
+                &[
+                    r#"{"messageStart":{"role":"assistant"}}"#,
+                    r#"{"contentBlockDelta":{"delta":{"text":"Salut"},"contentBlockIndex":0}}"#,
+                    r#"{"contentBlockStop":{"contentBlockIndex":0}}"#,
+                    r#"{"messageStop":{"stopReason":"end_turn"}}"#,
+                    &format!(
+                        r#"{{"metadata":{{"usage":{{"inputTokens":4,"outputTokens":2}}}},{}}}"#,
+                        m(4, 2)
+                    ),
+                ],
+                5,
+                4,
+                2,
+            ),
+            s(
+                "a shape no family uses: its text values are counted",
+                &[
+                    r#"{"mystery":{"text":"words"},"n":[1,"ab"]}"#,
+                    &format!(r#"{{"done":true,{}}}"#, m(2, 2)),
+                ],
+                5 + 2,
+                2,
+                2,
+            ),
+        ]
+    }
+
+    #[test]
+    fn invoke_stream_every_family_meters_text_at_every_split() {
+        for f in family_streams() {
+            let stream: Vec<u8> = f.events.iter().flat_map(|e| chunk(e)).collect();
+            let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+            assert_eq!(r.output_text_bytes, f.text_bytes, "{}", f.family);
+            assert_eq!((r.usage, r.complete), (f.usage, true), "{}", f.family);
+            assert_eq!(r.events, f.events.len() as u64, "{}", f.family);
+            for cut in 0..=stream.len() {
+                let (a, b) = stream.split_at(cut);
+                assert_eq!(
+                    run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[a, b]),
+                    r,
+                    "{}: cut at {cut}",
+                    f.family
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn invoke_stream_every_family_is_billed_for_text_before_the_metrics() {
+        // A client that cancels before the last chunk (the one with the invocation metrics):
+        // the generated text seen so far is what an estimate bills.
+        for f in family_streams() {
+            let (last, rest) = f.events.split_last().unwrap();
+            let stream: Vec<u8> = rest.iter().flat_map(|e| chunk(e)).collect();
+            let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&stream]);
+            assert!(!r.complete, "{}", f.family);
+            let last_text = run(
+                Operation::InvokeWithResponseStream,
+                EVENTSTREAM,
+                &[&chunk(last)],
+            )
+            .output_text_bytes;
+            assert_eq!(
+                r.output_text_bytes,
+                f.text_bytes - last_text,
+                "{}",
+                f.family
+            );
+            assert!(r.output_text_bytes > 0, "{}: no text metered", f.family);
+            let (billed, _) = crate::record::billable(200, true, &r, 100, &Default::default());
+            assert!(billed.output_tokens > 0, "{}: billed no output", f.family);
+        }
+    }
+
+    #[test]
+    fn invoke_stream_running_counts_of_titan_and_openai_usage() {
+        // Titan reports its input and a running output count in every chunk.
+        let titan = chunk(
+            r#"{"outputText":"Hel","index":0,"totalOutputTextTokenCount":7,"completionReason":null,"inputTextTokenCount":5}"#,
+        );
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&titan]);
+        assert_eq!((r.usage, r.complete), (usage(5, 7, 0, 0), false));
+        // A chat-completion chunk's `usage` (prompt / completion tokens).
+        let usage_chunk = chunk(
+            r#"{"choices":[],"usage":{"prompt_tokens":11,"completion_tokens":4,"total_tokens":15}}"#,
+        );
+        let r = run(
+            Operation::InvokeWithResponseStream,
+            EVENTSTREAM,
+            &[&usage_chunk],
+        );
+        assert_eq!(r.usage, usage(11, 4, 0, 0));
+    }
+
+    #[test]
+    fn invoke_stream_chunk_that_is_not_json_counts_as_text() {
+        let r = run(
+            Operation::InvokeWithResponseStream,
+            EVENTSTREAM,
+            &[&chunk("plain words")],
+        );
+        assert_eq!(r.output_text_bytes, 11);
+        assert!(r.problem.is_some());
+    }
+
     #[test]
     fn invoke_stream_bad_chunks_never_panic() {
         let cases: Vec<Vec<u8>> = vec![
@@ -1398,6 +2090,231 @@ mod tests {
             &[&event("chunk", &format!(r#"{{"bytes":"{b64}"}}"#))],
         );
         assert_eq!((r.usage.output_tokens, r.problem), (63, None));
+    }
+
+    // ---- what decides how a response is read ----------------------------------------------
+
+    #[test]
+    fn a_non_stream_operation_is_metered_as_json_whatever_its_content_type() {
+        let body = br#"{"usage":{"inputTokens":5,"outputTokens":3}}"#;
+        for ct in [EVENTSTREAM, "text/plain", "image/png", "application/json"] {
+            for op in [Operation::Converse, Operation::Invoke] {
+                let mut m = UsageMeter::new(op);
+                m.on_response_headers(200, [("content-type", ct)]);
+                m.on_body(body);
+                let r = m.finish();
+                assert_eq!(
+                    (r.usage, r.complete),
+                    (usage(5, 3, 0, 0), true),
+                    "{op:?} {ct}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stream_operation_answered_2xx_is_metered_as_a_stream_whatever_its_content_type() {
+        let stream = converse_stream();
+        let expected = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+        for ct in ["application/json", "text/plain"] {
+            let mut m = UsageMeter::new(Operation::ConverseStream);
+            m.on_response_headers(200, [("content-type", ct)]);
+            m.on_body(&stream);
+            assert_eq!(m.finish(), expected, "{ct}");
+        }
+        // Refused: the body is Bedrock's JSON error, whatever the content type says. Nothing
+        // in it is billed, and it is not a broken stream.
+        let mut m = UsageMeter::new(Operation::ConverseStream);
+        m.on_response_headers(
+            400,
+            [
+                ("content-type", EVENTSTREAM),
+                (
+                    "x-amzn-errortype",
+                    "ValidationException:http://internal.amazon.com/",
+                ),
+            ],
+        );
+        m.on_body(br#"{"message":"Malformed input request"}"#);
+        let r = m.finish();
+        assert_eq!(
+            (r.events, r.problem, r.exception.as_deref()),
+            (0, None, Some("ValidationException"))
+        );
+    }
+
+    #[test]
+    fn a_final_usage_without_a_valid_output_count_does_not_complete_the_reading() {
+        for usage_json in [
+            r#"{"inputTokens":7,"outputTokens":-1}"#,
+            r#"{"inputTokens":7}"#,
+            r#"{"inputTokens":7,"outputTokens":"many"}"#,
+            r#"{"inputTokens":7,"outputTokens":1.5}"#,
+            r#"{"inputTokens":7,"outputTokens":null}"#,
+        ] {
+            let stream = [
+                event("contentBlockDelta", r#"{"delta":{"text":"twelve bytes"}}"#),
+                event("metadata", &format!(r#"{{"usage":{usage_json}}}"#)),
+            ]
+            .concat();
+            let r = run(Operation::ConverseStream, EVENTSTREAM, &[&stream]);
+            assert!(!r.complete, "{usage_json}");
+            assert_eq!(r.usage.input_tokens, 7, "{usage_json}");
+            assert!(r.problem.is_some(), "{usage_json}");
+            // Billed from what was seen: never zero output for a response with text.
+            let (billed, source) = crate::record::billable(200, true, &r, 100, &Default::default());
+            assert_eq!(
+                (source, billed.input_tokens, billed.output_tokens),
+                (crate::record::UsageSource::Estimated, 7, 3),
+                "{usage_json}"
+            );
+        }
+        // A Converse body, an Anthropic body, invocation metrics: the same rule.
+        let r = run(
+            Operation::Converse,
+            "application/json",
+            &[br#"{"usage":{"inputTokens":5,"outputTokens":-3}}"#],
+        );
+        assert!(!r.complete);
+        let r = run(
+            Operation::Invoke,
+            "application/json",
+            &[br#"{"usage":{"input_tokens":5}}"#],
+        );
+        assert!(!r.complete);
+        let s = chunk(
+            r#"{"generation":"abcd","amazon-bedrock-invocationMetrics":{"inputTokenCount":4}}"#,
+        );
+        let r = run(Operation::InvokeWithResponseStream, EVENTSTREAM, &[&s]);
+        assert_eq!((r.complete, r.output_text_bytes), (false, 4));
+        // Token-count headers: a missing output count is an embedding's (none generated), an
+        // unparseable one is not.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(200, [("x-amzn-bedrock-input-token-count", "6")]);
+        let r = m.finish();
+        assert_eq!((r.usage, r.complete), (usage(6, 0, 0, 0), true));
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "6"),
+                ("x-amzn-bedrock-output-token-count", "-2"),
+            ],
+        );
+        assert!(!m.finish().complete);
+    }
+
+    /// Every reading is at least the one before it: usage, text, events, completeness. The
+    /// cut-off and the hosts read the meter mid-response; a later reading that bills less
+    /// would let a stream spend what an earlier check refused.
+    #[test]
+    fn readings_never_decrease() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut pool: Vec<Vec<u8>> = family_streams()
+            .iter()
+            .flat_map(|f| f.events.iter().map(|e| chunk(e)).collect::<Vec<_>>())
+            .collect();
+        let valid_invoke = pool.len();
+        for round in 0..400u64 {
+            let n = |next: &mut dyn FnMut() -> u64| next() % 50;
+            // Events reporting counts in any order, as a confused (or hostile) upstream might.
+            pool.truncate(valid_invoke);
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_delta","usage":{{"output_tokens":{}}}}}"#,
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_start","message":{{"usage":{{"input_tokens":{},"output_tokens":1,"cache_read_input_tokens":{}}}}}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"generation":"x","prompt_token_count":{},"generation_token_count":{}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"type":"message_stop",{}}}"#,
+                metrics(n(&mut next), n(&mut next))
+            )));
+            pool.push(chunk(&format!(
+                r#"{{"outputText":"y","totalOutputTextTokenCount":{},"inputTextTokenCount":{}}}"#,
+                n(&mut next),
+                n(&mut next)
+            )));
+            let op = if round % 5 == 0 {
+                Operation::ConverseStream
+            } else {
+                Operation::InvokeWithResponseStream
+            };
+            let stream: Vec<u8> = if op == Operation::ConverseStream {
+                let mut v = converse_stream();
+                v.extend(event(
+                    "metadata",
+                    &format!(
+                        r#"{{"usage":{{"inputTokens":{},"outputTokens":{}}}}}"#,
+                        n(&mut next),
+                        n(&mut next)
+                    ),
+                ));
+                v
+            } else {
+                (0..1 + next() % 12)
+                    .flat_map(|_| pool[(next() % pool.len() as u64) as usize].clone())
+                    .collect()
+            };
+            let mut m = meter_with(op, EVENTSTREAM);
+            let mut prev = m.reading();
+            let mut rest = &stream[..];
+            let check = |r: Reading, prev: &mut Reading| {
+                let (a, b) = (&prev.usage, &r.usage);
+                assert!(
+                    b.input_tokens >= a.input_tokens
+                        && b.output_tokens >= a.output_tokens
+                        && b.cache_read_tokens >= a.cache_read_tokens
+                        && b.cache_write_tokens >= a.cache_write_tokens,
+                    "round {round}: usage went from {a:?} to {b:?}"
+                );
+                assert!(
+                    r.output_text_bytes >= prev.output_text_bytes,
+                    "round {round}"
+                );
+                assert!(r.events >= prev.events, "round {round}");
+                assert!(r.complete || !prev.complete, "round {round}");
+                *prev = r;
+            };
+            while !rest.is_empty() {
+                let k = ((next() % 61) as usize + 1).min(rest.len());
+                let (c, tail) = rest.split_at(k);
+                m.on_body(c);
+                check(m.reading(), &mut prev);
+                rest = tail;
+            }
+            check(m.finish(), &mut prev);
+        }
+
+        // A non-stream response: token-count headers first, the body's usage at the end.
+        let mut m = UsageMeter::new(Operation::Invoke);
+        m.on_response_headers(
+            200,
+            [
+                ("x-amzn-bedrock-input-token-count", "99"),
+                ("x-amzn-bedrock-output-token-count", "99"),
+            ],
+        );
+        let before = m.reading();
+        m.on_body(br#"{"usage":{"input_tokens":14,"output_tokens":7}}"#);
+        let after = m.finish();
+        assert!(
+            after.usage.input_tokens >= before.usage.input_tokens,
+            "{before:?} then {after:?}"
+        );
     }
 
     #[test]
@@ -1478,7 +2395,7 @@ mod tests {
             let mut m = UsageMeter::new(op);
             let ct = types[(next() % 4) as usize];
             if !ct.is_empty() {
-                m.on_response_headers([("content-type", ct)]);
+                m.on_response_headers(200, [("content-type", ct)]);
             }
             let mut rest = &bytes[..];
             while !rest.is_empty() {

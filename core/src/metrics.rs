@@ -314,6 +314,7 @@ mod tests {
             output_tokens: 0,
             cache_read_tokens: 300,
             cache_write_tokens: 0,
+            images: 0,
             cost_pico_usd: 2_500_000,
             usage_source: source,
             priced_as: PriceSource::Model,

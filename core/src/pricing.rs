@@ -8,7 +8,8 @@
 //! 1. a region-specific price for `(region, id)` ([`PriceSource::Regional`]);
 //! 2. the price of `id` itself ([`PriceSource::Model`]); cross-region inference-profile IDs
 //!    (`us.…`, `eu.…`, `global.…`) are separate rows with their own prices;
-//! 3. otherwise [`MAX_CHAT_TIER`] ([`PriceSource::UnknownModel`]): over-count, never under.
+//! 3. the per-image price of an image model (`IMAGES`, [`Quote::per_image_pico_usd`]);
+//! 4. otherwise [`MAX_CHAT_TIER`] ([`PriceSource::UnknownModel`]): over-count, never under.
 
 use percent_encoding::percent_decode_str;
 use serde::Serialize;
@@ -57,6 +58,8 @@ pub struct Quote {
     pub max_output_tokens: Option<u32>,
     /// Long-context tier, for the few models priced higher above an input size.
     pub long_context: Option<LongContext>,
+    /// pico-USD per generated image: image models (whose token prices are zero).
+    pub per_image_pico_usd: Option<u64>,
 }
 
 impl Quote {
@@ -69,10 +72,17 @@ impl Quote {
         }
     }
 
-    /// Exact cost of `usage` in pico-USD, long-context tier included. Prefer this to
-    /// `cost(usage, &quote.price)`, which ignores the tier.
+    /// Exact cost of `usage` in pico-USD, long-context tier and images included. Prefer this
+    /// to `cost(usage, &quote.price)`, which ignores both.
     pub fn cost(&self, usage: &Usage) -> u64 {
-        cost(usage, &self.price_for(usage))
+        let images = u128::from(usage.images) * u128::from(self.per_image_pico_usd.unwrap_or(0));
+        let total = u128::from(cost(usage, &self.price_for(usage))).saturating_add(images);
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+
+    /// An image model the gateway cannot price: billing it per token would bill nothing.
+    pub fn unpriced_images(&self, model_id: &str) -> bool {
+        self.per_image_pico_usd.is_none() && crate::model_family::makes_images(model_id)
     }
 }
 
@@ -108,7 +118,7 @@ const fn row(
     }
 }
 
-// Generated: LITELLM_VERSION, MAX_CHAT_TIER, MODELS, REGIONAL.
+// Generated: LITELLM_VERSION, MAX_CHAT_TIER, MODELS, REGIONAL, IMAGES.
 include!("../../pricing/table.rs");
 
 /// A Bedrock service tier: Converse `serviceTier.type`, InvokeModel
@@ -193,6 +203,7 @@ pub fn quote_tier(region: &str, model_id: &str, tier: ServiceTier) -> Option<Quo
         max_output_tokens: base.max_output_tokens,
         // The generator refuses a tier of a model with a long-context tier.
         long_context: None,
+        per_image_pico_usd: base.per_image_pico_usd,
     })
 }
 
@@ -203,6 +214,7 @@ impl Row {
             source,
             max_output_tokens: self.max_output_tokens,
             long_context: self.long_context.copied(),
+            per_image_pico_usd: None,
         }
     }
 }
@@ -237,11 +249,30 @@ pub fn quote(region: &str, model_id: &str) -> Quote {
     if let Some(row) = model {
         return row.quote(PriceSource::Model);
     }
+    let image = IMAGES
+        .binary_search_by(|(model, _)| (*model).cmp(id))
+        .ok()
+        .and_then(|i| IMAGES.get(i));
+    if let Some((_, per_image)) = image {
+        return Quote {
+            price: Price {
+                input: 0,
+                output: 0,
+                cache_read: 0,
+                cache_write: 0,
+            },
+            source: PriceSource::Model,
+            max_output_tokens: None,
+            long_context: None,
+            per_image_pico_usd: Some(*per_image),
+        };
+    }
     Quote {
         price: MAX_CHAT_TIER,
         source: PriceSource::UnknownModel,
         max_output_tokens: None,
         long_context: None,
+        per_image_pico_usd: None,
     }
 }
 
@@ -285,6 +316,49 @@ mod tests {
             output_tokens: output,
             cache_read_tokens: cache_read,
             cache_write_tokens: cache_write,
+            images: 0,
+        }
+    }
+
+    #[test]
+    fn image_models_are_priced_per_image() {
+        // litellm: Nova Canvas output_cost_per_image 0.06; Titan Image Generator v2 0.008;
+        // SDXL 1.0 0.04 (1024x1024, 50 steps) and 0.08 (more steps): the higher.
+        for (id, per_image) in [
+            ("amazon.nova-canvas-v1:0", 60_000_000_000),
+            ("us.amazon.nova-canvas-v1:0", 60_000_000_000),
+            ("amazon.titan-image-generator-v2:0", 8_000_000_000),
+            ("stability.stable-diffusion-xl-v1", 80_000_000_000),
+            ("stability.stable-image-ultra-v1:1", 140_000_000_000),
+            (
+                "arn:aws:bedrock:us-west-2::foundation-model/stability.sd3-5-large-v1:0",
+                80_000_000_000,
+            ),
+        ] {
+            let q = quote("us-west-2", id);
+            assert_eq!(
+                (q.source, q.per_image_pico_usd),
+                (PriceSource::Model, Some(per_image)),
+                "{id}"
+            );
+            let three = Usage {
+                images: 3,
+                input_tokens: 1_000,
+                ..Default::default()
+            };
+            assert_eq!(q.cost(&three), 3 * per_image, "{id}: tokens cost nothing");
+            assert!(!q.unpriced_images(id));
+        }
+        // An image model litellm does not price cannot be billed: the gateway refuses it.
+        let q = quote("us-east-1", "stability.unreleased-image-model-v9:0");
+        assert_eq!(q.source, PriceSource::UnknownModel);
+        assert!(q.unpriced_images("stability.unreleased-image-model-v9:0"));
+        // Text models have no image price.
+        let haiku = "anthropic.claude-haiku-4-5-20251001-v1:0";
+        assert_eq!(quote("us-east-1", haiku).per_image_pico_usd, None);
+        assert!(!quote("us-east-1", haiku).unpriced_images(haiku));
+        for w in IMAGES.windows(2) {
+            assert!(w[0].0 < w[1].0, "{} !< {}", w[0].0, w[1].0);
         }
     }
 

@@ -22,6 +22,8 @@ pub struct Estimate {
     pub cost_pico_usd: u64,
     /// The input's share of the cost: the least a stream that may be cut off must be able to pay.
     pub input_cost_pico_usd: u64,
+    /// The usage estimated: what is billed if the request ran but its usage never came back.
+    pub usage: crate::Usage,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +53,26 @@ pub struct Reservation {
 pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 8192;
 
 /// What a request may use: its input (estimated from the body size, as for cut streams) and
-/// the most output it allows — its own limit, else the model's maximum.
+/// the most output it allows — its own limit, else the model's maximum. A model priced per
+/// image may use `images` and no tokens.
 pub fn estimate(
     body_bytes: u64,
     max_output_tokens: Option<u64>,
+    images: u64,
     quote: &crate::pricing::Quote,
 ) -> Estimate {
+    if quote.per_image_pico_usd.is_some() {
+        let usage = crate::Usage {
+            images,
+            ..Default::default()
+        };
+        return Estimate {
+            tokens: 0,
+            cost_pico_usd: quote.cost(&usage),
+            input_cost_pico_usd: 0,
+            usage,
+        };
+    }
     let output = max_output_tokens
         .or(quote.max_output_tokens.map(u64::from))
         .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
@@ -73,6 +89,7 @@ pub fn estimate(
         tokens: usage.input_tokens.saturating_add(output),
         cost_pico_usd: quote.cost(&usage),
         input_cost_pico_usd: quote.cost(&input_only),
+        usage,
     }
 }
 
@@ -399,6 +416,7 @@ mod tests {
             tokens,
             cost_pico_usd: cost,
             input_cost_pico_usd: cost / 10,
+            ..Default::default()
         }
     }
 

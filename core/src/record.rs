@@ -38,6 +38,9 @@ pub struct UsageRecord {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Images generated (image models, priced per image); absent when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images: u64,
     /// Exact cost in pico-USD (1e-12 USD).
     pub cost_pico_usd: u64,
     pub usage_source: UsageSource,
@@ -87,12 +90,17 @@ impl UsageRecord {
             output_tokens: self.output_tokens,
             cache_read_tokens: self.cache_read_tokens,
             cache_write_tokens: self.cache_write_tokens,
+            images: self.images,
         }
     }
 }
 
 fn is_standard(tier: &ServiceTier) -> bool {
     *tier == ServiceTier::Standard
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What starts every usage record's log line; the JSON follows.
@@ -107,31 +115,56 @@ pub fn estimate_tokens(bytes: u64) -> u64 {
     bytes.div_ceil(BYTES_PER_TOKEN)
 }
 
+/// What billing falls back to when a response's own usage is missing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fallback {
+    /// The reservation's estimate: the request's input and the most output it allows.
+    pub estimate: Usage,
+    /// Bedrock may have generated all the request allowed: a non-stream answer is complete
+    /// before it is sent, and an exchange nobody answered may have run to its end.
+    pub whole_estimate: bool,
+    /// The host answered in Bedrock's place after the request reached it (Envoy's 504 when the
+    /// route times out, a 503 after the upstream hung up): the status is not Bedrock's refusal.
+    pub host_answered: bool,
+    /// The model is priced per image: no tokens are estimated from the request's size.
+    pub priced_per_image: bool,
+}
+
 /// What to bill for a response that got this far.
 ///
-/// - Refused (`status` not 2xx): nothing — Bedrock does not bill refused requests.
-/// - Never answered (`status` 0) after being sent upstream: Bedrock may have run it, so it is
-///   estimated like a cut stream.
+/// - Refused (`status` not 2xx, from Bedrock or from the gateway before sending): nothing —
+///   Bedrock does not bill refused requests.
+/// - Never answered after being sent upstream (`status` 0: a client cancel, a reset; or the
+///   host's own reply, [`Fallback::host_answered`]): Bedrock may have run it, so it is
+///   estimated, at least at the reservation's estimate ([`Fallback::whole_estimate`]).
 /// - Reported usage: exactly that.
 /// - Otherwise an estimate that never undercounts what was seen: input from the request size
-///   (or what the stream already reported), output from the generated text seen.
+///   (or what the response already reported), output from the generated text seen; raised to
+///   the reservation's estimate when Bedrock may have generated it all.
 pub fn billable(
     status: u16,
     sent_upstream: bool,
     reading: &Reading,
     request_bytes: u64,
+    fallback: &Fallback,
 ) -> (Usage, UsageSource) {
-    let unanswered = status == 0 && sent_upstream;
+    let unanswered = sent_upstream && (status == 0 || fallback.host_answered);
     if !(200..300).contains(&status) && !unanswered {
         return (Usage::default(), UsageSource::None);
     }
-    if reading.complete {
+    // A final usage of zero output for a response that carried text is not believed.
+    let believable = !(reading.usage.output_tokens == 0 && reading.output_text_bytes > 0);
+    if reading.complete && believable {
         return (reading.usage, UsageSource::Reported);
     }
     let seen = reading.usage;
-    let input_estimate = estimate_tokens(request_bytes).max(1);
+    let input_estimate = if fallback.priced_per_image {
+        0
+    } else {
+        estimate_tokens(request_bytes).max(1)
+    };
     let output_estimate = estimate_tokens(reading.output_text_bytes);
-    let usage = Usage {
+    let mut usage = Usage {
         input_tokens: if seen.total_input() > 0 {
             seen.input_tokens
         } else {
@@ -140,7 +173,16 @@ pub fn billable(
         output_tokens: seen.output_tokens.max(output_estimate),
         cache_read_tokens: seen.cache_read_tokens,
         cache_write_tokens: seen.cache_write_tokens,
+        images: seen.images,
     };
+    if unanswered || fallback.whole_estimate {
+        let e = &fallback.estimate;
+        if seen.total_input() == 0 {
+            usage.input_tokens = usage.input_tokens.max(e.input_tokens);
+        }
+        usage.output_tokens = usage.output_tokens.max(e.output_tokens);
+        usage.images = usage.images.max(e.images);
+    }
     (usage, UsageSource::Estimated)
 }
 
@@ -163,7 +205,18 @@ pub struct Facts<'a> {
 }
 
 pub fn make(f: Facts<'_>) -> UsageRecord {
-    let (usage, usage_source) = billable(f.status, f.sent_upstream, f.reading, f.request_bytes);
+    make_with(f, &Fallback::default())
+}
+
+/// The record, billed with `fallback` where the response's own usage is missing.
+pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
+    let (usage, usage_source) = billable(
+        f.status,
+        f.sent_upstream,
+        f.reading,
+        f.request_bytes,
+        fallback,
+    );
     let quote = pricing::quote_tier(f.region, f.model_id, f.service_tier)
         .unwrap_or_else(|| pricing::quote(f.region, f.model_id));
     UsageRecord {
@@ -179,6 +232,7 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
         output_tokens: usage.output_tokens,
         cache_read_tokens: usage.cache_read_tokens,
         cache_write_tokens: usage.cache_write_tokens,
+        images: usage.images,
         cost_pico_usd: quote.cost(&usage),
         usage_source,
         priced_as: quote.source,
@@ -254,7 +308,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            billable(429, true, &r, 100),
+            billable(429, true, &r, 100, &Fallback::default()),
             (Usage::default(), UsageSource::None)
         );
     }
@@ -266,6 +320,7 @@ mod tests {
             output_tokens: 20,
             cache_read_tokens: 3,
             cache_write_tokens: 4,
+            images: 0,
         };
         let r = Reading {
             complete: true,
@@ -273,7 +328,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            billable(200, true, &r, 1_000_000),
+            billable(200, true, &r, 1_000_000, &Fallback::default()),
             (u, UsageSource::Reported)
         );
     }
@@ -281,7 +336,7 @@ mod tests {
     #[test]
     fn cut_streams_are_estimated_never_zero() {
         let nothing = Reading::default();
-        let (u, src) = billable(200, true, &nothing, 10);
+        let (u, src) = billable(200, true, &nothing, 10, &Fallback::default());
         assert_eq!(src, UsageSource::Estimated);
         assert_eq!(u.input_tokens, 3);
         let partial = Reading {
@@ -294,7 +349,7 @@ mod tests {
             output_text_bytes: 100,
             ..Default::default()
         };
-        let (u, _) = billable(200, true, &partial, 10);
+        let (u, _) = billable(200, true, &partial, 10, &Fallback::default());
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cache_read_tokens),
             (40, 25, 7)
@@ -302,13 +357,31 @@ mod tests {
     }
 
     #[test]
+    fn a_reported_zero_output_with_text_seen_is_estimated() {
+        let r = Reading {
+            complete: true,
+            usage: Usage {
+                input_tokens: 5,
+                ..Default::default()
+            },
+            output_text_bytes: 40,
+            ..Default::default()
+        };
+        let (u, src) = billable(200, true, &r, 100, &Fallback::default());
+        assert_eq!(
+            (src, u.input_tokens, u.output_tokens),
+            (UsageSource::Estimated, 5, 10)
+        );
+    }
+
+    #[test]
     fn unanswered_requests_are_estimated_only_if_sent() {
         assert_eq!(
-            billable(0, true, &Reading::default(), 40).1,
+            billable(0, true, &Reading::default(), 40, &Fallback::default()).1,
             UsageSource::Estimated
         );
         assert_eq!(
-            billable(0, false, &Reading::default(), 40).1,
+            billable(0, false, &Reading::default(), 40, &Fallback::default()).1,
             UsageSource::None
         );
     }

@@ -10,6 +10,8 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Images generated (image models, priced per image).
+    pub images: u64,
 }
 
 impl Usage {

@@ -13,6 +13,8 @@ pub const MAX_OTHER_TOKENS: u64 = 1_000_000_000;
 pub const MAX_SLOW_MS: u64 = 10_000;
 /// Cap on `events` and `fail-after`.
 pub const MAX_EVENTS: u32 = 10_000;
+/// Cap on `images`.
+pub const MAX_IMAGES: u64 = 100;
 
 const OPEN: &[u8] = b"[[emu:";
 const CLOSE: &[u8] = b"]]";
@@ -21,6 +23,13 @@ const CLOSE: &[u8] = b"]]";
 const MAX_DIRECTIVE_LEN: usize = 128;
 /// Most directives read from one body.
 const MAX_DIRECTIVES: usize = 256;
+
+/// How a response misreports its output count (`reported-output`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportedOutput {
+    Omitted,
+    Negative,
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Directives {
@@ -34,6 +43,12 @@ pub struct Directives {
     pub cache_write: Option<u64>,
     /// `[[emu:throttle]]`: answer 429 ThrottlingException.
     pub throttle: bool,
+    /// `[[emu:images=N]]`: images an image model answers with, instead of the count the
+    /// request asks for (capped at [`MAX_IMAGES`]).
+    pub images: Option<u64>,
+    /// `[[emu:hang-up]]`: read the request, wait `slow` if set, then close the connection
+    /// without answering, as an upstream that failed after the request reached it.
+    pub hang_up: bool,
     /// `[[emu:error=STATUS:TYPE]]`: answer STATUS (400..=599) with `x-amzn-ErrorType: TYPE`.
     pub error: Option<(u16, String)>,
     /// `[[emu:slow=MS]]`: wait before a non-stream answer, or between stream events.
@@ -45,6 +60,14 @@ pub struct Directives {
     pub events: Option<u32>,
     /// `[[emu:stop=REASON]]`: the stop reason to report instead of `end_turn`.
     pub stop_reason: Option<String>,
+    /// `[[emu:content-type=TYPE]]`: the response's `content-type` instead of Bedrock's
+    /// (`application/json`, `application/vnd.amazon.eventstream`): a response that lies.
+    pub content_type: Option<String>,
+    /// `[[emu:reported-output=none]]` or `[[emu:reported-output=-1]]`: the response's final
+    /// usage (Converse `usage`, stream `metadata`, Anthropic `usage`, invocation metrics, the
+    /// output-token-count header) omits its output count, or reports -1. What is served (and
+    /// the ledger) is unchanged.
+    pub reported_output: Option<ReportedOutput>,
     /// Every directive recognised, as written (`output=5`), in body order.
     pub seen: Vec<String>,
 }
@@ -86,6 +109,11 @@ impl Directives {
         };
         match (name, value) {
             ("throttle", None) => self.throttle = true,
+            ("hang-up", None) => self.hang_up = true,
+            ("images", Some(_)) => match number(MAX_IMAGES) {
+                Some(n) => self.images = Some(n),
+                None => return false,
+            },
             ("input", Some(_)) => match number(MAX_OTHER_TOKENS) {
                 Some(n) => self.input = Some(n),
                 None => return false,
@@ -131,6 +159,22 @@ impl Directives {
                 }
                 self.error = Some((status, kind.to_string()));
             }
+            ("content-type", Some(v)) => {
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/.+-".contains(&b))
+                {
+                    return false;
+                }
+                self.content_type = Some(v.to_string());
+            }
+            ("reported-output", Some("none")) => {
+                self.reported_output = Some(ReportedOutput::Omitted)
+            }
+            ("reported-output", Some("-1")) => {
+                self.reported_output = Some(ReportedOutput::Negative)
+            }
             ("stop", Some(v)) => {
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                     return false;
@@ -155,7 +199,8 @@ mod tests {
     fn parses_every_directive() {
         let body = br#"{"messages":[{"role":"user","content":[{"text":"hi [[emu:input=10]] [[emu:output=5]]
             [[emu:cache-read=3]][[emu:cache-write=4]] [[emu:throttle]] [[emu:error=500:InternalServerException]]
-            [[emu:slow=20]] [[emu:fail-after=2]] [[emu:events=3]] [[emu:stop=max_tokens]]"}]}]}"#;
+            [[emu:slow=20]] [[emu:fail-after=2]] [[emu:events=3]] [[emu:stop=max_tokens]]
+            [[emu:content-type=text/plain]] [[emu:reported-output=-1]] [[emu:hang-up]] [[emu:images=3]]"}]}]}"#;
         let d = Directives::parse(body);
         assert_eq!(d.input, Some(10));
         assert_eq!(d.output, Some(5));
@@ -167,7 +212,16 @@ mod tests {
         assert_eq!(d.fail_after, Some(2));
         assert_eq!(d.events, Some(3));
         assert_eq!(d.stop_reason.as_deref(), Some("max_tokens"));
-        assert_eq!(d.seen.len(), 10);
+        assert_eq!(d.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(d.reported_output, Some(ReportedOutput::Negative));
+        assert!(d.hang_up);
+        assert_eq!(d.images, Some(3));
+        assert_eq!(d.seen.len(), 14);
+        let d = Directives::parse(
+            b"[[emu:reported-output=none]] [[emu:reported-output=5]] [[emu:content-type=a b]]",
+        );
+        assert_eq!(d.reported_output, Some(ReportedOutput::Omitted));
+        assert_eq!(d.content_type, None);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod directives;
 pub mod eventstream_encode;
+pub mod families;
 pub mod ledger;
 pub mod responses;
 #[cfg(feature = "server")]

@@ -6,8 +6,9 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::directives::{Directives, MAX_OUTPUT_TOKENS};
+use crate::directives::{Directives, ReportedOutput, MAX_OUTPUT_TOKENS};
 use crate::eventstream_encode::{event_frame, exception_frame, EncodeError};
+use crate::families::Family;
 
 /// Output tokens served when neither a directive nor the request's max tokens say otherwise.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 32;
@@ -61,6 +62,13 @@ pub struct Usage {
     pub output_tokens: u64,
     pub cache_read_tokens: u64,
     pub cache_write_tokens: u64,
+    /// Images generated (image models); absent from the ledger when none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub images: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Usage {
@@ -81,11 +89,20 @@ pub struct Plan {
     /// For streams: end with an exception after this many content deltas (at most `events`).
     pub fail_after: Option<u32>,
     pub stop_reason: String,
+    /// How the final usage misreports its output count, if it does.
+    pub reported_output: Option<ReportedOutput>,
 }
 
 impl Plan {
-    /// `json` is the parsed request body (if it parsed).
-    pub fn new(op: Operation, body: &[u8], json: Option<&Value>, d: &Directives) -> Self {
+    /// `json` is the parsed request body (if it parsed); `family` decides how an invoke body
+    /// names its output limit and which stop reason the answer reports.
+    pub fn new(
+        op: Operation,
+        family: Family,
+        body: &[u8],
+        json: Option<&Value>,
+        d: &Directives,
+    ) -> Self {
         let input = d.input.unwrap_or_else(|| (body.len() as u64).div_ceil(4));
         let requested_max = json.and_then(|j| {
             if op.is_converse() {
@@ -93,9 +110,14 @@ impl Plan {
                     .and_then(|c| c.get("maxTokens"))
                     .and_then(Value::as_u64)
             } else {
-                j.get("max_tokens").and_then(Value::as_u64)
+                family.requested_max(j)
             }
         });
+        let default_stop = if op.is_converse() {
+            "end_turn"
+        } else {
+            family.stop_reason()
+        };
         let output = d
             .output
             .or(requested_max)
@@ -105,19 +127,42 @@ impl Plan {
             Some(n) => n.max(1),
             None => output.clamp(1, DEFAULT_MAX_EVENTS) as u32,
         };
-        Plan {
-            usage: Usage {
+        // Image models are billed per image, not per token.
+        let usage = match family.images_requested(json) {
+            Some(asked) if !op.is_converse() => Usage {
+                images: d.images.unwrap_or(asked),
+                ..Usage::default()
+            },
+            _ => Usage {
                 input_tokens: input,
                 output_tokens: output,
                 cache_read_tokens: d.cache_read.unwrap_or(0),
                 cache_write_tokens: d.cache_write.unwrap_or(0),
+                images: 0,
             },
+        };
+        Plan {
+            usage,
             events,
             fail_after: d.fail_after.map(|n| n.min(events)),
             stop_reason: d
                 .stop_reason
                 .clone()
-                .unwrap_or_else(|| "end_turn".to_string()),
+                .unwrap_or_else(|| default_stop.to_string()),
+            reported_output: d.reported_output,
+        }
+    }
+
+    /// Applies `reported-output` to the output count `key` of a final usage object.
+    pub fn misreport(&self, usage: &mut Value, key: &str) {
+        match (self.reported_output, usage.as_object_mut()) {
+            (Some(ReportedOutput::Omitted), Some(o)) => {
+                o.remove(key);
+            }
+            (Some(ReportedOutput::Negative), Some(o)) => {
+                o.insert(key.to_string(), json!(-1));
+            }
+            _ => {}
         }
     }
 
@@ -203,11 +248,16 @@ pub fn converse_body(plan: &Plan, latency_ms: u64) -> Vec<u8> {
     json!({
         "output": { "message": { "role": "assistant", "content": [ { "text": plan.full_text() } ] } },
         "stopReason": plan.stop_reason,
-        "usage": converse_usage(&plan.usage),
+        "usage": reported(plan, converse_usage(&plan.usage), "outputTokens"),
         "metrics": { "latencyMs": latency_ms },
     })
     .to_string()
     .into_bytes()
+}
+
+fn reported(plan: &Plan, mut usage: Value, key: &str) -> Value {
+    plan.misreport(&mut usage, key);
+    usage
 }
 
 fn anthropic_usage(u: &Usage, output_tokens: u64) -> Value {
@@ -219,8 +269,14 @@ fn anthropic_usage(u: &Usage, output_tokens: u64) -> Value {
     })
 }
 
-/// The InvokeModel answer (an Anthropic Messages response).
-pub fn invoke_body(plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
+/// The InvokeModel answer, in the model family's format.
+pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
+    if family != Family::Anthropic {
+        return family
+            .body(plan, model_id, message_id)
+            .to_string()
+            .into_bytes();
+    }
     json!({
         "id": message_id,
         "type": "message",
@@ -229,25 +285,32 @@ pub fn invoke_body(plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
         "content": [ { "type": "text", "text": plan.full_text() } ],
         "stop_reason": plan.stop_reason,
         "stop_sequence": null,
-        "usage": anthropic_usage(&plan.usage, plan.usage.output_tokens),
+        "usage": reported(plan, anthropic_usage(&plan.usage, plan.usage.output_tokens), "output_tokens"),
     })
     .to_string()
     .into_bytes()
 }
 
 /// The `X-Amzn-Bedrock-*` headers of an InvokeModel answer.
-pub fn invoke_headers(usage: &Usage, latency_ms: u64) -> Vec<(&'static str, String)> {
+pub fn invoke_headers(plan: &Plan, latency_ms: u64) -> Vec<(&'static str, String)> {
+    let usage = &plan.usage;
     let mut h = vec![
         (
             "x-amzn-bedrock-input-token-count",
             usage.input_tokens.to_string(),
         ),
-        (
-            "x-amzn-bedrock-output-token-count",
-            usage.output_tokens.to_string(),
-        ),
         ("x-amzn-bedrock-invocation-latency", latency_ms.to_string()),
     ];
+    match plan.reported_output {
+        None => h.push((
+            "x-amzn-bedrock-output-token-count",
+            usage.output_tokens.to_string(),
+        )),
+        Some(ReportedOutput::Negative) => {
+            h.push(("x-amzn-bedrock-output-token-count", "-1".into()))
+        }
+        Some(ReportedOutput::Omitted) => {}
+    }
     if usage.cache_read_tokens > 0 {
         h.push((
             "x-amzn-bedrock-cache-read-input-token-count",
@@ -270,8 +333,13 @@ pub enum StreamEvent {
     MessageStart,
     /// Anthropic `content_block_start` (Converse sends none for text).
     BlockStart,
-    /// A content delta carrying `tokens` words.
-    Delta { text: String, tokens: u64 },
+    /// Content delta number `index`, carrying `tokens` words after `tokens_before`.
+    Delta {
+        text: String,
+        tokens: u64,
+        tokens_before: u64,
+        index: u32,
+    },
     /// `contentBlockStop` / `content_block_stop`.
     BlockStop,
     /// Anthropic `message_delta` (stop reason and cumulative output tokens).
@@ -285,16 +353,33 @@ pub enum StreamEvent {
 }
 
 /// The events of a stream answer, in order, ending with an exception if `fail-after` is set.
-pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
-    let mut events = vec![StreamEvent::MessageStart];
-    if !op.is_converse() {
-        events.push(StreamEvent::BlockStart);
-    }
+/// An invoke stream has its model family's events around the content deltas.
+pub fn stream_events(op: Operation, family: Family, plan: &Plan) -> Vec<StreamEvent> {
+    let (before, after) = if op.is_converse() {
+        (
+            vec![StreamEvent::MessageStart],
+            vec![
+                StreamEvent::BlockStop,
+                StreamEvent::MessageStop,
+                StreamEvent::Metadata,
+            ],
+        )
+    } else {
+        family.stream_frame()
+    };
+    let mut events = before;
+    let mut tokens_before = 0;
     for (i, (text, tokens)) in plan.deltas().into_iter().enumerate() {
         if plan.fail_after == Some(i as u32) {
             break;
         }
-        events.push(StreamEvent::Delta { text, tokens });
+        events.push(StreamEvent::Delta {
+            text,
+            tokens,
+            tokens_before,
+            index: i as u32,
+        });
+        tokens_before += tokens;
     }
     if let Some(n) = plan.fail_after {
         events.push(StreamEvent::Exception {
@@ -302,14 +387,7 @@ pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
         });
         return events;
     }
-    events.push(StreamEvent::BlockStop);
-    if op.is_converse() {
-        events.push(StreamEvent::MessageStop);
-        events.push(StreamEvent::Metadata);
-    } else {
-        events.push(StreamEvent::MessageDelta);
-        events.push(StreamEvent::MessageStop);
-    }
+    events.extend(after);
     events
 }
 
@@ -317,6 +395,8 @@ pub fn stream_events(op: Operation, plan: &Plan) -> Vec<StreamEvent> {
 #[derive(Clone, Copy, Debug)]
 pub struct StreamContext<'a> {
     pub op: Operation,
+    /// The model's family: the shape of an invoke stream's model events.
+    pub family: Family,
     pub plan: &'a Plan,
     pub model_id: &'a str,
     pub message_id: &'a str,
@@ -358,7 +438,7 @@ pub fn encode_event(
             StreamEvent::Metadata | StreamEvent::Exception { .. } => (
                 "metadata",
                 json!({
-                    "usage": converse_usage(&ctx.plan.usage),
+                    "usage": reported(ctx.plan, converse_usage(&ctx.plan.usage), "outputTokens"),
                     "metrics": { "latencyMs": ctx.latency_ms },
                     "p": p,
                 }),
@@ -367,7 +447,38 @@ pub fn encode_event(
         return event_frame(event_type, payload.to_string().as_bytes());
     }
     let u = &ctx.plan.usage;
-    let inner = match event {
+    let metrics = reported(
+        ctx.plan,
+        json!({
+            "inputTokenCount": u.input_tokens,
+            "outputTokenCount": u.output_tokens,
+            "invocationLatency": ctx.latency_ms,
+            "firstByteLatency": ctx.first_byte_latency_ms,
+            "cacheReadInputTokenCount": u.cache_read_tokens,
+            "cacheWriteInputTokenCount": u.cache_write_tokens,
+        }),
+        "outputTokenCount",
+    );
+    let inner = if ctx.family != Family::Anthropic {
+        let mut inner = ctx
+            .family
+            .stream_event(event, ctx.plan, ctx.model_id, ctx.message_id);
+        if ctx.family.is_last_event(event) {
+            inner["amazon-bedrock-invocationMetrics"] = metrics;
+        }
+        inner
+    } else {
+        anthropic_event(ctx, event, metrics)
+    };
+    let bytes = base64::engine::general_purpose::STANDARD.encode(inner.to_string());
+    let payload = json!({ "bytes": bytes, "p": p });
+    event_frame("chunk", payload.to_string().as_bytes())
+}
+
+/// An Anthropic Messages stream event.
+fn anthropic_event(ctx: &StreamContext<'_>, event: &StreamEvent, metrics: Value) -> Value {
+    let u = &ctx.plan.usage;
+    match event {
         StreamEvent::MessageStart => json!({
             "type": "message_start",
             "message": {
@@ -395,23 +506,13 @@ pub fn encode_event(
         StreamEvent::MessageDelta => json!({
             "type": "message_delta",
             "delta": { "stop_reason": ctx.plan.stop_reason, "stop_sequence": null },
-            "usage": { "output_tokens": u.output_tokens },
+            "usage": reported(ctx.plan, json!({ "output_tokens": u.output_tokens }), "output_tokens"),
         }),
         StreamEvent::MessageStop | StreamEvent::Metadata | StreamEvent::Exception { .. } => json!({
             "type": "message_stop",
-            "amazon-bedrock-invocationMetrics": {
-                "inputTokenCount": u.input_tokens,
-                "outputTokenCount": u.output_tokens,
-                "invocationLatency": ctx.latency_ms,
-                "firstByteLatency": ctx.first_byte_latency_ms,
-                "cacheReadInputTokenCount": u.cache_read_tokens,
-                "cacheWriteInputTokenCount": u.cache_write_tokens,
-            },
+            "amazon-bedrock-invocationMetrics": metrics,
         }),
-    };
-    let bytes = base64::engine::general_purpose::STANDARD.encode(inner.to_string());
-    let payload = json!({ "bytes": bytes, "p": p });
-    event_frame("chunk", payload.to_string().as_bytes())
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +524,7 @@ mod tests {
         let json: Option<Value> = serde_json::from_str(body).ok();
         Plan::new(
             op,
+            Family::Anthropic,
             body.as_bytes(),
             json.as_ref(),
             &Directives::parse(body.as_bytes()),
@@ -460,7 +562,8 @@ mod tests {
                 input_tokens: 5,
                 output_tokens: 3,
                 cache_read_tokens: 2,
-                cache_write_tokens: 0
+                cache_write_tokens: 0,
+                images: 0,
             }
         );
         assert_eq!(
@@ -536,24 +639,24 @@ mod tests {
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:events=2]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 6);
         assert_eq!(e[0], StreamEvent::MessageStart);
         assert!(matches!(e[5], StreamEvent::Metadata));
-        let e = stream_events(Operation::InvokeWithResponseStream, &p);
+        let e = stream_events(Operation::InvokeWithResponseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 7);
         let p = plan(
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:events=4]][[emu:fail-after=1]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(e.len(), 3);
         assert!(matches!(e[2], StreamEvent::Exception { .. }));
         let p = plan(
             Operation::ConverseStream,
             r#"{"x":"[[emu:output=4]][[emu:fail-after=99]]"}"#,
         );
-        let e = stream_events(Operation::ConverseStream, &p);
+        let e = stream_events(Operation::ConverseStream, Family::Anthropic, &p);
         assert_eq!(
             e.len(),
             6,
@@ -569,6 +672,7 @@ mod tests {
         );
         let ctx = StreamContext {
             op: Operation::InvokeWithResponseStream,
+            family: Family::Anthropic,
             plan: &p,
             model_id: "m",
             message_id: "msg_1",
@@ -576,7 +680,7 @@ mod tests {
             latency_ms: 5,
             first_byte_latency_ms: 1,
         };
-        let events = stream_events(ctx.op, &p);
+        let events = stream_events(ctx.op, ctx.family, &p);
         let mut inner = Vec::new();
         for (i, e) in events.iter().enumerate() {
             let (frame, _) = decode_frame(&encode_event(&ctx, i as u64, e).unwrap()).unwrap();
@@ -613,6 +717,32 @@ mod tests {
             inner[7]["amazon-bedrock-invocationMetrics"]["firstByteLatency"],
             1
         );
+    }
+
+    #[test]
+    fn reported_output_misreports_the_final_usage_only() {
+        let p = plan(
+            Operation::Converse,
+            r#"{"x":"[[emu:output=2]][[emu:input=3]][[emu:reported-output=-1]]"}"#,
+        );
+        let v: Value = serde_json::from_slice(&converse_body(&p, 1)).unwrap();
+        assert_eq!(v["usage"]["outputTokens"], -1);
+        assert_eq!(
+            p.usage.output_tokens, 2,
+            "what is served (and the ledger) is unchanged"
+        );
+        assert_eq!(v["output"]["message"]["content"][0]["text"], "w0 w1");
+        let p = plan(
+            Operation::Invoke,
+            r#"{"x":"[[emu:output=2]][[emu:reported-output=none]]"}"#,
+        );
+        let v: Value =
+            serde_json::from_slice(&invoke_body(Family::Anthropic, &p, "m", "id")).unwrap();
+        assert!(v["usage"].get("output_tokens").is_none());
+        let headers = invoke_headers(&p, 1);
+        assert!(headers
+            .iter()
+            .all(|(n, _)| *n != "x-amzn-bedrock-output-token-count"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::directives::Directives;
+use crate::families::Family;
 use crate::ledger::{now_ms, Entry, Ledger, Ticket};
 use crate::responses::{
     converse_body, encode_event, error_body, invoke_body, invoke_headers, message_id, request_id,
@@ -139,6 +140,7 @@ impl Emulator {
             let state = self.state.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(state.clone(), req));
+                // A `HangUp` from the service closes the connection without an answer.
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -161,10 +163,23 @@ fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
     r
 }
 
+/// The connection is closed without an answer (`[[emu:hang-up]]`): the service's error,
+/// which makes hyper drop the connection.
+#[derive(Clone, Copy, Debug)]
+pub struct HangUp;
+
+impl std::fmt::Display for HangUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the emulator hung up ([[emu:hang-up]])")
+    }
+}
+
+impl std::error::Error for HangUp {}
+
 async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Result<Response<ResponseBody>, HangUp> {
     let path = req.uri().path();
     if let Some(control) = path.strip_prefix("/_emulator/") {
         return Ok(match (req.method().as_str(), control) {
@@ -191,7 +206,11 @@ async fn handle(
             ),
         });
     }
-    Ok(api(state, req).await)
+    let response = api(state, req).await;
+    if response.extensions().get::<HangUp>().is_some() {
+        return Err(HangUp);
+    }
+    Ok(response)
 }
 
 /// An answer that is not a stream: status, error (type and message) or body, extra headers.
@@ -200,6 +219,8 @@ struct Answer {
     error: Option<(String, String)>,
     body: Vec<u8>,
     headers: Vec<(&'static str, String)>,
+    /// Instead of `application/json` (`[[emu:content-type]]`).
+    content_type: Option<String>,
 }
 
 impl Answer {
@@ -210,6 +231,7 @@ impl Answer {
             body: error_body(&message),
             error: Some((error_type.to_string(), message)),
             headers: vec![],
+            content_type: None,
         }
     }
 }
@@ -224,7 +246,10 @@ fn build_response(answer: &Answer, request_id: &str) -> Response<ResponseBody> {
             headers.insert(name, v);
         }
     };
-    add("content-type", "application/json");
+    add(
+        "content-type",
+        answer.content_type.as_deref().unwrap_or("application/json"),
+    );
     add("x-amzn-requestid", request_id);
     if let Some((error_type, _)) = &answer.error {
         add("x-amzn-errortype", error_type);
@@ -459,6 +484,18 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         .slow_ms
         .filter(|&ms| ms > 0)
         .map(Duration::from_millis);
+    if directives.hang_up {
+        if let Some(d) = slow {
+            tokio::time::sleep(d).await;
+        }
+        let mut response = pending.finish(Answer::error(
+            0,
+            "HangUp",
+            "the emulator closed the connection without answering ([[emu:hang-up]])",
+        ));
+        response.extensions_mut().insert(HangUp);
+        return response;
+    }
     if directives.throttle || directives.error.is_some() {
         if let Some(d) = slow {
             tokio::time::sleep(d).await;
@@ -486,7 +523,15 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         ));
     };
 
-    let plan = Plan::new(op, &body, Some(&json), &directives);
+    let family = Family::of(&model_id);
+    if family.makes_images() && op != Operation::Invoke {
+        return pending.finish(Answer::error(
+            400,
+            "ValidationException",
+            "The provided model doesn't support this operation; image models answer InvokeModel.",
+        ));
+    }
+    let plan = Plan::new(op, family, &body, Some(&json), &directives);
     let msg_id = message_id(ticket.seq);
     pending.entry.usage = Some(plan.usage);
     if op.is_stream() {
@@ -497,6 +542,8 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             entry,
             StreamJob {
                 op,
+                family,
+                content_type: directives.content_type.clone(),
                 plan,
                 model_id,
                 msg_id,
@@ -516,12 +563,19 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             error: None,
             body: converse_body(&plan, latency_ms),
             headers: vec![],
+            content_type: directives.content_type.clone(),
         },
         _ => Answer {
             status: 200,
             error: None,
-            body: invoke_body(&plan, &model_id, &msg_id),
-            headers: invoke_headers(&plan.usage, latency_ms),
+            body: invoke_body(family, &plan, &model_id, &msg_id),
+            // Image models are billed per image: no token counts.
+            headers: if family.makes_images() {
+                vec![("x-amzn-bedrock-invocation-latency", latency_ms.to_string())]
+            } else {
+                invoke_headers(&plan, latency_ms)
+            },
+            content_type: directives.content_type.clone(),
         },
     };
     pending.entry.output_text = Some(plan.full_text());
@@ -566,6 +620,8 @@ impl Body for ChannelBody {
 
 struct StreamJob {
     op: Operation,
+    family: Family,
+    content_type: Option<String>,
     plan: Plan,
     model_id: String,
     msg_id: String,
@@ -582,10 +638,14 @@ fn start_stream(
     let (tx, rx) = mpsc::channel(STREAM_CHANNEL_CAPACITY);
     let mut r = Response::new(ChannelBody { rx }.boxed());
     let headers = r.headers_mut();
-    headers.insert(
-        "content-type",
-        hyper::header::HeaderValue::from_static("application/vnd.amazon.eventstream"),
-    );
+    let content_type = job
+        .content_type
+        .as_deref()
+        .and_then(|ct| hyper::header::HeaderValue::from_str(ct).ok())
+        .unwrap_or(hyper::header::HeaderValue::from_static(
+            "application/vnd.amazon.eventstream",
+        ));
+    headers.insert("content-type", content_type);
     if let Ok(v) = hyper::header::HeaderValue::from_str(&entry.request_id) {
         headers.insert("x-amzn-requestid", v);
     }
@@ -671,7 +731,7 @@ async fn run_stream(
     job: StreamJob,
     tx: mpsc::Sender<Bytes>,
 ) {
-    let events = stream_events(job.op, &job.plan);
+    let events = stream_events(job.op, job.family, &job.plan);
     let mut chunker = Chunker::new(tx);
     let mut first_byte_latency_ms = None;
     let mut disconnected = false;
@@ -688,6 +748,7 @@ async fn run_stream(
         let latency_ms = job.received.elapsed().as_millis() as u64;
         let ctx = StreamContext {
             op: job.op,
+            family: job.family,
             plan: &job.plan,
             model_id: &job.model_id,
             message_id: &job.msg_id,
@@ -720,7 +781,7 @@ async fn run_stream(
     for &(index, at) in &chunker.done {
         times.push(at);
         match &events[index] {
-            StreamEvent::Delta { text, tokens } => {
+            StreamEvent::Delta { text, tokens, .. } => {
                 content_events += 1;
                 tokens_sent += tokens;
                 text_sent.push_str(text);

@@ -929,3 +929,28 @@ async fn a_client_that_gives_up_on_a_slow_answer_is_recorded() {
     assert_eq!(e["usage"]["output_tokens"], 3);
     assert!(e["completed_at_ms"].as_u64().unwrap() - e["received_at_ms"].as_u64().unwrap() < 2500);
 }
+
+#[tokio::test]
+async fn hang_up_closes_the_connection_without_an_answer() {
+    let addr = start(None).await;
+    let path = format!("/model/{MODEL_LABEL}/converse");
+    let body = converse_body("[[emu:hang-up]]").to_string().into_bytes();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("POST {path} HTTP/1.1\r\n");
+    for (n, v) in signed_headers(addr, &path, &body, &creds()) {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw))
+        .await
+        .expect("the connection closes");
+    assert!(raw.is_empty(), "{}", String::from_utf8_lossy(&raw));
+    let entries = ledger(addr).await;
+    let entry = entries.last().unwrap();
+    assert_eq!(entry["status"], 0);
+    assert_eq!(entry["error_type"], "HangUp");
+    assert_eq!(entry["signature_valid"], true);
+}

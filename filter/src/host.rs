@@ -42,6 +42,15 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .map(|(_, v)| v.as_str())
 }
 
+/// Envoy's `response.code_details`: `via_upstream` for the upstream's own response, else why
+/// Envoy answered itself (`upstream_response_timeout`, …). `None` if Envoy does not say.
+pub fn response_code_details() -> Option<String> {
+    match hostcalls::get_property(vec!["response", "code_details"]) {
+        Ok(Some(bytes)) => String::from_utf8(bytes).ok(),
+        _ => None,
+    }
+}
+
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
     match hostcalls::get_buffer(kind, 0, size) {
         Ok(Some(bytes)) => bytes,

@@ -8,6 +8,7 @@ use tollgate_core::config::Config;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
+use tollgate_core::host_reply;
 use tollgate_core::totals;
 
 use tollgate_core::counters::CasCounters;
@@ -18,8 +19,8 @@ use crate::metrics;
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
     exchange: Option<Box<Exchange>>,
-    /// Envoy runs a local reply through this filter's own response callbacks: they must not
-    /// mistake it for Bedrock's answer.
+    /// Envoy runs a local reply (this filter's, or Envoy's own) through this filter's own
+    /// response callbacks: they must not mistake it for Bedrock's answer.
     local_reply: bool,
     /// The stream was reset after a budget cut-off.
     upstream_reset: bool,
@@ -193,10 +194,20 @@ impl HttpContext for Http {
             let status = host::header(&headers, ":status")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            ex.on_response_headers(
-                status,
-                headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            );
+            match host::response_code_details() {
+                // Envoy's own reply (a route timeout, an upstream reset…): not Bedrock's.
+                Some(details) if details != host_reply::ENVOY_VIA_UPSTREAM => {
+                    self.local_reply = true;
+                    ex.upstream_failed(
+                        status,
+                        host_reply::envoy_reply_may_have_reached_upstream(&details),
+                    );
+                }
+                _ => ex.on_response_headers(
+                    status,
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                ),
+            }
         }
         Action::Continue
     }

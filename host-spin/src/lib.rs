@@ -15,6 +15,7 @@ use futures::{SinkExt, StreamExt};
 use http_body::Frame;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
+use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
 use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
 use tollgate_core::counters::IncrementCounters;
@@ -162,6 +163,15 @@ impl Flight {
         reply(&r)
     }
 
+    /// Answers in Bedrock's place once the request was on its way, and ends the exchange:
+    /// `reached` says whether Bedrock may have run it (then its estimate is billed).
+    fn upstream_failed(mut self, error: &GatewayError, reached: bool) -> Response<BoxBody> {
+        let r = error.to_bedrock_reply();
+        self.ex.upstream_failed(r.status, reached);
+        self.finish();
+        reply(&r)
+    }
+
     /// Produces the usage record: settles the reservation, adds the usage to the key's totals
     /// (before the record is logged, so a logged record is always counted), logs the record.
     fn finish(&mut self) {
@@ -258,10 +268,13 @@ async fn forward(
             log_err(&format!(
                 "tollgate: upstream request to {url} failed: {code:?}"
             ));
-            return flight.refuse(&GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!("the gateway could not reach the model endpoint: {code}"),
-            ));
+            return flight.upstream_failed(
+                &GatewayError::new(
+                    ErrorKind::UpstreamUnavailable,
+                    format!("the gateway could not reach the model endpoint: {code}"),
+                ),
+                may_have_reached_upstream(&code),
+            );
         }
     };
 
@@ -376,6 +389,34 @@ async fn relay(
     flight.finish();
 }
 
+/// Whether a failed upstream call may have reached Bedrock: not when no connection was made
+/// (DNS, refused, TLS, a denied host, an invalid request); otherwise (a reset, a timeout after
+/// sending, an incomplete answer, anything unknown) it may have.
+fn may_have_reached_upstream(code: &ErrorCode) -> bool {
+    !matches!(
+        code,
+        ErrorCode::DnsTimeout
+            | ErrorCode::DnsError(_)
+            | ErrorCode::DestinationNotFound
+            | ErrorCode::DestinationUnavailable
+            | ErrorCode::DestinationIpProhibited
+            | ErrorCode::DestinationIpUnroutable
+            | ErrorCode::ConnectionRefused
+            | ErrorCode::ConnectionTimeout
+            | ErrorCode::ConnectionLimitReached
+            | ErrorCode::TlsProtocolError
+            | ErrorCode::TlsCertificateError
+            | ErrorCode::TlsAlertReceived(_)
+            | ErrorCode::HttpRequestDenied
+            | ErrorCode::HttpRequestLengthRequired
+            | ErrorCode::HttpRequestMethodInvalid
+            | ErrorCode::HttpRequestUriInvalid
+            | ErrorCode::HttpRequestUriTooLong
+            | ErrorCode::LoopDetected
+            | ErrorCode::ConfigurationError
+    )
+}
+
 fn reply(r: &Reply) -> Response<BoxBody> {
     let mut b = http::Response::builder().status(r.status);
     for (name, value) in &r.headers {
@@ -445,6 +486,29 @@ mod tests {
             assert!(id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()));
             assert_eq!(&id[14..15], "4", "{id}");
             assert!("89ab".contains(&id[19..20]), "{id}");
+        }
+    }
+
+    #[test]
+    fn failed_upstream_calls_that_may_have_reached_bedrock() {
+        for code in [
+            ErrorCode::ConnectionTerminated,
+            ErrorCode::ConnectionReadTimeout,
+            ErrorCode::HttpResponseIncomplete,
+            ErrorCode::HttpResponseTimeout,
+            ErrorCode::HttpProtocolError,
+            ErrorCode::InternalError(None),
+        ] {
+            assert!(may_have_reached_upstream(&code), "{code:?}");
+        }
+        for code in [
+            ErrorCode::ConnectionRefused,
+            ErrorCode::DnsTimeout,
+            ErrorCode::ConnectionTimeout,
+            ErrorCode::HttpRequestDenied,
+            ErrorCode::TlsCertificateError,
+        ] {
+            assert!(!may_have_reached_upstream(&code), "{code:?}");
         }
     }
 
