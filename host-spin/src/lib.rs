@@ -3,7 +3,8 @@
 //! gateway rule lives in core; this crate only moves bytes, headers, time and store calls.
 //!
 //! Spin runs every request in a fresh instance, so nothing is kept between requests except in
-//! the key-value store (label `default`): quota counters and usage totals.
+//! the key-value store (label `default`): quota counters and usage totals, all of them atomic
+//! increments (see `kv`).
 
 mod kv;
 
@@ -21,7 +22,7 @@ use tollgate_core::counters::IncrementCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
-use tollgate_core::totals;
+use tollgate_core::totals::{self, IncrementTotals};
 
 use kv::Kv;
 
@@ -91,7 +92,7 @@ async fn handle(request: Request) -> Response<BoxBody> {
             let kv = Kv::open(STORE_LABEL);
             reply(&endpoints::usage(
                 &config,
-                &kv,
+                &IncrementTotals(&kv),
                 &IncrementCounters(&kv),
                 &key_id,
                 now_ms,
@@ -163,7 +164,7 @@ impl Flight {
             return;
         };
         // Totals before the log line, so a record anyone sees is also counted.
-        let added = totals::add_record(&self.kv, &record);
+        let added = totals::add_record(&IncrementTotals(&self.kv), &record);
         log_out(&record.log_line());
         if let Some(warning) = record.price_warning() {
             log_err(&warning);
