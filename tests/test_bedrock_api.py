@@ -367,12 +367,14 @@ def test_client_cancel_mid_stream_is_still_billed(client_for, gateway, emulator)
 
 
 def test_models_endpoint_with_the_openai_sdk(gateway):
-    import httpx
+    import ssl
+
     import openai
 
     def sdk(key: str):
         # Plain HTTP on Envoy, HTTPS trusting the tests' CA on Spin (see `raw`).
-        http = httpx.Client(verify=str(gateway.ca)) if gateway.url.startswith("https:") else None
+        http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(gateway.ca))) \
+            if gateway.url.startswith("https:") else None
         return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, http_client=http)
 
     limited = sdk(KEYS["team-limited"][0])

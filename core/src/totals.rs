@@ -1159,10 +1159,12 @@ mod tests {
         #[test]
         fn reads_add_the_record_earlier_versions_wrote_and_create_nothing() {
             let a = MemoryAtomic::new(Encoding::SqliteLe);
-            let mut old = Totals::default();
-            old.all = Counts {
-                requests: 2,
-                cost_pico_usd: 10,
+            let mut old = Totals {
+                all: Counts {
+                    requests: 2,
+                    cost_pico_usd: 10,
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             old.models.insert("m".into(), old.all);

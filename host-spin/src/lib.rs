@@ -301,7 +301,7 @@ async fn read_body(ex: &mut Exchange, chunks: &mut RequestChunks) -> Result<Byte
 
 /// Reads and discards what is left of the request body, up to [`DRAIN_MAX_BYTES`], before a
 /// refusal is sent. A reply sent while the client is still uploading is otherwise often lost:
-/// the HTTP server (hyper, in Spin as in the test host) closes a connection whose request was
+/// the HTTP server (hyper, in Spin) closes a connection whose request was
 /// not read, and the unread bytes make the kernel reset it under the client's feet.
 async fn drain(mut chunks: RequestChunks) {
     let mut seen = 0u64;
