@@ -11,8 +11,8 @@ mod kv;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, SinkExt, StreamExt};
 use http_body::Frame;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
@@ -32,6 +32,9 @@ const CONFIG_VARIABLE: &str = "tollgate_config";
 const STORE_LABEL: &str = "default";
 /// Response chunks buffered between the upstream and the client before the relay waits.
 const RELAY_BUFFER_CHUNKS: usize = 16;
+/// Longest the relay waits, once the upstream has ended, for the client to be handed the rest
+/// of the response before the exchange is finished anyway (see [`relay`]).
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most request body bytes read and discarded before a refusal is sent (see [`drain`]).
 const DRAIN_MAX_BYTES: u64 = 8 << 20;
 
@@ -269,9 +272,14 @@ async fn forward(
         }
     }
     let (tx, rx) = mpsc::channel(RELAY_BUFFER_CHUNKS);
-    match to_client.body(box_body(http_body_util::StreamBody::new(rx))) {
+    let (delivered_tx, delivered) = oneshot::channel();
+    let body = ClientBody {
+        frames: http_body_util::StreamBody::new(rx),
+        _delivered: delivered_tx,
+    };
+    match to_client.body(box_body(body)) {
         Ok(resp) => {
-            spin_sdk::wasip3::spawn(relay(flight, upstream, tx));
+            spin_sdk::wasip3::spawn(relay(flight, upstream, tx, delivered));
             resp
         }
         Err(e) => flight.refuse(&GatewayError::new(
@@ -322,6 +330,26 @@ fn declared_length(headers: &[(&str, &str)]) -> Option<u64> {
 
 type ClientFrame = Result<Frame<Bytes>, std::io::Error>;
 
+/// The client's response body: the relay's frames. The SDK pumps it into Spin from a task of
+/// its own and drops it once Spin has taken the end of the body (or the client is gone), which
+/// drops `_delivered`: the relay learns the client has everything.
+struct ClientBody {
+    frames: http_body_util::StreamBody<mpsc::Receiver<ClientFrame>>,
+    _delivered: oneshot::Sender<()>,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ClientFrame>> {
+        std::pin::Pin::new(&mut self.get_mut().frames).poll_frame(cx)
+    }
+}
+
 /// Streams the upstream body to the client chunk by chunk, as core decides for each, then
 /// ends the exchange: when the upstream ends or fails, or the client goes away. Runs after the
 /// handler has returned the response head (a spawned task; the instance lives until it ends).
@@ -329,6 +357,7 @@ async fn relay(
     mut flight: Flight,
     upstream: IncomingResponseBody,
     mut client: mpsc::Sender<ClientFrame>,
+    delivered: oneshot::Receiver<()>,
 ) {
     let mut upstream = upstream.stream();
     while let Some(chunk) = upstream.next().await {
@@ -360,6 +389,15 @@ async fn relay(
     // generating); dropping the sender ends the client's response once the record is written.
     drop(upstream);
     drop(client);
+    // The store calls that finish the exchange are synchronous: while they run, no other task
+    // of this instance does, the SDK's body pump included, so the client's response would not
+    // end before the totals were written (four to five store round trips a scope). Let the pump
+    // hand Spin the rest first, as Envoy logs an exchange once the client has it all; bounded,
+    // for a client that stops reading but stays connected.
+    futures::select! {
+        _ = delivered.fuse() => {}
+        () = spin_sdk::time::sleep(DELIVERY_WAIT).fuse() => {}
+    }
     flight.finish();
 }
 
