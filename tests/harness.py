@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -316,8 +317,10 @@ class Spin(Gateway):
             for k, v in (variables or {}).items():
                 args += ["--variable", f"{k}={v}"]
             with open(self.log_path, "ab") as log:
+                # A session of its own: `spin up` runs the app in a child (`spin trigger http`),
+                # and stop() ends both together.
                 self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env,
-                                             cwd=self.dir)
+                                             cwd=self.dir, start_new_session=True)
             try:
                 wait_until(self._ready, START_TIMEOUT_S, "`spin up` to serve")
                 break
@@ -352,6 +355,10 @@ class Spin(Gateway):
 
     def stop(self):
         stop_process(self.proc, 10)
+        try:  # anything of its session still running (the trigger, if `spin up` was killed)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def https_request(url: str, ca: Path, method: str = "GET", body: bytes | None = None,
