@@ -38,7 +38,8 @@ if [ -f "$shared" ]; then
     mkdir -p "$root/.run/spin"
     candidate="$root/.run/spin/spin"
     if ! cmp -s "$shared" "$candidate" 2>/dev/null; then
-      cp "$shared" "$candidate.tmp" && chmod +x "$candidate.tmp" && mv "$candidate.tmp" "$candidate"
+      rm -f "$candidate.tmp"
+      cp "$shared" "$candidate.tmp" && chmod u+wx "$candidate.tmp" && mv -f "$candidate.tmp" "$candidate"
     fi
   fi
   if at_least_4_1 "$candidate"; then
