@@ -8,9 +8,6 @@ ENVOY       := $(VENV)/bin/envoy
 WASM        := target/wasm32-wasip1/release/tollgate_filter.wasm
 EMULATOR    := target/release/tollgate-emulator
 SPIN_WASM   := target/wasm32-wasip2/release/tollgate_spin.wasm
-# The Spin-compatible test host builds wasmtime: its own workspace and target dir, so it never
-# shares a build lock with the main workspace.
-SPIN_HOST_TARGET := target/spin-host
 UPSTREAM    ?= emulator
 AWS_REGION  ?= us-east-1
 
@@ -21,16 +18,16 @@ OCI_LAYOUT  := target/oci/tollgate-filter
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: help build wasm emulator venv certs run test test-rust test-integration lint pricing hash-key clean
-.PHONY: spin-build spin-host spin-up test-spin-host
+.PHONY: spin-build spin-up
 .PHONY: run-ecds oci istio-manifests
 
 help:
 	@echo "make run        build, then start Envoy + Tollgate in front of the Bedrock emulator on :10000"
 	@echo "                (UPSTREAM=bedrock: in front of real Bedrock, credentials from the environment)"
-	@echo "make test       unit tests, then integration tests with boto3 against both hosts:"
-	@echo "                real Envoy + filter, and the Spin component on the test host (Redis included)"
-	@echo "make spin-up    the Spin component in front of the emulator on :3000: \`spin up\` if Spin >= 4.1"
-	@echo "                is on PATH, else the test host (RUNTIME_CONFIG=host-spin/runtime-config.redis.toml)"
+	@echo "make test       unit tests, then integration tests with boto3 against both hosts: real Envoy +"
+	@echo "                filter, and the Spin component under real \`spin up\` (SQLite and Redis stores)"
+	@echo "make spin-up    \`spin up --from host-spin/spin.toml\` in front of the emulator on :3000 (Spin >= 4.1;"
+	@echo "                RUNTIME_CONFIG=host-spin/runtime-config.redis.toml for Redis)"
 	@echo "make spin-build the Spin component ($(SPIN_WASM))"
 	@echo "make lint       rustfmt --check and clippy -D warnings (native and wasm32)"
 	@echo "make pricing    refresh pricing/ from the litellm wheel on PyPI (LITELLM_VERSION=x.y.z to pin)"
@@ -51,9 +48,6 @@ emulator:
 
 spin-build:
 	cargo build -p tollgate-spin --target wasm32-wasip2 --release
-
-spin-host:
-	CARGO_TARGET_DIR=$(SPIN_HOST_TARGET) cargo build --release --locked --manifest-path tests/spin-host/Cargo.toml
 
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -84,26 +78,21 @@ istio-manifests: oci
 spin-up: spin-build emulator certs
 	@bash tests/spin-up.sh
 
-test: test-rust test-spin-host test-integration bench-smoke
+test: test-rust test-integration bench-smoke
 
 test-rust:
 	cargo test --workspace
 
-test-integration: build spin-build spin-host venv
+# The Spin half runs under real `spin up` (tests/find-spin.sh says which Spin, or why none).
+test-integration: build spin-build venv
+	@bash tests/find-spin.sh >/dev/null
 	$(PY) -m pytest -q tests
-
-# The test host's own tests (it and its probe component), Redis included.
-test-spin-host:
-	CARGO_TARGET_DIR=$(SPIN_HOST_TARGET) bash tests/spin-host/run-tests.sh
 
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate-spin --target wasm32-wasip2 -- -D warnings
-	cargo fmt --manifest-path tests/spin-host/Cargo.toml --all -- --check
-	cargo fmt --manifest-path tests/spin-host/probe/Cargo.toml --all -- --check
-	CARGO_TARGET_DIR=$(SPIN_HOST_TARGET) cargo clippy --release --locked --manifest-path tests/spin-host/Cargo.toml --all-targets -- -D warnings
 
 pricing:
 	bash pricing/refresh.sh $(LITELLM_VERSION)

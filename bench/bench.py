@@ -8,7 +8,8 @@ Bedrock emulator pinned to core 0:
   envoy      stock Envoy routing to the emulator, no filter (the shipped config minus the Wasm filter)
   tollgate   the same Envoy with the Tollgate filter (the shipped config)
   litellm    LiteLLM proxy, Bedrock pass-through route, same alias and a master key
-  spin       the Spin component under the test host (when both binaries exist)
+  spin       the Spin component under real `spin up` (the shipped manifest, SQLite state), when it
+             is built and a Spin >= 4.1 is found (tests/find-spin.sh)
 
 Request mix for all: Converse with a 1 KB and a 10 KB body, ConverseStream with 64 content
 events. Closed loop at concurrency 1 (A/B rounds, interleaved) and 16, then a constant-rate
@@ -37,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -45,7 +47,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from harness import free_port, wait_until  # noqa: E402  (stdlib + PyYAML: importable from bench/.venv)
+from harness import SPIN_MANIFEST, free_port, spin_binary, wait_until  # noqa: E402  (stdlib + PyYAML: importable from bench/.venv)
 BENCH = ROOT / "bench"
 
 WASM = Path(os.environ.get("BENCH_WASM", ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"))
@@ -53,7 +55,6 @@ EMULATOR = Path(os.environ.get("BENCH_EMULATOR", ROOT / "target/release/tollgate
 ENVOY = Path(os.environ.get("BENCH_ENVOY", ROOT / ".venv/bin/envoy"))
 DRIVER = Path(os.environ.get("BENCH_DRIVER", ROOT / "target/bench/release/tollgate-bench-driver"))
 SPIN_WASM = Path(os.environ.get("BENCH_SPIN_WASM", ROOT / "target/wasm32-wasip2/release/tollgate_spin.wasm"))
-SPIN_HOST = Path(os.environ.get("BENCH_SPIN_HOST", ROOT / "target/spin-host/release/tollgate-spin-host"))
 LITELLM = Path(os.environ.get("BENCH_LITELLM", BENCH / ".venv-litellm/bin/litellm"))
 
 GATEWAY_CORE = "1"
@@ -84,7 +85,7 @@ LABELS = {
     "envoy": "Bare Envoy (no filter)",
     "tollgate": "Envoy + Tollgate",
     "litellm": "LiteLLM proxy",
-    "spin": "Spin component (test host)",
+    "spin": "Spin component (spin up)",
 }
 
 PROCS: list["Proc"] = []
@@ -469,20 +470,36 @@ class LiteLLM:
 
 
 class Spin:
-    def __init__(self, workdir: Path, upstream_port: int):
+    """`spin up --from host-spin/spin.toml` on plain HTTP, its default SQLite store in the run's
+    directory, configuration and emulator origin as Spin variables."""
+
+    def __init__(self, workdir: Path, upstream_port: int, spin: str):
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPIN_")}
+        env["SPIN_VARIABLE_TOLLGATE_CONFIG"] = json.dumps(plugin_config(upstream_port, "http"))
+        env["SPIN_VARIABLE_UPSTREAM_ORIGIN"] = f"http://127.0.0.1:{upstream_port}"
         self.p = Proc("spin", [
-            "taskset", "-c", GATEWAY_CORE, str(SPIN_HOST), "--component", str(SPIN_WASM),
-            "--listen", "127.0.0.1:0",
-            "--variable", f"tollgate_config={json.dumps(plugin_config(upstream_port, 'http'))}",
-            "--key-value-store", "default=memory",
-            "--allowed-outbound-host", f"http://127.0.0.1:{upstream_port}",
-        ], workdir / "spin.log", stdout_pipe=True)
-        line = self.p.proc.stdout.readline()
-        m = re.match(r"listening on 127\.0\.0\.1:(\d+)", line or "")
-        if not m:
+            "taskset", "-c", GATEWAY_CORE, spin, "up", "--from", str(SPIN_MANIFEST),
+            "--listen", f"127.0.0.1:{port}", "--state-dir", str(workdir / "spin-state"),
+        ], workdir / "spin.log", env=env)
+        self.url = f"http://127.0.0.1:{port}"
+
+        def up():
+            if not self.p.alive():
+                raise RuntimeError(f"spin exited; see {workdir / 'spin.log'}")
+            try:
+                urllib.request.urlopen(f"{self.url}/usage", timeout=1)
+                return True
+            except urllib.error.HTTPError:
+                return True  # 401 without a key: serving
+            except OSError:
+                return False
+
+        try:
+            wait_until(up, 30, "spin up to serve", 0.1)
+        except Exception:
             self.p.stop()
-            raise RuntimeError(f"spin host did not start: {line!r}; see {workdir / 'spin.log'}")
-        self.url = f"http://127.0.0.1:{m.group(1)}"
+            raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1005,13 +1022,17 @@ def main() -> int:
     use_litellm = not args.no_litellm and LITELLM.exists()
     if not use_litellm:
         skipped["litellm"] = "disabled" if args.no_litellm else f"{LITELLM} not installed"
-    use_spin = not args.no_spin and SPIN_WASM.exists() and SPIN_HOST.exists()
-    if not use_spin:
-        skipped["spin"] = "disabled" if args.no_spin else \
-            f"not built yet: {SPIN_WASM.relative_to(ROOT) if SPIN_WASM.is_relative_to(ROOT) else SPIN_WASM} " \
-            f"{'exists' if SPIN_WASM.exists() else 'missing'}, " \
-            f"{SPIN_HOST.relative_to(ROOT) if SPIN_HOST.is_relative_to(ROOT) else SPIN_HOST} " \
-            f"{'exists' if SPIN_HOST.exists() else 'missing'}"
+    spin_cli = None
+    if not args.no_spin and SPIN_WASM.exists():
+        try:
+            spin_cli = spin_binary()
+        except RuntimeError as e:
+            skipped["spin"] = str(e).splitlines()[0]
+    elif not args.no_spin:
+        skipped["spin"] = f"not built yet: {SPIN_WASM.relative_to(ROOT) if SPIN_WASM.is_relative_to(ROOT) else SPIN_WASM} missing"
+    else:
+        skipped["spin"] = "disabled"
+    use_spin = spin_cli is not None
 
     meta = {"mode": "smoke" if smoke else "full", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": machine_info(), "skipped": skipped,
@@ -1050,7 +1071,7 @@ def main() -> int:
         spin = None
         if use_spin:
             try:
-                spin = Spin(workdir, emu.port)
+                spin = Spin(workdir, emu.port, spin_cli)
                 targets.append(Target("spin", spin.url, f"/model/{ALIAS}",
                                       f"authorization: Bearer {TOLLGATE_KEY}", spin.p.pid, "sigv4"))
                 meta["rss_kb_idle"]["spin"] = rss_kb(spin.p.pid)

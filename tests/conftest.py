@@ -1,6 +1,7 @@
 """Fixtures: one emulator for the whole session, and Tollgate on each host in turn: Envoy (2
-workers) with the filter, then the Spin component on tollgate-spin-host. Every test that uses
-`gateway` (or `host_kind`) runs once per host; a case that differs between hosts says so with
+workers) with the filter, then the Spin component under real `spin up` with its key-value store
+on SQLite ("spin-sqlite") and on Redis ("spin-redis"). Every test that uses `gateway` (or
+`host_kind`) runs once per host; a case that differs between hosts says so with
 `@pytest.mark.envoy_only(reason)` or `@pytest.mark.spin_only(reason)` (README: "Spin")."""
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ KEYS = {
 }
 MAX_BODY = 64 * 1024
 
-HOSTS = ["envoy", "spin"]
+HOSTS = list(harness.HOST_KINDS)
 
 # Whole modules that only make sense on one host (files owned elsewhere carry no marker).
 ENVOY_ONLY_MODULES = {
@@ -42,6 +43,8 @@ def pytest_configure(config):
         "markers", "envoy_only(reason): differs between hosts; runs against Envoy only")
     config.addinivalue_line(
         "markers", "spin_only(reason): differs between hosts; runs against the Spin component only")
+    config.addinivalue_line(
+        "markers", "spin_redis_only(reason): runs against the Spin component on Redis only")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -53,12 +56,13 @@ def pytest_collection_modifyitems(config, items):
         reasons = {
             "envoy": [m.args[0] if m.args else "" for m in item.iter_markers("envoy_only")],
             "spin": [m.args[0] if m.args else "" for m in item.iter_markers("spin_only")],
+            "spin-redis": [m.args[0] if m.args else "" for m in item.iter_markers("spin_redis_only")],
         }
         module_reason = ENVOY_ONLY_MODULES.get(item.path.name)
         if module_reason:
             reasons["envoy"].append(module_reason)
         for only, why in reasons.items():
-            if why and kind != only:
+            if why and kind != only and kind.split("-")[0] != only:
                 item.add_marker(pytest.mark.skip(reason=f"differs between hosts ({only} only): {why[0]}"))
 
 
@@ -118,15 +122,31 @@ def redis_server(workdir):
 
 @pytest.fixture(scope="session", params=HOSTS)
 def host_kind(request) -> str:
-    """Which host Tollgate runs on: "envoy" or "spin"."""
+    """Which host Tollgate runs on: "envoy", "spin-sqlite" or "spin-redis"."""
     return request.param
 
 
+def redis_for(request, host_kind: str):
+    """The session's Redis when `host_kind` needs one (skips without redis-server, see above)."""
+    return request.getfixturevalue("redis_server") if host_kind == "spin-redis" else None
+
+
 @pytest.fixture(scope="session")
-def gateway(workdir, emulator, tls_dir, host_kind):
-    gw = harness.start_gateway(host_kind, workdir / host_kind, plugin_config(emulator.port), emulator.port, tls_dir)
+def gateway(request, workdir, emulator, tls_dir, host_kind):
+    gw = harness.start_gateway(host_kind, workdir / host_kind, plugin_config(emulator.port), emulator.port, tls_dir,
+                               redis=redis_for(request, host_kind))
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def launch(request, workdir, tls_dir, host_kind):
+    """Starts a gateway of its own on this test's host: `launch(name, config, upstream_port, **kw)`.
+    The caller stops it."""
+    def start(name: str, cfg, upstream_port: int, **kw):
+        return harness.start_gateway(host_kind, workdir / host_kind / name, cfg, upstream_port, tls_dir,
+                                     name=name, redis=redis_for(request, host_kind), **kw)
+    return start
 
 
 # boto3 picks bearer auth when AWS_BEARER_TOKEN_BEDROCK is set, as users do; it must be set

@@ -1,7 +1,7 @@
 """Starts the real things the integration tests drive: the Bedrock emulator, and Tollgate on one
 of its two hosts: Envoy with the filter (configured from the shipped envoy/envoy-emulator.yaml)
-or the Spin component on tollgate-spin-host (Spin 4.1 semantics); and redis-server for Spin's
-shared state."""
+or the Spin component under real `spin up` (the shipped host-spin/spin.toml); and redis-server for
+Spin's shared state."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 import re
-import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target/wasm32-wasip1/release/tollgate_filter.wasm"
 EMULATOR = ROOT / "target/release/tollgate-emulator"
 ENVOY = ROOT / ".venv/bin/envoy"
-SPIN_HOST = ROOT / "target/spin-host/release/tollgate-spin-host"
 SPIN_COMPONENT = ROOT / "target/wasm32-wasip2/release/tollgate_spin.wasm"
 
 REGION = "us-east-1"
@@ -106,12 +105,24 @@ USAGE_PREFIX = "tollgate.usage "
 
 
 class Gateway:
-    """What the tests use of a running gateway, whichever the host: `kind`, `http_url`,
-    `https_url`, `log()`, `usage_records()`, `settled_record_count()`, `stop()`."""
+    """What the tests use of a running gateway, whichever the host: `kind`, `url` (what raw HTTP
+    clients use: plain HTTP where the host serves it, else HTTPS trusting `ca`), `https_url`,
+    `request()`, `log()`, `usage_records()`, `settled_record_count()`, `stop()`."""
 
     kind = "?"
-    http_url: str
+    # Envoy serves both schemes on two listeners; `spin up` serves one, HTTPS here.
+    http_url: str | None = None
     https_url: str
+    ca: Path
+
+    @property
+    def url(self) -> str:
+        return self.http_url or self.https_url
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 10):
+        """(status, headers, body) of one raw request to `url`."""
+        return https_request(self.url + path, self.ca, method, body, headers, timeout)
 
     def log(self) -> str:
         raise NotImplementedError
@@ -229,6 +240,7 @@ class Envoy(Gateway):
         self.http_url = f"http://127.0.0.1:{ports['tollgate_http']}"
         if "tollgate_https" in ports:
             self.https_url = f"https://127.0.0.1:{ports['tollgate_https']}"
+        self.ca = tls_dir / "ca.pem"
 
     def _ready(self):
         if self.proc.poll() is not None:
@@ -256,119 +268,281 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def read_listening_line(proc: subprocess.Popen, timeout_s: float) -> str:
-    """The first stdout line of a process that announces `listening on HOST:PORT`; bounded."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
-    return proc.stdout.readline() if ready else ""
+def spin_binary() -> str:
+    """A Spin >= 4.1 (tests/find-spin.sh: $TOLLGATE_SPIN, `spin` on PATH, ../shared/tools/spin)."""
+    out = subprocess.run(["bash", str(ROOT / "tests/find-spin.sh")], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip() or "tests/find-spin.sh found no Spin >= 4.1")
+    return out.stdout.strip()
 
 
-class SpinHost(Gateway):
-    """The Spin component (target/wasm32-wasip2/release/tollgate_spin.wasm) on
-    tollgate-spin-host: configuration in the Spin variable `tollgate_config`, outbound allowed
-    to the emulator only, key-value store `default` in memory or on a Redis URL. One port serves
-    HTTPS (the tests' certificate, as `spin up --tls-cert`) and plain HTTP."""
+SPIN_MANIFEST = ROOT / "host-spin/spin.toml"
+
+
+class Spin(Gateway):
+    """Tollgate's component under real `spin up --from host-spin/spin.toml`, as a user runs it:
+    HTTPS with the tests' certificate (`--tls-cert/--tls-key`: Spin serves one scheme per
+    listener, and boto3 sends a bearer key only over HTTPS), the configuration and credentials as
+    `SPIN_VARIABLE_*` (and `--variable`), the emulator as the manifest's `upstream_origin`, and
+    the `default` key-value store on SQLite in a temporary state directory or on a Redis
+    database, through a generated `--runtime-config-file`."""
 
     kind = "spin"
 
     def __init__(self, workdir: Path, plugin_config: dict | str | None, upstream_port: int, tls_dir: Path,
-                 name: str = "spin", store: str = "memory", variables: dict | None = None,
-                 env: dict | None = None):
-        for built, how in ((SPIN_COMPONENT, "make spin-build"), (SPIN_HOST, "make spin-host")):
-            if not built.exists():
-                raise RuntimeError(f"{built} is missing: build it with `{how}` (or `make test`)")
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / f"{name}.log"
+                 name: str = "spin", redis: "Redis | None" = None, redis_db: int | None = None,
+                 variables: dict | None = None, env: dict | None = None):
+        if not SPIN_COMPONENT.exists():
+            raise RuntimeError(f"{SPIN_COMPONENT} is missing: build it with `make spin-build` (or `make test`)")
+        self.spin = spin_binary()
+        self.dir = workdir / name
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        self.log_path = self.dir / "spin.log"
+        self.ca = tls_dir / "ca.pem"
+        self.redis = redis
+        if redis is not None:
+            self.redis_db = redis.new_db() if redis_db is None else redis_db
+            self.store = "redis"
+            store_config = f'type = "redis"\nurl = "{redis.url(self.redis_db)}"\n'
+        else:
+            self.store = "sqlite"
+            self.sqlite_path = self.dir / "kv.db"
+            store_config = f'type = "spin"\npath = "{self.sqlite_path}"\n'
+        runtime_config = self.dir / "runtime-config.toml"
+        runtime_config.write_text("[key_value_store.default]\n" + store_config)
         if isinstance(plugin_config, dict):
             # Envoy's cluster decides the upstream scheme; a Spin component opens the connection
             # itself, and the emulator speaks plain HTTP.
             plugin_config = json.dumps({"upstream_scheme": "http", **plugin_config})
-        args = [
-            str(SPIN_HOST),
-            "--component", str(SPIN_COMPONENT),
-            "--listen", "127.0.0.1:0",
-            "--tls-cert", str(tls_dir / "cert.pem"),
-            "--tls-key", str(tls_dir / "key.pem"),
-            "--accept-plain-http",
-            "--allowed-outbound-host", f"http://127.0.0.1:{upstream_port}",
-            "--key-value-store", f"default={store}",
-        ]
-        if plugin_config is not None:  # None: the variable is missing
-            args += ["--variable", f"tollgate_config={plugin_config}"]
-        for k, v in (variables or {}).items():
-            args += ["--variable", f"{k}={v}"]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=open(self.log_path, "wb"),
-            text=True,
-            env=None if env is None else {**os.environ, **env},
-        )
-        line = read_listening_line(self.proc, START_TIMEOUT_S)
-        m = re.match(r"listening on 127\.0\.0\.1:(\d+)", line or "")
-        if not m:
-            self.stop()
-            raise RuntimeError(f"tollgate-spin-host did not start: {line!r}, see {self.log_path}")
-        self.port = int(m.group(1))
-        self.http_url = f"http://127.0.0.1:{self.port}"
+        child_env = {k: v for k, v in os.environ.items() if not k.startswith("SPIN_")}
+        child_env["SPIN_VARIABLE_UPSTREAM_ORIGIN"] = f"http://127.0.0.1:{upstream_port}"
+        if plugin_config is not None:  # None: the required variable is missing
+            child_env["SPIN_VARIABLE_TOLLGATE_CONFIG"] = plugin_config
+        child_env.update(env or {})
+        last = ""
+        for _ in range(3):  # a free port can be taken before Spin binds it: try another
+            self.port = free_port()
+            args = [
+                self.spin, "up", "--from", str(SPIN_MANIFEST),
+                "--listen", f"127.0.0.1:{self.port}",
+                "--tls-cert", str(tls_dir / "cert.pem"), "--tls-key", str(tls_dir / "key.pem"),
+                "--state-dir", str(self.dir / "state"),
+                "--runtime-config-file", str(runtime_config),
+            ]
+            for k, v in (variables or {}).items():
+                args += ["--variable", f"{k}={v}"]
+            with open(self.log_path, "ab") as log:
+                # A session of its own: `spin up` runs the app in a child (`spin trigger http`),
+                # and stop() ends both together.
+                self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=child_env,
+                                             cwd=self.dir, start_new_session=True)
+            try:
+                wait_until(self._ready, START_TIMEOUT_S, "`spin up` to serve")
+                break
+            except (TimeoutError, RuntimeError) as e:
+                last = str(e)
+                self.stop()
+        else:
+            raise RuntimeError(f"`spin up` did not start: {last}; see {self.log_path}")
         self.https_url = f"https://127.0.0.1:{self.port}"
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"`spin up` exited with {self.proc.returncode}: {self.log()[-2000:]}")
+        if f"Serving https://127.0.0.1:{self.port}" not in self.log():
+            return False
+        try:  # the listener answers over TLS (401 without a key; 500 without a valid configuration)
+            https_request(f"https://127.0.0.1:{self.port}/usage", self.ca, timeout=2)
+            return True
+        except OSError:
+            return False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def store_keys(self) -> list[str]:
+        """Every key in this instance's key-value store (its Redis database, or its SQLite file)."""
+        if self.store == "redis":
+            return self.redis.keys(self.redis_db)
+        import sqlite3
+        with sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=10) as db:
+            return [k for (k,) in db.execute("SELECT key FROM spin_key_value WHERE store = 'default'")]
+
     def stop(self):
         stop_process(self.proc, 10)
+        try:  # anything of its session still running (the trigger, if `spin up` was killed)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def https_request(url: str, ca: Path, method: str = "GET", body: bytes | None = None,
+                  headers: dict | None = None, timeout: float = 10):
+    """(status, headers, body) of one request, verifying the server against `ca` for HTTPS."""
+    import ssl
+    import urllib.error
+    context = ssl.create_default_context(cafile=str(ca)) if url.startswith("https:") else None
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+HOST_KINDS = ("envoy", "spin-sqlite", "spin-redis")
 
 
 def start_gateway(kind: str, workdir: Path, plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                   name: str = "gateway", **kw) -> Gateway:
-    """Tollgate on `kind` ("envoy" or "spin") in front of the emulator on `upstream_port`.
-    Envoy takes `concurrency`, `hcm_overrides`, `route_timeout`; Spin takes `store`, `variables`, `env`."""
+    """Tollgate on `kind` (one of HOST_KINDS) in front of the emulator on `upstream_port`.
+    Envoy takes `concurrency`, `hcm_overrides`, `route_timeout`; Spin takes `redis` (required for
+    "spin-redis"), `variables`, `env`."""
     if kind == "envoy":
+        kw.pop("redis", None)
         return Envoy(workdir, plugin_config, upstream_port, tls_dir, name=name,
                      concurrency=kw.pop("concurrency", 2), **kw)
-    if kind == "spin":
+    if kind in ("spin-sqlite", "spin-redis"):
         kw.pop("concurrency", None)
-        return SpinHost(workdir, plugin_config, upstream_port, tls_dir, name=name, **kw)
+        redis = kw.pop("redis", None)
+        if kind == "spin-redis" and redis is None:
+            raise ValueError("spin-redis needs a Redis")
+        return Spin(workdir, plugin_config, upstream_port, tls_dir, name=name,
+                    redis=redis if kind == "spin-redis" else None, **kw)
     raise ValueError(f"unknown host {kind!r}")
 
 
 class Redis:
-    """A private redis-server on a free loopback port, without persistence; `stop()` ends it."""
+    """A private redis-server on a free loopback port, without persistence; `stop()` ends it.
+    It has many databases: each Spin gateway on it takes its own (`new_db()`)."""
+
+    DATABASES = 1024
 
     def __init__(self, workdir: Path):
         self.exe = shutil.which("redis-server")
         if self.exe is None:
             raise FileNotFoundError("redis-server is not on PATH (apt-get install -y redis-server)")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         self.log_path = workdir / "redis.log"
+        self.next_db = 1
         last = None
         for _ in range(5):
             self.port = free_port()
-            self.proc = subprocess.Popen(
-                [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(workdir)],
-                stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-            )
             try:
-                wait_until(self._pong, 10, "redis-server to answer PING")
+                self._start()
                 return
             except TimeoutError as e:  # the port was taken in between: try another
                 last = e
-                self.stop()
         raise RuntimeError(f"redis-server did not start: {last}; see {self.log_path}")
+
+    def _start(self):
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--databases", str(self.DATABASES)],
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_until(self._pong, 10, "redis-server to answer PING")
+        except TimeoutError:
+            self.stop()
+            raise
+
+    def restart(self):
+        """Starts it again, empty, on the same port (after `stop()`)."""
+        self._start()
 
     def _pong(self) -> bool:
         if self.proc.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+            with RedisConnection(self.port) as r:
+                return r.command("PING") == "PONG"
         except OSError:
             return False
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def new_db(self) -> int:
+        """A database number no other user of this server has taken."""
+        if self.next_db >= self.DATABASES:
+            raise RuntimeError("out of Redis databases")
+        self.next_db += 1
+        return self.next_db - 1
+
+    def connect(self) -> "RedisConnection":
+        return RedisConnection(self.port)
+
+    def keys(self, db: int) -> list[str]:
+        with self.connect() as r:
+            r.command("SELECT", str(db))
+            return sorted(k.decode() for k in r.command("KEYS", "*"))
+
     def stop(self):
         stop_process(self.proc, 10)
+
+
+class RedisConnection:
+    """One connection speaking RESP2, enough for the tests' few commands (no client library)."""
+
+    def __init__(self, port: int, timeout_s: float = 10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        self.buf = b""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.sock.close()
+
+    def command(self, *args: str):
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            b = a.encode() if isinstance(a, str) else a
+            out += b"$%d\r\n%s\r\n" % (len(b), b)
+        self.sock.sendall(out)
+        return self._reply()
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n + 2:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed the connection")
+            self.buf += chunk
+        data, self.buf = self.buf[:n], self.buf[n + 2:]
+        return data
+
+    def _reply(self):
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b"+":
+            return rest.decode()
+        if kind == b"-":
+            raise RuntimeError(f"redis: {rest.decode()}")
+        if kind == b":":
+            return int(rest)
+        if kind == b"$":
+            n = int(rest)
+            return None if n < 0 else self._exactly(n)
+        if kind == b"*":
+            n = int(rest)
+            return None if n < 0 else [self._reply() for _ in range(n)]
+        raise RuntimeError(f"redis: unexpected reply {line!r}")
+
+    def stats(self) -> dict[str, int]:
+        """INFO stats as numbers (total_commands_processed, total_connections_received, ...)."""
+        text = self.command("INFO", "stats").decode()
+        return {k: int(v) for k, v in (l.split(":", 1) for l in text.splitlines() if ":" in l)
+                if v.strip().isdigit()}

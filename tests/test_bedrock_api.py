@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import botocore.exceptions
@@ -239,15 +237,12 @@ def test_errors_use_bedrock_classes_and_reach_nothing_upstream(client, client_fo
 
 
 def raw(gateway, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    req = urllib.request.Request(gateway.http_url + path, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+    """A request as curl sends it: plain HTTP on Envoy's HTTP listener; HTTPS on Spin, whose
+    `spin up` serves one scheme per listener (HTTPS, so that boto3 can send bearer keys)."""
+    return gateway.request(method, path, body, headers)
 
 
-def test_plain_http_clients(gateway, emulator):
+def test_raw_http_clients(gateway, emulator):
     body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 4}}).encode()
     key = KEYS["team-a"][0]
     # No key at all.
@@ -372,14 +367,22 @@ def test_client_cancel_mid_stream_is_still_billed(client_for, gateway, emulator)
 
 
 def test_models_endpoint_with_the_openai_sdk(gateway):
+    import ssl
+
     import openai
 
-    limited = openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=KEYS["team-limited"][0], max_retries=0)
+    def sdk(key: str):
+        # Plain HTTP on Envoy, HTTPS trusting the tests' CA on Spin (see `raw`).
+        http = openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=str(gateway.ca))) \
+            if gateway.url.startswith("https:") else None
+        return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, http_client=http)
+
+    limited = sdk(KEYS["team-limited"][0])
     models = limited.models.list()
     assert [m.id for m in models.data] == ["claude-fast", HAIKU]
     assert models.data[0].model_extra["bedrock_model_id"] == HAIKU
     # A `*` key sees every alias.
-    everyone = openai.OpenAI(base_url=gateway.http_url + "/v1", api_key=KEYS["team-a"][0], max_retries=0)
+    everyone = sdk(KEYS["team-a"][0])
     assert {m.id for m in everyone.models.list().data} >= {"claude-fast", "claude-smart", "nova-lite"}
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=gateway.http_url + "/v1", api_key="tg-nope", max_retries=0).models.list()
+        sdk("tg-nope").models.list()

@@ -15,11 +15,10 @@ from test_bedrock_api import MESSAGES, raw
 GENERIC_500 = "the gateway is misconfigured; the reason is in the gateway's log"
 
 
-def test_bad_configuration_fails_closed_naming_the_field_in_the_log_only(workdir, emulator, tls_dir, host_kind):
+def test_bad_configuration_fails_closed_naming_the_field_in_the_log_only(launch, emulator):
     cfg = plugin_config(emulator.port)
     cfg["api_keys"][1]["sha256"] = "not-a-hash"
-    gw = harness.start_gateway(host_kind, workdir / host_kind / "badcfg", cfg, emulator.port, tls_dir,
-                                  concurrency=1, name="badcfg")
+    gw = launch("badcfg", cfg, emulator.port, concurrency=1)
     try:
         body = json.dumps({"messages": MESSAGES}).encode()
         status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", body,
@@ -33,11 +32,10 @@ def test_bad_configuration_fails_closed_naming_the_field_in_the_log_only(workdir
         gw.stop()
 
 
-def test_unknown_field_is_rejected(workdir, emulator, tls_dir, host_kind):
+def test_unknown_field_is_rejected(launch, emulator):
     cfg = plugin_config(emulator.port)
     cfg["budgets"] = {}
-    gw = harness.start_gateway(host_kind, workdir / host_kind / "unknownfield", cfg, emulator.port, tls_dir,
-                                  concurrency=1, name="unknownfield")
+    gw = launch("unknownfield", cfg, emulator.port, concurrency=1)
     try:
         status, _, out = raw(gw, "POST", "/model/claude-fast/converse", b"{}",
                              {"authorization": f"Bearer {KEYS['team-a'][0]}"})
@@ -47,15 +45,14 @@ def test_unknown_field_is_rejected(workdir, emulator, tls_dir, host_kind):
         gw.stop()
 
 
-def test_bedrock_api_key_upstream(workdir, tls_dir, host_kind):
+def test_bedrock_api_key_upstream(workdir, launch, host_kind):
     """credentials.type = bedrock_api_key: the upstream sees Tollgate's Bedrock key, not the client's."""
     upstream_key = "ABSKdGVzdC1iZWRyb2NrLWFwaS1rZXk="
     emu = harness.Emulator(workdir / host_kind / "bearer", "--bearer-token", upstream_key)
     gw = None
     try:
         cfg = plugin_config(emu.port, credentials={"type": "bedrock_api_key", "api_key": upstream_key})
-        gw = harness.start_gateway(host_kind, workdir / host_kind / "bearer", cfg, emu.port, tls_dir,
-                                   concurrency=1, name="bearer")
+        gw = launch("bearer", cfg, emu.port, concurrency=1)
         body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
         status, _, out = raw(gw, "POST", "/model/claude-fast/converse", body,
                              {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"})
@@ -71,7 +68,7 @@ def test_bedrock_api_key_upstream(workdir, tls_dir, host_kind):
         emu.stop()
 
 
-def test_unreachable_upstream_is_503_unbilled_and_releases_its_slot(workdir, emulator, tls_dir, host_kind):
+def test_unreachable_upstream_is_503_unbilled_and_releases_its_slot(launch, host_kind):
     """Nothing listens upstream: the client gets 503, the record says so and bills nothing, and the
     reservation (here the key's one concurrency slot) is released: the next request gets 503 again,
     not 429. Differs between hosts in the body: Envoy answers with its own plain-text 503; the Spin
@@ -79,15 +76,14 @@ def test_unreachable_upstream_is_503_unbilled_and_releases_its_slot(workdir, emu
     closed = harness.free_port()
     cfg = plugin_config(closed)
     cfg["api_keys"][0]["limits"] = {"max_concurrent_requests": 1, "budget": {"usd": "1", "period": "total"}}
-    gw = harness.start_gateway(host_kind, workdir / host_kind / "unreachable", cfg, closed, tls_dir,
-                               concurrency=1, name="unreachable")
+    gw = launch("unreachable", cfg, closed, concurrency=1)
     try:
         key = {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"}
         body = json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": 3}}).encode()
         for _ in range(2):
             status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", body, key)
             assert status == 503, out
-            if host_kind == "spin":
+            if host_kind != "envoy":
                 assert headers["x-amzn-errortype"] == "ServiceUnavailableException"
                 assert "could not reach" in json.loads(out)["message"]
         records = harness.wait_until(lambda: (lambda r: r if len(r) >= 2 else None)(gw.usage_records()),
@@ -101,13 +97,13 @@ def test_unreachable_upstream_is_503_unbilled_and_releases_its_slot(workdir, emu
         gw.stop()
 
 
-@pytest.mark.spin_only("Spin reads credentials from Spin variables; Envoy from vm_config environment_variables")
-def test_environment_credentials_from_spin_variables(workdir, emulator, tls_dir, host_kind):
-    """`credentials: environment` on Spin: AWS_ACCESS_KEY_ID is the (secret) variable
-    aws_access_key_id, and so on, given as `--variable` or SPIN_VARIABLE_* like `spin up`."""
+def test_environment_credentials_from_spin_variables(workdir, emulator, tls_dir):
+    """Spin only (Envoy reads them from vm_config environment_variables): `credentials:
+    environment` on Spin: AWS_ACCESS_KEY_ID is the (secret) variable aws_access_key_id, and so on,
+    given to `spin up` as `--variable` or SPIN_VARIABLE_*."""
     cfg = plugin_config(emulator.port, credentials={"type": "environment"})
-    gw = harness.SpinHost(
-        workdir / "spin" / "envcreds", cfg, emulator.port, tls_dir, name="envcreds",
+    gw = harness.Spin(
+        workdir / "spin", cfg, emulator.port, tls_dir, name="envcreds",
         variables={"aws_access_key_id": harness.ACCESS_KEY_ID},
         env={"SPIN_VARIABLE_AWS_SECRET_ACCESS_KEY": harness.SECRET_ACCESS_KEY,
              "SPIN_VARIABLE_AWS_SESSION_TOKEN": harness.SESSION_TOKEN},
@@ -125,21 +121,20 @@ def test_environment_credentials_from_spin_variables(workdir, emulator, tls_dir,
         gw.stop()
 
 
-@pytest.mark.spin_only("the configuration is the Spin variable tollgate_config")
-def test_missing_configuration_variable_fails_closed(workdir, emulator, tls_dir, host_kind):
-    gw = harness.SpinHost(workdir / "spin" / "noconfig", None, emulator.port, tls_dir, name="noconfig")
+def test_missing_configuration_fails_closed_on_spin(workdir, emulator, tls_dir):
+    """Spin only (the configuration is the Spin variable tollgate_config): without it `spin up`
+    refuses to start, naming the variable (the manifest declares it required); with credentials
+    of type `environment` but no credential variables, every request gets 500 naming them."""
+    with pytest.raises(RuntimeError) as refused:
+        harness.Spin(workdir / "spin", None, emulator.port, tls_dir, name="noconfig")
+    assert "tollgate_config" in str(refused.value)
+    cfg = plugin_config(emulator.port, credentials={"type": "environment"})
+    gw = harness.Spin(workdir / "spin", cfg, emulator.port, tls_dir, name="nocreds")
     try:
-        status, headers, out = raw(gw, "GET", "/usage", None, {"authorization": f"Bearer {KEYS['team-a'][0]}"})
+        status, headers, out = raw(gw, "POST", "/model/claude-fast/converse", b"{}",
+                                   {"authorization": f"Bearer {KEYS['team-a'][0]}"})
         assert status == 500 and headers["x-amzn-errortype"] == "InternalServerException"
         assert json.loads(out)["message"] == GENERIC_500
-        assert "tollgate_config" in gw.log()
-        # Credentials of type `environment` without the variables: also named.
-        cfg = plugin_config(emulator.port, credentials={"type": "environment"})
-        gw.stop()
-        gw = harness.SpinHost(workdir / "spin" / "noconfig", cfg, emulator.port, tls_dir, name="nocreds")
-        status, _, out = raw(gw, "POST", "/model/claude-fast/converse", b"{}",
-                             {"authorization": f"Bearer {KEYS['team-a'][0]}"})
-        assert status == 500 and json.loads(out)["message"] == GENERIC_500
         assert "AWS_ACCESS_KEY_ID" in gw.log()
     finally:
         gw.stop()
@@ -165,9 +160,10 @@ def test_shipped_envoy_configs_validate(workdir, tls_dir):
 
 
 def test_spin_manifest_matches_the_component():
-    """host-spin/spin.toml works as written: it points at the built component, lets it reach
-    Bedrock and the emulator, grants the `default` store, and maps exactly the Spin variables the
-    component reads (`tollgate_config` and core's ENVIRONMENT_NAMES, lower-cased), secret."""
+    """host-spin/spin.toml (which every Spin test runs) points at the built component, lets it
+    reach Bedrock and one more origin whose default is no local address, grants the `default`
+    store, and maps exactly the Spin variables the component reads (`tollgate_config` and core's
+    ENVIRONMENT_NAMES, lower-cased), secret."""
     import re
     import tomllib
 
@@ -179,12 +175,15 @@ def test_spin_manifest_matches_the_component():
     assert (harness.ROOT / "host-spin" / component["source"]).resolve() == harness.SPIN_COMPONENT.resolve()
     assert component["key_value_stores"] == ["default"]
     assert set(component["allowed_outbound_hosts"]) == {
-        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "http://127.0.0.1:9100"}
+        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}"}
+    # Unset, the extra origin names nothing that resolves (RFC 2606 `.invalid`).
+    assert manifest["variables"]["upstream_origin"]["default"].endswith(".invalid")
     core_config = (harness.ROOT / "core/src/config.rs").read_text()
     block = re.search(r"pub const ENVIRONMENT_NAMES: &\[&str\] = &\[(.*?)\];", core_config, re.S).group(1)
     expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z_]+)"', block)}
     assert len(expected) == 5
     assert set(component["variables"]) == expected
+    assert set(manifest["variables"]) == expected | {"aws_region", "upstream_origin"}
     declared = manifest["variables"]
     for name in expected:
         assert component["variables"][name] == "{{ %s }}" % name
@@ -201,7 +200,7 @@ def test_spin_demo_configuration_works(workdir, emulator, tls_dir):
     credentials from Spin variables (pointed at this session's emulator)."""
     cfg = json.loads((harness.ROOT / "host-spin/config.emulator.json").read_text())
     cfg["upstream_host"] = f"127.0.0.1:{emulator.port}"
-    gw = harness.SpinHost(workdir / "spin" / "demo", cfg, emulator.port, tls_dir, name="demo", variables={
+    gw = harness.Spin(workdir / "spin", cfg, emulator.port, tls_dir, name="demo", variables={
         "aws_access_key_id": harness.ACCESS_KEY_ID, "aws_secret_access_key": harness.SECRET_ACCESS_KEY,
         "aws_session_token": harness.SESSION_TOKEN})
     try:

@@ -1,6 +1,6 @@
-"""Quotas with boto3 against each host: Envoy (2 workers, shared data) and the Spin component (its
-key-value store on Redis): budgets, rates, concurrency, exact billing; and two Spin instances
-sharing one Redis enforcing one budget."""
+"""Quotas with boto3 against each host: Envoy (2 workers, shared data) and the Spin component under
+`spin up` (its key-value store on SQLite, and on Redis): budgets, rates, concurrency, exact
+billing; and two `spin up` processes sharing one Redis enforcing one budget."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 import harness
 import pricing_oracle
-from conftest import HAIKU, bedrock_client, plugin_config
+from conftest import HAIKU, bedrock_client, plugin_config, redis_for
 from test_bedrock_api import Observed, converse_messages, ledger_usage, raw
 
 # 2026-11-22T12:00:00Z: the quota clock tests drive with x-tollgate-test-now-ms.
@@ -84,16 +84,8 @@ def quota_gateway(workdir, emulator, tls_dir, budget_costs, host_kind, request):
     cfg["api_keys"] = [
         {**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys
     ]
-    kw = {}
-    if host_kind == "spin":
-        # Quota state in Redis (DB 1), as several Spin instances would share it; without a
-        # redis-server here (and not in CI, which requires it), the same cases on the memory store.
-        try:
-            kw["store"] = request.getfixturevalue("redis_server").url(1)
-        except pytest.skip.Exception:
-            kw["store"] = "memory"
     gw = harness.start_gateway(host_kind, workdir / host_kind / "quotas", cfg, emulator.port, tls_dir,
-                               concurrency=2, name="quotas", **kw)
+                               concurrency=2, name="quotas", redis=redis_for(request, host_kind))
     yield gw
     gw.stop()
 
@@ -325,10 +317,10 @@ def test_cancelled_and_failed_streams_leave_no_reservation_behind(quota_gateway,
     assert u["concurrent_requests"]["used"] == 0
 
 
-@pytest.mark.spin_only("several Spin instances share one Redis; Envoy's shared data is per process")
+@pytest.mark.spin_redis_only("several Spin instances share one Redis; Envoy's shared data is per process")
 def test_two_spin_instances_sharing_redis_enforce_one_budget_exactly(
         workdir, emulator, tls_dir, client, redis_server, host_kind):
-    """Two tollgate-spin-host processes on one Redis: 3n concurrent requests spread over both,
+    """Two `spin up` processes (the shipped manifest) on one Redis database: 3n concurrent requests spread over both,
     on a key whose total budget has room for exactly n. Reservations are estimates, so how many
     the burst admits depends on timing; but the budget is one, so no interleaving admits more
     than n, and requests sent one at a time afterwards fill it to exactly n. Spend and totals on
@@ -343,9 +335,9 @@ def test_two_spin_instances_sharing_redis_enforce_one_budget_exactly(
     cfg = plugin_config(emulator.port)
     cfg["api_keys"] = [{"id": "shared", "sha256": harness.sha256_hex(secret), "models": ["*"],
                         "limits": {"budget": {"usd": usd(budget), "period": "total"}}}]
-    store = redis_server.url(2)
-    hosts = [harness.SpinHost(workdir / "spin" / "shared", cfg, emulator.port, tls_dir, name=f"shared-{i}",
-                              store=store) for i in range(2)]
+    db = redis_server.new_db()
+    hosts = [harness.Spin(workdir / "spin-shared", cfg, emulator.port, tls_dir, name=f"shared-{i}",
+                          redis=redis_server, redis_db=db) for i in range(2)]
     try:
         clients = [bedrock_client(h, tls_dir, secret, max_pool_connections=3 * n) for h in hosts]
         start = len(emulator.ledger())

@@ -15,7 +15,7 @@ import pytest
 
 import harness
 import pricing_oracle
-from conftest import HAIKU, KEYS, MAX_BODY, SONNET, plugin_config
+from conftest import redis_for, HAIKU, KEYS, MAX_BODY, SONNET, plugin_config
 from test_bedrock_api import MESSAGES, Observed, assert_clean_upstream, raw
 
 KEY = KEYS["team-a"][0]
@@ -36,14 +36,14 @@ CLOCK_MS = 1_795_348_800_000
 
 
 @pytest.fixture(scope="module")
-def hard_gateway(workdir, emulator, tls_dir, host_kind):
+def hard_gateway(request, workdir, emulator, tls_dir, host_kind):
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] += [
         {"id": kid, "sha256": harness.sha256_hex(secret), "models": models, "limits": limits}
         for kid, (secret, models, limits) in HARD_KEYS.items()
     ]
     gw = harness.start_gateway(host_kind, workdir / host_kind / "hardening", cfg, emulator.port, tls_dir,
-                               concurrency=2, name="hardening")
+                               concurrency=2, name="hardening", redis=redis_for(request, host_kind))
     yield gw
     gw.stop()
 
@@ -64,10 +64,23 @@ def port_of(url: str) -> int:
     return urllib.parse.urlsplit(url).port
 
 
+def connect(gateway, timeout: float, alpn: str | None = None) -> socket.socket:
+    """A raw connection to the gateway: plain where it serves plain HTTP (Envoy), else TLS
+    trusting the test CA (`spin up` serves HTTPS only)."""
+    s = socket.create_connection(("127.0.0.1", port_of(gateway.url)), timeout=timeout)
+    if gateway.url.startswith("https:"):
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(gateway.ca))
+        if alpn:
+            ctx.set_alpn_protocols([alpn])
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    return s
+
+
 def http1(gateway, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int, dict, bytes]:
     """One HTTP/1.1 request written byte for byte (`head` without the blank line), for what
     urllib refuses to send: non-UTF-8 header values, chunked bodies with trailers."""
-    with socket.create_connection(("127.0.0.1", port_of(gateway.http_url)), timeout=timeout) as s:
+    with connect(gateway, timeout) as s:
         s.sendall(head + b"\r\n" + body)
         data = b""
         deadline = time.monotonic() + timeout
@@ -141,7 +154,7 @@ def h2c(gateway, requests: list[tuple[list, bytes, list | None]], timeout: float
 
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     out = []
-    with socket.create_connection(("127.0.0.1", port_of(gateway.http_url)), timeout=timeout) as s:
+    with connect(gateway, timeout, alpn="h2") as s:
         conn.initiate_connection()
         s.sendall(conn.data_to_send())
         # The server's SETTINGS and window first: bodies larger than 64 KiB need its window.

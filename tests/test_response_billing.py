@@ -12,7 +12,7 @@ import pytest
 
 import harness
 import pricing_oracle
-from conftest import bedrock_client, plugin_config
+from conftest import redis_for, bedrock_client, plugin_config
 from test_bedrock_api import Observed, ledger_usage, record_usage
 
 PICO = 10**12
@@ -138,14 +138,8 @@ def billing_gateway(workdir, emulator, tls_dir, host_kind, request):
     ]
     cfg = plugin_config(emulator.port, test_hooks=True)
     cfg["api_keys"] = [{**k, "sha256": harness.sha256_hex(KEYS[k["id"]]), "models": ["*"]} for k in keys]
-    kw = {}
-    if host_kind == "spin":
-        try:
-            kw["store"] = request.getfixturevalue("redis_server").url(3)
-        except pytest.skip.Exception:
-            kw["store"] = "memory"
     gw = harness.start_gateway(host_kind, workdir / host_kind / "billing", cfg, emulator.port, tls_dir,
-                               name="billing", **kw)
+                               name="billing", redis=redis_for(request, host_kind))
     yield gw
     gw.stop()
 

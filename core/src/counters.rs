@@ -4,7 +4,7 @@
 //! Adding to a newer window than the stored one starts it from zero, so counters of past
 //! periods are dropped rather than accumulating: memory stays bounded by the number of names.
 
-use crate::store::{cas_update, CasStore, StoreError};
+use crate::store::{cas_update, read_integer, AtomicStore, CasStore, StoreError};
 
 pub trait Counters {
     /// Atomically adds `delta` to counter `name` in `window` and returns the new value.
@@ -63,52 +63,66 @@ impl<S: CasStore + ?Sized> Counters for CasCounters<'_, S> {
     }
 }
 
-/// A store with atomic increments (Spin's `wasi:keyvalue/atomics`), where counters of each
-/// window are their own key and past windows are deleted.
-pub trait AtomicStore {
-    /// Adds `delta` to the integer at `key` (0 when absent) and returns the result.
-    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError>;
-    fn delete(&self, key: &str) -> Result<(), StoreError>;
-}
-
-/// Counters over an [`AtomicStore`]: key `name@window`. When a window's counter is first
-/// created, the previous window's key is deleted so stale counters do not pile up.
+/// Counters over an [`AtomicStore`] (Spin): key `name@window`, one per window, since an
+/// increment cannot carry its window along.
+///
+/// Past windows' keys are deleted, since Spin's stores have no expiry: the first add to a new
+/// window (the one whose increment returns its own delta) reads the window the name last
+/// started, kept at `name@last`, moves it to this window, and deletes that window's key and the
+/// two before this one. The gap between requests does not matter, and a key written late into
+/// an ended window (by an instance whose clock lags, for one) goes with the next window but one.
+/// Reads never create keys. So a name holds its current window's key and its marker, plus at
+/// most a straggler or two, whatever the traffic.
 pub struct IncrementCounters<'a, S: AtomicStore + ?Sized>(pub &'a S);
+
+impl<S: AtomicStore + ?Sized> IncrementCounters<'_, S> {
+    /// Cleanup when `window` of `name` starts; failures only leave keys for a later start.
+    fn started(&self, name: &str, window: u64) {
+        let marker = format!("{name}@last");
+        let last = self
+            .0
+            .get(&marker)
+            .ok()
+            .flatten()
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+        // Never move the marker back (another instance, clock ahead, started a later window).
+        if last.is_some_and(|l| l >= window) {
+            return;
+        }
+        if self.0.set(&marker, window.to_string().as_bytes()).is_err() {
+            return;
+        }
+        let mut old: Vec<u64> = [last, window.checked_sub(1), window.checked_sub(2)]
+            .into_iter()
+            .flatten()
+            .filter(|w| *w > 0)
+            .collect();
+        old.sort_unstable();
+        old.dedup();
+        let keys: Vec<String> = old.iter().map(|w| format!("{name}@{w}")).collect();
+        let _ = self.0.delete_many(&keys);
+    }
+}
 
 impl<S: AtomicStore + ?Sized> Counters for IncrementCounters<'_, S> {
     fn add(&self, name: &str, window: u64, delta: i64) -> Result<i64, StoreError> {
         let value = self.0.increment(&format!("{name}@{window}"), delta)?;
-        if window > 0 && value == delta && delta != 0 {
-            // Most likely the first add of this window: drop the previous one. Harmless if
-            // it was not the first (the previous window is over either way).
-            let _ = self.0.delete(&format!("{name}@{}", window - 1));
+        if window > 0 && delta > 0 && value == delta {
+            self.started(name, window);
         }
         Ok(value)
+    }
+
+    fn read(&self, name: &str, window: u64) -> Result<i64, StoreError> {
+        Ok(read_integer(self.0, &format!("{name}@{window}"))?.unwrap_or(0))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::memory::MemoryStore;
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Default)]
-    struct Atomic(Mutex<HashMap<String, i64>>);
-
-    impl AtomicStore for Atomic {
-        fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-            let mut m = self.0.lock().unwrap();
-            let v = m.entry(key.to_string()).or_insert(0);
-            *v += delta;
-            Ok(*v)
-        }
-        fn delete(&self, key: &str) -> Result<(), StoreError> {
-            self.0.lock().unwrap().remove(key);
-            Ok(())
-        }
-    }
+    use crate::store::memory::{Encoding, MemoryAtomic, MemoryStore};
+    use std::sync::Arc;
 
     fn windows_behave(c: &dyn Counters) {
         assert_eq!(c.add("rpm", 10, 1).unwrap(), 1);
@@ -135,10 +149,87 @@ mod tests {
 
     #[test]
     fn increment_counters_drop_the_previous_window() {
-        let s = Atomic::default();
-        windows_behave(&IncrementCounters(&s));
-        let keys: Vec<_> = s.0.lock().unwrap().keys().cloned().collect();
-        assert!(!keys.contains(&"rpm@10".to_string()), "{keys:?}");
+        for encoding in [Encoding::SqliteLe, Encoding::RedisDecimal] {
+            let s = MemoryAtomic::new(encoding);
+            windows_behave(&IncrementCounters(&s));
+            assert!(!s.keys().contains(&"rpm@10".to_string()), "{:?}", s.keys());
+        }
+    }
+
+    /// Keys of `name` other than its marker.
+    fn windows_of(s: &MemoryAtomic, name: &str) -> Vec<String> {
+        s.keys()
+            .into_iter()
+            .filter(|k| k.starts_with(&format!("{name}@")) && !k.ends_with("@last"))
+            .collect()
+    }
+
+    #[test]
+    fn reads_create_no_keys_and_past_windows_go_whatever_the_gaps() {
+        for encoding in [Encoding::SqliteLe, Encoding::RedisDecimal] {
+            let s = MemoryAtomic::new(encoding);
+            let c = IncrementCounters(&s);
+            for w in [100u64, 101, 103, 110, 111, 250, 251, 900] {
+                c.add("rpm", w, 1).unwrap();
+                c.add("tpm", w, 40).unwrap();
+                c.add("tpm", w, -15).unwrap();
+                // Reads in windows without traffic, before and after.
+                assert_eq!(c.read("rpm", w + 3).unwrap(), 0);
+                assert_eq!(c.read("tpm", w - 1).unwrap(), 0);
+                assert_eq!(c.read("tpm", w).unwrap(), 25);
+                assert_eq!(windows_of(&s, "rpm"), [format!("rpm@{w}")], "{encoding:?}");
+                assert_eq!(windows_of(&s, "tpm"), [format!("tpm@{w}")], "{encoding:?}");
+            }
+            // The marker and the current window, per name; nothing else.
+            assert_eq!(s.keys(), ["rpm@900", "rpm@last", "tpm@900", "tpm@last"]);
+        }
+    }
+
+    #[test]
+    fn a_late_write_into_an_ended_window_goes_with_a_later_start() {
+        let s = MemoryAtomic::new(Encoding::RedisDecimal);
+        let c = IncrementCounters(&s);
+        c.add("rpm", 10, 1).unwrap();
+        c.add("rpm", 11, 1).unwrap();
+        // An instance whose clock lags writes into window 10 after 11 started: it sees its own
+        // delta back, but must not move the marker back nor delete window 11.
+        c.add("rpm", 10, 1).unwrap();
+        assert_eq!(c.read("rpm", 11).unwrap(), 1);
+        assert_eq!(windows_of(&s, "rpm"), ["rpm@10", "rpm@11"]);
+        c.add("rpm", 12, 1).unwrap();
+        assert_eq!(windows_of(&s, "rpm"), ["rpm@12"]);
+        // Window 0 ("always": concurrency, total budgets) is never cleaned up.
+        c.add("conc", 0, 1).unwrap();
+        c.add("conc", 0, -1).unwrap();
+        assert_eq!(c.read("conc", 0).unwrap(), 0);
+        assert!(s.keys().contains(&"conc@0".to_string()));
+        assert!(!s.keys().contains(&"conc@last".to_string()));
+    }
+
+    #[test]
+    fn increment_counters_are_exact_across_threads() {
+        let s = Arc::new(MemoryAtomic::new(Encoding::SqliteLe));
+        // Instances whose clocks agree: all move to the next window together.
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (s, barrier) = (s.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    for w in 1..=50u64 {
+                        for _ in 0..20 {
+                            IncrementCounters(&*s).add("spend", w, 3).unwrap();
+                        }
+                        barrier.wait();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = IncrementCounters(&*s);
+        assert_eq!(c.read("spend", 50).unwrap(), 8 * 20 * 3);
+        assert_eq!(windows_of(&s, "spend"), ["spend@50"]);
     }
 
     #[test]

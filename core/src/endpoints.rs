@@ -10,8 +10,7 @@ use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::limits::Scope;
 use crate::period;
 use crate::quota::counter_name;
-use crate::store::CasStore;
-use crate::totals::{self, Counts, Totals};
+use crate::totals::{Lifetime, Sums, UsageTotals};
 
 #[derive(Serialize)]
 struct CountsView {
@@ -20,13 +19,14 @@ struct CountsView {
     output_tokens: u64,
     cache_read_tokens: u64,
     cache_write_tokens: u64,
-    cost_pico_usd: u64,
+    /// A JSON integer, exact: a lifetime total can pass 2^64 pico-USD (≈ $18.4M).
+    cost_pico_usd: u128,
     /// Exact decimal USD, as a string so no client rounds it through a float.
     cost_usd: String,
 }
 
-impl From<&Counts> for CountsView {
-    fn from(c: &Counts) -> Self {
+impl From<&Sums> for CountsView {
+    fn from(c: &Sums) -> Self {
         Self {
             requests: c.requests,
             input_tokens: c.input_tokens,
@@ -81,7 +81,7 @@ struct UsageView<'a> {
 
 /// `GET /usage`: the caller's own totals and where it stands against its limits; never
 /// another key's data. Counters that cannot be read are left out rather than guessed.
-pub fn usage_reply(key: &ApiKey, totals: &Totals, counters: &dyn Counters, now_ms: u64) -> Reply {
+pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now_ms: u64) -> Reply {
     let limits = &key.limits.key;
     let read = |what: &str, window: u64| {
         counters
@@ -100,9 +100,9 @@ pub fn usage_reply(key: &ApiKey, totals: &Totals, counters: &dyn Counters, now_m
                 period::Period::Total => "total",
             },
             current: b.period.label(now_ms),
-            limit_usd: format_usd(b.pico_usd),
-            spent_usd: format_usd(spent),
-            remaining_usd: format_usd(remaining),
+            limit_usd: format_usd(b.pico_usd.into()),
+            spent_usd: format_usd(spent.into()),
+            remaining_usd: format_usd(remaining.into()),
             spent_pico_usd: spent,
             remaining_pico_usd: remaining,
             resets_in_s: b
@@ -181,10 +181,10 @@ pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
     )
 }
 
-/// `GET /usage` for `key_id`, reading its totals from `store`.
-pub fn usage<S: CasStore + ?Sized>(
+/// `GET /usage` for `key_id`, reading its totals from `totals`.
+pub fn usage(
     config: &Config,
-    store: &S,
+    totals: &dyn UsageTotals,
     counters: &dyn Counters,
     key_id: &str,
     now_ms: u64,
@@ -193,16 +193,19 @@ pub fn usage<S: CasStore + ?Sized>(
         return GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
             .to_bedrock_reply();
     };
-    match totals::read(store, key_id) {
+    match totals.read(key_id) {
         Ok(t) => usage_reply(key, &t, counters, now_ms),
-        Err(e) => GatewayError::new(ErrorKind::Internal, format!("usage unavailable: {e}"))
-            .to_bedrock_reply(),
+        Err(e) => GatewayError::new(
+            ErrorKind::StateUnavailable,
+            format!("usage unavailable: the gateway's key-value store failed: {e}"),
+        )
+        .to_bedrock_reply(),
     }
 }
 
 /// Exact decimal rendering of pico-USD: `1_500_000` → `"0.0000015"`.
-pub fn format_usd(pico: u64) -> String {
-    const SCALE: u64 = 1_000_000_000_000;
+pub fn format_usd(pico: u128) -> String {
+    const SCALE: u128 = 1_000_000_000_000;
     let (whole, frac) = (pico / SCALE, pico % SCALE);
     if frac == 0 {
         return format!("{whole}.00");
@@ -228,7 +231,11 @@ mod tests {
         assert_eq!(format_usd(12_340_000_000_000), "12.34");
         assert_eq!(format_usd(12_300_000_000_000), "12.30");
         assert_eq!(format_usd(3_000_000_000_000), "3.00");
-        assert_eq!(format_usd(u64::MAX), "18446744.073709551615");
+        assert_eq!(format_usd(u64::MAX.into()), "18446744.073709551615");
+        assert_eq!(
+            format_usd(u128::from(u64::MAX) * 3 + 2),
+            "55340232.221128654847"
+        );
     }
 
     #[test]
@@ -260,11 +267,12 @@ mod tests {
                 2_500_000_000_000,
             )
             .unwrap();
-        let mut totals = Totals::default();
+        let mut totals = Lifetime::default();
         totals.all.requests = 2;
+        totals.all.cost_pico_usd = u128::from(u64::MAX) + 1;
         totals.models.insert(
             "claude-fast".into(),
-            Counts {
+            Sums {
                 requests: 2,
                 cost_pico_usd: 5,
                 ..Default::default()
@@ -274,6 +282,13 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);
+        // Past u64, written exactly (a JSON integer; `cost_usd` for clients that parse floats).
+        let body = String::from_utf8(r.body.clone()).unwrap();
+        assert!(
+            body.contains(r#""cost_pico_usd":18446744073709551616,"#),
+            "{body}"
+        );
+        assert_eq!(v["cost_usd"], "18446744.073709551616");
         assert_eq!(v["models"]["claude-fast"]["cost_usd"], "0.000000000005");
         assert_eq!(v["budget"]["current"], "2026-11-22");
         assert_eq!(v["budget"]["spent_usd"], "2.50");

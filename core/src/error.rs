@@ -58,6 +58,9 @@ pub enum ErrorKind {
     /// The upstream could not be reached, or failed before answering (hosts that open the
     /// upstream connection themselves; Envoy answers this case with its own 503).
     UpstreamUnavailable,
+    /// The key-value store that holds quota counters and totals failed: the request cannot be
+    /// admitted against its limits.
+    StateUnavailable,
 }
 
 impl ErrorKind {
@@ -73,7 +76,7 @@ impl ErrorKind {
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
-            Self::UpstreamUnavailable => 503,
+            Self::UpstreamUnavailable | Self::StateUnavailable => 503,
         }
     }
 
@@ -89,7 +92,7 @@ impl ErrorKind {
             }
             Self::BudgetExhausted => "ServiceQuotaExceededException",
             Self::NotConfigured | Self::Internal => "InternalServerException",
-            Self::UpstreamUnavailable => "ServiceUnavailableException",
+            Self::UpstreamUnavailable | Self::StateUnavailable => "ServiceUnavailableException",
         }
     }
 }
@@ -112,6 +115,7 @@ impl ErrorKind {
             Self::NotConfigured => "not_configured",
             Self::Internal => "internal",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::StateUnavailable => "state_unavailable",
         }
     }
 }
@@ -293,6 +297,21 @@ mod tests {
         assert_eq!(ErrorKind::NotFound.status(), 404);
         assert_eq!(ErrorKind::NotConfigured.status(), 500);
         assert_eq!(ErrorKind::UpstreamUnavailable.status(), 503);
+    }
+
+    #[test]
+    fn an_unavailable_store_is_503_in_both_dialects() {
+        let e = GatewayError::new(ErrorKind::StateUnavailable, "quota state unavailable: x");
+        let r = e.to_bedrock_reply();
+        assert_eq!(r.status, 503);
+        assert!(r
+            .headers
+            .contains(&("x-amzn-errortype", "ServiceUnavailableException".into())));
+        let r = e.to_openai_reply();
+        assert_eq!(r.status, 503);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["code"], "state_unavailable");
     }
 
     #[test]

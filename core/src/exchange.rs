@@ -546,9 +546,13 @@ impl Exchange {
         }
         let used = record.usage();
         let tokens = used.total_input().saturating_add(used.output_tokens);
-        if let Err(e) = self
-            .reservation
-            .settle(counters, tokens, record.cost_pico_usd)
+        // The quota clock now: the test clock moves on with real time from where it was set.
+        let quota_now_ms = self
+            .quota_now_ms
+            .saturating_add(now_ms.saturating_sub(self.started_ms));
+        if let Err(e) =
+            self.reservation
+                .settle(counters, tokens, record.cost_pico_usd, quota_now_ms)
         {
             // The record still stands; the hosts log it as a quota problem.
             return Some(UsageRecord {

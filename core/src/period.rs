@@ -68,12 +68,14 @@ pub fn seconds_until(now_ms: u64, until_ms: u64) -> u64 {
     until_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
 }
 
+/// Milliseconds since the epoch at which the current minute window ends.
+pub fn minute_ends_at_ms(now_ms: u64) -> u64 {
+    (minute_window(now_ms) + 1).saturating_mul(MS_PER_MINUTE)
+}
+
 /// Seconds until the next minute window.
 pub fn seconds_to_next_minute(now_ms: u64) -> u64 {
-    seconds_until(
-        now_ms,
-        (minute_window(now_ms) + 1).saturating_mul(MS_PER_MINUTE),
-    )
+    seconds_until(now_ms, minute_ends_at_ms(now_ms))
 }
 
 /// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (H. Hinnant's algorithm).

@@ -38,6 +38,8 @@ enum Kind {
 struct Held {
     name: String,
     window: u64,
+    /// When the window ends (ms since the epoch); `None`: never (concurrency, total budgets).
+    ends_at_ms: Option<u64>,
     kind: Kind,
     amount: i64,
 }
@@ -124,7 +126,10 @@ pub fn counter_names(key: &ApiKey) -> Vec<String> {
 }
 
 fn store_failure(e: StoreError) -> GatewayError {
-    GatewayError::new(ErrorKind::Internal, format!("quota state unavailable: {e}"))
+    GatewayError::new(
+        ErrorKind::StateUnavailable,
+        format!("quota state unavailable: the gateway's key-value store failed: {e}"),
+    )
 }
 
 fn saturating_i64(v: u64) -> i64 {
@@ -139,11 +144,12 @@ fn usd(pico: u64) -> String {
 
 impl Reservation {
     /// Adds `amount` to a counter and keeps it if the total stays within `max`.
+    #[allow(clippy::too_many_arguments)]
     fn take(
         &mut self,
         counters: &dyn Counters,
         name: String,
-        window: u64,
+        (window, ends_at_ms): (u64, Option<u64>),
         kind: Kind,
         amount: u64,
         max: u64,
@@ -159,6 +165,7 @@ impl Reservation {
         self.held.push(Held {
             name,
             window,
+            ends_at_ms,
             kind,
             amount,
         });
@@ -173,7 +180,7 @@ impl Reservation {
         &mut self,
         counters: &dyn Counters,
         name: String,
-        window: u64,
+        (window, ends_at_ms): (u64, Option<u64>),
         kind: Kind,
         least: u64,
         want: u64,
@@ -198,6 +205,7 @@ impl Reservation {
                 self.held.push(Held {
                     name,
                     window,
+                    ends_at_ms,
                     kind,
                     amount,
                 });
@@ -229,14 +237,22 @@ impl Reservation {
 
     /// Replaces the reservation by what was used, and frees the concurrency slots. Errors are
     /// returned for logging; every counter is still attempted.
+    ///
+    /// `now_ms` is the quota clock at the end of the exchange. A minute or budget period that has
+    /// ended by then is left as it is: nothing reads it any more, and writing to it would bring
+    /// back a key the next window's start has deleted (Spin) or is about to.
     pub fn settle(
         &mut self,
         counters: &dyn Counters,
         tokens: u64,
         cost_pico_usd: u64,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut result = Ok(());
         for h in self.held.drain(..) {
+            if h.ends_at_ms.is_some_and(|end| now_ms >= end) {
+                continue;
+            }
             let delta = match h.kind {
                 Kind::Concurrency => -h.amount,
                 Kind::Requests => continue,
@@ -297,7 +313,10 @@ fn reserve_into(
     partial_budget: bool,
     now_ms: u64,
 ) -> Result<(), GatewayError> {
-    let minute = period::minute_window(now_ms);
+    let minute = (
+        period::minute_window(now_ms),
+        Some(period::minute_ends_at_ms(now_ms)),
+    );
     for (scope, limits) in key.limits.for_model(model_id) {
         let name = |what| counter_name(&key.id, scope, model_id, what);
         let whose = match scope {
@@ -305,8 +324,15 @@ fn reserve_into(
             Scope::Model => format!("API key `{}` on model `{model_id}`", key.id),
         };
         if let Some(max) = limits.max_concurrent_requests {
-            if r.take(counters, name("concurrent"), 0, Kind::Concurrency, 1, max)?
-                .is_some()
+            if r.take(
+                counters,
+                name("concurrent"),
+                (0, None),
+                Kind::Concurrency,
+                1,
+                max,
+            )?
+            .is_some()
             {
                 return Err(GatewayError::new(
                     ErrorKind::ConcurrencyLimited,
@@ -341,7 +367,10 @@ fn reserve_into(
             }
         }
         if let Some(budget) = limits.budget {
-            let window = budget.period.window(now_ms);
+            let window = (
+                budget.period.window(now_ms),
+                budget.period.ends_at_ms(now_ms),
+            );
             let least = if partial_budget {
                 estimate.input_cost_pico_usd
             } else {
@@ -438,7 +467,7 @@ mod tests {
         for _ in 0..3 {
             reserve(&c, &k, "m", est(10, 3 * USD / 10), false, NOW)
                 .unwrap()
-                .settle(&c, 10, USD / 4)
+                .settle(&c, 10, USD / 4, NOW)
                 .unwrap();
         }
         // $0.75 spent: a $0.30 reservation no longer fits.
@@ -453,7 +482,7 @@ mod tests {
         // A $0.25 one still does; the refused reservation left nothing behind.
         reserve(&c, &k, "m", est(10, USD / 4), false, NOW)
             .unwrap()
-            .settle(&c, 10, USD / 4)
+            .settle(&c, 10, USD / 4, NOW)
             .unwrap();
         assert_eq!(
             c.read("tollgate/q/k/spend", Period::Daily.window(NOW))
@@ -526,7 +555,7 @@ mod tests {
             (e.kind, e.retry_after_s),
             (ErrorKind::ConcurrencyLimited, Some(1))
         );
-        a.settle(&c, 0, 0).unwrap();
+        a.settle(&c, 0, 0, NOW).unwrap();
         reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
     }
 
@@ -544,11 +573,11 @@ mod tests {
         );
         reserve(&c, &k, "m", est(30, 0), false, NOW)
             .unwrap()
-            .settle(&c, 20, 0)
+            .settle(&c, 20, 0, NOW)
             .unwrap();
         reserve(&c, &k, "m", est(70, 0), false, NOW + 1_000)
             .unwrap()
-            .settle(&c, 70, 0)
+            .settle(&c, 70, 0, NOW + 1_000)
             .unwrap();
         let e = reserve(&c, &k, "m", est(1, 0), false, NOW + 2_000).unwrap_err();
         assert_eq!(
@@ -580,7 +609,7 @@ mod tests {
         );
         let mut r = reserve(&c, &k, "m", est(5_000, 0), false, NOW).unwrap();
         assert!(reserve(&c, &k, "m", est(1, 0), false, NOW).is_err());
-        r.settle(&c, 40, 0).unwrap();
+        r.settle(&c, 40, 0, NOW).unwrap();
         reserve(&c, &k, "m", est(60, 0), false, NOW).unwrap();
     }
 
@@ -621,6 +650,92 @@ mod tests {
                 "tollgate/q/k/rpm",
                 "tollgate/q/k/m/big/rpm"
             ]
+        );
+    }
+
+    #[test]
+    fn settling_after_a_window_ended_leaves_it_alone_and_still_frees_the_slot() {
+        use crate::counters::IncrementCounters;
+        use crate::store::memory::{Encoding, MemoryAtomic};
+        let s = MemoryAtomic::new(Encoding::RedisDecimal);
+        let c = IncrementCounters(&s);
+        let k = key(
+            Limits {
+                tokens_per_minute: Some(1000),
+                max_concurrent_requests: Some(2),
+                budget: Some(Budget {
+                    pico_usd: USD,
+                    period: Period::Daily,
+                }),
+                ..Default::default()
+            },
+            BTreeMap::new(),
+        );
+        let mut long = reserve(&c, &k, "m", est(100, 50), false, NOW).unwrap();
+        // The next minute starts (and its first add deletes the previous minute's key)...
+        let next = NOW + 60_000;
+        reserve(&c, &k, "m", est(10, 5), false, next)
+            .unwrap()
+            .settle(&c, 10, 5, next)
+            .unwrap();
+        let minute = period::minute_window(NOW);
+        assert!(!s.keys().contains(&format!("tollgate/q/k/tpm@{minute}")));
+        // ...then the first request ends: its minute is over, its day is not.
+        long.settle(&c, 80, 40, next + 1).unwrap();
+        assert!(
+            !s.keys().contains(&format!("tollgate/q/k/tpm@{minute}")),
+            "settling brought back an ended minute: {:?}",
+            s.keys()
+        );
+        assert_eq!(c.read("tollgate/q/k/tpm", minute + 1).unwrap(), 10);
+        let day = Period::Daily.window(NOW);
+        assert_eq!(c.read("tollgate/q/k/spend", day).unwrap(), 45);
+        assert_eq!(c.read("tollgate/q/k/concurrent", 0).unwrap(), 0);
+    }
+
+    /// A store whose every operation fails.
+    struct Down;
+
+    impl crate::store::AtomicStore for Down {
+        fn increment(&self, _: &str, _: i64) -> Result<i64, StoreError> {
+            Err(StoreError::Host("connection refused".into()))
+        }
+        fn get(&self, _: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            Err(StoreError::Host("connection refused".into()))
+        }
+        fn set(&self, _: &str, _: &[u8]) -> Result<(), StoreError> {
+            Err(StoreError::Host("connection refused".into()))
+        }
+        fn delete_many(&self, _: &[String]) -> Result<(), StoreError> {
+            Err(StoreError::Host("connection refused".into()))
+        }
+    }
+
+    #[test]
+    fn a_failing_store_refuses_with_503() {
+        let k = key(
+            Limits {
+                requests_per_minute: Some(5),
+                ..Default::default()
+            },
+            BTreeMap::new(),
+        );
+        let e = reserve(
+            &crate::counters::IncrementCounters(&Down),
+            &k,
+            "m",
+            est(1, 1),
+            false,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::StateUnavailable);
+        assert_eq!(e.kind.status(), 503);
+        assert!(
+            e.message
+                .contains("key-value store failed: store: connection refused"),
+            "{}",
+            e.message
         );
     }
 }

@@ -1,10 +1,13 @@
-//! Per-key usage totals, kept exact across worker threads in a [`CasStore`].
+//! Per-key lifetime usage totals, overall and by model, behind one API ([`UsageTotals`]) with
+//! two implementations: one compare-and-swap record per key where the store's CAS is honest
+//! (Envoy shared data: [`CasTotals`]), and one atomic counter per key, model and field where it
+//! is not (Spin's `wasi:keyvalue`: [`IncrementTotals`]).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::{cas_update, CasStore, StoreError};
+use crate::store::{cas_update, read_integer, AtomicStore, CasStore, StoreError};
 use crate::usage::Usage;
 
 /// Usage and cost counted together.
@@ -258,16 +261,17 @@ pub fn add<S: CasStore + ?Sized>(
 }
 
 /// Adds a finished exchange to its key's totals, under its model label. Only requests that went
-/// to Bedrock count (refusals show in logs and metrics): `Ok(None)` for the others.
-pub fn add_record<S: CasStore + ?Sized>(
-    store: &S,
+/// to Bedrock count (refusals show in logs and metrics): `Ok(None)` for the others, and for
+/// totals that do not tell the model's cost before (see [`UsageTotals::add`]).
+pub fn add_record(
+    totals: &dyn UsageTotals,
     record: &crate::record::UsageRecord,
-) -> Result<Option<Added>, StoreError> {
+) -> Result<Option<u64>, StoreError> {
     if !record.forwarded {
         return Ok(None);
     }
     let delta = Counts::of_request(&record.usage(), record.cost_pico_usd);
-    add(store, &record.key_id, record.model_label(), &delta).map(Some)
+    totals.add(&record.key_id, record.model_label(), &delta)
 }
 
 pub fn read<S: CasStore + ?Sized>(store: &S, key_id: &str) -> Result<Totals, StoreError> {
@@ -275,6 +279,291 @@ pub fn read<S: CasStore + ?Sized>(store: &S, key_id: &str) -> Result<Totals, Sto
         .get(&store_key(key_id))?
         .and_then(|(v, _)| Totals::decode(&v))
         .unwrap_or_default())
+}
+
+/// Lifetime sums as `/usage` shows them: cost in a `u128`, since a key's lifetime spend can
+/// pass what an `i64` (≈ $9.2M) or a `u64` (≈ $18.4M) of pico-USD holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sums {
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub cost_pico_usd: u128,
+}
+
+impl From<&Counts> for Sums {
+    fn from(c: &Counts) -> Self {
+        Self {
+            requests: c.requests,
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            cache_read_tokens: c.cache_read_tokens,
+            cache_write_tokens: c.cache_write_tokens,
+            cost_pico_usd: u128::from(c.cost_pico_usd),
+        }
+    }
+}
+
+impl Sums {
+    fn plus(&self, o: &Self) -> Self {
+        Self {
+            requests: self.requests.saturating_add(o.requests),
+            input_tokens: self.input_tokens.saturating_add(o.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(o.output_tokens),
+            cache_read_tokens: self.cache_read_tokens.saturating_add(o.cache_read_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_add(o.cache_write_tokens),
+            cost_pico_usd: self.cost_pico_usd.saturating_add(o.cost_pico_usd),
+        }
+    }
+}
+
+/// A key's lifetime totals, overall and by model label.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    pub all: Sums,
+    pub models: BTreeMap<String, Sums>,
+}
+
+impl From<&Totals> for Lifetime {
+    fn from(t: &Totals) -> Self {
+        Self {
+            all: (&t.all).into(),
+            models: t
+                .models
+                .iter()
+                .map(|(m, c)| (m.clone(), c.into()))
+                .collect(),
+        }
+    }
+}
+
+impl Lifetime {
+    fn plus(mut self, o: &Self) -> Self {
+        self.all = self.all.plus(&o.all);
+        for (m, c) in &o.models {
+            let e = self.models.entry(m.clone()).or_default();
+            *e = e.plus(c);
+        }
+        self
+    }
+}
+
+/// Where a host keeps lifetime totals.
+pub trait UsageTotals {
+    /// Adds one request's usage to `key_id`'s totals, overall and under `model`. Returns the
+    /// model's cost total before this request when the store gives it at no extra cost (the CAS
+    /// record does), for exact metric increments.
+    fn add(&self, key_id: &str, model: &str, delta: &Counts) -> Result<Option<u64>, StoreError>;
+    fn read(&self, key_id: &str) -> Result<Lifetime, StoreError>;
+}
+
+/// Totals as one compare-and-swap record per key ([`add`], [`read`]): a request is counted
+/// entirely or not at all, in one store operation. Only for stores whose CAS is honest.
+pub struct CasTotals<'a, S: CasStore + ?Sized>(pub &'a S);
+
+impl<S: CasStore + ?Sized> UsageTotals for CasTotals<'_, S> {
+    fn add(&self, key_id: &str, model: &str, delta: &Counts) -> Result<Option<u64>, StoreError> {
+        add(self.0, key_id, model, delta).map(|a| Some(a.model_cost_before_pico_usd))
+    }
+    fn read(&self, key_id: &str) -> Result<Lifetime, StoreError> {
+        read(self.0, key_id).map(|t| (&t).into())
+    }
+}
+
+/// Totals as atomic counters (Spin): `tollgate/totals/<key>/all/<field>` and
+/// `tollgate/totals/<key>/model/<label>/<field>`, each added with one increment (zero deltas
+/// skipped), so no store's compare-and-swap is trusted. Cost is a wide counter (see
+/// [`add_wide`]); token and request counts are `i64`s, which no key reaches (2^63 tokens is
+/// 292,000 years at a million tokens a second).
+///
+/// The labels a key has used are listed for `/usage` in slots: the request whose increment of a
+/// model's `requests` returns 1 takes a slot number with an increment of
+/// `tollgate/totals/<key>/models` and writes the label to `.../models/<n>`. Each label is
+/// registered once and no registration can overwrite another's (a shared list written with
+/// plain sets would lose concurrent additions). Residual: a store failure or a crash between
+/// that first `requests` increment and the label's slot write leaves the model's counters out of
+/// the per-model breakdown; they are still in the overall totals.
+///
+/// A failure part-way through an add leaves the fields already added counted (cost first); it
+/// is reported, and the record stays in the log.
+pub struct IncrementTotals<'a, S: AtomicStore + ?Sized>(pub &'a S);
+
+/// The carry of [`add_wide`]: below 2^63 with room for concurrent adds above it.
+const CARRY: i64 = 1 << 61;
+/// Most labels read from the slots by `/usage`.
+const MAX_LISTED_MODELS: i64 = 4096;
+
+/// Adds `delta` to the wide counter at `key` (`lo`) and `key/hi`: value = hi · 2^61 + lo.
+///
+/// The add that takes `lo` across 2^61 (its increment returns a value at or past 2^61 that was
+/// below it before) moves 2^61 into `hi`: `hi += 1`, then `lo -= 2^61`. Concurrent adds keep
+/// adding to `lo` meanwhile; only one of them can cross, so the carry happens once. A reader in
+/// between sees the value 2^61 too high for that moment. Exactness rests on the carry's second
+/// step succeeding: it is retried, and its failure is reported with the amount to correct.
+fn add_wide<S: AtomicStore + ?Sized>(store: &S, key: &str, delta: u64) -> Result<(), StoreError> {
+    let hi_key = format!("{key}/hi");
+    let high = delta >> 61;
+    let low = i64::try_from(delta & (CARRY as u64 - 1)).unwrap_or(0);
+    if high > 0 {
+        store.increment(&hi_key, i64::try_from(high).unwrap_or(0))?;
+    }
+    if low == 0 {
+        return Ok(());
+    }
+    let new = store.increment(key, low)?;
+    if new >= CARRY && new.saturating_sub(low) < CARRY {
+        store.increment(&hi_key, 1)?;
+        let mut last = None;
+        for _ in 0..3 {
+            match store.increment(key, -CARRY) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        return Err(StoreError::Host(format!(
+            "`{key}` is 2^61 too high after a carry into `{hi_key}`: subtracting 2^61 failed: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+fn read_wide<S: AtomicStore + ?Sized>(store: &S, key: &str) -> Result<u128, StoreError> {
+    let part = |k: &str| -> Result<u128, StoreError> {
+        Ok(read_integer(store, k)?.map_or(0, |v| u128::try_from(v).unwrap_or(0)))
+    };
+    Ok(part(&format!("{key}/hi"))? * CARRY as u128 + part(key)?)
+}
+
+const FIELDS: [&str; 5] = [
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+];
+const COST: &str = "cost_pico_usd";
+
+/// A label as one key segment: `/` and `%` escaped, so that no label reaches into another's keys.
+fn key_segment(label: &str) -> String {
+    label.replace('%', "%25").replace('/', "%2F")
+}
+
+fn scope_prefix(key_id: &str, model: Option<&str>) -> String {
+    match model {
+        None => format!("tollgate/totals/{key_id}/all/"),
+        Some(m) => format!("tollgate/totals/{key_id}/model/{}/", key_segment(m)),
+    }
+}
+
+fn models_key(key_id: &str) -> String {
+    format!("tollgate/totals/{key_id}/models")
+}
+
+impl<S: AtomicStore + ?Sized> IncrementTotals<'_, S> {
+    /// Adds `delta` under `prefix`; returns what the `requests` increment returned.
+    fn add_scope(&self, prefix: &str, delta: &Counts) -> Result<Option<i64>, StoreError> {
+        add_wide(self.0, &format!("{prefix}{COST}"), delta.cost_pico_usd)?;
+        let values = [
+            delta.requests,
+            delta.input_tokens,
+            delta.output_tokens,
+            delta.cache_read_tokens,
+            delta.cache_write_tokens,
+        ];
+        let increment = |field: &str, v: u64| {
+            self.0.increment(
+                &format!("{prefix}{field}"),
+                i64::try_from(v).unwrap_or(i64::MAX),
+            )
+        };
+        // Requests last: they drive the label's registration.
+        for (field, v) in FIELDS.iter().zip(values).skip(1) {
+            if v > 0 {
+                increment(field, v)?;
+            }
+        }
+        if delta.requests == 0 {
+            return Ok(None);
+        }
+        increment(FIELDS[0], delta.requests).map(Some)
+    }
+
+    fn read_scope(&self, prefix: &str) -> Result<Sums, StoreError> {
+        let field = |name: &str| -> Result<u64, StoreError> {
+            Ok(read_integer(self.0, &format!("{prefix}{name}"))?
+                .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+        };
+        Ok(Sums {
+            requests: field("requests")?,
+            input_tokens: field("input_tokens")?,
+            output_tokens: field("output_tokens")?,
+            cache_read_tokens: field("cache_read_tokens")?,
+            cache_write_tokens: field("cache_write_tokens")?,
+            cost_pico_usd: read_wide(self.0, &format!("{prefix}{COST}"))?,
+        })
+    }
+
+    /// The labels registered in the key's slots, each once.
+    fn labels(&self, key_id: &str) -> Result<Vec<String>, StoreError> {
+        let slots = models_key(key_id);
+        let n = read_integer(self.0, &slots)?
+            .unwrap_or(0)
+            .clamp(0, MAX_LISTED_MODELS);
+        let mut labels = Vec::new();
+        for i in 1..=n {
+            // An empty slot: its writer failed between the two steps.
+            if let Some(label) = self.0.get(&format!("{slots}/{i}"))? {
+                if let Ok(label) = String::from_utf8(label) {
+                    if !labels.contains(&label) {
+                        labels.push(label);
+                    }
+                }
+            }
+        }
+        Ok(labels)
+    }
+}
+
+impl<S: AtomicStore + ?Sized> UsageTotals for IncrementTotals<'_, S> {
+    fn add(&self, key_id: &str, model: &str, delta: &Counts) -> Result<Option<u64>, StoreError> {
+        let first_use = self.add_scope(&scope_prefix(key_id, Some(model)), delta)? == Some(1);
+        let all = self.add_scope(&scope_prefix(key_id, None), delta);
+        let registered = if first_use {
+            let slots = models_key(key_id);
+            self.0
+                .increment(&slots, 1)
+                .and_then(|n| self.0.set(&format!("{slots}/{n}"), model.as_bytes()))
+        } else {
+            Ok(())
+        };
+        all?;
+        registered?;
+        Ok(None)
+    }
+
+    /// Also adds what versions before the counters wrote: one CAS record per key, which no
+    /// current instance writes any more.
+    fn read(&self, key_id: &str) -> Result<Lifetime, StoreError> {
+        let mut t = Lifetime {
+            all: self.read_scope(&scope_prefix(key_id, None))?,
+            models: BTreeMap::new(),
+        };
+        for label in self.labels(key_id)? {
+            let sums = self.read_scope(&scope_prefix(key_id, Some(&label)))?;
+            t.models.insert(label, sums);
+        }
+        let legacy = self
+            .0
+            .get(&store_key(key_id))?
+            .and_then(|v| Totals::decode(&v));
+        Ok(match legacy {
+            Some(old) => t.plus(&(&old).into()),
+            None => t,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -620,10 +909,23 @@ mod tests {
             latency_ms: 1,
             service_tier: Default::default(),
         };
-        assert_eq!(add_record(&s, &make(facts(false, 429))).unwrap(), None);
-        let added = add_record(&s, &make(facts(true, 200))).unwrap().unwrap();
-        assert_eq!(added.totals.all.requests, 1);
-        assert_eq!(added.totals.models["claude-fast"].output_tokens, 2);
+        assert_eq!(
+            add_record(&CasTotals(&s), &make(facts(false, 429))).unwrap(),
+            None
+        );
+        assert_eq!(
+            add_record(&CasTotals(&s), &make(facts(true, 200))).unwrap(),
+            Some(0)
+        );
+        let t = read(&s, "k").unwrap();
+        assert_eq!(t.all.requests, 1);
+        assert_eq!(t.models["claude-fast"].output_tokens, 2);
+        // The same through the counters: the same totals.
+        let a = crate::store::memory::MemoryAtomic::new(crate::store::memory::Encoding::SqliteLe);
+        let totals = IncrementTotals(&a);
+        assert_eq!(add_record(&totals, &make(facts(false, 429))).unwrap(), None);
+        assert_eq!(add_record(&totals, &make(facts(true, 200))).unwrap(), None);
+        assert_eq!(totals.read("k").unwrap(), Lifetime::from(&t));
     }
 
     #[test]
@@ -682,5 +984,224 @@ mod tests {
         let e = add(&store, "k", "m", &delta).unwrap_err();
         assert!(matches!(e, StoreError::Host(m) if m.contains("newer format")));
         assert_eq!(store.get(&store_key("k")).unwrap().unwrap().0, newer);
+    }
+
+    mod increments {
+        use super::super::*;
+        use super::Gen;
+        use crate::store::memory::{Encoding, MemoryAtomic};
+        use std::sync::Arc;
+
+        const ENCODINGS: [Encoding; 2] = [Encoding::SqliteLe, Encoding::RedisDecimal];
+
+        #[test]
+        fn counters_and_the_cas_record_agree_on_generated_requests() {
+            for encoding in ENCODINGS {
+                let mut g = Gen(7);
+                let a = MemoryAtomic::new(encoding);
+                let cas = crate::store::memory::MemoryStore::default();
+                let labels = ["claude-fast", "us.amazon.nova-lite-v1:0", "a/b%2F", "other"];
+                for _ in 0..400 {
+                    let key = ["k1", "k2"][g.below(2) as usize];
+                    let model = labels[g.below(4) as usize];
+                    let small = |g: &mut Gen| if g.below(3) == 0 { 0 } else { g.below(5000) };
+                    let delta = Counts {
+                        requests: 1,
+                        input_tokens: small(&mut g),
+                        output_tokens: small(&mut g),
+                        cache_read_tokens: small(&mut g),
+                        cache_write_tokens: small(&mut g),
+                        cost_pico_usd: g.below(1 << 40),
+                    };
+                    IncrementTotals(&a).add(key, model, &delta).unwrap();
+                    CasTotals(&cas).add(key, model, &delta).unwrap();
+                }
+                for key in ["k1", "k2", "never-used"] {
+                    assert_eq!(
+                        IncrementTotals(&a).read(key).unwrap(),
+                        CasTotals(&cas).read(key).unwrap(),
+                        "{encoding:?} {key}"
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn one_request_is_a_few_increments_and_zero_deltas_are_skipped() {
+            let a = MemoryAtomic::new(Encoding::RedisDecimal);
+            let delta = Counts {
+                requests: 1,
+                input_tokens: 10,
+                output_tokens: 5,
+                cost_pico_usd: 99,
+                ..Default::default()
+            };
+            IncrementTotals(&a).add("k", "m", &delta).unwrap();
+            let ops = |a: &MemoryAtomic| a.operations.load(std::sync::atomic::Ordering::Relaxed);
+            // 4 increments per scope, and the label's registration (increment + set).
+            assert_eq!(ops(&a), 10);
+            IncrementTotals(&a).add("k", "m", &delta).unwrap();
+            assert_eq!(ops(&a), 18);
+            assert!(
+                !a.keys().iter().any(|k| k.contains("cache")),
+                "{:?}",
+                a.keys()
+            );
+            let t = IncrementTotals(&a).read("k").unwrap();
+            assert_eq!(t.all.cost_pico_usd, 198);
+            assert_eq!(t.models["m"].requests, 2);
+        }
+
+        #[test]
+        fn cost_carries_past_i64_and_u64_exactly() {
+            for encoding in ENCODINGS {
+                let a = MemoryAtomic::new(encoding);
+                let t = IncrementTotals(&a);
+                let one = |cost| Counts {
+                    requests: 1,
+                    cost_pico_usd: cost,
+                    ..Default::default()
+                };
+                let mut expected: u128 = 0;
+                // Up to just below the carry, across it, and far past u64::MAX in big steps.
+                for cost in [(1u64 << 61) - 5, 4, 1, 1, u64::MAX, u64::MAX, 7, 1 << 61] {
+                    t.add("k", "m", &one(cost)).unwrap();
+                    expected += u128::from(cost);
+                    let read = t.read("k").unwrap();
+                    assert_eq!(
+                        read.all.cost_pico_usd, expected,
+                        "{encoding:?} after {cost}"
+                    );
+                    assert_eq!(read.models["m"].cost_pico_usd, expected);
+                    let lo = crate::store::read_integer(&a, "tollgate/totals/k/all/cost_pico_usd")
+                        .unwrap()
+                        .unwrap_or(0);
+                    assert!((0..CARRY).contains(&lo), "lo {lo} is normalised");
+                }
+                assert!(expected > u128::from(u64::MAX));
+            }
+        }
+
+        #[test]
+        fn concurrent_adds_across_the_carry_are_exact() {
+            let a = Arc::new(MemoryAtomic::new(Encoding::SqliteLe));
+            // Start 1000 below the carry; 8 threads add 3 × 200 each: the carry happens once.
+            IncrementTotals(&*a)
+                .add(
+                    "k",
+                    "m",
+                    &Counts {
+                        cost_pico_usd: (1 << 61) - 1000,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let a = a.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..200 {
+                            let d = Counts {
+                                requests: 1,
+                                cost_pico_usd: 3,
+                                ..Default::default()
+                            };
+                            IncrementTotals(&*a).add("k", "m", &d).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let t = IncrementTotals(&*a).read("k").unwrap();
+            assert_eq!(t.all.cost_pico_usd, (1u128 << 61) - 1000 + 4800);
+            assert_eq!(t.models["m"].cost_pico_usd, (1u128 << 61) - 1000 + 4800);
+            assert_eq!(t.all.requests, 1600);
+            assert_eq!(
+                crate::store::read_integer(&*a, "tollgate/totals/k/all/cost_pico_usd/hi").unwrap(),
+                Some(1)
+            );
+        }
+
+        #[test]
+        fn concurrent_first_uses_register_every_label_once() {
+            let a = Arc::new(MemoryAtomic::new(Encoding::RedisDecimal));
+            let threads: Vec<_> = (0..8)
+                .map(|i| {
+                    let a = a.clone();
+                    std::thread::spawn(move || {
+                        for j in 0..50 {
+                            let d = Counts {
+                                requests: 1,
+                                output_tokens: 2,
+                                ..Default::default()
+                            };
+                            let model = format!("m{}", (i + j) % 12);
+                            IncrementTotals(&*a).add("k", &model, &d).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let t = IncrementTotals(&*a).read("k").unwrap();
+            assert_eq!(t.models.len(), 12);
+            assert_eq!(t.models.values().map(|s| s.requests).sum::<u64>(), 400);
+            assert_eq!(t.all.output_tokens, 800);
+            assert_eq!(
+                crate::store::read_integer(&*a, "tollgate/totals/k/models").unwrap(),
+                Some(12),
+                "one slot per label"
+            );
+        }
+
+        #[test]
+        fn reads_add_the_record_earlier_versions_wrote_and_create_nothing() {
+            let a = MemoryAtomic::new(Encoding::SqliteLe);
+            let mut old = Totals {
+                all: Counts {
+                    requests: 2,
+                    cost_pico_usd: 10,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            old.models.insert("m".into(), old.all);
+            a.set(&store_key("k"), &old.encode()).unwrap();
+            let before = a.keys();
+            let t = IncrementTotals(&a).read("k").unwrap();
+            assert_eq!(a.keys(), before, "a read created keys");
+            assert_eq!(t, Lifetime::from(&old));
+            IncrementTotals(&a)
+                .add(
+                    "k",
+                    "m",
+                    &Counts {
+                        requests: 1,
+                        cost_pico_usd: 5,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let t = IncrementTotals(&a).read("k").unwrap();
+            assert_eq!((t.all.requests, t.all.cost_pico_usd), (3, 15));
+            assert_eq!(t.models["m"].requests, 3);
+        }
+
+        #[test]
+        fn labels_cannot_reach_into_other_keys() {
+            let a = MemoryAtomic::new(Encoding::RedisDecimal);
+            let d = Counts {
+                requests: 1,
+                ..Default::default()
+            };
+            IncrementTotals(&a).add("k", "x/requests", &d).unwrap();
+            IncrementTotals(&a).add("k", "x", &d).unwrap();
+            let t = IncrementTotals(&a).read("k").unwrap();
+            assert_eq!(t.models["x"].requests, 1);
+            assert_eq!(t.models["x/requests"].requests, 1);
+        }
     }
 }

@@ -5,13 +5,12 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::config::Config;
+use tollgate_core::counters::CasCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
 use tollgate_core::host_reply;
-use tollgate_core::totals;
-
-use tollgate_core::counters::CasCounters;
+use tollgate_core::totals::{self, CasTotals};
 
 use crate::host::{self, SharedData};
 use crate::metrics;
@@ -132,7 +131,7 @@ impl HttpContext for Http {
             Admission::Reply(r) => self.reply(&r),
             Admission::Usage { key_id, now_ms } => self.reply(&endpoints::usage(
                 &config,
-                &SharedData,
+                &CasTotals(&SharedData),
                 &CasCounters(&SharedData),
                 &key_id,
                 now_ms,
@@ -247,8 +246,8 @@ impl HttpContext for Http {
         if let Some(warning) = record.price_warning() {
             host::log(LogLevel::Warn, &warning);
         }
-        let cost_before = match totals::add_record(&SharedData, &record) {
-            Ok(added) => added.map_or(0, |a| a.model_cost_before_pico_usd),
+        let cost_before = match totals::add_record(&CasTotals(&SharedData), &record) {
+            Ok(before) => before.unwrap_or(0),
             Err(e) => {
                 host::log(
                     LogLevel::Critical,

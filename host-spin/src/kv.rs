@@ -1,25 +1,22 @@
-//! Spin's key-value store as the two store traits core builds on.
+//! Spin's key-value store as core's [`AtomicStore`]: quota counters and usage totals are atomic
+//! increments (`wasi:keyvalue/atomics.increment`: Redis `INCRBY`, a SQLite transaction), plus
+//! plain reads and writes. No compare-and-swap: Spin's Redis store reports every `swap` as
+//! failed after its `EXEC` wrote (it follows it with `UNWATCH <key>`, which Redis refuses), and
+//! opens two connections per attempt. No batch reads either: its Redis `get-many` sends `KEYS`.
 //!
-//! Quota counters use `wasi:keyvalue/atomics.increment` ([`AtomicStore`]): atomic on every Spin
-//! backend (SQLite, Redis `INCRBY`, ...), and read back with `increment(k, 0)` because the
-//! backends encode counters differently. Usage totals use the `cas` resource ([`CasStore`]).
-//! Both are `wasi:keyvalue@0.2.0-draft2` (SDK module `experimental`), over the same store label
+//! These are `wasi:keyvalue@0.2.0-draft2` (SDK module `experimental`), over the same store label
 //! as `spin:key-value`. Their functions are synchronous in WIT: while one waits on Redis the
-//! instance's other tasks do not run, so hosts call them before a response streams and after.
+//! instance's other tasks do not run, so the component calls them before a response streams and
+//! after. A call that never returns cannot be given up on: Spin's Redis store has such calls
+//! (Spin 4.1.0-pre0: once an operation ran while Redis was unreachable, every later one waits,
+//! even after Redis is back). Racing an async `spin:key-value` open against a timer does not
+//! help either: Spin blocks the instance for the open's duration too, timer included.
 
-use std::cell::{Cell, RefCell};
-
-use spin_sdk::experimental::wasi::keyvalue::{atomics, store};
-use tollgate_core::counters::AtomicStore;
-use tollgate_core::store::{Cas, CasStore, StoreError};
+use spin_sdk::experimental::wasi::keyvalue::{atomics, batch, store};
+use tollgate_core::store::{AtomicStore, StoreError};
 
 /// One open store (a Spin `key_value_stores` label) for the life of one request.
 pub struct Kv {
-    /// CAS handles [`CasStore::get`] started and [`CasStore::set`] will finish, under the
-    /// version number `get` handed out. At most one per key: a newer `get` drops the older.
-    /// (Declared first: dropped before the bucket.)
-    pending: RefCell<Vec<(Cas, String, atomics::Cas)>>,
-    next: Cell<Cas>,
     bucket: Result<store::Bucket, String>,
 }
 
@@ -43,8 +40,6 @@ impl Kv {
     /// so that requests that need no store still work.
     pub fn open(label: &str) -> Self {
         Self {
-            pending: RefCell::new(Vec::new()),
-            next: Cell::new(0),
             bucket: store::open(label)
                 .map_err(|e| format!("key-value store `{label}`: {}", describe(e))),
         }
@@ -55,14 +50,6 @@ impl Kv {
             .as_ref()
             .map_err(|e| StoreError::Host(e.clone()))
     }
-
-    /// Starts a CAS on `key` and reads the value it captured. `current()` must be called on
-    /// every backend: Spin's Redis store only starts its `WATCH` there.
-    fn start(&self, key: &str) -> Result<(atomics::Cas, Option<Vec<u8>>), StoreError> {
-        let cas = atomics::Cas::new(self.bucket()?, key).map_err(host)?;
-        let current = cas.current().map_err(host)?;
-        Ok((cas, current))
-    }
 }
 
 impl AtomicStore for Kv {
@@ -70,54 +57,19 @@ impl AtomicStore for Kv {
         atomics::increment(self.bucket()?, key, delta).map_err(host)
     }
 
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.bucket()?.delete(key).map_err(host)
-    }
-}
-
-impl CasStore for Kv {
-    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
-        let mut pending = self.pending.borrow_mut();
-        pending.retain(|(_, k, _)| k != key);
-        let (cas, current) = self.start(key)?;
-        let Some(value) = current else {
-            return Ok(None);
-        };
-        let version = self.next.get().wrapping_add(1);
-        self.next.set(version);
-        pending.push((version, key.to_string(), cas));
-        Ok(Some((value, version)))
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bucket()?.get(key).map_err(host)
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), StoreError> {
-        let found = {
-            let mut pending = self.pending.borrow_mut();
-            pending
-                .iter()
-                .position(|(v, k, _)| *v == cas && k == key)
-                .map(|i| pending.swap_remove(i).2)
-        };
-        // Not started here (or superseded): the caller reads again.
-        let Some(handle) = found else {
-            return Err(StoreError::CasMismatch);
-        };
-        match atomics::swap(handle, value) {
-            Ok(()) => Ok(()),
-            Err(atomics::CasError::CasFailed(_)) => Err(StoreError::CasMismatch),
-            Err(atomics::CasError::StoreError(e)) => Err(host(e)),
-        }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.bucket()?.set(key, value).map_err(host)
     }
 
-    /// Writes `value` only if `key` is still absent: a CAS that captured "absent". Losing that
-    /// race is fine, the key exists either way.
-    fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        let (cas, current) = self.start(key)?;
-        if current.is_some() {
+    /// One command for all of them (Redis `DEL k1 k2 …`; one SQLite statement).
+    fn delete_many(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
             return Ok(());
         }
-        match atomics::swap(cas, value) {
-            Ok(()) | Err(atomics::CasError::CasFailed(_)) => Ok(()),
-            Err(atomics::CasError::StoreError(e)) => Err(host(e)),
-        }
+        batch::delete_many(self.bucket()?, keys).map_err(host)
     }
 }

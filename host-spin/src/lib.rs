@@ -3,15 +3,16 @@
 //! gateway rule lives in core; this crate only moves bytes, headers, time and store calls.
 //!
 //! Spin runs every request in a fresh instance, so nothing is kept between requests except in
-//! the key-value store (label `default`): quota counters and usage totals.
+//! the key-value store (label `default`): quota counters and usage totals, all of them atomic
+//! increments (see `kv`).
 
 mod kv;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, SinkExt, StreamExt};
 use http_body::Frame;
 use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
@@ -22,7 +23,7 @@ use tollgate_core::counters::IncrementCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
-use tollgate_core::totals;
+use tollgate_core::totals::{self, IncrementTotals};
 
 use kv::Kv;
 
@@ -32,6 +33,9 @@ const CONFIG_VARIABLE: &str = "tollgate_config";
 const STORE_LABEL: &str = "default";
 /// Response chunks buffered between the upstream and the client before the relay waits.
 const RELAY_BUFFER_CHUNKS: usize = 16;
+/// Longest the relay waits, once the upstream has ended, for the client to be handed the rest
+/// of the response before the exchange is finished anyway (see [`relay`]).
+const DELIVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Most request body bytes read and discarded before a refusal is sent (see [`drain`]).
 const DRAIN_MAX_BYTES: u64 = 8 << 20;
 
@@ -105,7 +109,7 @@ async fn handle(request: Request) -> Response<BoxBody> {
             let kv = Kv::open(STORE_LABEL);
             reply(&endpoints::usage(
                 &config,
-                &kv,
+                &IncrementTotals(&kv),
                 &IncrementCounters(&kv),
                 &key_id,
                 now_ms,
@@ -186,7 +190,7 @@ impl Flight {
             return;
         };
         // Totals before the log line, so a record anyone sees is also counted.
-        let added = totals::add_record(&self.kv, &record);
+        let added = totals::add_record(&IncrementTotals(&self.kv), &record);
         log_out(&record.log_line());
         if let Some(warning) = record.price_warning() {
             log_err(&warning);
@@ -295,9 +299,14 @@ async fn forward(
         }
     }
     let (tx, rx) = mpsc::channel(RELAY_BUFFER_CHUNKS);
-    match to_client.body(box_body(http_body_util::StreamBody::new(rx))) {
+    let (delivered_tx, delivered) = oneshot::channel();
+    let body = ClientBody {
+        frames: http_body_util::StreamBody::new(rx),
+        _delivered: delivered_tx,
+    };
+    match to_client.body(box_body(body)) {
         Ok(resp) => {
-            spin_sdk::wasip3::spawn(relay(flight, upstream, tx));
+            spin_sdk::wasip3::spawn(relay(flight, upstream, tx, delivered));
             resp
         }
         Err(e) => flight.refuse(&GatewayError::new(
@@ -327,7 +336,7 @@ async fn read_body(ex: &mut Exchange, chunks: &mut RequestChunks) -> Result<Byte
 
 /// Reads and discards what is left of the request body, up to [`DRAIN_MAX_BYTES`], before a
 /// refusal is sent. A reply sent while the client is still uploading is otherwise often lost:
-/// the HTTP server (hyper, in Spin as in the test host) closes a connection whose request was
+/// the HTTP server (hyper, in Spin) closes a connection whose request was
 /// not read, and the unread bytes make the kernel reset it under the client's feet.
 async fn drain(mut chunks: RequestChunks) {
     let mut seen = 0u64;
@@ -348,6 +357,26 @@ fn declared_length(headers: &[(&str, &str)]) -> Option<u64> {
 
 type ClientFrame = Result<Frame<Bytes>, std::io::Error>;
 
+/// The client's response body: the relay's frames. The SDK pumps it into Spin from a task of
+/// its own and drops it once Spin has taken the end of the body (or the client is gone), which
+/// drops `_delivered`: the relay learns the client has everything.
+struct ClientBody {
+    frames: http_body_util::StreamBody<mpsc::Receiver<ClientFrame>>,
+    _delivered: oneshot::Sender<()>,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ClientFrame>> {
+        std::pin::Pin::new(&mut self.get_mut().frames).poll_frame(cx)
+    }
+}
+
 /// Streams the upstream body to the client chunk by chunk, as core decides for each, then
 /// ends the exchange: when the upstream ends or fails, or the client goes away. Runs after the
 /// handler has returned the response head (a spawned task; the instance lives until it ends).
@@ -355,6 +384,7 @@ async fn relay(
     mut flight: Flight,
     upstream: IncomingResponseBody,
     mut client: mpsc::Sender<ClientFrame>,
+    delivered: oneshot::Receiver<()>,
 ) {
     let mut upstream = upstream.stream();
     while let Some(chunk) = upstream.next().await {
@@ -386,6 +416,15 @@ async fn relay(
     // generating); dropping the sender ends the client's response once the record is written.
     drop(upstream);
     drop(client);
+    // The store calls that finish the exchange are synchronous: while they run, no other task
+    // of this instance does, the SDK's body pump included, so the client's response would not
+    // end before the totals were written (four to five store round trips a scope). Let the pump
+    // hand Spin the rest first, as Envoy logs an exchange once the client has it all; bounded,
+    // for a client that stops reading but stays connected.
+    futures::select! {
+        _ = delivered.fuse() => {}
+        () = spin_sdk::time::sleep(DELIVERY_WAIT).fuse() => {}
+    }
     flight.finish();
 }
 
