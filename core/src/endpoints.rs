@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::accounting::totals::{Lifetime, Sums, UsageTotals};
 use crate::config::{ApiKey, Config};
-use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError, Reply};
-use crate::limits::Scope;
-use crate::period;
 use crate::quota::counter_name;
-use crate::totals::{Lifetime, Sums, UsageTotals};
+use crate::quota::counters::Counters;
+use crate::quota::limits::Scope;
+use crate::quota::period;
 
 #[derive(Serialize)]
 struct CountsView {
@@ -218,9 +218,9 @@ pub fn format_usd(pico: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::CasCounters;
-    use crate::limits::{Budget, KeyLimits, Limits};
-    use crate::period::Period;
+    use crate::quota::counters::CasCounters;
+    use crate::quota::limits::{Budget, KeyLimits, Limits};
+    use crate::quota::period::Period;
     use crate::store::memory::MemoryStore;
 
     #[test]

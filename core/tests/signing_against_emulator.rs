@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_core::config::UpstreamAuth;
-use tollgate_core::model_id::encode_path_label;
-use tollgate_core::signing::upstream_auth_headers;
+use tollgate_core::request::model_id::encode_path_label;
+use tollgate_core::upstream::signing::upstream_auth_headers;
 use tollgate_emulator::sigv4_verify::{verify, Credentials};
 
 const REGION: &str = "eu-west-1";

@@ -4,13 +4,13 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use tollgate_core::accounting::totals::{self, CasTotals};
 use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
-use tollgate_core::host_reply;
-use tollgate_core::totals::{self, CasTotals};
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::upstream::host_reply;
 
 use crate::host::{self, SharedData};
 use crate::metrics;

@@ -9,9 +9,10 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use tollgate_core::accounting::totals;
 use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
-use tollgate_core::{quota, totals};
+use tollgate_core::quota;
+use tollgate_core::quota::counters::CasCounters;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);

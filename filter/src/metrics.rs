@@ -1,4 +1,4 @@
-//! Envoy stats for Tollgate: `tollgate_core::metrics` decides what moves; this module defines
+//! Envoy stats for Tollgate: `tollgate_core::accounting::metrics` decides what moves; this module defines
 //! the stats (once per VM and name) and applies the updates.
 //!
 //! Only `Result`-returning host calls: a refused definition or increment is logged once per
@@ -9,9 +9,9 @@ use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType};
+use tollgate_core::accounting::metrics::{self as core_metrics, Labels, MetricKind, Update};
+use tollgate_core::accounting::record::UsageRecord;
 use tollgate_core::error::GatewayError;
-use tollgate_core::metrics::{self as core_metrics, Labels, MetricKind, Update};
-use tollgate_core::record::UsageRecord;
 
 use crate::host;
 

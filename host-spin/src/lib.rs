@@ -18,12 +18,12 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
+use tollgate_core::accounting::totals::{self, IncrementTotals};
 use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
-use tollgate_core::counters::IncrementCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
-use tollgate_core::totals::{self, IncrementTotals};
+use tollgate_core::quota::counters::IncrementCounters;
 
 use kv::Kv;
 

@@ -2,10 +2,10 @@
 
 use serde::Serialize;
 
-use crate::meter::Reading;
-use crate::operation::Operation;
-use crate::pricing::{self, PriceSource, ServiceTier};
-use crate::usage::Usage;
+use crate::accounting::pricing::{self, PriceSource, ServiceTier};
+use crate::accounting::usage::Usage;
+use crate::request::operation::Operation;
+use crate::response::meter::Reading;
 
 /// Where a record's token counts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,7 +65,7 @@ impl UsageRecord {
     /// used, else the priced Bedrock model ID (an ARN by its resource ID), else `other` (a
     /// client can send any string as a model ID).
     pub fn model_label(&self) -> &str {
-        crate::metrics::model_label(&self.model, &self.model_id, self.priced_as)
+        crate::accounting::metrics::model_label(&self.model, &self.model_id, self.priced_as)
     }
 
     /// The record as hosts log it: one line, `tollgate.usage {json}`.

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::UpstreamAuth;
 use crate::error::{ErrorKind, GatewayError};
-use crate::period;
+use crate::quota::period;
 
 /// Bedrock's signing name (the credential scope says `bedrock`, not `bedrock-runtime`).
 pub const SIGNING_NAME: &str = "bedrock";
@@ -433,7 +433,10 @@ mod tests {
             let path = if (seed >> 48) & 1 == 1 && !id.contains(['/', ' ', '%']) && id.is_ascii() {
                 format!("/model/{id}/{op}")
             } else {
-                format!("/model/{}/{op}", crate::model_id::encode_path_label(id))
+                format!(
+                    "/model/{}/{op}",
+                    crate::request::model_id::encode_path_label(id)
+                )
             };
             let host = hosts[(seed >> 16) as usize % hosts.len()];
             let key = SigningKey {

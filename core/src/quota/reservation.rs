@@ -8,10 +8,10 @@
 //! each sees the others' reservations.
 
 use crate::config::ApiKey;
-use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError};
-use crate::limits::{Limits, Scope};
-use crate::period::{self, Period};
+use crate::quota::counters::Counters;
+use crate::quota::limits::{Limits, Scope};
+use crate::quota::period::{self, Period};
 use crate::store::StoreError;
 
 /// What a request may use, as reserved at admission.
@@ -61,7 +61,7 @@ pub fn estimate(
     body_bytes: u64,
     max_output_tokens: Option<u64>,
     images: u64,
-    quote: &crate::pricing::Quote,
+    quote: &crate::accounting::pricing::Quote,
 ) -> Estimate {
     if quote.per_image_pico_usd.is_some() {
         let usage = crate::Usage {
@@ -79,7 +79,7 @@ pub fn estimate(
         .or(quote.max_output_tokens.map(u64::from))
         .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
     let usage = crate::Usage {
-        input_tokens: crate::record::estimate_tokens(body_bytes).max(1),
+        input_tokens: crate::accounting::record::estimate_tokens(body_bytes).max(1),
         output_tokens: output,
         ..Default::default()
     };
@@ -418,8 +418,8 @@ fn period_name(p: Period) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::CasCounters;
-    use crate::limits::{Budget, KeyLimits};
+    use crate::quota::counters::CasCounters;
+    use crate::quota::limits::{Budget, KeyLimits};
     use crate::store::memory::MemoryStore;
     use std::collections::BTreeMap;
 
@@ -655,7 +655,7 @@ mod tests {
 
     #[test]
     fn settling_after_a_window_ended_leaves_it_alone_and_still_frees_the_slot() {
-        use crate::counters::IncrementCounters;
+        use crate::quota::counters::IncrementCounters;
         use crate::store::memory::{Encoding, MemoryAtomic};
         let s = MemoryAtomic::new(Encoding::RedisDecimal);
         let c = IncrementCounters(&s);
@@ -721,7 +721,7 @@ mod tests {
             BTreeMap::new(),
         );
         let e = reserve(
-            &crate::counters::IncrementCounters(&Down),
+            &crate::quota::counters::IncrementCounters(&Down),
             &k,
             "m",
             est(1, 1),

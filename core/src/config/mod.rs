@@ -8,8 +8,8 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::limits::{KeyLimits, LimitsDocument};
-use crate::model_id;
+use crate::quota::limits::{KeyLimits, LimitsDocument};
+use crate::request::model_id;
 
 /// Every name [`Config::parse`] may look up in the host's environment (credentials of type
 /// `environment` and `bedrock_api_key`). Hosts whose lookups are asynchronous (Spin variables)

@@ -3,25 +3,25 @@
 
 use std::time::SystemTime;
 
-use crate::auth;
+use crate::accounting::pricing::{self, ServiceTier};
+use crate::accounting::record::{self, UsageRecord};
+use crate::accounting::usage::Usage;
 use crate::config::{ApiKey, Config};
-use crate::counters::Counters;
 use crate::error::{Dialect, ErrorKind, GatewayError};
-use crate::eventstream;
-use crate::images;
-use crate::meter::{Reading, UsageMeter};
-use crate::model_family;
-use crate::model_id;
-use crate::operation::Operation;
-use crate::options::{self, HeaderOptions, Unpriced};
-use crate::pricing::{self, ServiceTier};
+use crate::quota::counters::Counters;
 use crate::quota::{self, Reservation};
-use crate::record::{self, UsageRecord};
-use crate::request_body;
-use crate::request_headers;
-use crate::route::{self, Route};
-use crate::signing;
-use crate::usage::Usage;
+use crate::request::auth;
+use crate::request::body as request_body;
+use crate::request::headers as request_headers;
+use crate::request::images;
+use crate::request::model_family;
+use crate::request::model_id;
+use crate::request::operation::Operation;
+use crate::request::options::{self, HeaderOptions, Unpriced};
+use crate::request::route::{self, Route};
+use crate::response::eventstream;
+use crate::response::meter::{Reading, UsageMeter};
+use crate::upstream::signing;
 
 /// What to do with a request once its head is known.
 pub enum Admission {
@@ -567,8 +567,8 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash_key;
-    use crate::counters::CasCounters;
+    use crate::quota::counters::CasCounters;
+    use crate::request::auth::hash_key;
     use crate::store::memory::MemoryStore;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
@@ -735,7 +735,7 @@ mod tests {
             "key-b",
             &format!(
                 "/model/{}/invoke",
-                crate::model_id::encode_path_label(HAIKU)
+                crate::request::model_id::encode_path_label(HAIKU)
             ),
             &[],
         ));
@@ -951,7 +951,10 @@ mod tests {
             .finish(&config(), &CasCounters(&MemoryStore::default()), 2_000)
             .unwrap();
         assert_eq!(record.status, 0);
-        assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
+        assert_eq!(
+            record.usage_source,
+            crate::accounting::record::UsageSource::Estimated
+        );
         assert_eq!(record.input_tokens, 20);
         assert!(record.cost_pico_usd > 0);
     }
@@ -962,9 +965,9 @@ mod unanswered_tests {
     //! Exchanges Bedrock ran (or may have run) whose usage never came back are billed the
     //! reservation's estimate; the budget keeps exactly what was billed.
     use super::*;
-    use crate::auth::hash_key;
-    use crate::counters::CasCounters;
-    use crate::record::UsageSource;
+    use crate::accounting::record::UsageSource;
+    use crate::quota::counters::CasCounters;
+    use crate::request::auth::hash_key;
     use crate::store::memory::MemoryStore;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
@@ -988,8 +991,10 @@ mod unanswered_tests {
         let config = config();
         let store = MemoryStore::default();
         let counters = CasCounters(&store);
-        let path = format!("/model/claude-x/{operation}")
-            .replace("claude-x", &crate::model_id::encode_path_label(HAIKU));
+        let path = format!("/model/claude-x/{operation}").replace(
+            "claude-x",
+            &crate::request::model_id::encode_path_label(HAIKU),
+        );
         let Admission::Forward(mut ex) =
             admit(&config, "POST", &path, &[("authorization", "Bearer k")], 0)
         else {
@@ -1006,7 +1011,7 @@ mod unanswered_tests {
         let record = ex.finish(&config, &counters, 1).unwrap();
         let spent = counters
             .read(
-                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                &quota::counter_name("a", crate::quota::limits::Scope::Key, "", "spend"),
                 0,
             )
             .unwrap();
@@ -1105,8 +1110,8 @@ mod unanswered_tests {
 mod image_tests {
     //! Image models are billed per image, and refused when they have no per-image price.
     use super::*;
-    use crate::auth::hash_key;
-    use crate::counters::CasCounters;
+    use crate::quota::counters::CasCounters;
+    use crate::request::auth::hash_key;
     use crate::store::memory::MemoryStore;
 
     fn config(budget_usd: &str) -> Config {
@@ -1123,7 +1128,7 @@ mod image_tests {
     fn admit_model(config: &Config, model_id: &str) -> Admission {
         let path = format!(
             "/model/{}/invoke",
-            crate::model_id::encode_path_label(model_id)
+            crate::request::model_id::encode_path_label(model_id)
         );
         admit(config, "POST", &path, &[("authorization", "Bearer k")], 0)
     }
@@ -1151,7 +1156,7 @@ mod image_tests {
         let record = ex.finish(config, &counters, 1).unwrap();
         let spent = counters
             .read(
-                &quota::counter_name("a", crate::limits::Scope::Key, "", "spend"),
+                &quota::counter_name("a", crate::quota::limits::Scope::Key, "", "spend"),
                 0,
             )
             .unwrap();
@@ -1200,7 +1205,7 @@ mod image_tests {
             assert_eq!(record.cost_pico_usd, cost, "{model_id}");
             assert_eq!(
                 record.usage_source,
-                crate::record::UsageSource::Reported,
+                crate::accounting::record::UsageSource::Reported,
                 "{model_id}"
             );
             assert_eq!(spent, i64::try_from(cost).unwrap(), "{model_id}");
@@ -1231,7 +1236,10 @@ mod image_tests {
         let request = r#"{"taskType":"TEXT_IMAGE","textToImageParams":{"text":"a cat"},"imageGenerationConfig":{"numberOfImages":4,"width":2048,"height":2048}}"#;
         let (record, spent) =
             invoke(&config, "amazon.nova-canvas-v1:0", request, &response).unwrap();
-        assert_eq!(record.usage_source, crate::record::UsageSource::Estimated);
+        assert_eq!(
+            record.usage_source,
+            crate::accounting::record::UsageSource::Estimated
+        );
         assert_eq!(
             (record.images, record.input_tokens, record.output_tokens),
             (4, 0, 0)
@@ -1269,9 +1277,9 @@ mod image_tests {
 #[cfg(test)]
 mod cut_off_tests {
     use super::*;
-    use crate::auth::hash_key;
-    use crate::counters::CasCounters;
-    use crate::eventstream::Decoder;
+    use crate::quota::counters::CasCounters;
+    use crate::request::auth::hash_key;
+    use crate::response::eventstream::Decoder;
     use crate::store::memory::MemoryStore;
 
     fn config() -> Config {
@@ -1426,7 +1434,7 @@ mod cut_off_tests {
         attempt("/model/mistral.mistral-large-2402-v1%3A0/invoke-with-response-stream").unwrap();
         // ...one it cannot read (an application inference profile's opaque ID names no model
         // family) would run unmetered to its end: it must fit whole, and does not.
-        let opaque = crate::model_id::encode_path_label(
+        let opaque = crate::request::model_id::encode_path_label(
             "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/a1b2c3d4e5f6",
         );
         let err = attempt(&format!("/model/{opaque}/invoke-with-response-stream")).unwrap_err();
@@ -1475,8 +1483,8 @@ mod cut_off_tests {
 #[cfg(test)]
 mod body_tests {
     use super::*;
-    use crate::auth::hash_key;
-    use crate::counters::CasCounters;
+    use crate::quota::counters::CasCounters;
+    use crate::request::auth::hash_key;
     use crate::store::memory::MemoryStore;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";

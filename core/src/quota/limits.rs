@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::options::Unpriced;
-use crate::period::Period;
+use crate::quota::period::Period;
+use crate::request::options::Unpriced;
 
 /// Limits of one key, or of one model for one key. `None` means unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

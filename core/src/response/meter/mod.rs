@@ -20,7 +20,7 @@ use base64::{alphabet, Engine};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::eventstream::{Decoder, Message};
+use crate::response::eventstream::{Decoder, Message};
 use crate::{Operation, Usage};
 
 /// Largest non-stream body copied for parsing; past it the headers are the only source.
@@ -1173,7 +1173,7 @@ impl<'de> Visitor<'de> for ScalarVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eventstream::encode;
+    use crate::response::eventstream::encode;
     use base64::engine::general_purpose::STANDARD;
 
     fn event(event_type: &str, payload: &str) -> Vec<u8> {
@@ -2021,7 +2021,8 @@ mod tests {
                 f.family
             );
             assert!(r.output_text_bytes > 0, "{}: no text metered", f.family);
-            let (billed, _) = crate::record::billable(200, true, &r, 100, &Default::default());
+            let (billed, _) =
+                crate::accounting::record::billable(200, true, &r, 100, &Default::default());
             assert!(billed.output_tokens > 0, "{}: billed no output", f.family);
         }
     }
@@ -2162,10 +2163,11 @@ mod tests {
             assert_eq!(r.usage.input_tokens, 7, "{usage_json}");
             assert!(r.problem.is_some(), "{usage_json}");
             // Billed from what was seen: never zero output for a response with text.
-            let (billed, source) = crate::record::billable(200, true, &r, 100, &Default::default());
+            let (billed, source) =
+                crate::accounting::record::billable(200, true, &r, 100, &Default::default());
             assert_eq!(
                 (source, billed.input_tokens, billed.output_tokens),
-                (crate::record::UsageSource::Estimated, 7, 3),
+                (crate::accounting::record::UsageSource::Estimated, 7, 3),
                 "{usage_json}"
             );
         }

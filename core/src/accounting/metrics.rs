@@ -14,9 +14,9 @@
 //! is a configured alias, a model ID of the price table, or `other` ([`model_label`]); the
 //! other labels come from closed sets.
 
+use crate::accounting::pricing::PriceSource;
+use crate::accounting::record::{UsageRecord, UsageSource};
 use crate::error::GatewayError;
-use crate::pricing::PriceSource;
-use crate::record::{UsageRecord, UsageSource};
 
 /// Finished exchanges: `{key, model, status}` (`status` 0: the upstream never answered).
 pub const REQUESTS: &str = "tollgate_requests_total";
@@ -286,9 +286,9 @@ pub fn refusal_updates(error: &GatewayError, key_id: Option<&str>) -> Vec<Update
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::pricing;
     use crate::error::ErrorKind;
-    use crate::operation::Operation;
-    use crate::pricing;
+    use crate::request::operation::Operation;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
     const REGION: &str = "us-east-1";
@@ -604,8 +604,8 @@ mod tests {
     #[test]
     fn every_label_has_a_tag_regex_in_the_shipped_envoy_configs() {
         let configs = [
-            include_str!("../../envoy/envoy-emulator.yaml"),
-            include_str!("../../envoy/envoy-bedrock.yaml"),
+            include_str!("../../../envoy/envoy-emulator.yaml"),
+            include_str!("../../../envoy/envoy-bedrock.yaml"),
         ];
         for yaml in configs {
             for (tag, regex) in STATS_TAGS {

@@ -1,0 +1,8 @@
+//! What an exchange costs and where that is counted: prices, the usage record, lifetime
+//! totals, metric values.
+
+pub mod metrics;
+pub mod pricing;
+pub mod record;
+pub mod totals;
+pub mod usage;
