@@ -11,10 +11,9 @@
 //!
 //! Every label value has bounded cardinality, because every distinct value is a stat Envoy
 //! keeps in memory for the life of the process: `key` is a configured key ID (or `-`), `model`
-//! is a configured alias, a model ID of the price table, or `other` ([`model_label`]); the
+//! is a configured alias, a model ID of the price table, or `other` ([`record::model_label`](crate::accounting::record::model_label)); the
 //! other labels come from closed sets.
 
-use crate::accounting::pricing::PriceSource;
 use crate::accounting::record::{UsageRecord, UsageSource};
 use crate::error::GatewayError;
 
@@ -32,8 +31,6 @@ pub const REJECTIONS: &str = "tollgate_rejections_total";
 /// that were forwarded and got a response status: histogram `{model}`.
 pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
 
-/// The `model` label of a model that is neither a configured alias nor in the price table.
-pub const OTHER_MODEL: &str = "other";
 /// The `key` label of a request refused before its key was known.
 pub const NO_KEY: &str = "-";
 
@@ -117,39 +114,6 @@ pub fn escape_value(value: &str, out: &mut String) {
             out.push(char::from(HEX[usize::from(b >> 4)]));
             out.push(char::from(HEX[usize::from(b & 0xf)]));
         }
-    }
-}
-
-/// The `model` label of an exchange, from a bounded set (what `UsageRecord::model_label`
-/// should return, so totals and metrics name models alike):
-///
-/// 1. `model`, what the client named, when it is an alias: exchanges resolve only configured
-///    aliases to a different `model_id`, so `model != model_id` means a configured alias;
-/// 2. else the model ID when it is priced (`priced_as`, from `pricing::quote`), as the price
-///    table spells it: an ARN counts as the resource ID after its last `/`, which is what it is
-///    priced as — otherwise every account number or region in a client's ARN would be a new
-///    series;
-/// 3. else [`OTHER_MODEL`]: a client can send any string as a model ID.
-///
-/// Step 2 takes an ID with a `%` (which the pricer decodes first) as `other`, so that encoded
-/// spellings of one model cannot each become a series: what is left is an ID the price table
-/// holds verbatim.
-pub fn model_label<'a>(model: &'a str, model_id: &'a str, priced_as: PriceSource) -> &'a str {
-    if model != model_id {
-        return model;
-    }
-    if priced_as == PriceSource::UnknownModel || model_id.contains('%') {
-        return OTHER_MODEL;
-    }
-    let id = if model_id.starts_with("arn:") {
-        model_id.rsplit('/').next().unwrap_or(model_id)
-    } else {
-        model_id
-    };
-    if id.is_empty() || id.starts_with("arn:") {
-        OTHER_MODEL
-    } else {
-        id
     }
 }
 
@@ -286,7 +250,8 @@ pub fn refusal_updates(error: &GatewayError, key_id: Option<&str>) -> Vec<Update
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounting::pricing;
+    use crate::accounting::pricing::{self, PriceSource};
+    use crate::accounting::record::{model_label, OTHER_MODEL};
     use crate::error::ErrorKind;
     use crate::request::operation::Operation;
 
