@@ -14,6 +14,7 @@
 //! is a configured alias, a model ID of the price table, or `other` ([`record::model_label`](crate::accounting::record::model_label)); the
 //! other labels come from closed sets.
 
+use crate::accounting::money::micro_usd_increment;
 use crate::accounting::record::{UsageRecord, UsageSource};
 use crate::error::GatewayError;
 
@@ -150,22 +151,6 @@ pub fn usage_source_name(source: UsageSource) -> &'static str {
         UsageSource::Estimated => "estimated",
         UsageSource::None => "none",
     }
-}
-
-const PICO_PER_MICRO: u128 = 1_000_000;
-
-/// Micro-USD to add to a cost counter for a record costing `cost_pico` when the series' running
-/// pico-USD total was `before_pico`: `floor((before + cost) / 1e6) - floor(before / 1e6)`.
-///
-/// When each record of a series gets the running total just before it (the records' intervals
-/// `[before, before + cost)` tile `[0, total)`), the increments sum to exactly
-/// `floor(total / 1e6)`: no rounding error accumulates however the cost is split.
-pub fn micro_usd_increment(before_pico: u64, cost_pico: u64) -> u64 {
-    let before = u128::from(before_pico);
-    let after = before + u128::from(cost_pico);
-    let micro = after / PICO_PER_MICRO - before / PICO_PER_MICRO;
-    // At most u64::MAX / 1e6 + 1: always fits.
-    u64::try_from(micro).unwrap_or(u64::MAX)
 }
 
 /// The updates one finished exchange makes. `cost_before_pico`: the series' running pico-USD

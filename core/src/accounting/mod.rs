@@ -2,6 +2,7 @@
 //! totals, metric values.
 
 pub mod metrics;
+pub mod money;
 pub mod pricing;
 pub mod record;
 pub mod totals;

@@ -308,7 +308,7 @@ pub fn cost(usage: &Usage, price: &Price) -> u64 {
 mod tests {
     use super::*;
 
-    const PICO_PER_USD: u64 = 1_000_000_000_000;
+    use crate::accounting::money::PICO_PER_USD;
 
     fn usage(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Usage {
         Usage {

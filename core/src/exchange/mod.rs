@@ -1163,7 +1163,7 @@ mod image_tests {
         Ok((record, spent))
     }
 
-    const PICO_PER_USD: u64 = 1_000_000_000_000;
+    use crate::accounting::money::PICO_PER_USD;
 
     #[test]
     fn images_are_billed_per_image_from_the_response() {

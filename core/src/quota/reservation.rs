@@ -7,6 +7,7 @@
 //! what was actually used. Concurrent requests can therefore never jointly overrun a limit:
 //! each sees the others' reservations.
 
+use crate::accounting::money::PicoUsd;
 use crate::config::ApiKey;
 use crate::error::{ErrorKind, GatewayError};
 use crate::quota::counters::Counters;
@@ -136,10 +137,9 @@ fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Formats pico-USD as USD for messages: two decimals, rounded up (what it may cost).
+/// pico-USD as USD for messages: two decimals, rounded up (what it may cost).
 fn usd(pico: u64) -> String {
-    let cents = pico.div_ceil(10_000_000_000);
-    format!("${}.{:02}", cents / 100, cents % 100)
+    PicoUsd::from(pico).rounded_up_to_cents()
 }
 
 impl Reservation {
@@ -424,7 +424,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     const NOW: u64 = 1_795_383_600_000;
-    const USD: u64 = 1_000_000_000_000;
+    use crate::accounting::money::PICO_PER_USD as USD;
 
     fn key(limits: Limits, models: BTreeMap<String, Limits>) -> ApiKey {
         ApiKey {
