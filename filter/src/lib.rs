@@ -4,6 +4,7 @@ mod configuration;
 mod host;
 mod http;
 mod metrics;
+pub mod stats;
 
 use std::rc::Rc;
 

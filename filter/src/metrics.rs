@@ -1,5 +1,6 @@
-//! Envoy stats for Tollgate: `tollgate_core::accounting::metrics` decides what moves; this module defines
-//! the stats (once per VM and name) and applies the updates.
+//! Envoy stats for Tollgate: `tollgate_core::accounting::metrics` decides which series move
+//! and by how much; this module names them for Envoy (`stats`), defines each stat once per VM
+//! and applies the updates.
 //!
 //! Only `Result`-returning host calls: a refused definition or increment is logged once per
 //! VM and otherwise ignored — metrics never fail a request nor trap the VM.
@@ -14,6 +15,7 @@ use tollgate_core::accounting::record::UsageRecord;
 use tollgate_core::error::GatewayError;
 
 use crate::host;
+use crate::stats;
 
 thread_local! {
     /// Metric id by stat name, `None` if Envoy refused to define it (not retried). Label values
@@ -40,9 +42,12 @@ pub fn on_record(record: &UsageRecord, cost_before_pico: u64) {
     ));
 }
 
-fn apply(updates: &[Update]) {
+/// Applies core's metric updates (a refusal's, or the end of an exchange's).
+pub fn apply(updates: &[Update<'_>]) {
+    let mut name = String::new();
     for u in updates {
-        let Some(id) = metric_id(&u.name, u.kind) else {
+        stats::write_name(u, &mut name);
+        let Some(id) = metric_id(&name, u.kind) else {
             continue;
         };
         let result = match u.kind {
@@ -54,7 +59,7 @@ fn apply(updates: &[Update]) {
             MetricKind::Histogram => hostcalls::record_metric(id, u.value),
         };
         if let Err(e) = result {
-            warn_once(&format!("could not update metric `{}`: {e:?}", u.name));
+            warn_once(&format!("could not update metric `{name}`: {e:?}"));
         }
     }
 }

@@ -1,18 +1,20 @@
 //! Metrics: which series a usage record or a refusal moves, and by how much.
 //!
-//! Hosts only define the metrics and apply the [`Update`]s built here. Labels travel inside the
-//! stat name — `tollgate_requests_total;key=team-a;model=claude-fast;status=200` — and Envoy's
-//! `stats_config.stats_tags` turn them into Prometheus labels with the regexes in
-//! [`STATS_TAGS`] (the shipped `envoy/*.yaml` carry them; a test checks they match):
+//! Each [`Update`] names its metric, its labels (name and value, in a fixed order) and how it
+//! moves; hosts turn that into their own series (the filter into Envoy stat names carrying the
+//! labels for Envoy's tag extraction, `filter/src/stats.rs`):
 //!
 //! ```text
 //! tollgate_requests_total{key="team-a",model="claude-fast",status="200"} 3
 //! ```
 //!
-//! Every label value has bounded cardinality, because every distinct value is a stat Envoy
+//! Every label value has bounded cardinality, because every distinct value is a series a host
 //! keeps in memory for the life of the process: `key` is a configured key ID (or `-`), `model`
-//! is a configured alias, a model ID of the price table, or `other` ([`record::model_label`](crate::accounting::record::model_label)); the
-//! other labels come from closed sets.
+//! is a configured alias, a model ID of the price table, or `other`
+//! ([`record::model_label`](crate::accounting::record::model_label)); the other labels come
+//! from closed sets.
+
+use std::borrow::Cow;
 
 use crate::accounting::money::micro_usd_increment;
 use crate::accounting::record::{UsageRecord, UsageSource};
@@ -32,38 +34,11 @@ pub const REJECTIONS: &str = "tollgate_rejections_total";
 /// that were forwarded and got a response status: histogram `{model}`.
 pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
 
+/// Every label name a series may carry.
+pub const LABEL_NAMES: &[&str] = &["key", "model", "status", "kind", "usage_source", "reason"];
+
 /// The `key` label of a request refused before its key was known.
 pub const NO_KEY: &str = "-";
-
-/// Envoy `stats_config.stats_tags`: (tag_name, regex). The regexes see the whole stat name,
-/// which Envoy prefixes with `wasmcustom.`; the first group is cut from the name, the second is
-/// the value. Anchored, so Envoy applies them only to stats under `wasmcustom.`.
-pub const STATS_TAGS: &[(&str, &str)] = &[
-    (
-        "key",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;key=([^;]*))",
-    ),
-    (
-        "model",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;model=([^;]*))",
-    ),
-    (
-        "status",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;status=([^;]*))",
-    ),
-    (
-        "kind",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;kind=([^;]*))",
-    ),
-    (
-        "usage_source",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;usage_source=([^;]*))",
-    ),
-    (
-        "reason",
-        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;reason=([^;]*))",
-    ),
-];
 
 /// How a host applies an [`Update`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -74,47 +49,53 @@ pub enum MetricKind {
     Histogram,
 }
 
-/// One change to one series.
+/// The most labels a series has.
+pub const MAX_LABELS: usize = 3;
+
+/// One label of a series: its name (one of [`LABEL_NAMES`]) and its value.
+pub type Label<'a> = (&'static str, Cow<'a, str>);
+
+/// One change to one series. Label values borrow from the record they describe; only a
+/// response status is written out.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Update {
-    /// The stat name with its labels encoded (see [`series_name`]), without `wasmcustom.`.
-    pub name: String,
+pub struct Update<'a> {
+    /// The metric ([`REQUESTS`], [`TOKENS`], …).
+    pub metric: &'static str,
+    labels: [Label<'a>; MAX_LABELS],
+    label_count: usize,
     pub kind: MetricKind,
     pub value: u64,
 }
 
-/// `metric;tag=value;…`. Values are escaped ([`escape_value`]), so `;` and `=` only ever
-/// delimit and the [`STATS_TAGS`] regexes cannot mis-split a name.
-pub fn series_name(metric: &str, tags: &[(&str, &str)]) -> String {
-    let mut name = String::with_capacity(metric.len() + 16 * tags.len());
-    name.push_str(metric);
-    for (tag, value) in tags {
-        name.push(';');
-        name.push_str(tag);
-        name.push('=');
-        escape_value(value, &mut name);
-    }
-    name
-}
-
-/// Appends `value` with every byte outside `[A-Za-z0-9._:/@-]` written as `%XX`, and a final
-/// `.` as `%2E` (Envoy's tag extraction drops a value's trailing dot). Everything in a label
-/// value today (key IDs, aliases, model IDs) passes through unchanged; anything odd shows up
-/// escaped instead of breaking the name.
-pub fn escape_value(value: &str, out: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let bytes = value.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        let plain = b.is_ascii_alphanumeric()
-            || matches!(b, b'_' | b'-' | b':' | b'/' | b'@')
-            || (b == b'.' && i + 1 < bytes.len());
-        if plain {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+impl<'a> Update<'a> {
+    /// `labels` beyond [`MAX_LABELS`] are dropped (none of the series here has more).
+    fn new(
+        metric: &'static str,
+        labels: impl IntoIterator<Item = Label<'a>>,
+        kind: MetricKind,
+        value: u64,
+    ) -> Self {
+        let mut update = Self {
+            metric,
+            labels: Default::default(),
+            label_count: 0,
+            kind,
+            value,
+        };
+        for (slot, label) in update.labels.iter_mut().zip(labels) {
+            *slot = label;
+            update.label_count += 1;
         }
+        update
+    }
+
+    fn counter(metric: &'static str, labels: impl IntoIterator<Item = Label<'a>>, n: u64) -> Self {
+        Self::new(metric, labels, MetricKind::Counter, n)
+    }
+
+    /// The series' labels, in the metric's order (`key` first, where it has one).
+    pub fn labels(&self) -> &[Label<'a>] {
+        self.labels.get(..self.label_count).unwrap_or_default()
     }
 }
 
@@ -155,24 +136,22 @@ pub fn usage_source_name(source: UsageSource) -> &'static str {
 
 /// The updates one finished exchange makes. `cost_before_pico`: the series' running pico-USD
 /// total just before this record's cost was added (`totals::Added::model_cost_before_pico_usd`).
-pub fn record_updates(
+pub fn record_updates<'a>(
     record: &UsageRecord,
-    labels: Labels<'_>,
+    labels: Labels<'a>,
     cost_before_pico: u64,
-) -> Vec<Update> {
+) -> Vec<Update<'a>> {
     let Labels { key, model } = labels;
-    let status = record.status.to_string();
-    let counter = |name: String, value: u64| Update {
-        name,
-        kind: MetricKind::Counter,
-        value,
-    };
+    let key = || ("key", Cow::Borrowed(key));
+    let model = || ("model", Cow::Borrowed(model));
     let mut out = Vec::with_capacity(8);
-    out.push(counter(
-        series_name(
-            REQUESTS,
-            &[("key", key), ("model", model), ("status", &status)],
-        ),
+    out.push(Update::counter(
+        REQUESTS,
+        [
+            key(),
+            model(),
+            ("status", Cow::Owned(record.status.to_string())),
+        ],
         1,
     ));
     let tokens = [
@@ -183,27 +162,26 @@ pub fn record_updates(
     ];
     for (kind, n) in tokens {
         if n > 0 {
-            out.push(counter(
-                series_name(TOKENS, &[("key", key), ("model", model), ("kind", kind)]),
+            out.push(Update::counter(
+                TOKENS,
+                [key(), model(), ("kind", Cow::Borrowed(kind))],
                 n,
             ));
         }
     }
     let micro = micro_usd_increment(cost_before_pico, record.cost_pico_usd);
     if micro > 0 {
-        out.push(counter(
-            series_name(COST, &[("key", key), ("model", model)]),
-            micro,
-        ));
+        out.push(Update::counter(COST, [key(), model()], micro));
     }
-    out.push(counter(
-        series_name(
-            USAGE_SOURCE,
-            &[
-                ("key", key),
-                ("usage_source", usage_source_name(record.usage_source)),
-            ],
-        ),
+    out.push(Update::counter(
+        USAGE_SOURCE,
+        [
+            key(),
+            (
+                "usage_source",
+                Cow::Borrowed(usage_source_name(record.usage_source)),
+            ),
+        ],
         1,
     ));
     // Forwarded and answered: the status is upstream's (Bedrock's, or Envoy's router's own 503
@@ -211,25 +189,26 @@ pub fn record_updates(
     // (413, 500, quota 429) were never forwarded; status 0 (no answer: reset, client gone
     // first) measures no upstream response.
     if record.forwarded && record.status != 0 {
-        out.push(Update {
-            name: series_name(UPSTREAM_LATENCY, &[("model", model)]),
-            kind: MetricKind::Histogram,
-            value: record.latency_ms,
-        });
+        out.push(Update::new(
+            UPSTREAM_LATENCY,
+            [model()],
+            MetricKind::Histogram,
+            record.latency_ms,
+        ));
     }
     out
 }
 
 /// The update a refusal by the gateway makes. `key_id`: `None` before authentication.
-pub fn refusal_updates(error: &GatewayError, key_id: Option<&str>) -> Vec<Update> {
-    vec![Update {
-        name: series_name(
-            REJECTIONS,
-            &[("key", key_label(key_id)), ("reason", error.kind.name())],
-        ),
-        kind: MetricKind::Counter,
-        value: 1,
-    }]
+pub fn refusal_updates<'a>(error: &GatewayError, key_id: Option<&'a str>) -> Vec<Update<'a>> {
+    vec![Update::counter(
+        REJECTIONS,
+        [
+            ("key", Cow::Borrowed(key_label(key_id))),
+            ("reason", Cow::Borrowed(error.kind.name())),
+        ],
+        1,
+    )]
 }
 
 #[cfg(test)]
@@ -277,18 +256,14 @@ mod tests {
         }
     }
 
-    /// What Envoy's tag extraction makes of a name, done by hand: (name, [(tag, value)]).
-    fn extract(name: &str) -> (String, Vec<(String, String)>) {
-        let mut parts = name.split(';');
-        let metric = parts.next().unwrap_or_default().to_string();
-        let tags = parts
-            .map(|p| {
-                let (t, v) = p.split_once('=').expect("tag=value");
-                assert!(!v.contains('='), "{name}");
-                (t.to_string(), v.to_string())
-            })
-            .collect();
-        (metric, tags)
+    /// An update as `metric;label=value;…`, to compare with at a glance (no escaping: the
+    /// values here need none).
+    fn shown(u: &Update<'_>) -> String {
+        let mut s = u.metric.to_string();
+        for (name, value) in u.labels() {
+            s.push_str(&format!(";{name}={value}"));
+        }
+        s
     }
 
     #[test]
@@ -415,54 +390,11 @@ mod tests {
     }
 
     #[test]
-    fn escaping_keeps_names_splittable() {
-        let mut s = String::new();
-        escape_value(HAIKU, &mut s);
-        assert_eq!(s, HAIKU);
-        let arn = "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-haiku-4-5@20251001";
-        s.clear();
-        escape_value(arn, &mut s);
-        assert_eq!(s, arn);
-        for (raw, escaped) in [
-            ("a;key=b", "a%3Bkey%3Db"),
-            ("50%", "50%25"),
-            ("sp ace\"q\\", "sp%20ace%22q%5C"),
-            ("é", "%C3%A9"),
-            ("trail.", "trail%2E"),
-            ("a..b.c", "a..b.c"),
-            ("-", "-"),
-            ("", ""),
-        ] {
-            s.clear();
-            escape_value(raw, &mut s);
-            assert_eq!(s, escaped, "{raw}");
-        }
-        let name = series_name(
-            REQUESTS,
-            &[("key", "k;ey=1"), ("model", "m=;"), ("status", "0")],
-        );
-        assert_eq!(
-            extract(&name),
-            (
-                REQUESTS.to_string(),
-                vec![
-                    ("key".into(), "k%3Bey%3D1".into()),
-                    ("model".into(), "m%3D%3B".into()),
-                    ("status".into(), "0".into())
-                ]
-            )
-        );
-    }
-
-    #[test]
     fn a_billed_record_moves_every_series() {
         let r = record(200, UsageSource::Reported);
         let u = record_updates(&r, Labels::of(&r), 999_000);
-        let c = |name: &str, value| Update {
-            name: name.into(),
-            kind: MetricKind::Counter,
-            value,
-        };
+        let c = |name: &str, value| (name.to_string(), MetricKind::Counter, value);
+        let u: Vec<_> = u.iter().map(|u| (shown(u), u.kind, u.value)).collect();
         assert_eq!(
             u,
             vec![
@@ -488,11 +420,11 @@ mod tests {
                     "tollgate_usage_source_total;key=team-a;usage_source=reported",
                     1
                 ),
-                Update {
-                    name: "tollgate_upstream_latency_ms;model=claude-fast".into(),
-                    kind: MetricKind::Histogram,
-                    value: 41
-                },
+                (
+                    "tollgate_upstream_latency_ms;model=claude-fast".to_string(),
+                    MetricKind::Histogram,
+                    41
+                ),
             ]
         );
     }
@@ -503,8 +435,8 @@ mod tests {
         (r.input_tokens, r.cache_read_tokens, r.cost_pico_usd) = (0, 0, 0);
         let names = |r: &UsageRecord| -> Vec<String> {
             record_updates(r, Labels::of(r), 0)
-                .into_iter()
-                .map(|u| u.name)
+                .iter()
+                .map(shown)
                 .collect()
         };
         // Throttled by Bedrock: counted, nothing billed, its latency measured.
@@ -525,7 +457,7 @@ mod tests {
         r.priced_as = PriceSource::UnknownModel;
         let u = record_updates(&r, Labels::of(&r), 0);
         assert_eq!(
-            u[0].name,
+            shown(&u[0]),
             "tollgate_requests_total;key=team-a;model=other;status=0"
         );
         assert!(u
@@ -536,33 +468,26 @@ mod tests {
     #[test]
     fn refusals_are_counted_by_key_and_reason() {
         let e = GatewayError::new(ErrorKind::ModelNotAllowed, "no");
+        let u = refusal_updates(&e, Some("team-limited"));
         assert_eq!(
-            refusal_updates(&e, Some("team-limited")),
-            vec![Update {
-                name: "tollgate_rejections_total;key=team-limited;reason=model_not_allowed".into(),
-                kind: MetricKind::Counter,
-                value: 1
-            }]
+            u.iter()
+                .map(|u| (shown(u), u.kind, u.value))
+                .collect::<Vec<_>>(),
+            vec![(
+                "tollgate_rejections_total;key=team-limited;reason=model_not_allowed".to_string(),
+                MetricKind::Counter,
+                1
+            )]
         );
         let e = GatewayError::new(ErrorKind::MissingKey, "no");
         assert_eq!(
-            refusal_updates(&e, None)[0].name,
+            shown(&refusal_updates(&e, None)[0]),
             "tollgate_rejections_total;key=-;reason=missing_key"
         );
     }
 
     #[test]
-    fn every_label_has_a_tag_regex_in_the_shipped_envoy_configs() {
-        let configs = [
-            include_str!("../../../envoy/envoy-emulator.yaml"),
-            include_str!("../../../envoy/envoy-bedrock.yaml"),
-        ];
-        for yaml in configs {
-            for (tag, regex) in STATS_TAGS {
-                let spec = format!("- tag_name: {tag}\n    regex: '{regex}'");
-                assert!(yaml.contains(&spec), "missing in an envoy config:\n{spec}");
-            }
-        }
+    fn every_label_is_a_known_label_in_its_metrics_order() {
         let r = record(200, UsageSource::Reported);
         let mut updates = record_updates(&r, Labels::of(&r), 0);
         updates.extend(refusal_updates(
@@ -570,9 +495,13 @@ mod tests {
             None,
         ));
         for u in updates {
-            for (tag, _) in extract(&u.name).1 {
-                assert!(STATS_TAGS.iter().any(|(t, _)| *t == tag), "{tag}");
-            }
+            let names: Vec<_> = u.labels().iter().map(|(n, _)| *n).collect();
+            assert!(names.iter().all(|n| LABEL_NAMES.contains(n)), "{names:?}");
+            assert!(!names.is_empty() && names.len() <= MAX_LABELS);
+            assert!(
+                names[1..].iter().all(|n| *n != "key"),
+                "key first: {names:?}"
+            );
         }
     }
 }
