@@ -4,11 +4,13 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
-use tollgate_core::accounting::totals::{self, CasTotals};
+use tollgate_core::accounting::totals::CasTotals;
 use tollgate_core::config::Config;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
+use tollgate_core::exchange::{
+    self, Admission, BodyVerdict, Effect, Exchange, Level, UpstreamRequest,
+};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
 
@@ -238,27 +240,24 @@ impl HttpContext for Http {
         let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
             return;
         };
-        let Some(record) = ex.finish(config, &CasCounters(&SharedData), host::now_ms(host::now()))
-        else {
+        let now_ms = host::now_ms(host::now());
+        let Some(ending) = ex.end(
+            config,
+            &CasCounters(&SharedData),
+            &CasTotals(&SharedData),
+            now_ms,
+        ) else {
             return;
         };
-        host::log(LogLevel::Info, &record.log_line());
-        if let Some(warning) = record.price_warning() {
-            host::log(LogLevel::Warn, &warning);
-        }
-        let cost_before = match totals::add_record(&CasTotals(&SharedData), &record) {
-            Ok(before) => before.unwrap_or(0),
-            Err(e) => {
-                host::log(
-                    LogLevel::Critical,
-                    &format!(
-                        "tollgate: usage of key `{}` NOT added to totals: {e}",
-                        record.key_id
-                    ),
-                );
-                0
+        // Settled and counted already: what is left is to say so, in core's order.
+        let mut name = String::new();
+        for effect in ending.effects() {
+            match effect {
+                Effect::Record(line) => host::log(LogLevel::Info, &line),
+                Effect::Log(Level::Warn, line) => host::log(LogLevel::Warn, &line),
+                Effect::Log(Level::Critical, line) => host::log(LogLevel::Critical, &line),
+                Effect::Metric(update) => metrics::apply(&update, &mut name),
             }
-        };
-        metrics::on_record(&record, cost_before);
+        }
     }
 }

@@ -18,11 +18,11 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
-use tollgate_core::accounting::totals::{self, IncrementTotals};
+use tollgate_core::accounting::totals::IncrementTotals;
 use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
+use tollgate_core::exchange::{self, Admission, BodyVerdict, Effect, Exchange};
 use tollgate_core::quota::counters::IncrementCounters;
 
 use kv::Kv;
@@ -120,7 +120,6 @@ async fn handle(request: Request) -> Response<BoxBody> {
                 config,
                 ex,
                 kv: Kv::open(STORE_LABEL),
-                finished: false,
             };
             forward(flight, parts.method.clone(), &pairs, &original, body).await
         }
@@ -155,7 +154,6 @@ struct Flight {
     config: Config,
     ex: Box<Exchange>,
     kv: Kv,
-    finished: bool,
 }
 
 impl Flight {
@@ -176,30 +174,25 @@ impl Flight {
         reply(&r)
     }
 
-    /// Produces the usage record: settles the reservation, adds the usage to the key's totals
-    /// (before the record is logged, so a logged record is always counted), logs the record.
+    /// Ends the exchange (core settles the reservation and adds the usage to the key's
+    /// totals), then writes what core returns: the record to stdout, warnings to stderr.
     fn finish(&mut self) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        let counters = IncrementCounters(&self.kv);
-        let Some(record) = self
-            .ex
-            .finish(&self.config, &counters, now_ms(SystemTime::now()))
-        else {
+        // `None` once it has ended: an exchange ends once, whichever path gets here first.
+        let Some(ending) = self.ex.end(
+            &self.config,
+            &IncrementCounters(&self.kv),
+            &IncrementTotals(&self.kv),
+            now_ms(SystemTime::now()),
+        ) else {
             return;
         };
-        // Totals before the log line, so a record anyone sees is also counted.
-        let added = totals::add_record(&IncrementTotals(&self.kv), &record);
-        log_out(&record.log_line());
-        if let Some(warning) = record.price_warning() {
-            log_err(&warning);
-        }
-        if let Err(e) = added {
-            log_err(&format!(
-                "tollgate: usage of key `{}` NOT added to totals: {e}",
-                record.key_id
-            ));
+        for effect in ending.effects() {
+            match effect {
+                Effect::Record(line) => log_out(&line),
+                Effect::Log(_, line) => log_err(&line),
+                // No metrics on Spin: the records are its usage data.
+                Effect::Metric(_) => {}
+            }
         }
     }
 }

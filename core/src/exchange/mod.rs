@@ -1,10 +1,14 @@
 //! One request through the gateway, from request head to usage record, as a sans-IO state
-//! machine. Hosts feed it headers, body bytes and time, and do what it says.
+//! machine. Hosts feed it headers, body bytes and time, and do what it says; [`end`] is what
+//! every exchange ends with.
+
+pub mod end;
 
 use std::time::SystemTime;
 
 use crate::accounting::pricing::{self, ServiceTier};
 use crate::accounting::record::{self, UsageRecord};
+use crate::accounting::totals::UsageTotals;
 use crate::accounting::usage::Usage;
 use crate::config::{ApiKey, Config};
 use crate::error::{Dialect, ErrorKind, GatewayError};
@@ -22,6 +26,8 @@ use crate::request::route::{self, Route};
 use crate::response::eventstream;
 use crate::response::meter::{Reading, UsageMeter};
 use crate::upstream::signing;
+
+pub use end::{Effect, Ending, Level};
 
 /// What to do with a request once its head is known.
 pub enum Admission {
@@ -498,6 +504,20 @@ impl Exchange {
             br#"{"message":"The API key's budget is exhausted: this response was ended by the gateway."}"#,
         ));
         BodyVerdict::Replace(out)
+    }
+
+    /// Ends the exchange, once, on every path (Envoy's `on_log`): [`Exchange::finish`] (the
+    /// record; the reservation settled in `counters`), then the usage added to `totals`, then
+    /// what the host logs and measures ([`Ending::effects`]). `None` if it had ended already.
+    pub fn end(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        totals: &dyn UsageTotals,
+        now_ms: u64,
+    ) -> Option<Ending> {
+        let record = self.finish(config, counters, now_ms)?;
+        Some(end::count(record, totals))
     }
 
     /// The usage record, once, when the exchange is over (completed, failed, or cancelled).
