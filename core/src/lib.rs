@@ -18,6 +18,7 @@
 
 pub mod accounting;
 pub mod config;
+pub mod dialect;
 pub mod endpoints;
 pub mod error;
 pub mod exchange;

@@ -6,11 +6,10 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::accounting::totals::CasTotals;
 use tollgate_core::config::Config;
+use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
-use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{
-    self, Admission, BodyVerdict, Effect, Exchange, Level, UpstreamRequest,
-};
+use tollgate_core::error::{ErrorKind, GatewayError, Reply};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, UpstreamRequest, Verdict};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
 
@@ -23,8 +22,6 @@ pub struct Http {
     /// Envoy runs a local reply (this filter's, or Envoy's own) through this filter's own
     /// response callbacks: they must not mistake it for Bedrock's answer.
     local_reply: bool,
-    /// The stream was reset after a budget cut-off.
-    upstream_reset: bool,
 }
 
 impl Http {
@@ -33,7 +30,6 @@ impl Http {
             config,
             exchange: None,
             local_reply: false,
-            upstream_reset: false,
         }
     }
 
@@ -221,14 +217,15 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-        match ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size)) {
-            BodyVerdict::Pass => {}
-            BodyVerdict::Replace(bytes) => host::replace_response_body(body_size, &bytes),
-            BodyVerdict::Drop => {
-                host::replace_response_body(body_size, &[]);
-                if !std::mem::replace(&mut self.upstream_reset, true) {
-                    // The terminal frame went out with an earlier chunk: stop Bedrock
-                    // generating (and billing) what nobody will read.
+        let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+        let relayed = ex.on_response_body(&chunk);
+        match relayed.verdict {
+            Verdict::Pass => {}
+            Verdict::Replace => host::replace_response_body(body_size, &relayed.bytes),
+            Verdict::End { reset_upstream } => {
+                host::replace_response_body(body_size, &relayed.bytes);
+                if reset_upstream {
+                    // A reset ends the client's side too: only once the end has gone out.
                     host::reset_stream();
                 }
             }

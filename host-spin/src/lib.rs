@@ -22,7 +22,7 @@ use tollgate_core::accounting::totals::IncrementTotals;
 use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, BodyVerdict, Effect, Exchange};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
 
 use kv::Kv;
@@ -392,13 +392,15 @@ async fn relay(
                 break;
             }
         };
-        let (bytes, last) = match flight.ex.on_response_body(&chunk) {
-            BodyVerdict::Pass => (chunk, false),
-            // Budget cut-off: the terminal frame goes out, nothing after it is read.
-            BodyVerdict::Replace(bytes) => (Bytes::from(bytes), true),
-            BodyVerdict::Drop => break,
+        let relayed = flight.ex.on_response_body(&chunk);
+        let (bytes, last) = match relayed.verdict {
+            Verdict::Pass => (chunk.clone(), false),
+            Verdict::Replace => (Bytes::from(relayed.bytes.into_owned()), false),
+            // The response ends here (a budget cut-off's terminal frame); dropping the
+            // upstream body below stops Bedrock.
+            Verdict::End { .. } => (Bytes::from(relayed.bytes.into_owned()), true),
         };
-        if client.send(Ok(Frame::data(bytes))).await.is_err() {
+        if !(last && bytes.is_empty()) && client.send(Ok(Frame::data(bytes))).await.is_err() {
             break; // the client went away
         }
         if last {

@@ -11,7 +11,9 @@ use crate::accounting::record::{self, UsageRecord};
 use crate::accounting::totals::UsageTotals;
 use crate::accounting::usage::Usage;
 use crate::config::{ApiKey, Config};
-use crate::error::{Dialect, ErrorKind, GatewayError};
+use crate::dialect::bedrock::{PassThrough, CUT_OFF_EXCEPTION};
+use crate::dialect::Dialect;
+use crate::error::{ErrorKind, GatewayError};
 use crate::quota::counters::Counters;
 use crate::quota::{self, Reservation};
 use crate::request::auth;
@@ -23,10 +25,11 @@ use crate::request::model_id;
 use crate::request::operation::Operation;
 use crate::request::options::{self, HeaderOptions, Unpriced};
 use crate::request::route::{self, Route};
-use crate::response::eventstream;
-use crate::response::meter::{Reading, UsageMeter};
+use crate::response::meter::UsageMeter;
+use crate::response::relay::Relay;
 use crate::upstream::signing;
 
+pub use crate::response::relay::{Relayed, Verdict};
 pub use end::{Effect, Ending, Level};
 
 /// What to do with a request once its head is known.
@@ -191,7 +194,7 @@ fn admit_key(
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),
-        cut_off: None,
+        relay: Relay::new(Box::new(PassThrough)),
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,
@@ -255,30 +258,6 @@ impl UpstreamRequest {
     }
 }
 
-/// What to do with a chunk of the response body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyVerdict {
-    Pass,
-    /// Send these bytes instead: the stream ends here (budget cut-off).
-    Replace(Vec<u8>),
-    /// Send nothing: the stream was already ended. Hosts may reset the upstream.
-    Drop,
-}
-
-/// The exception type of the terminal frame that ends a stream whose budget ran out. It is
-/// one both stream unions (ConverseStream, InvokeModelWithResponseStream) model, so SDKs raise
-/// it with its message; an unmodeled type reaches boto3 with neither code nor message.
-pub const CUT_OFF_EXCEPTION: &str = "throttlingException";
-
-/// A stream that ends once what it delivered would cost more than its budget reservation.
-#[derive(Debug)]
-struct CutOff {
-    allowance_pico_usd: u64,
-    quote: pricing::Quote,
-    /// The terminal frame was sent.
-    done: bool,
-}
-
 /// With `test_hooks` on, this request header sets the quota clock (ms since the epoch), so
 /// tests can cross minutes and budget periods without sleeping.
 pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
@@ -299,7 +278,8 @@ pub struct Exchange {
     /// The clock quota windows and periods are read from.
     quota_now_ms: u64,
     reservation: Reservation,
-    cut_off: Option<CutOff>,
+    /// What the client gets of the response, and when the gateway ends a stream itself.
+    relay: Relay,
     body_limit: u64,
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
@@ -415,11 +395,9 @@ impl Exchange {
         )
         .inspect_err(|e| self.status = Some(e.kind.status()))?;
         if may_cut_off {
-            self.cut_off = self.reservation.spend_allowance().map(|allowance| CutOff {
-                allowance_pico_usd: allowance,
-                quote,
-                done: false,
-            });
+            if let Some(allowance) = self.reservation.spend_allowance() {
+                self.relay.cut_off_at(allowance, quote);
+            }
         }
         let path = format!(
             "/model/{}/{}",
@@ -470,40 +448,13 @@ impl Exchange {
         self.meter.on_response_headers(status, headers);
     }
 
-    /// Observes a chunk of the response, which passes unchanged unless this stream is to be
-    /// cut off: then the chunk is replaced by its complete frames plus a terminal exception
-    /// frame, and everything after is dropped.
-    pub fn on_response_body(&mut self, chunk: &[u8]) -> BodyVerdict {
+    /// One chunk of the response body, as it arrives: metered, then what the client gets for
+    /// it (see [`Relayed`]). The chunk passes unchanged unless this stream is cut off: then it
+    /// is replaced by its complete frames and a terminal exception, and the response ends.
+    pub fn on_response_body<'a>(&mut self, chunk: &'a [u8]) -> Relayed<'a> {
         let ok = matches!(self.status, Some(200..=299));
-        let request_bytes = self.request_bytes;
-        let Some(cut) = self.cut_off.as_mut().filter(|_| ok) else {
-            self.meter.on_body(chunk);
-            return BodyVerdict::Pass;
-        };
-        if cut.done {
-            return BodyVerdict::Drop;
-        }
-        // After each message: would what has been delivered cost more than the allowance?
-        // (Estimated as for any cut stream.)
-        let over = |r: &Reading| {
-            cut.quote
-                .cost(&record::billable(200, true, r, request_bytes, &Default::default()).0)
-                > cut.allowance_pico_usd
-        };
-        let Some(end) = self.meter.on_body_until(chunk, over) else {
-            return BodyVerdict::Pass;
-        };
-        cut.done = true;
-        let mut out = chunk.get(..end).unwrap_or(chunk).to_vec();
-        out.extend_from_slice(&eventstream::encode(
-            &[
-                (":message-type", "exception"),
-                (":exception-type", CUT_OFF_EXCEPTION),
-                (":content-type", "application/json"),
-            ],
-            br#"{"message":"The API key's budget is exhausted: this response was ended by the gateway."}"#,
-        ));
-        BodyVerdict::Replace(out)
+        self.relay
+            .chunk(chunk, ok, &mut self.meter, self.request_bytes)
     }
 
     /// Ends the exchange, once, on every path (Envoy's `on_log`): [`Exchange::finish`] (the
@@ -561,7 +512,7 @@ impl Exchange {
         };
         let mut record = record::make_with(facts, &fallback);
         record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
-        if matches!(&self.cut_off, Some(c) if c.done) {
+        if self.relay.was_cut_off() {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }
         let used = record.usage();
@@ -988,6 +939,7 @@ mod unanswered_tests {
     use crate::accounting::record::UsageSource;
     use crate::quota::counters::CasCounters;
     use crate::request::auth::hash_key;
+    use crate::response::eventstream;
     use crate::store::memory::MemoryStore;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
@@ -1299,6 +1251,7 @@ mod cut_off_tests {
     use super::*;
     use crate::quota::counters::CasCounters;
     use crate::request::auth::hash_key;
+    use crate::response::eventstream;
     use crate::response::eventstream::Decoder;
     use crate::store::memory::MemoryStore;
 
@@ -1360,11 +1313,7 @@ mod cut_off_tests {
         );
         let mut received = Vec::new();
         for piece in body.chunks(chunk) {
-            match ex.on_response_body(piece) {
-                BodyVerdict::Pass => received.extend_from_slice(piece),
-                BodyVerdict::Replace(bytes) => received.extend_from_slice(&bytes),
-                BodyVerdict::Drop => {}
-            }
+            received.extend_from_slice(&ex.on_response_body(piece).bytes);
         }
         let record = ex.finish(config, &counters, 1).unwrap();
         (received, record)

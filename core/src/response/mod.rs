@@ -3,3 +3,4 @@
 
 pub mod eventstream;
 pub mod meter;
+pub mod relay;
