@@ -1,5 +1,6 @@
 //! The per-request HTTP context.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -12,12 +13,15 @@ use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, UpstreamRequest, Verdict};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
 use crate::metrics;
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
+    /// The VM's signing key, kept for the day (shared by every request of the VM).
+    signing_keys: Rc<RefCell<SigningKeyCache>>,
     exchange: Option<Box<Exchange>>,
     /// Envoy runs a local reply (this filter's, or Envoy's own) through this filter's own
     /// response callbacks: they must not mistake it for Bedrock's answer.
@@ -25,9 +29,13 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(config: Result<Rc<Config>, Rc<str>>) -> Self {
+    pub fn new(
+        config: Result<Rc<Config>, Rc<str>>,
+        signing_keys: Rc<RefCell<SigningKeyCache>>,
+    ) -> Self {
         Self {
             config,
+            signing_keys,
             exchange: None,
             local_reply: false,
         }
@@ -58,7 +66,17 @@ impl Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        match ex.upstream_request(config, &CasCounters(&SharedData), body, host::now()) {
+        let signed = {
+            // Never borrowed elsewhere while a request signs; a fresh key if it somehow were.
+            let mut kept = self.signing_keys.try_borrow_mut();
+            let mut spare = SigningKeyCache::default();
+            let keys = match kept.as_deref_mut() {
+                Ok(keys) => keys,
+                Err(_) => &mut spare,
+            };
+            ex.upstream_request(config, &CasCounters(&SharedData), keys, body, host::now())
+        };
+        match signed {
             Ok(up) => match apply(&up, body.len()) {
                 Ok(()) => Action::Continue,
                 Err(e) => self.reject(&e, None),

@@ -24,6 +24,7 @@ use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 use kv::Kv;
 
@@ -225,10 +226,12 @@ async fn forward(
         }
     };
     let counters = IncrementCounters(&flight.kv);
+    // An instance serves one request: a key derived now is not asked for again.
+    let keys = &mut SigningKeyCache::default();
     let mut up =
         match flight
             .ex
-            .upstream_request(&flight.config, &counters, &body, SystemTime::now())
+            .upstream_request(&flight.config, &counters, keys, &body, SystemTime::now())
         {
             Ok(up) => up,
             Err(e) => return flight.refuse(&e),

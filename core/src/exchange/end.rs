@@ -97,6 +97,7 @@ mod tests {
     use crate::request::auth::hash_key;
     use crate::request::model_id::encode_path_label;
     use crate::store::memory::{Encoding, MemoryAtomic, MemoryStore};
+    use crate::upstream::signing::SigningKeyCache;
 
     const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
     const UNPRICED: &str = "us.example.unreleased-model-v9:0";
@@ -124,8 +125,14 @@ mod tests {
         else {
             panic!("not admitted")
         };
-        ex.upstream_request(config, counters, b"{}", SystemTime::UNIX_EPOCH)
-            .unwrap();
+        ex.upstream_request(
+            config,
+            counters,
+            &mut SigningKeyCache::default(),
+            b"{}",
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         ex.on_response_headers(200, [("content-type", "application/json")]);
         ex.on_response_body(ANSWER);
         ex

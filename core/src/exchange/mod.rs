@@ -27,7 +27,7 @@ use crate::request::options::{self, HeaderOptions, Unpriced};
 use crate::request::route::{self, Route};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
-use crate::upstream::signing;
+use crate::upstream::signing::{self, SigningKeyCache};
 
 pub use crate::response::relay::{Relayed, Verdict};
 pub use end::{Effect, Ending, Level};
@@ -329,12 +329,14 @@ impl Exchange {
         Ok(())
     }
 
-    /// The upstream request for the complete `body`, signed at `now`, once the request is
-    /// admitted against its key's limits (its estimated cost reserved in `counters`).
+    /// The upstream request for the complete `body`, signed at `now` (with the host's kept
+    /// signing key, `signing_keys`), once the request is admitted against its key's limits
+    /// (its estimated cost reserved in `counters`).
     pub fn upstream_request(
         &mut self,
         config: &Config,
         counters: &dyn Counters,
+        signing_keys: &mut SigningKeyCache,
         body: &[u8],
         now: SystemTime,
     ) -> Result<UpstreamRequest, GatewayError> {
@@ -405,6 +407,7 @@ impl Exchange {
             self.operation.path_segment()
         );
         let set_headers = signing::upstream_auth_headers(
+            signing_keys,
             &config.upstream_auth,
             &config.region,
             &config.upstream_host,
@@ -603,6 +606,7 @@ mod tests {
             .upstream_request(
                 &config(),
                 &CasCounters(&MemoryStore::default()),
+                &mut SigningKeyCache::default(),
                 b"{}",
                 SystemTime::UNIX_EPOCH,
             )
@@ -630,6 +634,7 @@ mod tests {
             .upstream_request(
                 &config(),
                 &CasCounters(&MemoryStore::default()),
+                &mut SigningKeyCache::default(),
                 b"{}",
                 SystemTime::UNIX_EPOCH,
             )
@@ -797,6 +802,7 @@ mod tests {
             .upstream_request(
                 &config(),
                 &CasCounters(&MemoryStore::default()),
+                &mut SigningKeyCache::default(),
                 &[b' '; 101],
                 SystemTime::UNIX_EPOCH
             )
@@ -821,7 +827,13 @@ mod tests {
             let path = format!("/model/{}/converse", model_id::encode_path_label(model));
             match admit(&config, "POST", &path, &[("x-api-key", key)], 1_000) {
                 Admission::Forward(mut ex) => ex
-                    .upstream_request(&config, &counters, b"{}", SystemTime::UNIX_EPOCH)
+                    .upstream_request(
+                        &config,
+                        &counters,
+                        &mut SigningKeyCache::default(),
+                        b"{}",
+                        SystemTime::UNIX_EPOCH,
+                    )
                     .map(|up| (ex.model_id.clone(), up.path))
                     .map_err(|e| e.kind),
                 Admission::Refused { error, .. } => Err(error.kind),
@@ -913,6 +925,7 @@ mod tests {
         ex.upstream_request(
             &config(),
             &CasCounters(&MemoryStore::default()),
+            &mut SigningKeyCache::default(),
             // 80 bytes of JSON.
             format!(r#"{{"messages":"{}"}}"#, "x".repeat(64)).as_bytes(),
             SystemTime::UNIX_EPOCH,
@@ -977,8 +990,14 @@ mod unanswered_tests {
         } else {
             BODY
         };
-        ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH)
-            .unwrap();
+        ex.upstream_request(
+            &config,
+            &counters,
+            &mut SigningKeyCache::default(),
+            body,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         end(&mut ex);
         let record = ex.finish(&config, &counters, 1).unwrap();
         let spent = counters
@@ -1120,6 +1139,7 @@ mod image_tests {
         ex.upstream_request(
             config,
             &counters,
+            &mut SigningKeyCache::default(),
             request.as_bytes(),
             SystemTime::UNIX_EPOCH,
         )?;
@@ -1305,8 +1325,14 @@ mod cut_off_tests {
         else {
             panic!("not admitted")
         };
-        ex.upstream_request(config, &counters, request, SystemTime::UNIX_EPOCH)
-            .unwrap();
+        ex.upstream_request(
+            config,
+            &counters,
+            &mut SigningKeyCache::default(),
+            request,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         ex.on_response_headers(
             200,
             [("content-type", "application/vnd.amazon.eventstream")],
@@ -1393,7 +1419,13 @@ mod cut_off_tests {
                 panic!("not admitted")
             };
             let result = ex
-                .upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH)
+                .upstream_request(
+                    &config,
+                    &counters,
+                    &mut SigningKeyCache::default(),
+                    body,
+                    SystemTime::UNIX_EPOCH,
+                )
                 .map(|_| ());
             ex.finish(&config, &counters, 1);
             result
@@ -1483,9 +1515,15 @@ mod body_tests {
         else {
             panic!("not admitted")
         };
-        ex.upstream_request(&config, &CasCounters(&store), body, SystemTime::UNIX_EPOCH)
-            .map(|up| up.body.unwrap_or_else(|| body.to_vec()))
-            .map_err(|e| e.kind)
+        ex.upstream_request(
+            &config,
+            &CasCounters(&store),
+            &mut SigningKeyCache::default(),
+            body,
+            SystemTime::UNIX_EPOCH,
+        )
+        .map(|up| up.body.unwrap_or_else(|| body.to_vec()))
+        .map_err(|e| e.kind)
     }
 
     fn json(bytes: &[u8]) -> serde_json::Value {
@@ -1572,7 +1610,13 @@ mod body_tests {
             let Admission::Forward(mut ex) = admit(&config, "POST", &path, &all, 0) else {
                 panic!("not admitted")
             };
-            let sent = ex.upstream_request(&config, &counters, body, SystemTime::UNIX_EPOCH);
+            let sent = ex.upstream_request(
+                &config,
+                &counters,
+                &mut SigningKeyCache::default(),
+                body,
+                SystemTime::UNIX_EPOCH,
+            );
             ex.on_response_headers(200, [("content-type", "application/json")]);
             ex.on_response_body(
                 br#"{"usage":{"inputTokens":1000,"outputTokens":100,"totalTokens":1100}}"#,
