@@ -10,9 +10,10 @@ use tollgate_core::config::Config;
 use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, UpstreamRequest, Verdict};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, Verdict};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
+use tollgate_core::upstream::request::UpstreamRequest;
 use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};

@@ -24,6 +24,7 @@ use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
+use tollgate_core::upstream::request::is_hop_by_hop;
 use tollgate_core::upstream::signing::SigningKeyCache;
 
 use kv::Kv;
@@ -290,7 +291,7 @@ async fn forward(
     let mut to_client = http::Response::builder().status(status);
     for (name, value) in &parts.headers {
         // Framing is the host's: the body may change length (budget cut-off).
-        if !exchange::is_hop_by_hop(name.as_str()) {
+        if !is_hop_by_hop(name.as_str()) {
             to_client = to_client.header(name, value);
         }
     }

@@ -2,4 +2,5 @@
 //! place means for billing.
 
 pub mod host_reply;
+pub mod request;
 pub mod signing;
