@@ -141,11 +141,22 @@ pub fn record_updates<'a>(
     labels: Labels<'a>,
     cost_before_pico: u64,
 ) -> Vec<Update<'a>> {
+    let mut out = Vec::with_capacity(8);
+    each_record_update(record, labels, cost_before_pico, |u| out.push(u));
+    out
+}
+
+/// [`record_updates`], handed to `emit` one by one, in order.
+pub(crate) fn each_record_update<'a>(
+    record: &UsageRecord,
+    labels: Labels<'a>,
+    cost_before_pico: u64,
+    mut emit: impl FnMut(Update<'a>),
+) {
     let Labels { key, model } = labels;
     let key = || ("key", Cow::Borrowed(key));
     let model = || ("model", Cow::Borrowed(model));
-    let mut out = Vec::with_capacity(8);
-    out.push(Update::counter(
+    emit(Update::counter(
         REQUESTS,
         [
             key(),
@@ -162,7 +173,7 @@ pub fn record_updates<'a>(
     ];
     for (kind, n) in tokens {
         if n > 0 {
-            out.push(Update::counter(
+            emit(Update::counter(
                 TOKENS,
                 [key(), model(), ("kind", Cow::Borrowed(kind))],
                 n,
@@ -171,9 +182,9 @@ pub fn record_updates<'a>(
     }
     let micro = micro_usd_increment(cost_before_pico, record.cost_pico_usd);
     if micro > 0 {
-        out.push(Update::counter(COST, [key(), model()], micro));
+        emit(Update::counter(COST, [key(), model()], micro));
     }
-    out.push(Update::counter(
+    emit(Update::counter(
         USAGE_SOURCE,
         [
             key(),
@@ -189,14 +200,13 @@ pub fn record_updates<'a>(
     // (413, 500, quota 429) were never forwarded; status 0 (no answer: reset, client gone
     // first) measures no upstream response.
     if record.forwarded && record.status != 0 {
-        out.push(Update::new(
+        emit(Update::new(
             UPSTREAM_LATENCY,
             [model()],
             MetricKind::Histogram,
             record.latency_ms,
         ));
     }
-    out
 }
 
 /// The update a refusal by the gateway makes. `key_id`: `None` before authentication.

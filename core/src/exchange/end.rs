@@ -74,11 +74,9 @@ impl Ending {
                 0
             }
         };
-        effects.extend(
-            metrics::record_updates(record, Labels::of(record), cost_before)
-                .into_iter()
-                .map(Effect::Metric),
-        );
+        metrics::each_record_update(record, Labels::of(record), cost_before, |u| {
+            effects.push(Effect::Metric(u))
+        });
         effects
     }
 }
