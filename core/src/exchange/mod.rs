@@ -29,13 +29,14 @@ use crate::request::operation::Operation;
 use crate::request::options::{self, HeaderOptions, Unpriced};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
+use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::{self, SigningKeyCache};
 
 pub use crate::response::relay::{Relayed, Verdict};
-use crate::upstream::request::UpstreamRequest;
 pub use admission::{admit, Admission, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER};
 pub use end::{Effect, Ending, Level};
 
+/// One admitted request, from [`admit`] to [`Exchange::end`].
 pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
     pub request_id: Option<String>,

@@ -3,15 +3,15 @@
 //! The meter only observes copies of the response bytes; it never delays or alters them, and it
 //! never fails: anything it cannot make sense of is recorded in [`Reading::problem`].
 //!
-//! - Converse and Invoke bodies are JSON ([`json`]). Up to [`MAX_JSON_BODY`] bytes are copied
+//! - Converse and Invoke bodies are JSON (`json.rs`). Up to [`MAX_JSON_BODY`] bytes are copied
 //!   and parsed at [`UsageMeter::finish`]; if the body has no usage (or is too large or
 //!   malformed) the `x-amzn-bedrock-*-token-count` response headers are used.
-//! - ConverseStream and InvokeWithResponseStream bodies are AWS EventStream ([`stream`]).
+//! - ConverseStream and InvokeWithResponseStream bodies are AWS EventStream (`stream.rs`).
 //!   Events are decoded as they arrive, so [`UsageMeter::reading`] is current mid-stream; only
 //!   the payloads that carry usage or generated text are parsed.
 //!
 //! Both read the same usage fields, under every name Bedrock and its model families give them
-//! ([`wire`]).
+//! (`wire.rs`).
 
 mod json;
 mod stream;
