@@ -55,7 +55,8 @@ impl Ending {
     /// critical line when its usage could not be added to the totals; the metric updates.
     pub fn effects(&self) -> Vec<Effect<'_>> {
         let record = &self.record;
-        let mut effects = Vec::with_capacity(10);
+        // The line, two log lines at most, eight metric updates at most.
+        let mut effects = Vec::with_capacity(11);
         effects.push(Effect::Record(record.log_line()));
         if let Some(warning) = record.price_warning() {
             effects.push(Effect::Log(Level::Warn, warning));
