@@ -36,10 +36,10 @@ pub fn on_refusal(error: &GatewayError, key_id: Option<&str>) {
 /// `name` is scratch space for the stat name, reused across updates.
 pub fn apply(update: &Update<'_>, name: &mut String) {
     stats::write_name(update, name);
-    let Some(id) = metric_id(name, update.kind) else {
+    let Some(id) = metric_id(name, update.kind()) else {
         return;
     };
-    let result = match update.kind {
+    let result = match update.kind() {
         // Envoy refuses a zero increment (BadArgument); core never makes one.
         MetricKind::Counter if update.value == 0 => Ok(()),
         MetricKind::Counter => {

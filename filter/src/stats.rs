@@ -45,7 +45,7 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
 /// `wasmcustom.` prefix: `metric;label=value;…`.
 pub fn write_name(update: &Update<'_>, name: &mut String) {
     name.clear();
-    name.push_str(update.metric);
+    name.push_str(update.metric.name());
     for (label, value) in update.labels() {
         name.push(';');
         name.push_str(label);

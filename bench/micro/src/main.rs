@@ -173,17 +173,25 @@ fn bench(filter: &str, name: &str, mut f: impl FnMut()) {
     if !name.contains(filter) {
         return;
     }
-    for _ in 0..200 {
-        f();
-    }
-    // About 0.3 s per case, at least 200 iterations.
-    let t = Instant::now();
-    let mut probe = 0u64;
-    while t.elapsed() < Duration::from_millis(30) {
-        f();
-        probe += 1;
-    }
-    let iters = (probe * 10).max(200);
+    // BENCH_ITERS: exactly that many iterations, no warm-up (for instruction counts under
+    // valgrind, which timing on a shared machine cannot replace).
+    let fixed = std::env::var("BENCH_ITERS").ok().and_then(|n| n.parse::<u64>().ok());
+    let iters = match fixed {
+        Some(n) => n,
+        None => {
+            for _ in 0..200 {
+                f();
+            }
+            // About 0.3 s per case, at least 200 iterations.
+            let t = Instant::now();
+            let mut probe = 0u64;
+            while t.elapsed() < Duration::from_millis(30) {
+                f();
+                probe += 1;
+            }
+            (probe * 10).max(200)
+        }
+    };
     let a0 = ALLOCS.load(Ordering::Relaxed);
     let b0 = BYTES.load(Ordering::Relaxed);
     let t = Instant::now();

@@ -49,53 +49,88 @@ pub enum MetricKind {
     Histogram,
 }
 
+/// Tollgate's metrics: each has a name, a kind and its labels in a fixed order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Requests,
+    Tokens,
+    Cost,
+    UsageSource,
+    Rejections,
+    UpstreamLatency,
+}
+
+impl Metric {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Requests => REQUESTS,
+            Self::Tokens => TOKENS,
+            Self::Cost => COST,
+            Self::UsageSource => USAGE_SOURCE,
+            Self::Rejections => REJECTIONS,
+            Self::UpstreamLatency => UPSTREAM_LATENCY,
+        }
+    }
+
+    pub fn kind(self) -> MetricKind {
+        match self {
+            Self::UpstreamLatency => MetricKind::Histogram,
+            _ => MetricKind::Counter,
+        }
+    }
+
+    /// Its label names (of [`LABEL_NAMES`]), `key` first where it has one.
+    pub fn label_names(self) -> &'static [&'static str] {
+        match self {
+            Self::Requests => &["key", "model", "status"],
+            Self::Tokens => &["key", "model", "kind"],
+            Self::Cost => &["key", "model"],
+            Self::UsageSource => &["key", "usage_source"],
+            Self::Rejections => &["key", "reason"],
+            Self::UpstreamLatency => &["model"],
+        }
+    }
+}
+
 /// The most labels a series has.
 pub const MAX_LABELS: usize = 3;
 
-/// One label of a series: its name (one of [`LABEL_NAMES`]) and its value.
-pub type Label<'a> = (&'static str, Cow<'a, str>);
-
-/// One change to one series. Label values borrow from the record they describe; only a
-/// response status is written out.
+/// One change to one series: the metric, its label values (in [`Metric::label_names`] order)
+/// and how much. Values borrow from the record they describe; only a response status is
+/// written out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Update<'a> {
-    /// The metric ([`REQUESTS`], [`TOKENS`], …).
-    pub metric: &'static str,
-    labels: [Label<'a>; MAX_LABELS],
-    label_count: usize,
-    pub kind: MetricKind,
+    pub metric: Metric,
+    values: [Cow<'a, str>; MAX_LABELS],
     pub value: u64,
 }
 
 impl<'a> Update<'a> {
-    /// `labels` beyond [`MAX_LABELS`] are dropped (none of the series here has more).
-    fn new(
-        metric: &'static str,
-        labels: impl IntoIterator<Item = Label<'a>>,
-        kind: MetricKind,
-        value: u64,
-    ) -> Self {
+    /// `values` for the metric's labels, in order; missing ones are empty.
+    fn new<const N: usize>(metric: Metric, values: [Cow<'a, str>; N], value: u64) -> Self {
         let mut update = Self {
             metric,
-            labels: Default::default(),
-            label_count: 0,
-            kind,
+            values: Default::default(),
             value,
         };
-        for (slot, label) in update.labels.iter_mut().zip(labels) {
-            *slot = label;
-            update.label_count += 1;
+        for (slot, v) in update.values.iter_mut().zip(values) {
+            *slot = v;
         }
         update
     }
 
-    fn counter(metric: &'static str, labels: impl IntoIterator<Item = Label<'a>>, n: u64) -> Self {
-        Self::new(metric, labels, MetricKind::Counter, n)
+    /// Add (a counter) or record (a histogram).
+    pub fn kind(&self) -> MetricKind {
+        self.metric.kind()
     }
 
-    /// The series' labels, in the metric's order (`key` first, where it has one).
-    pub fn labels(&self) -> &[Label<'a>] {
-        self.labels.get(..self.label_count).unwrap_or_default()
+    /// The series' labels: (name, value), in the metric's order.
+    pub fn labels(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.metric
+            .label_names()
+            .iter()
+            .zip(&self.values)
+            .map(|(name, value)| (*name, value.as_ref()))
     }
 }
 
@@ -142,27 +177,11 @@ pub fn record_updates<'a>(
     cost_before_pico: u64,
 ) -> Vec<Update<'a>> {
     let mut out = Vec::with_capacity(8);
-    each_record_update(record, labels, cost_before_pico, |u| out.push(u));
-    out
-}
-
-/// [`record_updates`], handed to `emit` one by one, in order.
-pub(crate) fn each_record_update<'a>(
-    record: &UsageRecord,
-    labels: Labels<'a>,
-    cost_before_pico: u64,
-    mut emit: impl FnMut(Update<'a>),
-) {
     let Labels { key, model } = labels;
-    let key = || ("key", Cow::Borrowed(key));
-    let model = || ("model", Cow::Borrowed(model));
-    emit(Update::counter(
-        REQUESTS,
-        [
-            key(),
-            model(),
-            ("status", Cow::Owned(record.status.to_string())),
-        ],
+    let (key, model) = (|| Cow::Borrowed(key), || Cow::Borrowed(model));
+    out.push(Update::new(
+        Metric::Requests,
+        [key(), model(), Cow::Owned(record.status.to_string())],
         1,
     ));
     let tokens = [
@@ -173,26 +192,20 @@ pub(crate) fn each_record_update<'a>(
     ];
     for (kind, n) in tokens {
         if n > 0 {
-            emit(Update::counter(
-                TOKENS,
-                [key(), model(), ("kind", Cow::Borrowed(kind))],
+            out.push(Update::new(
+                Metric::Tokens,
+                [key(), model(), Cow::Borrowed(kind)],
                 n,
             ));
         }
     }
     let micro = micro_usd_increment(cost_before_pico, record.cost_pico_usd);
     if micro > 0 {
-        emit(Update::counter(COST, [key(), model()], micro));
+        out.push(Update::new(Metric::Cost, [key(), model()], micro));
     }
-    emit(Update::counter(
-        USAGE_SOURCE,
-        [
-            key(),
-            (
-                "usage_source",
-                Cow::Borrowed(usage_source_name(record.usage_source)),
-            ),
-        ],
+    out.push(Update::new(
+        Metric::UsageSource,
+        [key(), Cow::Borrowed(usage_source_name(record.usage_source))],
         1,
     ));
     // Forwarded and answered: the status is upstream's (Bedrock's, or Envoy's router's own 503
@@ -200,22 +213,22 @@ pub(crate) fn each_record_update<'a>(
     // (413, 500, quota 429) were never forwarded; status 0 (no answer: reset, client gone
     // first) measures no upstream response.
     if record.forwarded && record.status != 0 {
-        emit(Update::new(
-            UPSTREAM_LATENCY,
+        out.push(Update::new(
+            Metric::UpstreamLatency,
             [model()],
-            MetricKind::Histogram,
             record.latency_ms,
         ));
     }
+    out
 }
 
 /// The update a refusal by the gateway makes. `key_id`: `None` before authentication.
 pub fn refusal_updates<'a>(error: &GatewayError, key_id: Option<&'a str>) -> Vec<Update<'a>> {
-    vec![Update::counter(
-        REJECTIONS,
+    vec![Update::new(
+        Metric::Rejections,
         [
-            ("key", Cow::Borrowed(key_label(key_id))),
-            ("reason", Cow::Borrowed(error.kind.name())),
+            Cow::Borrowed(key_label(key_id)),
+            Cow::Borrowed(error.kind.name()),
         ],
         1,
     )]
@@ -269,7 +282,7 @@ mod tests {
     /// An update as `metric;label=value;…`, to compare with at a glance (no escaping: the
     /// values here need none).
     fn shown(u: &Update<'_>) -> String {
-        let mut s = u.metric.to_string();
+        let mut s = u.metric.name().to_string();
         for (name, value) in u.labels() {
             s.push_str(&format!(";{name}={value}"));
         }
@@ -404,7 +417,7 @@ mod tests {
         let r = record(200, UsageSource::Reported);
         let u = record_updates(&r, Labels::of(&r), 999_000);
         let c = |name: &str, value| (name.to_string(), MetricKind::Counter, value);
-        let u: Vec<_> = u.iter().map(|u| (shown(u), u.kind, u.value)).collect();
+        let u: Vec<_> = u.iter().map(|u| (shown(u), u.kind(), u.value)).collect();
         assert_eq!(
             u,
             vec![
@@ -472,7 +485,7 @@ mod tests {
         );
         assert!(u
             .iter()
-            .all(|u| u.kind == MetricKind::Counter && u.value > 0));
+            .all(|u| u.kind() == MetricKind::Counter && u.value > 0));
     }
 
     #[test]
@@ -481,7 +494,7 @@ mod tests {
         let u = refusal_updates(&e, Some("team-limited"));
         assert_eq!(
             u.iter()
-                .map(|u| (shown(u), u.kind, u.value))
+                .map(|u| (shown(u), u.kind(), u.value))
                 .collect::<Vec<_>>(),
             vec![(
                 "tollgate_rejections_total;key=team-limited;reason=model_not_allowed".to_string(),
@@ -505,7 +518,7 @@ mod tests {
             None,
         ));
         for u in updates {
-            let names: Vec<_> = u.labels().iter().map(|(n, _)| *n).collect();
+            let names: Vec<_> = u.labels().map(|(n, _)| n).collect();
             assert!(names.iter().all(|n| LABEL_NAMES.contains(n)), "{names:?}");
             assert!(!names.is_empty() && names.len() <= MAX_LABELS);
             assert!(

@@ -53,32 +53,30 @@ impl Ending {
 
     /// In order: the record's line; a warning when it was billed at a fallback price; a
     /// critical line when its usage could not be added to the totals; the metric updates.
-    pub fn effects(&self) -> Vec<Effect<'_>> {
+    pub fn effects(&self) -> impl Iterator<Item = Effect<'_>> {
         let record = &self.record;
-        // The line, two log lines at most, eight metric updates at most.
-        let mut effects = Vec::with_capacity(11);
-        effects.push(Effect::Record(record.log_line()));
-        if let Some(warning) = record.price_warning() {
-            effects.push(Effect::Log(Level::Warn, warning));
-        }
-        let cost_before = match &self.counted {
-            Ok(before) => before.unwrap_or(0),
-            Err(e) => {
-                effects.push(Effect::Log(
+        let warning = record
+            .price_warning()
+            .map(|warning| Effect::Log(Level::Warn, warning));
+        let (cost_before, uncounted) = match &self.counted {
+            Ok(before) => (before.unwrap_or(0), None),
+            Err(e) => (
+                // The cost counter is then off by at most one micro-USD.
+                0,
+                Some(Effect::Log(
                     Level::Critical,
                     format!(
                         "tollgate: usage of key `{}` NOT added to totals: {e}",
                         record.key_id
                     ),
-                ));
-                // The cost counter is then off by at most one micro-USD.
-                0
-            }
+                )),
+            ),
         };
-        metrics::each_record_update(record, Labels::of(record), cost_before, |u| {
-            effects.push(Effect::Metric(u))
-        });
-        effects
+        let updates = metrics::record_updates(record, Labels::of(record), cost_before);
+        std::iter::once(Effect::Record(record.log_line()))
+            .chain(warning)
+            .chain(uncounted)
+            .chain(updates.into_iter().map(Effect::Metric))
     }
 }
 
@@ -87,7 +85,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::accounting::metrics::MetricKind;
+    use crate::accounting::metrics::{Metric, MetricKind};
     use crate::accounting::totals::{CasTotals, Counts, IncrementTotals, Lifetime};
     use crate::config::Config;
     use crate::exchange::{admit, Admission, Exchange};
@@ -200,7 +198,7 @@ mod tests {
             assert_eq!(all.cost_pico_usd, u128::from(record.cost_pico_usd));
             assert_eq!(models[HAIKU].requests, 1);
 
-            let effects = ending.effects();
+            let effects: Vec<_> = ending.effects().collect();
             assert_ordered(&effects);
             assert_eq!(lines(&effects), [format!("record {}", record.log_line())]);
             let metrics: Vec<_> = effects
@@ -228,7 +226,7 @@ mod tests {
             effects
                 .iter()
                 .filter_map(|e| match e {
-                    Effect::Metric(u) if u.metric == metrics::COST => Some(u.value),
+                    Effect::Metric(u) if u.metric == Metric::Cost => Some(u.value),
                     _ => None,
                 })
                 .sum()
@@ -238,7 +236,7 @@ mod tests {
             let ending = answered(&config, &counters, HAIKU)
                 .end(&config, &counters, &totals, NOW + i)
                 .unwrap();
-            micro += cost(&ending.effects());
+            micro += cost(&ending.effects().collect::<Vec<_>>());
         }
         let total = totals.read("a").unwrap().all.cost_pico_usd;
         assert_eq!(u128::from(micro), total / 1_000_000);
@@ -264,7 +262,7 @@ mod tests {
         let ending = answered(&config, &counters, HAIKU)
             .end(&config, &counters, &Failing, NOW)
             .unwrap();
-        let effects = ending.effects();
+        let effects: Vec<_> = ending.effects().collect();
         assert_ordered(&effects);
         assert_eq!(
             lines(&effects),
@@ -278,7 +276,7 @@ mod tests {
         assert_eq!(read(&counters, "concurrent", 0), 0);
         assert!(effects
             .iter()
-            .any(|e| matches!(e, Effect::Metric(u) if u.kind == MetricKind::Counter)));
+            .any(|e| matches!(e, Effect::Metric(u) if u.kind() == MetricKind::Counter)));
     }
 
     #[test]
@@ -289,7 +287,7 @@ mod tests {
         let ending = answered(&config, &counters, UNPRICED)
             .end(&config, &counters, &totals, NOW)
             .unwrap();
-        let effects = ending.effects();
+        let effects: Vec<_> = ending.effects().collect();
         assert_ordered(&effects);
         assert_eq!(
             lines(&effects),
@@ -318,7 +316,7 @@ mod tests {
             (ending.record().status, ending.record().forwarded),
             (413, false)
         );
-        let effects = ending.effects();
+        let effects: Vec<_> = ending.effects().collect();
         assert_ordered(&effects);
         assert_eq!(lines(&effects).len(), 1);
         assert_eq!(totals.read("a").unwrap(), Lifetime::default());
