@@ -9,8 +9,9 @@
 //! | [`exchange`] | One request from head to usage record: the state machine hosts drive. |
 //! | [`request`] | Reading the client's request: route, API key, model ID, headers, body (output cap, cost-raising options). |
 //! | [`quota`] | Limits, the counters they are enforced with, budget periods; reserve, then reconcile. |
-//! | [`upstream`] | The request to Bedrock: signing; replies a host makes in Bedrock's place. |
-//! | [`response`] | Bedrock's answer: EventStream decoding, the usage meter. |
+//! | [`upstream`] | The request to Bedrock: its rewrite, signing; replies a host makes in Bedrock's place. |
+//! | [`response`] | Bedrock's answer: EventStream decoding, the usage meter, what the client gets of each chunk (the budget cut-off). |
+//! | [`dialect`] | The dialects clients speak: Bedrock's own (passed through), error envelopes, the translator seam. |
 //! | [`accounting`] | Money, prices, the usage record, lifetime totals, metric values. |
 //! | [`endpoints`] | The gateway's own endpoints (`GET /usage`, `GET /v1/models`). |
 //! | [`error`] | What went wrong, and the reply a client gets for it. |

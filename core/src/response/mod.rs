@@ -1,5 +1,5 @@
-//! Bedrock's answer: AWS EventStream decoding and the usage meter that reads token counts off
-//! every response.
+//! Bedrock's answer: AWS EventStream decoding, the usage meter that reads token counts off
+//! every response, and the relay that decides what the client gets of each chunk.
 
 pub mod eventstream;
 pub mod meter;
