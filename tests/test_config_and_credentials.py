@@ -178,7 +178,7 @@ def test_spin_manifest_matches_the_component():
         "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}"}
     # Unset, the extra origin names nothing that resolves (RFC 2606 `.invalid`).
     assert manifest["variables"]["upstream_origin"]["default"].endswith(".invalid")
-    core_config = (harness.ROOT / "core/src/config.rs").read_text()
+    core_config = (harness.ROOT / "core/src/config/mod.rs").read_text()
     block = re.search(r"pub const ENVIRONMENT_NAMES: &\[&str\] = &\[(.*?)\];", core_config, re.S).group(1)
     expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z_]+)"', block)}
     assert len(expected) == 5

@@ -4,18 +4,25 @@ mod configuration;
 mod host;
 mod http;
 mod metrics;
+pub mod stats;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
+use tollgate_core::accounting::totals;
 use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
-use tollgate_core::{quota, totals};
+use tollgate_core::quota;
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: Err(not_configured()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root {
+        config: Err(not_configured()),
+        signing_keys: Rc::default(),
+    }) });
 }}
 
 fn not_configured() -> Rc<str> {
@@ -25,6 +32,8 @@ fn not_configured() -> Rc<str> {
 struct Root {
     /// The validated configuration, or why there is none (then every request gets a 500).
     config: Result<Rc<Config>, Rc<str>>,
+    /// The signing key derived for the day, kept for every request of this VM.
+    signing_keys: Rc<RefCell<SigningKeyCache>>,
 }
 
 impl Context for Root {}
@@ -67,7 +76,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(http::Http::new(self.config.clone())))
+        Some(Box::new(http::Http::new(
+            self.config.clone(),
+            self.signing_keys.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -7,11 +7,12 @@
 //! what was actually used. Concurrent requests can therefore never jointly overrun a limit:
 //! each sees the others' reservations.
 
+use crate::accounting::money::PicoUsd;
 use crate::config::ApiKey;
-use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError};
-use crate::limits::{Limits, Scope};
-use crate::period::{self, Period};
+use crate::quota::counters::Counters;
+use crate::quota::limits::{Limits, Scope};
+use crate::quota::period::{self, Period};
 use crate::store::StoreError;
 
 /// What a request may use, as reserved at admission.
@@ -61,7 +62,7 @@ pub fn estimate(
     body_bytes: u64,
     max_output_tokens: Option<u64>,
     images: u64,
-    quote: &crate::pricing::Quote,
+    quote: &crate::accounting::pricing::Quote,
 ) -> Estimate {
     if quote.per_image_pico_usd.is_some() {
         let usage = crate::Usage {
@@ -79,7 +80,7 @@ pub fn estimate(
         .or(quote.max_output_tokens.map(u64::from))
         .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS);
     let usage = crate::Usage {
-        input_tokens: crate::record::estimate_tokens(body_bytes).max(1),
+        input_tokens: crate::accounting::record::estimate_tokens(body_bytes).max(1),
         output_tokens: output,
         ..Default::default()
     };
@@ -136,10 +137,9 @@ fn saturating_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Formats pico-USD as USD for messages: two decimals, rounded up (what it may cost).
+/// pico-USD as USD for messages: two decimals, rounded up (what it may cost).
 fn usd(pico: u64) -> String {
-    let cents = pico.div_ceil(10_000_000_000);
-    format!("${}.{:02}", cents / 100, cents % 100)
+    PicoUsd::from(pico).rounded_up_to_cents()
 }
 
 impl Reservation {
@@ -418,13 +418,13 @@ fn period_name(p: Period) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::CasCounters;
-    use crate::limits::{Budget, KeyLimits};
+    use crate::quota::counters::CasCounters;
+    use crate::quota::limits::{Budget, KeyLimits};
     use crate::store::memory::MemoryStore;
     use std::collections::BTreeMap;
 
     const NOW: u64 = 1_795_383_600_000;
-    const USD: u64 = 1_000_000_000_000;
+    use crate::accounting::money::PICO_PER_USD as USD;
 
     fn key(limits: Limits, models: BTreeMap<String, Limits>) -> ApiKey {
         ApiKey {
@@ -655,7 +655,7 @@ mod tests {
 
     #[test]
     fn settling_after_a_window_ended_leaves_it_alone_and_still_frees_the_slot() {
-        use crate::counters::IncrementCounters;
+        use crate::quota::counters::IncrementCounters;
         use crate::store::memory::{Encoding, MemoryAtomic};
         let s = MemoryAtomic::new(Encoding::RedisDecimal);
         let c = IncrementCounters(&s);
@@ -721,7 +721,7 @@ mod tests {
             BTreeMap::new(),
         );
         let e = reserve(
-            &crate::counters::IncrementCounters(&Down),
+            &crate::quota::counters::IncrementCounters(&Down),
             &k,
             "m",
             est(1, 1),

@@ -12,7 +12,7 @@
 
 /// Client headers forwarded to Bedrock (lowercase). What Bedrock's runtime reads, what the AWS
 /// SDKs (boto3, the JS SDK Claude Code uses) send, and tracing. Guardrail, latency and
-/// service-tier headers are forwarded only once [`crate::options`] has priced or allowed them.
+/// service-tier headers are forwarded only once [`crate::request::options`] has priced or allowed them.
 pub const FORWARDED: &[&str] = &[
     "accept",
     "content-type",

@@ -1,7 +1,7 @@
 //! Which of Tollgate's routes a request is for.
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::operation::Operation;
+use crate::request::operation::Operation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {

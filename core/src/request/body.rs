@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::{ErrorKind, GatewayError};
-use crate::operation::Operation;
+use crate::request::operation::Operation;
 
 /// Member names that set the output limit in some model family's request: Converse
 /// (`maxTokens`), Anthropic, Mistral, Cohere, AI21, DeepSeek, Qwen (`max_tokens`), OpenAI
@@ -73,7 +73,7 @@ pub struct RequestBody {
     pub options: BodyOptions,
 }
 
-/// Converse members that change what a request costs (checked by [`crate::options`]).
+/// Converse members that change what a request costs (checked by [`crate::request::options`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BodyOptions {
     /// `serviceTier.type`, when `serviceTier` is present.

@@ -16,9 +16,9 @@
 
 use serde::Deserialize;
 
+use crate::accounting::pricing::{self, ServiceTier};
 use crate::error::{ErrorKind, GatewayError};
-use crate::pricing::{self, ServiceTier};
-use crate::request_body::BodyOptions;
+use crate::request::body::BodyOptions;
 
 /// An option Tollgate cannot price, as `limits.unpriced_options` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]

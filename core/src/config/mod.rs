@@ -8,8 +8,12 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::limits::{KeyLimits, LimitsDocument};
-use crate::model_id;
+use crate::quota::limits::{KeyLimits, LimitsDocument};
+use crate::request::model_id;
+
+pub mod error;
+
+pub use error::ConfigError;
 
 /// Every name [`Config::parse`] may look up in the host's environment (credentials of type
 /// `environment` and `bedrock_api_key`). Hosts whose lookups are asynchronous (Spin variables)
@@ -23,38 +27,6 @@ pub const ENVIRONMENT_NAMES: &[&str] = &[
 
 /// Default cap on a buffered request body: Envoy's default per-connection buffer is 1 MiB too.
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 1 << 20;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Path of the offending field, e.g. `api_keys[1].sha256`.
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "invalid configuration: {}", self.message)
-        } else {
-            write!(
-                f,
-                "invalid configuration: `{}`: {}",
-                self.field, self.message
-            )
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The document as written.
 #[derive(Deserialize)]

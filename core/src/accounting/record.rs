@@ -2,10 +2,10 @@
 
 use serde::Serialize;
 
-use crate::meter::Reading;
-use crate::operation::Operation;
-use crate::pricing::{self, PriceSource, ServiceTier};
-use crate::usage::Usage;
+use crate::accounting::pricing::{self, PriceSource, ServiceTier};
+use crate::accounting::usage::Usage;
+use crate::request::operation::Operation;
+use crate::response::meter::Reading;
 
 /// Where a record's token counts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,7 +65,7 @@ impl UsageRecord {
     /// used, else the priced Bedrock model ID (an ARN by its resource ID), else `other` (a
     /// client can send any string as a model ID).
     pub fn model_label(&self) -> &str {
-        crate::metrics::model_label(&self.model, &self.model_id, self.priced_as)
+        model_label(&self.model, &self.model_id, self.priced_as)
     }
 
     /// The record as hosts log it: one line, `tollgate.usage {json}`.
@@ -92,6 +92,42 @@ impl UsageRecord {
             cache_write_tokens: self.cache_write_tokens,
             images: self.images,
         }
+    }
+}
+
+/// The `model` label of a model that is neither a configured alias nor in the price table.
+pub const OTHER_MODEL: &str = "other";
+
+/// The `model` label of an exchange, from a bounded set (what `UsageRecord::model_label`
+/// returns, so totals and metrics name models alike):
+///
+/// 1. `model`, what the client named, when it is an alias: exchanges resolve only configured
+///    aliases to a different `model_id`, so `model != model_id` means a configured alias;
+/// 2. else the model ID when it is priced (`priced_as`, from `pricing::quote`), as the price
+///    table spells it: an ARN counts as the resource ID after its last `/`, which is what it is
+///    priced as — otherwise every account number or region in a client's ARN would be a new
+///    series;
+/// 3. else [`OTHER_MODEL`]: a client can send any string as a model ID.
+///
+/// Step 2 takes an ID with a `%` (which the pricer decodes first) as `other`, so that encoded
+/// spellings of one model cannot each become a series: what is left is an ID the price table
+/// holds verbatim.
+pub fn model_label<'a>(model: &'a str, model_id: &'a str, priced_as: PriceSource) -> &'a str {
+    if model != model_id {
+        return model;
+    }
+    if priced_as == PriceSource::UnknownModel || model_id.contains('%') {
+        return OTHER_MODEL;
+    }
+    let id = if model_id.starts_with("arn:") {
+        model_id.rsplit('/').next().unwrap_or(model_id)
+    } else {
+        model_id
+    };
+    if id.is_empty() || id.starts_with("arn:") {
+        OTHER_MODEL
+    } else {
+        id
     }
 }
 

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-use crate::options::Unpriced;
-use crate::period::Period;
+use crate::accounting::money::{ParseUsdError, PicoUsd};
+use crate::config::error::ConfigError;
+use crate::quota::period::Period;
+use crate::request::options::Unpriced;
 
 /// Limits of one key, or of one model for one key. `None` means unlimited.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -164,10 +165,8 @@ impl LimitsDocument {
     }
 }
 
-const PICO_PER_USD: u64 = 1_000_000_000_000;
-
-/// Exact decimal USD → pico-USD: "25.5" → 25_500_000_000_000. At most 12 decimals, at most
-/// ~$18 million; no exponent, no sign.
+/// A budget's `usd`: exact decimal USD as a string or a JSON number (read from its text, never
+/// as f64), in pico-USD.
 fn parse_usd(v: &serde_json::Value, field: &str) -> Result<u64, ConfigError> {
     let bad = || ConfigError::new(field, "must be a decimal amount of USD, e.g. \"25.00\"");
     let text = match v {
@@ -175,34 +174,21 @@ fn parse_usd(v: &serde_json::Value, field: &str) -> Result<u64, ConfigError> {
         serde_json::Value::Number(n) => n.to_string(),
         _ => return Err(bad()),
     };
-    let (whole, frac) = text.split_once('.').unwrap_or((&text, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    if frac.len() > 12 {
-        return Err(ConfigError::new(
+    match PicoUsd::parse(&text) {
+        Ok(amount) => Ok(amount.saturating_u64()),
+        Err(ParseUsdError::Malformed) => Err(bad()),
+        Err(ParseUsdError::TooPrecise) => Err(ConfigError::new(
             field,
             "at most 12 decimal places (pico-USD)",
-        ));
+        )),
+        Err(ParseUsdError::TooLarge) => Err(ConfigError::new(field, "too large")),
     }
-    let whole: u64 = whole.parse().map_err(|_| bad())?;
-    let frac_pico: u64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<12}").parse().map_err(|_| bad())?
-    };
-    whole
-        .checked_mul(PICO_PER_USD)
-        .and_then(|w| w.checked_add(frac_pico))
-        .ok_or_else(|| ConfigError::new(field, "too large"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::accounting::money::PICO_PER_USD;
     use serde_json::json;
 
     #[test]

@@ -2,11 +2,11 @@
 //! token.
 //!
 //! Every Bedrock request has one shape, so it is signed by writing that canonical request
-//! directly, with the derived signing key kept for the day. The `aws-sigv4` crate provides the
-//! HMAC steps and is the general signer: for anything outside the shape, for AWS's published
-//! vectors, and as the oracle the direct path is tested against.
+//! directly, with the derived signing key kept for the day in a [`SigningKeyCache`] the host
+//! owns. The `aws-sigv4` crate provides the HMAC steps and is the general signer: for anything
+//! outside the shape, for AWS's published vectors, and as the oracle the direct path is tested
+//! against.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::UpstreamAuth;
 use crate::error::{ErrorKind, GatewayError};
-use crate::period;
+use crate::quota::period;
 
 /// Bedrock's signing name (the credential scope says `bedrock`, not `bedrock-runtime`).
 pub const SIGNING_NAME: &str = "bedrock";
@@ -30,6 +30,7 @@ pub const SIGNING_NAME: &str = "bedrock";
 /// is not 443). Only `host` and the headers the signer adds are signed, so nothing Envoy adds
 /// afterwards (`x-forwarded-*`, `x-request-id`) can break the signature.
 pub fn upstream_auth_headers(
+    keys: &mut SigningKeyCache,
     auth: &UpstreamAuth,
     region: &str,
     host: &str,
@@ -51,7 +52,8 @@ pub fn upstream_auth_headers(
                 secret_access_key,
                 session_token: session_token.as_deref(),
             };
-            if let Some(headers) = bedrock_sigv4_headers(&key, region, host, path, body, now) {
+            if let Some(headers) = bedrock_sigv4_headers(keys, &key, region, host, path, body, now)
+            {
                 return Ok(headers);
             }
             let uri = format!("https://{host}{path}");
@@ -74,6 +76,7 @@ pub fn upstream_auth_headers(
 /// request is not of that shape (values needing whitespace folding, dot segments, a query),
 /// which then goes through the general signer.
 pub fn bedrock_sigv4_headers(
+    keys: &mut SigningKeyCache,
     key: &SigningKey<'_>,
     region: &str,
     host: &str,
@@ -113,7 +116,7 @@ pub fn bedrock_sigv4_headers(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let signature = with_signing_key(key.secret_access_key, region, date, now, |signing_key| {
+    let signature = keys.with_key(key.secret_access_key, region, date, now, |signing_key| {
         v4::calculate_signature(signing_key, string_to_sign.as_bytes())
     });
     let mut headers = Vec::with_capacity(3);
@@ -166,8 +169,15 @@ fn amz_date(secs: u64) -> String {
     )
 }
 
-/// The derived key (four chained HMACs) is valid for a UTC day, region and service, and a VM
-/// signs with one set of credentials: keep the last one rather than derive it per request.
+/// The derived signing key (four chained HMACs) is valid for a UTC day, region and service,
+/// and a host signs with one set of credentials: the last one is kept rather than derived per
+/// request. A value the host owns and passes to every signing: the filter keeps one per VM,
+/// the Spin component one per request (its instances live for one).
+#[derive(Default)]
+pub struct SigningKeyCache {
+    kept: Option<DerivedKey>,
+}
+
 struct DerivedKey {
     secret: String,
     region: String,
@@ -175,39 +185,43 @@ struct DerivedKey {
     key: Vec<u8>,
 }
 
-thread_local! {
-    static DERIVED_KEY: RefCell<Option<DerivedKey>> = const { RefCell::new(None) };
+impl std::fmt::Debug for SigningKeyCache {
+    // The key and the secret never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeyCache")
+            .field("region", &self.kept.as_ref().map(|k| k.region.as_str()))
+            .field("date", &self.kept.as_ref().map(|k| k.date.as_str()))
+            .finish_non_exhaustive()
+    }
 }
 
-fn with_signing_key<T>(
-    secret: &str,
-    region: &str,
-    date: &str,
-    now: SystemTime,
-    f: impl FnOnce(&[u8]) -> T,
-) -> T {
-    let derive = || {
-        v4::generate_signing_key(secret, now, region, SIGNING_NAME)
-            .as_ref()
-            .to_vec()
-    };
-    DERIVED_KEY.with(|cell| {
-        let Ok(mut slot) = cell.try_borrow_mut() else {
-            return f(&derive());
-        };
-        let kept = slot
+impl SigningKeyCache {
+    /// Runs `f` with the signing key of `secret`, `region` and `date` (`YYYYMMDD` of `now`),
+    /// derived only when the kept one is for another.
+    fn with_key<T>(
+        &mut self,
+        secret: &str,
+        region: &str,
+        date: &str,
+        now: SystemTime,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> T {
+        let kept = self
+            .kept
             .take()
             .filter(|k| k.secret == secret && k.region == region && k.date == date)
             .unwrap_or_else(|| DerivedKey {
                 secret: secret.to_string(),
                 region: region.to_string(),
                 date: date.to_string(),
-                key: derive(),
+                key: v4::generate_signing_key(secret, now, region, SIGNING_NAME)
+                    .as_ref()
+                    .to_vec(),
             });
         let out = f(&kept.key);
-        *slot = Some(kept);
+        self.kept = Some(kept);
         out
-    })
+    }
 }
 
 /// Credentials to sign with.
@@ -293,6 +307,7 @@ mod tests {
     #[test]
     fn bearer_mode_sends_the_api_key() {
         let h = upstream_auth_headers(
+            &mut SigningKeyCache::default(),
             &UpstreamAuth::Bearer("ABSK-x".into()),
             "us-east-1",
             "h",
@@ -364,6 +379,7 @@ mod tests {
         // 2015-08-30T12:36:00Z, the date of AWS's SigV4 test suite.
         let now = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
         let h = upstream_auth_headers(
+            &mut SigningKeyCache::default(),
             &creds(Some("TOKEN")),
             "us-west-2",
             "bedrock-runtime.us-west-2.amazonaws.com",
@@ -416,6 +432,8 @@ mod tests {
             None,
             Some("IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ=="),
         ];
+        // One cache for all of them, as a host keeps it.
+        let mut keys = SigningKeyCache::default();
         let mut checked = 0;
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         for i in 0..240u64 {
@@ -433,7 +451,10 @@ mod tests {
             let path = if (seed >> 48) & 1 == 1 && !id.contains(['/', ' ', '%']) && id.is_ascii() {
                 format!("/model/{id}/{op}")
             } else {
-                format!("/model/{}/{op}", crate::model_id::encode_path_label(id))
+                format!(
+                    "/model/{}/{op}",
+                    crate::request::model_id::encode_path_label(id)
+                )
             };
             let host = hosts[(seed >> 16) as usize % hosts.len()];
             let key = SigningKey {
@@ -445,7 +466,7 @@ mod tests {
             // Every few requests the clock moves into the next day, at odd seconds.
             let now = UNIX_EPOCH + Duration::from_secs(1_763_683_199 + i / 3 * 86_400 + i % 3);
             let body = vec![b'x' ^ (seed as u8); (seed % 3000) as usize];
-            let direct = bedrock_sigv4_headers(&key, region, host, &path, &body, now)
+            let direct = bedrock_sigv4_headers(&mut keys, &key, region, host, &path, &body, now)
                 .expect("Bedrock's request shape");
             let general = sigv4_headers(
                 &key,
@@ -476,9 +497,16 @@ mod tests {
             session_token: Some("has space"),
         };
         let now = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
-        assert!(
-            bedrock_sigv4_headers(&key, "us-east-1", "h", "/model/x/converse", b"", now).is_none()
-        );
+        assert!(bedrock_sigv4_headers(
+            &mut SigningKeyCache::default(),
+            &key,
+            "us-east-1",
+            "h",
+            "/model/x/converse",
+            b"",
+            now
+        )
+        .is_none());
         let key = SigningKey {
             session_token: None,
             ..key
@@ -490,7 +518,16 @@ mod tests {
             "model/x",
         ] {
             assert!(
-                bedrock_sigv4_headers(&key, "us-east-1", "h", path, b"", now).is_none(),
+                bedrock_sigv4_headers(
+                    &mut SigningKeyCache::default(),
+                    &key,
+                    "us-east-1",
+                    "h",
+                    path,
+                    b"",
+                    now
+                )
+                .is_none(),
                 "{path}"
             );
         }
@@ -500,9 +537,55 @@ mod tests {
             secret_access_key: "secret".into(),
             session_token: Some("has space".into()),
         };
-        let h =
-            upstream_auth_headers(&auth, "us-east-1", "h", "/model/x/converse", b"", now).unwrap();
+        let h = upstream_auth_headers(
+            &mut SigningKeyCache::default(),
+            &auth,
+            "us-east-1",
+            "h",
+            "/model/x/converse",
+            b"",
+            now,
+        )
+        .unwrap();
         assert!(header(&h, "authorization").is_some());
+    }
+
+    #[test]
+    fn the_kept_key_follows_the_day_and_region_and_never_shows_the_secret() {
+        let mut keys = SigningKeyCache::default();
+        let auth = creds(None);
+        let sign = |keys: &mut SigningKeyCache, region: &str, secs: u64| {
+            let now = UNIX_EPOCH + Duration::from_secs(secs);
+            let path = "/model/amazon.nova-lite-v1%3A0/converse";
+            let kept = upstream_auth_headers(keys, &auth, region, "h", path, b"{}", now).unwrap();
+            let fresh = upstream_auth_headers(
+                &mut SigningKeyCache::default(),
+                &auth,
+                region,
+                "h",
+                path,
+                b"{}",
+                now,
+            )
+            .unwrap();
+            assert_eq!(kept, fresh, "{region} {secs}");
+        };
+        sign(&mut keys, "us-east-1", 1_440_938_160);
+        let shown = format!("{keys:?}");
+        assert!(
+            shown.contains("us-east-1") && shown.contains("20150830"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("wJalr") && !shown.contains("EXAMPLEKEY"),
+            "{shown}"
+        );
+        // The next day, another region, and back: each signature is the one a fresh key makes.
+        sign(&mut keys, "us-east-1", 1_440_938_160 + 86_400);
+        assert!(format!("{keys:?}").contains("20150831"));
+        sign(&mut keys, "eu-west-1", 1_440_938_160 + 86_400);
+        assert!(format!("{keys:?}").contains("eu-west-1"));
+        sign(&mut keys, "us-east-1", 1_440_938_160);
     }
 
     #[test]

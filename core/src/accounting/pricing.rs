@@ -82,7 +82,7 @@ impl Quote {
 
     /// An image model the gateway cannot price: billing it per token would bill nothing.
     pub fn unpriced_images(&self, model_id: &str) -> bool {
-        self.per_image_pico_usd.is_none() && crate::model_family::makes_images(model_id)
+        self.per_image_pico_usd.is_none() && crate::request::model_family::makes_images(model_id)
     }
 }
 
@@ -119,7 +119,7 @@ const fn row(
 }
 
 // Generated: LITELLM_VERSION, MAX_CHAT_TIER, MODELS, REGIONAL, IMAGES.
-include!("../../pricing/table.rs");
+include!("../../../pricing/table.rs");
 
 /// A Bedrock service tier: Converse `serviceTier.type`, InvokeModel
 /// `X-Amzn-Bedrock-Service-Tier`. Priority costs more than standard, flex less.
@@ -163,7 +163,7 @@ const fn tier_row(
 }
 
 // Generated: TIERS, REGIONAL_TIERS.
-include!("../../pricing/service_tiers.rs");
+include!("../../../pricing/service_tiers.rs");
 
 /// The price of `model_id` in `region` on a service tier, or `None` when litellm has no price
 /// for that tier of that model (the caller refuses the request or bills it knowingly). The
@@ -308,7 +308,7 @@ pub fn cost(usage: &Usage, price: &Price) -> u64 {
 mod tests {
     use super::*;
 
-    const PICO_PER_USD: u64 = 1_000_000_000_000;
+    use crate::accounting::money::PICO_PER_USD;
 
     fn usage(input: u64, output: u64, cache_read: u64, cache_write: u64) -> Usage {
         Usage {

@@ -1166,7 +1166,7 @@ mod tests {
 
     #[test]
     fn unusual_header_blocks_do_not_break_metering() {
-        use crate::meter::UsageMeter;
+        use crate::response::meter::UsageMeter;
         use crate::Operation;
 
         let s = |n: &str, v: &str| header(n, 7, v.as_bytes());

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::accounting::usage::Usage;
 use crate::store::{cas_update, read_integer, AtomicStore, CasStore, StoreError};
-use crate::usage::Usage;
 
 /// Usage and cost counted together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -265,7 +265,7 @@ pub fn add<S: CasStore + ?Sized>(
 /// totals that do not tell the model's cost before (see [`UsageTotals::add`]).
 pub fn add_record(
     totals: &dyn UsageTotals,
-    record: &crate::record::UsageRecord,
+    record: &crate::accounting::record::UsageRecord,
 ) -> Result<Option<u64>, StoreError> {
     if !record.forwarded {
         return Ok(None);
@@ -884,9 +884,9 @@ mod tests {
 
     #[test]
     fn only_forwarded_records_count() {
-        use crate::record::{make, Facts};
+        use crate::accounting::record::{make, Facts};
         let s = MemoryStore::default();
-        let reading = crate::meter::Reading {
+        let reading = crate::response::meter::Reading {
             complete: true,
             usage: Usage {
                 input_tokens: 4,
