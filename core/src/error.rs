@@ -61,6 +61,9 @@ pub enum ErrorKind {
     /// The key-value store that holds quota counters and totals failed: the request cannot be
     /// admitted against its limits.
     StateUnavailable,
+    /// Credentials fetched from an endpoint have expired (or none were fetched yet) and the
+    /// refresh has not succeeded: a request signed now would be refused by AWS.
+    CredentialsUnavailable,
 }
 
 impl ErrorKind {
@@ -76,7 +79,9 @@ impl ErrorKind {
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
-            Self::UpstreamUnavailable | Self::StateUnavailable => 503,
+            Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
+                503
+            }
         }
     }
 
@@ -92,7 +97,9 @@ impl ErrorKind {
             }
             Self::BudgetExhausted => "ServiceQuotaExceededException",
             Self::NotConfigured | Self::Internal => "InternalServerException",
-            Self::UpstreamUnavailable | Self::StateUnavailable => "ServiceUnavailableException",
+            Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
+                "ServiceUnavailableException"
+            }
         }
     }
 }
@@ -116,6 +123,7 @@ impl ErrorKind {
             Self::Internal => "internal",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::StateUnavailable => "state_unavailable",
+            Self::CredentialsUnavailable => "credentials_unavailable",
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::record::{self, UsageRecord};
 use crate::request_body;
 use crate::request_headers;
 use crate::route::{self, Route};
-use crate::signing;
+use crate::credentials::{Fetched, Signer};
 use crate::usage::Usage;
 
 /// What to do with a request once its head is known.
@@ -352,8 +352,27 @@ impl Exchange {
         body: &[u8],
         now: SystemTime,
     ) -> Result<UpstreamRequest, GatewayError> {
+        self.upstream_request_with(config, counters, body, now, None)
+    }
+
+    /// [`Exchange::upstream_request`], signed with the credentials the host `fetched` when the
+    /// configuration's come from an endpoint (`credentials::Fetched`). Without usable ones the
+    /// request is refused with 503 before anything is reserved.
+    pub fn upstream_request_with(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        body: &[u8],
+        now: SystemTime,
+        fetched: Option<&Fetched>,
+    ) -> Result<UpstreamRequest, GatewayError> {
         self.request_bytes = body.len() as u64;
         self.check_body_size(self.request_bytes)?;
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
+            .inspect_err(|e| self.status = Some(e.kind.status()))?;
         let key = config
             .api_keys
             .iter()
@@ -420,15 +439,9 @@ impl Exchange {
             model_id::encode_path_label(&self.model_id),
             self.operation.path_segment()
         );
-        let set_headers = signing::upstream_auth_headers(
-            &config.upstream_auth,
-            &config.region,
-            &config.upstream_host,
-            &path,
-            body,
-            now,
-        )
-        .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        let set_headers = signer
+            .headers(&config.region, &config.upstream_host, &path, body, now)
+            .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
         self.sent_upstream = true;
         Ok(UpstreamRequest {
             path,

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod counters;
+pub mod credentials;
 pub mod endpoints;
 pub mod error;
 pub mod eventstream;
