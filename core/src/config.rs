@@ -559,7 +559,10 @@ mod tests {
         let UpstreamAuth::Fetched(source) = &c.upstream_auth else {
             panic!("{:?}", c.upstream_auth)
         };
-        assert_eq!(source.describe(), "instance metadata at http://169.254.169.254");
+        assert_eq!(
+            source.describe(),
+            "instance metadata at http://169.254.169.254"
+        );
         let json = with(
             r#"{"type":"container","endpoint":"http://127.0.0.1:1/v1/credentials",
                 "authorization_token":"pod-secret","cluster":"creds"}"#,

@@ -6,6 +6,7 @@ use std::time::SystemTime;
 use crate::auth;
 use crate::config::{ApiKey, Config};
 use crate::counters::Counters;
+use crate::credentials::{Fetched, Signer};
 use crate::error::{Dialect, ErrorKind, GatewayError};
 use crate::eventstream;
 use crate::images;
@@ -20,7 +21,6 @@ use crate::record::{self, UsageRecord};
 use crate::request_body;
 use crate::request_headers;
 use crate::route::{self, Route};
-use crate::credentials::{Fetched, Signer};
 use crate::usage::Usage;
 
 /// What to do with a request once its head is known.

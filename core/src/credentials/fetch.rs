@@ -84,7 +84,10 @@ pub enum Progress {
 impl Fetch {
     /// The first call of a fetch from `source`. `token_from_file`: the content of the source's
     /// authorization token file, which the host read (only hosts can read files).
-    pub fn start(source: &Source, token_from_file: Option<&str>) -> Result<(Self, Call), FetchError> {
+    pub fn start(
+        source: &Source,
+        token_from_file: Option<&str>,
+    ) -> Result<(Self, Call), FetchError> {
         let prefix = &source.endpoint.path;
         match &source.kind {
             SourceKind::InstanceMetadata => Ok((
@@ -220,11 +223,9 @@ impl Fetch {
                     },
                 ))
             }
-            Step::ImdsCredentials { .. } | Step::Container => {
-                parse_credentials(body, now_ms)
-                    .map(Progress::Done)
-                    .map_err(|why| FetchError(format!("{}: {why}", source.describe())))
-            }
+            Step::ImdsCredentials { .. } | Step::Container => parse_credentials(body, now_ms)
+                .map(Progress::Done)
+                .map_err(|why| FetchError(format!("{}: {why}", source.describe()))),
         }
     }
 }
@@ -289,8 +290,9 @@ fn parse_credentials(body: &[u8], now_ms: u64) -> Result<Fetched, String> {
 fn is_role_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b',' | b'.' | b'@' | b'_' | b'-'))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'=' | b',' | b'.' | b'@' | b'_' | b'-')
+        })
 }
 
 /// `2026-11-29T16:35:00Z`, with optional fractional seconds and a `Z` or `±hh:mm` offset, as
@@ -309,7 +311,12 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     }
     let (y, mo, d) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
     let (h, mi, sec) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
-    if y < 1970 || !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60
+    if y < 1970
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || sec > 60
     {
         return None;
     }
@@ -377,26 +384,48 @@ mod tests {
     fn imdsv2_is_token_then_role_then_credentials() {
         let source = imds();
         let (fetch, call) = Fetch::start(&source, None).unwrap();
-        assert_eq!((call.method, call.path.as_str()), ("PUT", "/latest/api/token"));
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            ("PUT", "/latest/api/token")
+        );
         assert_eq!(
             call.headers,
             vec![("x-aws-ec2-metadata-token-ttl-seconds", "21600".to_string())]
         );
-        let Progress::Next(fetch, call) = fetch.on_response(&source, 200, b"AQAEAtoken==", NOW).unwrap() else {
+        let Progress::Next(fetch, call) = fetch
+            .on_response(&source, 200, b"AQAEAtoken==", NOW)
+            .unwrap()
+        else {
             panic!("a second call")
         };
         assert_eq!(
             (call.method, call.path.as_str()),
             ("GET", "/latest/meta-data/iam/security-credentials/")
         );
-        assert_eq!(call.headers, vec![("x-aws-ec2-metadata-token", "AQAEAtoken==".to_string())]);
-        let Progress::Next(fetch, call) = fetch.on_response(&source, 200, b"my-role\n", NOW).unwrap() else {
+        assert_eq!(
+            call.headers,
+            vec![("x-aws-ec2-metadata-token", "AQAEAtoken==".to_string())]
+        );
+        let Progress::Next(fetch, call) =
+            fetch.on_response(&source, 200, b"my-role\n", NOW).unwrap()
+        else {
             panic!("a third call")
         };
-        assert_eq!(call.path, "/latest/meta-data/iam/security-credentials/my-role");
-        assert_eq!(call.headers, vec![("x-aws-ec2-metadata-token", "AQAEAtoken==".to_string())]);
+        assert_eq!(
+            call.path,
+            "/latest/meta-data/iam/security-credentials/my-role"
+        );
+        assert_eq!(
+            call.headers,
+            vec![("x-aws-ec2-metadata-token", "AQAEAtoken==".to_string())]
+        );
         let Progress::Done(f) = fetch
-            .on_response(&source, 200, creds_json("2025-11-29T21:26:40Z").as_bytes(), NOW)
+            .on_response(
+                &source,
+                200,
+                creds_json("2025-11-29T21:26:40Z").as_bytes(),
+                NOW,
+            )
             .unwrap()
         else {
             panic!("done")
@@ -419,10 +448,19 @@ mod tests {
         )
         .unwrap();
         let (fetch, call) = Fetch::start(&source, None).unwrap();
-        assert_eq!((call.method, call.path.as_str()), ("GET", "/v1/credentials?x=1"));
-        assert_eq!(call.headers, vec![("authorization", "pod-token".to_string())]);
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            ("GET", "/v1/credentials?x=1")
+        );
+        assert_eq!(
+            call.headers,
+            vec![("authorization", "pod-token".to_string())]
+        );
         let body = r#"{"AccessKeyId":"ASIA1","SecretAccessKey":"S","Token":"T","Expiration":"2025-11-29T15:36:40.5+00:00","RoleArn":"arn:aws:iam::1:role/r"}"#;
-        let Progress::Done(f) = fetch.on_response(&source, 200, body.as_bytes(), NOW).unwrap() else {
+        let Progress::Done(f) = fetch
+            .on_response(&source, 200, body.as_bytes(), NOW)
+            .unwrap()
+        else {
             panic!("done")
         };
         assert_eq!(f.expires_ms, NOW + 600_500);
@@ -436,7 +474,10 @@ mod tests {
         )
         .unwrap();
         let (_, call) = Fetch::start(&source, Some("file-token\n")).unwrap();
-        assert_eq!(call.headers, vec![("authorization", "file-token".to_string())]);
+        assert_eq!(
+            call.headers,
+            vec![("authorization", "file-token".to_string())]
+        );
         let e = Fetch::start(&source, None).unwrap_err();
         assert!(e.0.contains("/token"), "{e}");
     }
@@ -447,7 +488,9 @@ mod tests {
         let (fetch, _) = Fetch::start(&source, None).unwrap();
         let e = fetch.clone().on_response(&source, 0, b"", NOW).unwrap_err();
         assert!(e.0.contains("no response"), "{e}");
-        let e = fetch.on_response(&source, 403, b"secret-body", NOW).unwrap_err();
+        let e = fetch
+            .on_response(&source, 403, b"secret-body", NOW)
+            .unwrap_err();
         assert!(e.0.contains("403") && !e.0.contains("secret-body"), "{e}");
         let container =
             Source::container(Some("http://127.0.0.1/c".into()), None, None, None, &env).unwrap();
@@ -457,13 +500,34 @@ mod tests {
         };
         for (body, says) in [
             ("not json s3cr3t", "not a JSON"),
-            (r#"{"AccessKeyId":"A","Token":"s3cr3t","Expiration":"2025-11-29T16:00:00Z"}"#, "SecretAccessKey"),
-            (r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Token":"t"}"#, "Expiration"),
-            (r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Expiration":"tomorrow"}"#, "RFC 3339"),
-            (r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Expiration":"2025-11-29T15:00:00Z"}"#, "expired"),
-            (r#"{"AccessKeyId":"A","SecretAccessKey":"s3 cr3t","Expiration":"2025-11-29T16:00:00Z"}"#, "SecretAccessKey"),
-            (r#"{"AccessKeyId":"A","SecretAccessKey":1,"Expiration":"2025-11-29T16:00:00Z"}"#, "not a JSON"),
-            (r#"{"Code":"AssumeRoleUnauthorizedAccess","AccessKeyId":"A"}"#, "AssumeRoleUnauthorizedAccess"),
+            (
+                r#"{"AccessKeyId":"A","Token":"s3cr3t","Expiration":"2025-11-29T16:00:00Z"}"#,
+                "SecretAccessKey",
+            ),
+            (
+                r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Token":"t"}"#,
+                "Expiration",
+            ),
+            (
+                r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Expiration":"tomorrow"}"#,
+                "RFC 3339",
+            ),
+            (
+                r#"{"AccessKeyId":"A","SecretAccessKey":"s3cr3t","Expiration":"2025-11-29T15:00:00Z"}"#,
+                "expired",
+            ),
+            (
+                r#"{"AccessKeyId":"A","SecretAccessKey":"s3 cr3t","Expiration":"2025-11-29T16:00:00Z"}"#,
+                "SecretAccessKey",
+            ),
+            (
+                r#"{"AccessKeyId":"A","SecretAccessKey":1,"Expiration":"2025-11-29T16:00:00Z"}"#,
+                "not a JSON",
+            ),
+            (
+                r#"{"Code":"AssumeRoleUnauthorizedAccess","AccessKeyId":"A"}"#,
+                "AssumeRoleUnauthorizedAccess",
+            ),
         ] {
             let e = done(body).unwrap_err();
             assert!(e.0.contains(says), "{body}: {e}");
@@ -481,7 +545,10 @@ mod tests {
     fn rfc3339_times() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339_ms("2025-11-29T15:26:40Z"), Some(NOW));
-        assert_eq!(parse_rfc3339_ms("2025-11-29T15:26:40.123456Z"), Some(NOW + 123));
+        assert_eq!(
+            parse_rfc3339_ms("2025-11-29T15:26:40.123456Z"),
+            Some(NOW + 123)
+        );
         assert_eq!(parse_rfc3339_ms("2025-11-29T16:26:40+01:00"), Some(NOW));
         assert_eq!(parse_rfc3339_ms("2025-11-29T14:26:40-01:00"), Some(NOW));
         for bad in [

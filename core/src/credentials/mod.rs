@@ -260,6 +260,99 @@ mod tests {
         assert!(!f.usable(25_000));
     }
 
+    fn config(credentials: &str) -> crate::config::Config {
+        let json = format!(
+            r#"{{"region":"us-east-1","upstream_host":"127.0.0.1:9100",
+                "api_keys":[{{"id":"a","sha256":"{}","models":["*"],
+                              "limits":{{"max_concurrent_requests":1}}}}],
+                "credentials":{credentials}}}"#,
+            hex::encode(crate::auth::hash_key("key-a")),
+        );
+        crate::config::Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn exchange(config: &crate::config::Config) -> Box<crate::exchange::Exchange> {
+        let headers = [
+            ("authorization", "Bearer key-a"),
+            ("x-amz-security-token", "client's"),
+        ];
+        match crate::exchange::admit(
+            config,
+            "POST",
+            "/model/us.amazon.nova-lite-v1:0/converse",
+            &headers,
+            0,
+        ) {
+            crate::exchange::Admission::Forward(ex) => ex,
+            _ => panic!("admitted"),
+        }
+    }
+
+    /// Without usable fetched credentials a request is refused with 503 before anything is
+    /// reserved (the key's one concurrency slot stays free); with them it is signed with them.
+    #[test]
+    fn requests_are_signed_with_fetched_credentials_or_refused_503() {
+        use crate::counters::CasCounters;
+        use crate::store::memory::MemoryStore;
+        let config = config(r#"{"type":"container","endpoint":"http://127.0.0.1:1/c"}"#);
+        let store = MemoryStore::default();
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let body = br#"{"messages":[]}"#;
+        let expired = fetched(1_000_000, 900_000);
+        for held in [None, Some(&expired)] {
+            let mut ex = exchange(&config);
+            let e = ex
+                .upstream_request_with(&config, &CasCounters(&store), body, now, held)
+                .unwrap_err();
+            assert_eq!(e.kind, ErrorKind::CredentialsUnavailable);
+            let reply = e.to_bedrock_reply();
+            assert_eq!(reply.status, 503);
+            assert!(reply
+                .headers
+                .contains(&("x-amzn-errortype", "ServiceUnavailableException".into())));
+            assert!(e.message.contains("127.0.0.1:1"), "{}", e.message);
+        }
+        let valid = fetched(2_000_000, 1_000_000);
+        let mut ex = exchange(&config);
+        let up = ex
+            .upstream_request_with(&config, &CasCounters(&store), body, now, Some(&valid))
+            .unwrap();
+        let header = |n: &str| {
+            up.set_headers
+                .iter()
+                .find(|(h, _)| h == n)
+                .map(|(_, v)| v.as_str())
+        };
+        assert!(header("authorization")
+            .unwrap()
+            .starts_with("AWS4-HMAC-SHA256 Credential=ASIAEXAMPLE/"));
+        assert_eq!(header("x-amz-security-token"), Some("token"));
+    }
+
+    /// Type `envoy`: the request is rewritten and the client's credentials removed, but nothing
+    /// is signed: Envoy's filter after Tollgate does that.
+    #[test]
+    fn envoy_signing_sets_no_credentials() {
+        use crate::counters::CasCounters;
+        use crate::store::memory::MemoryStore;
+        let config = config(r#"{"type":"envoy"}"#);
+        let mut ex = exchange(&config);
+        let up = ex
+            .upstream_request(
+                &config,
+                &CasCounters(&MemoryStore::default()),
+                b"{}",
+                std::time::UNIX_EPOCH,
+            )
+            .unwrap();
+        assert!(up.set_headers.is_empty(), "{:?}", up.set_headers);
+        assert_eq!(up.path, "/model/us.amazon.nova-lite-v1%3A0/converse");
+        assert!(up.remove_headers.contains(&"authorization".to_string()));
+        assert!(up
+            .remove_headers
+            .contains(&"x-amz-security-token".to_string()));
+    }
+
     #[test]
     fn debug_shows_no_secret() {
         let shown = format!("{:?}", fetched(1, 0));

@@ -195,7 +195,10 @@ mod tests {
         // the outage until 14:59 (a minute before expiry), and nothing does until 16:30.
         let outage = (16 * HOUR + HOUR / 2) - (15 * HOUR - 60_000);
         // (The first retry after 16:30 comes within one back-off.)
-        assert!(unusable_ms <= outage + BACKOFF_MAX_MS + tick, "{unusable_ms}");
+        assert!(
+            unusable_ms <= outage + BACKOFF_MAX_MS + tick,
+            "{unusable_ms}"
+        );
         assert!(unusable_ms >= outage - tick, "{unusable_ms}");
         // Hourly refreshes plus the outage's retries, at most one per 10 s: far fewer than the
         // ticks (172,800 of them).

@@ -72,9 +72,9 @@ impl Endpoint {
         };
         let authority_ok = !authority.is_empty()
             && authority.len() <= 253
-            && authority
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'));
+            && authority.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']')
+            });
         let path_ok = path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
         (authority_ok && path_ok).then(|| Self {
             scheme,
@@ -265,7 +265,12 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -278,7 +283,13 @@ mod tests {
         assert_eq!(e.host(), "127.0.0.1");
         let e = Endpoint::parse("http://[fd00:ec2::23]/v1/credentials").unwrap();
         assert_eq!(e.host(), "[fd00:ec2::23]");
-        for bad in ["169.254.169.254", "ftp://x/", "http://", "http://a b/", "http://x/#f"] {
+        for bad in [
+            "169.254.169.254",
+            "ftp://x/",
+            "http://",
+            "http://a b/",
+            "http://x/#f",
+        ] {
             assert_eq!(Endpoint::parse(bad), None, "{bad}");
         }
     }
@@ -291,13 +302,15 @@ mod tests {
         let s = Source::instance_metadata(
             None,
             Some("imds".into()),
-            &env_of(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://[fd00:ec2::254]/")]),
+            &env_of(&[(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                "http://[fd00:ec2::254]/",
+            )]),
         )
         .unwrap();
         assert_eq!(s.endpoint.url(&s.endpoint.path), "http://[fd00:ec2::254]");
-        let s =
-            Source::instance_metadata(Some("http://127.0.0.1:9100".into()), None, &env_of(&[]))
-                .unwrap();
+        let s = Source::instance_metadata(Some("http://127.0.0.1:9100".into()), None, &env_of(&[]))
+            .unwrap();
         assert_eq!(s.endpoint.authority, "127.0.0.1:9100");
     }
 
@@ -307,13 +320,22 @@ mod tests {
         let e = Source::container(None, None, None, None, &none).unwrap_err();
         assert_eq!(e.field, "credentials.endpoint");
         let ecs = env_of(&[
-            ("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/v2/credentials/id"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/id",
+            ),
             ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:1/x"),
         ]);
         let s = Source::container(None, None, None, None, &ecs).unwrap();
-        assert_eq!(s.endpoint.url(&s.endpoint.path), "http://169.254.170.2/v2/credentials/id");
+        assert_eq!(
+            s.endpoint.url(&s.endpoint.path),
+            "http://169.254.170.2/v2/credentials/id"
+        );
         let pod = env_of(&[
-            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://169.254.170.23/v1/credentials"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://169.254.170.23/v1/credentials",
+            ),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
         ]);
         let s = Source::container(None, None, None, None, &pod).unwrap();
@@ -345,7 +367,10 @@ mod tests {
             "http://169.254.170.2/v2/c",
             "https://creds.example.com/c",
         ] {
-            assert!(Source::container(Some(ok.into()), None, None, None, &none).is_ok(), "{ok}");
+            assert!(
+                Source::container(Some(ok.into()), None, None, None, &none).is_ok(),
+                "{ok}"
+            );
         }
         for bad in ["http://10.0.0.1/c", "http://creds.example.com/c"] {
             let e = Source::container(Some(bad.into()), None, None, None, &none).unwrap_err();
@@ -365,10 +390,10 @@ mod tests {
     #[test]
     fn fingerprints_differ_by_source() {
         let none = env_of(&[]);
-        let a = Source::container(Some("http://127.0.0.1/a".into()), None, None, None, &none)
-            .unwrap();
-        let b = Source::container(Some("http://127.0.0.1/b".into()), None, None, None, &none)
-            .unwrap();
+        let a =
+            Source::container(Some("http://127.0.0.1/a".into()), None, None, None, &none).unwrap();
+        let b =
+            Source::container(Some("http://127.0.0.1/b".into()), None, None, None, &none).unwrap();
         let i = Source::instance_metadata(None, None, &none).unwrap();
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), i.fingerprint());
