@@ -175,15 +175,17 @@ def test_spin_manifest_matches_the_component():
     assert (harness.ROOT / "host-spin" / component["source"]).resolve() == harness.SPIN_COMPONENT.resolve()
     assert component["key_value_stores"] == ["default"]
     assert set(component["allowed_outbound_hosts"]) == {
-        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}"}
-    # Unset, the extra origin names nothing that resolves (RFC 2606 `.invalid`).
+        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}",
+        "{{ credentials_origin }}"}
+    # Unset, the extra origins name nothing that resolves (RFC 2606 `.invalid`).
     assert manifest["variables"]["upstream_origin"]["default"].endswith(".invalid")
+    assert manifest["variables"]["credentials_origin"]["default"].endswith(".invalid")
     core_config = (harness.ROOT / "core/src/config.rs").read_text()
     block = re.search(r"pub const ENVIRONMENT_NAMES: &\[&str\] = &\[(.*?)\];", core_config, re.S).group(1)
-    expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z_]+)"', block)}
-    assert len(expected) == 5
+    expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z0-9_]+)"', block)}
+    assert len(expected) == 10
     assert set(component["variables"]) == expected
-    assert set(manifest["variables"]) == expected | {"aws_region", "upstream_origin"}
+    assert set(manifest["variables"]) == expected | {"aws_region", "upstream_origin", "credentials_origin"}
     declared = manifest["variables"]
     for name in expected:
         assert component["variables"][name] == "{{ %s }}" % name

@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
-use tollgate_core::config::Config;
+use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::counters::CasCounters;
 use tollgate_core::endpoints;
 use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
@@ -60,7 +60,17 @@ impl Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        match ex.upstream_request(config, &CasCounters(&SharedData), body, host::now()) {
+        let fetched = match &config.upstream_auth {
+            UpstreamAuth::Fetched(source) => crate::credentials::current(source),
+            _ => None,
+        };
+        match ex.upstream_request_with(
+            config,
+            &CasCounters(&SharedData),
+            body,
+            host::now(),
+            fetched.as_ref(),
+        ) {
             Ok(up) => match apply(&up, body.len()) {
                 Ok(()) => Action::Continue,
                 Err(e) => self.reject(&e, None),

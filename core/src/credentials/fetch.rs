@@ -82,15 +82,11 @@ pub enum Progress {
 }
 
 impl Fetch {
-    /// The first call of a fetch from `source`. `token_from_file`: the content of the source's
-    /// authorization token file, which the host read (only hosts can read files).
-    pub fn start(
-        source: &Source,
-        token_from_file: Option<&str>,
-    ) -> Result<(Self, Call), FetchError> {
+    /// The first call of a fetch from `source`.
+    pub fn start(source: &Source) -> (Self, Call) {
         let prefix = &source.endpoint.path;
         match &source.kind {
-            SourceKind::InstanceMetadata => Ok((
+            SourceKind::InstanceMetadata => (
                 Self {
                     step: Step::ImdsToken,
                 },
@@ -102,40 +98,26 @@ impl Fetch {
                         IMDS_TOKEN_TTL_S.to_string(),
                     )],
                 },
-            )),
+            ),
             SourceKind::Container {
                 authorization_token,
-                authorization_token_file,
-            } => {
-                let token = match (authorization_token, authorization_token_file) {
-                    (Some(t), _) => Some(t.clone()),
-                    (None, Some(file)) => {
-                        let t = token_from_file.map(str::trim).unwrap_or("");
-                        if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-                            return Err(FetchError(format!(
-                                "the authorization token file {file} is missing, empty or not \
-                                 printable ASCII"
-                            )));
-                        }
-                        Some(t.to_string())
-                    }
-                    (None, None) => None,
-                };
-                Ok((
-                    Self {
-                        step: Step::Container,
+            } => (
+                Self {
+                    step: Step::Container,
+                },
+                Call {
+                    method: "GET",
+                    path: if prefix.is_empty() {
+                        "/".to_string()
+                    } else {
+                        prefix.clone()
                     },
-                    Call {
-                        method: "GET",
-                        path: if prefix.is_empty() {
-                            "/".to_string()
-                        } else {
-                            prefix.clone()
-                        },
-                        headers: token.map(|t| ("authorization", t)).into_iter().collect(),
-                    },
-                ))
-            }
+                    headers: authorization_token
+                        .iter()
+                        .map(|t| ("authorization", t.clone()))
+                        .collect(),
+                },
+            ),
         }
     }
 
@@ -383,7 +365,7 @@ mod tests {
     #[test]
     fn imdsv2_is_token_then_role_then_credentials() {
         let source = imds();
-        let (fetch, call) = Fetch::start(&source, None).unwrap();
+        let (fetch, call) = Fetch::start(&source);
         assert_eq!(
             (call.method, call.path.as_str()),
             ("PUT", "/latest/api/token")
@@ -447,7 +429,7 @@ mod tests {
             &env,
         )
         .unwrap();
-        let (fetch, call) = Fetch::start(&source, None).unwrap();
+        let (fetch, call) = Fetch::start(&source);
         assert_eq!(
             (call.method, call.path.as_str()),
             ("GET", "/v1/credentials?x=1")
@@ -464,28 +446,12 @@ mod tests {
             panic!("done")
         };
         assert_eq!(f.expires_ms, NOW + 600_500);
-        // From a token file the host read.
-        let source = Source::container(
-            Some("http://127.0.0.1:9100/v1/credentials".into()),
-            None,
-            Some("/token".into()),
-            None,
-            &env,
-        )
-        .unwrap();
-        let (_, call) = Fetch::start(&source, Some("file-token\n")).unwrap();
-        assert_eq!(
-            call.headers,
-            vec![("authorization", "file-token".to_string())]
-        );
-        let e = Fetch::start(&source, None).unwrap_err();
-        assert!(e.0.contains("/token"), "{e}");
     }
 
     #[test]
     fn failures_name_the_step_and_never_a_secret() {
         let source = imds();
-        let (fetch, _) = Fetch::start(&source, None).unwrap();
+        let (fetch, _) = Fetch::start(&source);
         let e = fetch.clone().on_response(&source, 0, b"", NOW).unwrap_err();
         assert!(e.0.contains("no response"), "{e}");
         let e = fetch
@@ -495,7 +461,7 @@ mod tests {
         let container =
             Source::container(Some("http://127.0.0.1/c".into()), None, None, None, &env).unwrap();
         let done = |body: &str| {
-            let (fetch, _) = Fetch::start(&container, None).unwrap();
+            let (fetch, _) = Fetch::start(&container);
             fetch.on_response(&container, 200, body.as_bytes(), NOW)
         };
         for (body, says) in [
@@ -533,7 +499,7 @@ mod tests {
             assert!(e.0.contains(says), "{body}: {e}");
             assert!(!e.0.contains("s3cr3t") && !e.0.contains("s3 cr3t"), "{e}");
         }
-        let (fetch, _) = Fetch::start(&source, None).unwrap();
+        let (fetch, _) = Fetch::start(&source);
         let Progress::Next(fetch, _) = fetch.on_response(&source, 200, b"tok", NOW).unwrap() else {
             panic!()
         };

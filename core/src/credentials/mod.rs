@@ -134,6 +134,19 @@ impl Reader<'_> {
     }
 }
 
+/// `2026-11-29T15:35:00Z` (for logs: when credentials expire).
+pub fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (y, m, d) = crate::period::civil_from_days(secs / 86_400);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 /// How one request is authenticated upstream.
 pub enum Signer<'a> {
     /// Credentials or a Bedrock API key from the configuration.
@@ -202,12 +215,14 @@ pub fn envoy_signing_unavailable() -> ConfigError {
     )
 }
 
-/// A token file on a host that cannot read files (a Wasm filter in Envoy).
+/// A container token in a file (EKS Pod Identity): Tollgate's components cannot read files (a
+/// Wasm filter in Envoy has no filesystem; the Spin component is given none).
 pub fn token_file_unreadable() -> ConfigError {
     ConfigError::new(
         "credentials.authorization_token_file",
-        "a Wasm filter in Envoy cannot read files (EKS Pod Identity's token file): use \
-         {\"type\": \"envoy\"} with Envoy's aws_request_signing filter, which reads it",
+        "Tollgate cannot read the container authorization token file (EKS Pod Identity, \
+         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE): on Envoy use {\"type\": \"envoy\"} with \
+         Envoy's aws_request_signing filter, which reads it; or give the token inline",
     )
 }
 
@@ -351,6 +366,13 @@ mod tests {
         assert!(up
             .remove_headers
             .contains(&"x-amz-security-token".to_string()));
+    }
+
+    #[test]
+    fn rfc3339_round_trips_with_the_parser() {
+        for ms in [0, 1_764_430_000_000, 253_402_300_799_000] {
+            assert_eq!(fetch::parse_rfc3339_ms(&rfc3339(ms)), Some(ms));
+        }
     }
 
     #[test]

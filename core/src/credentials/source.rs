@@ -22,11 +22,7 @@ pub enum SourceKind {
     /// IMDSv2: a session token (`PUT /latest/api/token`), the role's name, its credentials.
     InstanceMetadata,
     /// One `GET` of the endpoint, with the authorization token where one is required.
-    Container {
-        authorization_token: Option<String>,
-        /// Read by the host before each fetch (EKS Pod Identity rotates it).
-        authorization_token_file: Option<String>,
-    },
+    Container { authorization_token: Option<String> },
 }
 
 impl fmt::Debug for SourceKind {
@@ -36,14 +32,12 @@ impl fmt::Debug for SourceKind {
             Self::InstanceMetadata => f.write_str("InstanceMetadata"),
             Self::Container {
                 authorization_token,
-                authorization_token_file,
             } => f
                 .debug_struct("Container")
                 .field(
                     "authorization_token",
                     &authorization_token.as_ref().map(|_| "<redacted>"),
                 )
-                .field("authorization_token_file", authorization_token_file)
                 .finish(),
         }
     }
@@ -135,7 +129,9 @@ impl Source {
 
     /// `container`: `endpoint`, else (as the AWS SDKs) `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`
     /// on ECS's host, else `AWS_CONTAINER_CREDENTIALS_FULL_URI`; the token inline, else
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`, else the file `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`.
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN`. A token file (`authorization_token_file`,
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: EKS Pod Identity) is refused: neither host's
+    /// component can read it, and Envoy's own signer can ([`super::token_file_unreadable`]).
     pub fn container(
         endpoint: Option<String>,
         authorization_token: Option<String>,
@@ -171,12 +167,12 @@ impl Source {
         let authorization_token = authorization_token
             .filter(|t| !t.is_empty())
             .or_else(|| env("AWS_CONTAINER_AUTHORIZATION_TOKEN"));
-        let authorization_token_file = match authorization_token {
-            Some(_) => None,
-            None => authorization_token_file
-                .filter(|f| !f.is_empty())
-                .or_else(|| env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")),
-        };
+        if authorization_token.is_none()
+            && (authorization_token_file.is_some_and(|f| !f.is_empty())
+                || env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE").is_some())
+        {
+            return Err(super::token_file_unreadable());
+        }
         if authorization_token
             .as_deref()
             .is_some_and(|t| !is_header_value(t))
@@ -189,7 +185,6 @@ impl Source {
         Ok(Self {
             kind: SourceKind::Container {
                 authorization_token,
-                authorization_token_file,
             },
             endpoint,
             cluster: cluster_name(cluster)?,
@@ -214,12 +209,9 @@ impl Source {
             SourceKind::InstanceMetadata => h.update(b"imds\0"),
             SourceKind::Container {
                 authorization_token,
-                authorization_token_file,
             } => {
                 h.update(b"container\0");
                 h.update(authorization_token.as_deref().unwrap_or("").as_bytes());
-                h.update(b"\0");
-                h.update(authorization_token_file.as_deref().unwrap_or("").as_bytes());
                 h.update(b"\0");
             }
         }
@@ -338,21 +330,16 @@ mod tests {
             ),
             ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "/var/run/token"),
         ]);
-        let s = Source::container(None, None, None, None, &pod).unwrap();
-        assert_eq!(
-            s.kind,
-            SourceKind::Container {
-                authorization_token: None,
-                authorization_token_file: Some("/var/run/token".into())
-            }
-        );
+        // The token file (EKS Pod Identity) cannot be read: a clear error, naming `envoy`.
+        let e = Source::container(None, None, None, None, &pod).unwrap_err();
+        assert_eq!(e.field, "credentials.authorization_token_file");
+        assert!(e.message.contains("\"envoy\""), "{e}");
         // An inline token wins over the file.
         let s = Source::container(None, Some("tok".into()), None, None, &pod).unwrap();
         assert_eq!(
             s.kind,
             SourceKind::Container {
                 authorization_token: Some("tok".into()),
-                authorization_token_file: None
             }
         );
         assert!(!format!("{s:?}").contains("tok"));
