@@ -3,9 +3,10 @@
 //! * `PUT /latest/api/token` (with `x-aws-ec2-metadata-token-ttl-seconds`), then
 //!   `GET /latest/meta-data/iam/security-credentials/` and `…/<role>` with
 //!   `x-aws-ec2-metadata-token`: IMDSv2 only (a request without a valid token gets 401);
-//! * `GET /v1/credentials` (EKS Pod Identity's path) and `GET /v2/credentials/<id>` (ECS's),
-//!   with `Authorization: <token>` when the emulator was given one;
-//! * `GET /_emulator/credentials`: the newest set's number and how many requests each path got;
+//! * `GET /v1/credentials` (EKS Pod Identity's path), with `Authorization: <token>` when the
+//!   emulator was given one, and `GET /v2/credentials/<id>` (ECS's, which takes none);
+//! * `GET /_emulator/credentials`: the newest set's number, how many requests each path got, and
+//!   the last sets issued (secrets included: tests look for them where they must not be);
 //!   `POST /_emulator/credentials/down` and `…/up`: an outage (every credentials path answers
 //!   503) and its end.
 
@@ -104,7 +105,9 @@ pub fn answer(
         endpoints.imds_credentials.fetch_add(1, Ordering::SeqCst);
         return json_text(rotation.document(now_ms(), true));
     }
-    if container_token.is_some_and(|t| header("authorization").as_deref() != Some(t)) {
+    if path == "/v1/credentials"
+        && container_token.is_some_and(|t| header("authorization").as_deref() != Some(t))
+    {
         return text(StatusCode::UNAUTHORIZED, "");
     }
     endpoints
@@ -153,6 +156,21 @@ pub fn control(
             "imds_credentials": load(&endpoints.imds_credentials),
             "container_credentials": load(&endpoints.container_credentials),
             "refused": load(&endpoints.refused),
+            "issued": rotation.map(|r| {
+                let newest = r.generation_at(now_ms());
+                (newest.saturating_sub(99)..=newest)
+                    .map(|n| {
+                        let set = r.set(n);
+                        json!({
+                            "generation": n,
+                            "access_key_id": set.credentials.access_key_id,
+                            "secret_access_key": set.credentials.secret_access_key,
+                            "session_token": set.credentials.session_token,
+                            "expires_ms": set.expires_ms,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }),
         }),
     )
 }

@@ -1,0 +1,224 @@
+"""Credentials that rotate (README: "Credentials on AWS"): Tollgate fetches them from EC2's
+instance metadata service or the container endpoint (ECS, EKS Pod Identity) and refreshes them
+ahead of expiry, on Envoy and on Spin; or leaves signing to Envoy's own aws_request_signing
+filter (EKS with IRSA or Pod Identity). The emulator hands out a new set every few seconds, each
+valid a few seconds, and accepts a set only while it is valid. Every gateway runs the shipped
+configuration of its platform (envoy/envoy-ec2.yaml, envoy-ecs.yaml, envoy-eks.yaml; on Spin the
+same documents), with every AWS address pointed at the emulator on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import botocore.exceptions
+import pytest
+
+import harness
+from conftest import bedrock_client, redis_for
+
+ROTATE_MS = 3_000
+LIFETIME_MS = 9_000
+POD_TOKEN = "pod-identity-token-for-tests"
+DEMO_KEY = "tg-demo-key"  # the shipped documents' demo key
+MESSAGES = [{"role": "user", "content": [{"text": "Hello"}]}]
+
+
+@pytest.fixture(scope="module")
+def rotating(workdir):
+    """An emulator whose credentials rotate every 3 s, each set valid 9 s."""
+    emu = harness.Emulator(workdir / "rotating", "--session-token", harness.SESSION_TOKEN,
+                           "--credentials-rotate-ms", str(ROTATE_MS),
+                           "--credentials-lifetime-ms", str(LIFETIME_MS),
+                           "--container-token", POD_TOKEN)
+    yield emu
+    emu.stop()
+
+
+def control(emu, what: str = "", method: str = "GET") -> dict:
+    return harness.http_json(f"{emu.url}/_emulator/credentials{what}", method=method)
+
+
+def start(request, host_kind, workdir, tls_dir, emu, platform: str, name: str):
+    """Tollgate on `host_kind` with the shipped configuration of `platform` (ec2 or ecs)."""
+    if host_kind == "envoy":
+        env = {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/test-task"}
+        bootstrap = harness.shipped_envoy_config(f"envoy-{platform}.yaml", emu.port, tls_dir)
+        return harness.Envoy(workdir / host_kind / name, None, emu.port, tls_dir, name=name,
+                             bootstrap=bootstrap, env=env)
+    doc = harness.plugin_document(f"envoy-{platform}.yaml")
+    doc["upstream_host"] = f"127.0.0.1:{emu.port}"
+    # The AWS SDKs' own variables, as Spin variables, name the loopback emulator; and it is the
+    # one credentials origin the component may call.
+    variables = {"credentials_origin": emu.url}
+    if platform == "ec2":
+        variables["aws_ec2_metadata_service_endpoint"] = emu.url
+    else:
+        variables["aws_container_credentials_full_uri"] = f"{emu.url}/v1/credentials"
+        variables["aws_container_authorization_token"] = POD_TOKEN
+    return harness.start_gateway(host_kind, workdir / host_kind / name, doc, emu.port, tls_dir, name=name,
+                                 redis=redis_for(request, host_kind), variables=variables)
+
+
+def converse_body(max_tokens: int = 3) -> bytes:
+    return json.dumps({"messages": MESSAGES, "inferenceConfig": {"maxTokens": max_tokens}}).encode()
+
+
+def wait_serving(gw, timeout_s: float = 20):
+    """Until the first credentials are fetched (a 503 before then is expected)."""
+    headers = {"authorization": f"Bearer {DEMO_KEY}", "content-type": "application/json"}
+
+    def ok():
+        status, _, body = gw.request("POST", "/model/claude-fast/converse", converse_body(), headers)
+        assert status in (200, 503), (status, body)
+        return status == 200
+    harness.wait_until(ok, timeout_s, "the first credentials", interval_s=0.2)
+
+
+def call_once(client, i: int):
+    """A Converse or a ConverseStream call (read to its end); raises on any failure."""
+    if i % 2:
+        out = client.converse(modelId="claude-fast", messages=MESSAGES, inferenceConfig={"maxTokens": 4})
+        assert out["usage"]["outputTokens"] == 4
+        return out
+    out = client.converse_stream(modelId="claude-fast", messages=MESSAGES, inferenceConfig={"maxTokens": 4})
+    events = list(out["stream"])
+    assert any("metadata" in e for e in events), events
+    return events
+
+
+def drive(gw, tls_dir, seconds: float, threads: int = 2):
+    """Continuous traffic from `threads` boto3 clients for `seconds`: (calls made, failures)."""
+    deadline = time.monotonic() + seconds
+    failures, calls, seen = [], [0], []
+    lock = threading.Lock()
+
+    def run(t):
+        client = bedrock_client(gw, tls_dir, DEMO_KEY)
+        i = t
+        while time.monotonic() < deadline:
+            try:
+                seen.append(repr(call_once(client, i)))
+            except Exception as e:  # noqa: BLE001 - every failure is reported
+                with lock:
+                    failures.append(f"{type(e).__name__}: {e}")
+            with lock:
+                calls[0] += 1
+            i += 1
+    workers = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(seconds + 60)
+    return calls[0], failures, seen
+
+
+def assert_no_secret_leaks(emu, *texts: str):
+    """No secret key or session token of any set the endpoint handed out appears in `texts`
+    (logs, metrics, responses)."""
+    issued = control(emu)["issued"]
+    assert issued
+    for text in texts:
+        for s in issued:
+            assert s["secret_access_key"] not in text
+            assert s["session_token"] not in text
+        assert POD_TOKEN not in text
+
+
+def envoy_metrics(gw) -> str:
+    with harness.urllib.request.urlopen(f"{gw.admin}/stats/prometheus", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind, workdir, tls_dir, rotating):
+    """EC2's instance profile (IMDSv2), envoy/envoy-ec2.yaml: continuous Converse and
+    ConverseStream traffic for more than three rotations; not one request fails, each is signed
+    with a set that was valid when it arrived, at least four sets sign, and the endpoint is asked
+    about once per refresh (one fetcher for all workers), not once per worker and tick."""
+    gw = start(request, host_kind, workdir, tls_dir, rotating, "ec2", "rotation-ec2")
+    try:
+        wait_serving(gw)
+        seq = len(rotating.ledger())
+        before = control(rotating)
+        calls, failures, seen = drive(gw, tls_dir, seconds=4 * ROTATE_MS / 1000 + 1)
+        after = control(rotating)
+        assert failures == [], failures[:5]
+        entries = rotating.ledger()[seq:]
+        assert calls >= 20 and len(entries) >= calls
+        assert all(e["signature_valid"] and e["status"] == 200 for e in entries)
+        generations = {e["credentials_generation"] for e in entries}
+        assert None not in generations
+        assert len(generations) >= 4, generations
+        assert after["generation"] - before["generation"] >= 4
+        fetched = after["imds_credentials"] - before["imds_credentials"]
+        # A refresh at each set's half-life: about one per 3-4.5 s (the lease keeps the other
+        # worker from fetching too; without it two Envoy workers would fetch every tick).
+        assert 2 <= fetched <= 10, fetched
+        status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
+        texts = [gw.log(), json.dumps(headers), body.decode(), *seen]
+        if host_kind == "envoy":
+            texts.append(envoy_metrics(gw))
+        assert_no_secret_leaks(rotating, *texts)
+    finally:
+        gw.stop()
+
+
+def test_an_outage_of_the_credentials_endpoint(request, host_kind, workdir, tls_dir, rotating):
+    """ECS (envoy/envoy-ecs.yaml on Envoy; the container endpoint with a token on Spin): the
+    endpoint goes down; requests keep working while the credentials held are valid, then get a
+    clean 503 ServiceUnavailableException (nothing is sent that AWS would refuse), then recover
+    by themselves once the endpoint is back."""
+    gw = start(request, host_kind, workdir, tls_dir, rotating, "ecs", "outage-ecs")
+    client = bedrock_client(gw, tls_dir, DEMO_KEY)
+    outcomes = []
+
+    def one():
+        try:
+            client.converse(modelId="claude-fast", messages=MESSAGES, inferenceConfig={"maxTokens": 2})
+            outcomes.append("ok")
+            return "ok"
+        except botocore.exceptions.ClientError as e:
+            err = e.response["Error"]
+            outcomes.append(f"{e.response['ResponseMetadata']['HTTPStatusCode']} {err['Code']}")
+            return outcomes[-1], err["Message"]
+    try:
+        wait_serving(gw)
+        seq = len(rotating.ledger())
+        control(rotating, "/down", "POST")
+        down_at = time.monotonic()
+        # Bounded: the credentials held last at most their 9 s lifetime.
+        while time.monotonic() - down_at < LIFETIME_MS / 1000 + 10:
+            out = one()
+            if out != "ok":
+                assert out[0] == "503 ServiceUnavailableException", out
+                assert "no valid AWS credentials" in out[1], out
+                if outcomes[-3:] == [outcomes[-1]] * 3:
+                    break
+            time.sleep(0.2)
+        assert outcomes[0] == "ok", outcomes
+        first_503 = outcomes.index("503 ServiceUnavailableException")
+        assert set(outcomes[first_503:]) == {"503 ServiceUnavailableException"}, outcomes
+        # Nothing the endpoint's outage caused reached the emulator as a bad signature.
+        assert all(e["signature_valid"] for e in rotating.ledger()[seq:])
+        control(rotating, "/up", "POST")
+        up_at = time.monotonic()
+        while one() != "ok":
+            assert time.monotonic() - up_at < 20, outcomes[-5:]
+            time.sleep(0.2)
+        for _ in range(3):
+            assert one() == "ok"
+        log = gw.log()
+        assert "could not refresh credentials" in log
+        assert "no valid credentials: requests are answered 503" in log
+        texts = [log]
+        if host_kind == "envoy":
+            metrics = envoy_metrics(gw)
+            assert 'reason="credentials_unavailable"' in metrics
+            texts.append(metrics)
+        status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
+        assert_no_secret_leaks(rotating, *texts, json.dumps(headers), body.decode())
+    finally:
+        control(rotating, "/up", "POST")
+        gw.stop()
