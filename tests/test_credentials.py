@@ -211,7 +211,10 @@ def test_an_outage_of_the_credentials_endpoint(request, host_kind, workdir, tls_
             assert one() == "ok"
         log = gw.log()
         assert "could not refresh credentials" in log
-        assert "no valid credentials: requests are answered 503" in log
+        if host_kind == "envoy":
+            # (Spin fetches only when a request comes after a back-off: its failures may all
+            # have fallen while the credentials held were still valid.)
+            assert "no valid credentials: requests are answered 503" in log
         texts = [log]
         if host_kind == "envoy":
             metrics = envoy_metrics(gw)
@@ -221,4 +224,98 @@ def test_an_outage_of_the_credentials_endpoint(request, host_kind, workdir, tls_
         assert_no_secret_leaks(rotating, *texts, json.dumps(headers), body.decode())
     finally:
         control(rotating, "/up", "POST")
+        gw.stop()
+
+
+def native_signing_envoy(workdir, tls_dir, emu, name: str, document=None):
+    """envoy/envoy-eks.yaml: Tollgate ({"type": "envoy"}) then Envoy's aws_request_signing filter,
+    whose default credential chain finds EKS Pod Identity's variables (set here as the Pod
+    Identity webhook sets them, the endpoint on loopback, the token in a file) and nothing else:
+    no keys in the environment, no credentials file, instance metadata disabled."""
+    d = workdir / "envoy" / name
+    d.mkdir(parents=True, exist_ok=True)
+    token_file = d / "eks-pod-identity-token"
+    token_file.write_text(POD_TOKEN)
+    env = {
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI": f"{emu.url}/v1/credentials",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE": str(token_file),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_SHARED_CREDENTIALS_FILE": str(d / "no-such-file"),
+        "AWS_CONFIG_FILE": str(d / "no-such-file"),
+        "HOME": str(d),
+    }
+    for name_ in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+        assert name_ not in os.environ, name_
+    bootstrap = harness.shipped_envoy_config("envoy-eks.yaml", emu.port, tls_dir, document)
+    return harness.Envoy(d, None, emu.port, tls_dir, name=name, bootstrap=bootstrap, env=env)
+
+
+def test_envoy_native_signing_signs_what_tollgate_rewrote_across_rotations(workdir, tls_dir, rotating):
+    """Envoy only (Spin has no such filter). {"type": "envoy"}: Tollgate authenticates the key,
+    rewrites the alias and caps the output (here the key's max_output_tokens rewrites the body),
+    sends no credentials of its own and removes the client's; Envoy's signer signs the rewritten
+    request with the Pod Identity credentials it fetched: continuous traffic across three
+    rotations, every request accepted, the body the emulator hashed is the capped one."""
+    def cap(doc):
+        doc["api_keys"][0]["limits"] = {"max_output_tokens": 5}
+    gw = native_signing_envoy(workdir, tls_dir, rotating, "native", cap)
+    try:
+        wait_serving(gw)
+        seq = len(rotating.ledger())
+        client = bedrock_client(gw, tls_dir, DEMO_KEY)
+        out = client.converse(modelId="claude-fast", messages=MESSAGES, inferenceConfig={"maxTokens": 50})
+        assert out["usage"]["outputTokens"] == 5
+        [entry] = rotating.ledger()[seq:]
+        assert entry["signature_valid"] and entry["auth"] == "sigv4"
+        assert entry["raw_path"] == "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse"
+        headers = dict(entry["headers"])
+        assert headers["host"] == "bedrock-runtime.us-east-1.amazonaws.com"
+        assert "Bearer" not in headers["authorization"]
+        # The emulator generates what the body it received asks for: the capped body, which
+        # is what Envoy's signer hashed (the signature verified over it).
+        assert int(headers["content-length"]) == entry["body_len"]
+        assert entry["usage"]["output_tokens"] == 5
+        calls, failures, seen = drive(gw, tls_dir, seconds=4 * ROTATE_MS / 1000 + 1)
+        assert failures == [], failures[:5]
+        entries = rotating.ledger()[seq + 1:]
+        assert all(e["signature_valid"] and e["status"] == 200 for e in entries)
+        generations = {e["credentials_generation"] for e in entries}
+        assert None not in generations and len(generations) >= 4, generations
+        texts = [gw.log(), envoy_metrics(gw), *seen]
+        assert_no_secret_leaks(rotating, *texts)
+    finally:
+        gw.stop()
+
+
+@pytest.mark.spin_only("Envoy signs with its aws_request_signing filter; Spin has none")
+def test_envoy_signing_is_refused_on_spin(request, host_kind, workdir, tls_dir, rotating):
+    """{"type": "envoy"} on Spin: a configuration error naming the field, every request 500."""
+    doc = harness.plugin_document("envoy-eks.yaml")
+    gw = harness.start_gateway(host_kind, workdir / host_kind / "envoytype", doc, rotating.port, tls_dir,
+                               name="envoytype", redis=redis_for(request, host_kind))
+    try:
+        status, headers, _ = gw.request("POST", "/model/claude-fast/converse", converse_body(),
+                                        {"authorization": f"Bearer {DEMO_KEY}"})
+        assert status == 500 and headers["x-amzn-errortype"] == "InternalServerException"
+        assert "`credentials.type`: `envoy` leaves signing to Envoy's aws_request_signing filter" in gw.log()
+    finally:
+        gw.stop()
+
+
+def test_a_container_token_file_is_refused_naming_the_alternative(launch, rotating):
+    """EKS Pod Identity's token is a file, which neither Tollgate component can read: the
+    configuration is refused, pointing to {"type": "envoy"} (Envoy's signer reads it)."""
+    doc = harness.plugin_document("envoy-ecs.yaml")
+    doc["upstream_host"] = f"127.0.0.1:{rotating.port}"
+    doc["credentials"] = {"type": "container", "endpoint": f"{rotating.url}/v1/credentials",
+                          "authorization_token_file": "/var/run/secrets/pods.eks.amazonaws.com/token"}
+    gw = launch("tokenfile", doc, rotating.port, concurrency=1)
+    try:
+        status, _, _ = gw.request("POST", "/model/claude-fast/converse", converse_body(),
+                                  {"authorization": f"Bearer {DEMO_KEY}"})
+        assert status == 500
+        log = gw.log()
+        assert "`credentials.authorization_token_file`" in log and '{"type": "envoy"}' in log
+    finally:
         gw.stop()
