@@ -140,11 +140,12 @@ def test_missing_configuration_fails_closed_on_spin(workdir, emulator, tls_dir):
         gw.stop()
 
 def test_shipped_envoy_configs_validate(workdir, tls_dir):
-    """Both shipped Envoy configurations load in Envoy 1.40 as written (only the dev
+    """The shipped Envoy configurations load in Envoy 1.40 as written (only the dev
     certificate paths are pointed at this run's certificates)."""
     import subprocess
 
-    for name in ("envoy-emulator.yaml", "envoy-bedrock.yaml"):
+    for name in ("envoy-emulator.yaml", "envoy-bedrock.yaml", "envoy-ec2.yaml", "envoy-ecs.yaml",
+                 "envoy-eks.yaml"):
         text = (harness.ROOT / "envoy" / name).read_text()
         text = text.replace(".run/tls/", f"{tls_dir}/").replace(
             "target/wasm32-wasip1/release/tollgate_filter.wasm", str(harness.WASM)

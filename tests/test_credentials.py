@@ -153,9 +153,9 @@ def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind
         assert len(generations) >= 4, generations
         assert after["generation"] - before["generation"] >= 4
         fetched = after["imds_credentials"] - before["imds_credentials"]
-        # A refresh at each set's half-life: about one per 3-4.5 s (the lease keeps the other
-        # worker from fetching too; without it two Envoy workers would fetch every tick).
-        assert 2 <= fetched <= 10, fetched
+        # A refresh at each set's half-life, 3 to 4.5 s apart: at most 5 in this run (3 seen).
+        # One fetcher for all: two Envoy workers each fetching when due would make about 6.
+        assert 2 <= fetched <= 5, fetched
         status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
         texts = [gw.log(), json.dumps(headers), body.decode(), *seen]
         if host_kind == "envoy":

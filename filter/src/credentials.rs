@@ -8,7 +8,7 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType};
 use tollgate_core::credentials::fetch::{Call, Fetch, Progress, CALL_TIMEOUT_MS};
-use tollgate_core::credentials::refresh::State;
+use tollgate_core::credentials::refresh::{State, LEASE_MS};
 use tollgate_core::credentials::{rfc3339, Fetched, Source};
 use tollgate_core::store::CasStore;
 
@@ -41,6 +41,8 @@ pub struct Refresher {
     holder: u64,
     /// The fetch this VM runs: the call's token and where the fetch is.
     running: Option<(u32, Fetch)>,
+    /// When it started: one whose response never came is given up with its lease.
+    running_since_ms: u64,
     ticked: bool,
 }
 
@@ -51,6 +53,7 @@ impl Refresher {
             source,
             holder: RandomState::new().hash_one(host::now_ms(host::now())) | 1,
             running: None,
+            running_since_ms: 0,
             ticked: false,
         }
     }
@@ -59,10 +62,13 @@ impl Refresher {
         if !std::mem::replace(&mut self.ticked, true) {
             let _ = hostcalls::set_tick_period(TICK);
         }
-        if self.running.is_some() {
-            return;
-        }
         let now = host::now_ms(host::now());
+        if self.running.is_some() {
+            if now < self.running_since_ms.saturating_add(LEASE_MS) {
+                return;
+            }
+            self.running = None;
+        }
         let key = state_key(&self.source);
         let (state, cas) = match SharedData.get(&key) {
             Ok(Some((bytes, cas))) => (State::decode(&bytes), Some(cas)),
@@ -91,6 +97,7 @@ impl Refresher {
             return;
         }
         let (fetch, call) = Fetch::start(&self.source);
+        self.running_since_ms = now;
         self.dispatch(fetch, &call, now);
     }
 
