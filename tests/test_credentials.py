@@ -319,3 +319,32 @@ def test_a_container_token_file_is_refused_naming_the_alternative(launch, rotati
         assert "`credentials.authorization_token_file`" in log and '{"type": "envoy"}' in log
     finally:
         gw.stop()
+
+
+def test_envoy_native_signer_drops_valid_credentials_when_a_refresh_fails(workdir, tls_dir, rotating):
+    """Pins how Envoy 1.40's own signer meets an outage of the credentials endpoint (README: EKS
+    Pod Identity): its next refresh fails and it drops the credentials it held, though they are
+    still valid for seconds, and sends requests unsigned: AWS (here the emulator) answers 403
+    MissingAuthenticationTokenException, where Tollgate's own refresh keeps serving and then
+    answers 503. If this test fails after an Envoy upgrade, the README's note is out of date."""
+    gw = native_signing_envoy(workdir, tls_dir, rotating, "native-outage")
+    headers = {"authorization": f"Bearer {DEMO_KEY}", "content-type": "application/json"}
+    try:
+        wait_serving(gw)
+        newest = control(rotating)["generation"]
+        control(rotating, "/down", "POST")
+        held_until = next(s["expires_ms"] for s in control(rotating)["issued"] if s["generation"] == newest)
+        deadline = time.monotonic() + LIFETIME_MS / 1000 + 3
+        while True:
+            status, h, _ = gw.request("POST", "/model/claude-fast/converse", converse_body(), headers)
+            if status != 200:
+                break
+            assert time.monotonic() < deadline, "Envoy kept signing through the outage"
+            time.sleep(0.2)
+        refused_at = time.time() * 1000
+        assert (status, h.get("x-amzn-errortype")) == (403, "MissingAuthenticationTokenException")
+        # Well before the credentials it dropped expired (the newest set has 6 s or more).
+        assert refused_at < held_until - 2_000, (refused_at, held_until)
+    finally:
+        control(rotating, "/up", "POST")
+        gw.stop()
