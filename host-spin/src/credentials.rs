@@ -68,7 +68,7 @@ pub async fn current(kv: &Kv, source: &Source) -> Option<Fetched> {
     // One refresh per lease-long window while the credentials held still serve.
     let bucket = now / LEASE_MS;
     let lock = lock_key(source, bucket);
-    if usable && kv.increment(&lock, 1).map_or(true, |n| n != 1) {
+    if usable && !kv.increment(&lock, 1).is_ok_and(|n| n == 1) {
         return held;
     }
     let outcome = fetch(source).await;
