@@ -155,7 +155,9 @@ def test_shipped_envoy_configs_validate(workdir, tls_dir):
         out = subprocess.run(
             [str(harness.ENVOY), "--mode", "validate", "-c", str(path)],
             capture_output=True, text=True, timeout=60,
-            env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin"},
+            # Instance metadata off: envoy-eks.yaml's signer must never look for 169.254.169.254.
+            env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin",
+                 "AWS_EC2_METADATA_DISABLED": "true"},
         )
         assert out.returncode == 0, f"{name}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
 
