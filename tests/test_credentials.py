@@ -348,3 +348,25 @@ def test_envoy_native_signer_drops_valid_credentials_when_a_refresh_fails(workdi
     finally:
         control(rotating, "/up", "POST")
         gw.stop()
+
+
+def test_the_readme_per_platform_configs_are_the_tested_ones():
+    """README "Credentials on AWS" names, per platform, the shipped Envoy configuration these
+    tests load and the Spin variables they set: each exists, and says the credentials type the
+    README says."""
+    import re
+    import tomllib
+
+    readme = (harness.ROOT / "README.md").read_text()
+    section = readme[readme.index("\n## Credentials on AWS"):readme.index("\n## Routes")]
+    rows = re.findall(r"^\| \[([^\]]+)\]\(#[^)]+\) \| `envoy/(envoy-[a-z0-9]+\.yaml)`[^|]*\|[^|]*\| (.+) \|$",
+                      section, re.M)
+    assert [r[0] for r in rows] == ["EKS with IRSA", "EKS Pod Identity", "ECS", "EC2",
+                                    "Static keys or a Bedrock API key"]
+    for platform, config, types in rows:
+        doc = harness.plugin_document(config)
+        assert f'{{"type":"{doc["credentials"]["type"]}"}}' in types, (platform, config)
+    variables = tomllib.loads((harness.ROOT / "host-spin/spin.toml").read_text())["variables"]
+    for name in set(re.findall(r"SPIN_VARIABLE_([A-Z0-9_]+)", section)) | set(
+            re.findall(r"--variable ([a-z0-9_]+)=", section)):
+        assert name.lower() in variables, name
