@@ -210,11 +210,9 @@ def test_an_outage_of_the_credentials_endpoint(request, host_kind, workdir, tls_
         for _ in range(3):
             assert one() == "ok"
         log = gw.log()
+        # (Whether a failure is also logged after expiry, "no valid credentials", depends on
+        # where the back-off's retries fell.)
         assert "could not refresh credentials" in log
-        if host_kind == "envoy":
-            # (Spin fetches only when a request comes after a back-off: its failures may all
-            # have fallen while the credentials held were still valid.)
-            assert "no valid credentials: requests are answered 503" in log
         texts = [log]
         if host_kind == "envoy":
             metrics = envoy_metrics(gw)
