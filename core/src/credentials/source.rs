@@ -244,12 +244,19 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
 }
 
+/// `localhost`, `[::1]` or 127.0.0.0/8 (four decimal octets).
 fn is_loopback(host: &str) -> bool {
+    let octets: Vec<&str> = host.split('.').collect();
     host == "localhost"
         || host == "[::1]"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+        || (octets.len() == 4
+            && octets.first() == Some(&"127")
+            && octets.iter().all(|o| {
+                !o.is_empty()
+                    && o.len() <= 3
+                    && o.bytes().all(|b| b.is_ascii_digit())
+                    && o.parse::<u16>().is_ok_and(|n| n <= 255)
+            }))
 }
 
 #[cfg(test)]
@@ -359,7 +366,12 @@ mod tests {
                 "{ok}"
             );
         }
-        for bad in ["http://10.0.0.1/c", "http://creds.example.com/c"] {
+        for bad in [
+            "http://10.0.0.1/c",
+            "http://creds.example.com/c",
+            "http://127.0.0.1.example.com/c",
+            "http://127.0.0.256/c",
+        ] {
             let e = Source::container(Some(bad.into()), None, None, None, &none).unwrap_err();
             assert_eq!(e.field, "credentials.endpoint", "{bad}");
         }
