@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 
@@ -159,7 +160,10 @@ def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind
         status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
         texts = [gw.log(), json.dumps(headers), body.decode(), *seen]
         if host_kind == "envoy":
-            texts.append(envoy_metrics(gw))
+            metrics = envoy_metrics(gw)
+            refreshes = int(re.search(r"^tollgate_credential_refreshes_total\{\} (\d+)$", metrics, re.M)[1])
+            assert refreshes >= fetched + 1  # and the first fetch
+            texts.append(metrics)
         assert_no_secret_leaks(rotating, *texts)
     finally:
         gw.stop()
@@ -217,6 +221,7 @@ def test_an_outage_of_the_credentials_endpoint(request, host_kind, workdir, tls_
         if host_kind == "envoy":
             metrics = envoy_metrics(gw)
             assert 'reason="credentials_unavailable"' in metrics
+            assert re.search(r"^tollgate_credential_refresh_failures_total\{\} [1-9]", metrics, re.M)
             texts.append(metrics)
         status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
         assert_no_secret_leaks(rotating, *texts, json.dumps(headers), body.decode())
@@ -352,7 +357,6 @@ def test_the_readme_per_platform_configs_are_the_tested_ones():
     """README "Credentials on AWS" names, per platform, the shipped Envoy configuration these
     tests load and the Spin variables they set: each exists, and says the credentials type the
     README says."""
-    import re
     import tomllib
 
     readme = (harness.ROOT / "README.md").read_text()

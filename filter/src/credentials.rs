@@ -168,6 +168,7 @@ impl Refresher {
             return self.log_store_error(&key, &e.to_string());
         }
         self.write_state(State::succeeded());
+        crate::metrics::on_credential_refresh(true);
         host::log(
             LogLevel::Info,
             &format!(
@@ -188,6 +189,7 @@ impl Refresher {
             .unwrap_or_default()
             .failed(now);
         self.write_state(state);
+        crate::metrics::on_credential_refresh(false);
         let held = current(&self.source).filter(|f| f.usable(now));
         let consequence = match held {
             Some(f) => format!(

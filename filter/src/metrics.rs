@@ -40,6 +40,11 @@ pub fn on_record(record: &UsageRecord, cost_before_pico: u64) {
     ));
 }
 
+/// A fetch of credentials ended (`tollgate_core::credentials::refresh_update`).
+pub fn on_credential_refresh(succeeded: bool) {
+    apply(&[tollgate_core::credentials::refresh_update(succeeded)]);
+}
+
 fn apply(updates: &[Update]) {
     for u in updates {
         let Some(id) = metric_id(&u.name, u.kind) else {

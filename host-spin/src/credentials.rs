@@ -4,9 +4,10 @@
 //!
 //! Spin has no timers and its Redis store's compare-and-swap is broken (see `kv`), so there is
 //! no lease: one refresh per due moment is picked by an atomic increment of a lock key (the first
-//! to count 1 fetches), and when the credentials held are no longer usable every request that
-//! needs them fetches, as long as no back-off after a failure runs (concurrent refreshes are
-//! harmless; a request without credentials would only fail).
+//! to count 1 fetches, in the background, while the request goes on with the credentials held),
+//! and when the credentials held are no longer usable every request that needs them fetches and
+//! waits, as long as no back-off after a failure runs (concurrent refreshes are harmless; a
+//! request without credentials would only fail).
 
 use std::time::SystemTime;
 
@@ -64,18 +65,33 @@ pub async fn current(kv: &Kv, source: &Source) -> Option<Fetched> {
     if !state.due(held.as_ref(), now) {
         return held;
     }
-    let usable = held.as_ref().is_some_and(|f| f.usable(now));
-    // One refresh per lease-long window while the credentials held still serve.
+    if !held.as_ref().is_some_and(|f| f.usable(now)) {
+        // Nothing to sign with: this request waits for the fetch.
+        return refresh(kv, source, state, held).await;
+    }
+    // One refresh per lease-long window while the credentials held still serve, in the
+    // background: this request signs with them meanwhile (the instance lives until the task
+    // ends).
     let bucket = now / LEASE_MS;
     let lock = lock_key(source, bucket);
-    if usable && !kv.increment(&lock, 1).is_ok_and(|n| n == 1) {
-        return held;
+    if kv.increment(&lock, 1).is_ok_and(|n| n == 1) {
+        let source = source.clone();
+        let stale = [lock, lock_key(&source, bucket.saturating_sub(1))];
+        let background = held.clone();
+        spin_sdk::wasip3::spawn(async move {
+            let kv = Kv::open(crate::STORE_LABEL);
+            refresh(&kv, &source, state, background).await;
+            let _ = kv.delete_many(&stale);
+        });
     }
+    held
+}
+
+/// Fetches, stores the outcome (the credentials, or the failure's back-off) and returns what to
+/// sign with: the new credentials, or those `held`.
+async fn refresh(kv: &Kv, source: &Source, state: State, held: Option<Fetched>) -> Option<Fetched> {
     let outcome = fetch(source).await;
     let now = now_ms(SystemTime::now());
-    if usable {
-        let _ = kv.delete_many(&[lock, lock_key(source, bucket.saturating_sub(1))]);
-    }
     match outcome {
         Ok(fetched) => {
             if let Err(e) = kv.set(&credentials_key(source), &fetched.encode()) {

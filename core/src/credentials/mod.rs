@@ -134,6 +134,24 @@ impl Reader<'_> {
     }
 }
 
+/// Envoy stats: fetches of credentials that succeeded, and that failed (no labels).
+pub const METRIC_REFRESHES: &str = "tollgate_credential_refreshes_total";
+pub const METRIC_REFRESH_FAILURES: &str = "tollgate_credential_refresh_failures_total";
+
+/// The stat a finished fetch moves.
+pub fn refresh_update(succeeded: bool) -> crate::metrics::Update {
+    crate::metrics::Update {
+        name: if succeeded {
+            METRIC_REFRESHES
+        } else {
+            METRIC_REFRESH_FAILURES
+        }
+        .to_string(),
+        kind: crate::metrics::MetricKind::Counter,
+        value: 1,
+    }
+}
+
 /// `2026-11-29T15:35:00Z` (for logs: when credentials expire).
 pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
