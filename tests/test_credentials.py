@@ -18,7 +18,7 @@ import botocore.exceptions
 import pytest
 
 import harness
-from conftest import bedrock_client, redis_for
+from conftest import KEYS, bedrock_client, plugin_config, redis_for
 
 ROTATE_MS = 3_000
 LIFETIME_MS = 9_000
@@ -372,3 +372,20 @@ def test_the_readme_per_platform_configs_are_the_tested_ones():
     for name in set(re.findall(r"SPIN_VARIABLE_([A-Z0-9_]+)", section)) | set(
             re.findall(r"--variable ([a-z0-9_]+)=", section)):
         assert name.lower() in variables, name
+
+
+@pytest.mark.envoy_only("Envoy fetches through a cluster; Spin through an allowed origin")
+def test_a_missing_cluster_is_named_in_the_log(launch, rotating):
+    """The document names a cluster Envoy does not have: every fetch fails, the log says which
+    cluster to add, requests get the clean 503."""
+    cfg = plugin_config(rotating.port, credentials={
+        "type": "instance_metadata", "endpoint": rotating.url, "cluster": "no_such_cluster"})
+    gw = launch("nocluster", cfg, rotating.port, concurrency=1)
+    try:
+        key = {"authorization": f"Bearer {KEYS['team-a'][0]}", "content-type": "application/json"}
+        status, headers, body = gw.request("POST", "/model/claude-fast/converse", converse_body(), key)
+        assert status == 503 and headers["x-amzn-errortype"] == "ServiceUnavailableException", body
+        harness.wait_until(lambda: "cluster `no_such_cluster`" in gw.log(), 10, "the log line")
+        assert "is the cluster in Envoy's configuration?" in gw.log()
+    finally:
+        gw.stop()
