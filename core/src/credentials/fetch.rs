@@ -307,9 +307,9 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     if b.get(i) == Some(&b'.') {
         i += 1;
         let start = i;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
+        while let Some(&d) = b.get(i).filter(|d| d.is_ascii_digit()) {
             if i - start < 3 {
-                millis = millis * 10 + u64::from(b[i] - b'0');
+                millis = millis * 10 + u64::from(d - b'0');
             }
             i += 1;
         }
@@ -322,7 +322,7 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     }
     let offset_s: i64 = match b.get(i..)? {
         b"Z" | b"z" => 0,
-        [sign @ (b'+' | b'-'), ..] if b.len() == i + 6 && b[i + 3] == b':' => {
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
             let off = i64::try_from(num(i + 1, 2)? * 3600 + num(i + 4, 2)? * 60).ok()?;
             if *sign == b'+' {
                 off
@@ -505,6 +505,36 @@ mod tests {
         };
         let e = fetch.on_response(&source, 200, b"\n", NOW).unwrap_err();
         assert!(e.0.contains("no IAM role"), "{e}");
+    }
+
+    /// Whatever an endpoint answers, a fetch ends in credentials or an error, never a panic.
+    #[test]
+    fn garbage_answers_are_errors_not_panics() {
+        let good = creds_json("2025-11-29T21:26:40.25+01:00");
+        let mut inputs: Vec<Vec<u8>> = (0..good.len())
+            .map(|n| good.as_bytes()[..n].to_vec())
+            .collect();
+        let mut seed: u32 = 7;
+        for _ in 0..500 {
+            let mut v = good.as_bytes().to_vec();
+            for _ in 0..4 {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                let at = seed as usize % v.len();
+                v[at] = (seed >> 24) as u8;
+            }
+            inputs.push(v);
+        }
+        let source = imds();
+        for input in &inputs {
+            let _ = parse_rfc3339_ms(&String::from_utf8_lossy(input));
+            for step in [
+                Step::ImdsToken,
+                Step::ImdsRole { token: "t".into() },
+                Step::ImdsCredentials { token: "t".into() },
+            ] {
+                let _ = Fetch { step }.on_response(&source, 200, input, NOW);
+            }
+        }
     }
 
     #[test]
