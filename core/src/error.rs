@@ -60,6 +60,9 @@ pub enum ErrorKind {
     /// The key-value store that holds quota counters and totals failed: the request cannot be
     /// admitted against its limits.
     StateUnavailable,
+    /// Credentials fetched from an endpoint have expired (or none were fetched yet) and the
+    /// refresh has not succeeded: a request signed now would be refused by AWS.
+    CredentialsUnavailable,
 }
 
 impl ErrorKind {
@@ -75,7 +78,9 @@ impl ErrorKind {
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
-            Self::UpstreamUnavailable | Self::StateUnavailable => 503,
+            Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
+                503
+            }
         }
     }
 }
@@ -99,6 +104,7 @@ impl ErrorKind {
             Self::Internal => "internal",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::StateUnavailable => "state_unavailable",
+            Self::CredentialsUnavailable => "credentials_unavailable",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 use tollgate_core::accounting::totals::CasTotals;
-use tollgate_core::config::Config;
+use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
@@ -67,6 +67,10 @@ impl Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
+        let fetched = match &config.upstream_auth {
+            UpstreamAuth::Fetched(source) => crate::credentials::current(source),
+            _ => None,
+        };
         let signed = {
             // Never borrowed elsewhere while a request signs; a fresh key if it somehow were.
             let mut kept = self.signing_keys.try_borrow_mut();
@@ -75,7 +79,14 @@ impl Http {
                 Ok(keys) => keys,
                 Err(_) => &mut spare,
             };
-            ex.upstream_request(config, &CasCounters(&SharedData), keys, body, host::now())
+            ex.upstream_request_with(
+                config,
+                &CasCounters(&SharedData),
+                keys,
+                body,
+                host::now(),
+                fetched.as_ref(),
+            )
         };
         match signed {
             Ok(up) => match apply(&up, body.len()) {

@@ -1,6 +1,7 @@
 //! Tollgate as a proxy-wasm HTTP filter: adapts Envoy's callbacks to `tollgate_core`.
 
 mod configuration;
+mod credentials;
 mod host;
 mod http;
 mod metrics;
@@ -9,10 +10,11 @@ pub mod stats;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
 use tollgate_core::accounting::totals;
-use tollgate_core::config::Config;
+use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::quota;
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::signing::SigningKeyCache;
@@ -22,6 +24,7 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root {
         config: Err(not_configured()),
         signing_keys: Rc::default(),
+        refresher: None,
     }) });
 }}
 
@@ -34,9 +37,23 @@ struct Root {
     config: Result<Rc<Config>, Rc<str>>,
     /// The signing key derived for the day, kept for every request of this VM.
     signing_keys: Rc<RefCell<SigningKeyCache>>,
+    /// Keeps fetched credentials fresh, when the configuration's come from an endpoint.
+    refresher: Option<credentials::Refresher>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(r) = self.refresher.as_mut() {
+            r.on_response(token_id, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -46,6 +63,18 @@ impl RootContext for Root {
         match Config::parse(&bytes, &env) {
             Ok(c) => {
                 prepare_state(&c);
+                self.refresher = match &c.upstream_auth {
+                    UpstreamAuth::Fetched(source) => {
+                        Some(credentials::Refresher::new(source.clone()))
+                    }
+                    _ => None,
+                };
+                let tick = if self.refresher.is_some() {
+                    credentials::FIRST_TICK
+                } else {
+                    std::time::Duration::ZERO
+                };
+                let _ = hostcalls::set_tick_period(tick);
                 self.config = Ok(Rc::new(c));
                 true
             }
@@ -72,6 +101,12 @@ impl RootContext for Root {
                     true
                 }
             },
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(r) = self.refresher.as_mut() {
+            r.on_tick();
         }
     }
 

@@ -32,6 +32,15 @@ pub fn on_refusal(error: &GatewayError, key_id: Option<&str>) {
     }
 }
 
+/// A fetch of credentials ended (`tollgate_core::upstream::credentials::refresh_update`).
+pub fn on_credential_refresh(succeeded: bool) {
+    let mut name = String::new();
+    apply(
+        &tollgate_core::upstream::credentials::refresh_update(succeeded),
+        &mut name,
+    );
+}
+
 /// Applies one of core's metric updates (a refusal's, or one an ended exchange makes).
 /// `name` is scratch space for the stat name, reused across updates.
 pub fn apply(update: &Update<'_>, name: &mut String) {

@@ -6,6 +6,7 @@
 //! the key-value store (label `default`): quota counters and usage totals, all of them atomic
 //! increments (see `kv`).
 
+mod credentials;
 mod kv;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
 use tollgate_core::accounting::totals::IncrementTotals;
-use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
+use tollgate_core::config::{Config, UpstreamAuth, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
@@ -147,7 +148,11 @@ async fn load_config() -> Result<Config, String> {
         .filter_map(|(name, value)| Some((*name, value.ok()?)))
         .collect();
     let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    Config::parse(doc.as_bytes(), &lookup).map_err(|e| e.to_string())
+    let config = Config::parse(doc.as_bytes(), &lookup).map_err(|e| e.to_string())?;
+    if config.upstream_auth == UpstreamAuth::Envoy {
+        return Err(tollgate_core::upstream::credentials::envoy_signing_unavailable().to_string());
+    }
+    Ok(config)
 }
 
 /// One admitted exchange and what it needs to end: [`Flight::finish`] runs on every path (the
@@ -226,17 +231,24 @@ async fn forward(
             return flight.refuse(&e);
         }
     };
+    let fetched = match &flight.config.upstream_auth {
+        UpstreamAuth::Fetched(source) => credentials::current(&flight.kv, source).await,
+        _ => None,
+    };
     let counters = IncrementCounters(&flight.kv);
     // An instance serves one request: a key derived now is not asked for again.
     let keys = &mut SigningKeyCache::default();
-    let mut up =
-        match flight
-            .ex
-            .upstream_request(&flight.config, &counters, keys, &body, SystemTime::now())
-        {
-            Ok(up) => up,
-            Err(e) => return flight.refuse(&e),
-        };
+    let mut up = match flight.ex.upstream_request_with(
+        &flight.config,
+        &counters,
+        keys,
+        &body,
+        SystemTime::now(),
+        fetched.as_ref(),
+    ) {
+        Ok(up) => up,
+        Err(e) => return flight.refuse(&e),
+    };
     let url = format!(
         "{}://{}{}",
         flight.config.upstream_scheme, up.authority, up.path

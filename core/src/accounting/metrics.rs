@@ -33,6 +33,10 @@ pub const REJECTIONS: &str = "tollgate_rejections_total";
 /// Milliseconds from admission to the end of the response (the whole stream), for exchanges
 /// that were forwarded and got a response status: histogram `{model}`.
 pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
+/// Fetches of AWS credentials from their endpoint that succeeded (no labels).
+pub const CREDENTIAL_REFRESHES: &str = "tollgate_credential_refreshes_total";
+/// Fetches of AWS credentials that failed (no labels).
+pub const CREDENTIAL_REFRESH_FAILURES: &str = "tollgate_credential_refresh_failures_total";
 
 /// Every label name a series may carry.
 pub const LABEL_NAMES: &[&str] = &["key", "model", "status", "kind", "usage_source", "reason"];
@@ -58,6 +62,8 @@ pub enum Metric {
     UsageSource,
     Rejections,
     UpstreamLatency,
+    CredentialRefreshes,
+    CredentialRefreshFailures,
 }
 
 impl Metric {
@@ -69,6 +75,8 @@ impl Metric {
             Self::UsageSource => USAGE_SOURCE,
             Self::Rejections => REJECTIONS,
             Self::UpstreamLatency => UPSTREAM_LATENCY,
+            Self::CredentialRefreshes => CREDENTIAL_REFRESHES,
+            Self::CredentialRefreshFailures => CREDENTIAL_REFRESH_FAILURES,
         }
     }
 
@@ -88,6 +96,7 @@ impl Metric {
             Self::UsageSource => &["key", "usage_source"],
             Self::Rejections => &["key", "reason"],
             Self::UpstreamLatency => &["model"],
+            Self::CredentialRefreshes | Self::CredentialRefreshFailures => &[],
         }
     }
 }
@@ -107,7 +116,11 @@ pub struct Update<'a> {
 
 impl<'a> Update<'a> {
     /// `values` for the metric's labels, in order; missing ones are empty.
-    fn new<const N: usize>(metric: Metric, values: [Cow<'a, str>; N], value: u64) -> Self {
+    pub(crate) fn new<const N: usize>(
+        metric: Metric,
+        values: [Cow<'a, str>; N],
+        value: u64,
+    ) -> Self {
         let mut update = Self {
             metric,
             values: Default::default(),

@@ -4,25 +4,32 @@
 //! rule; every error names the field it is about.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde::Deserialize;
 
 use crate::quota::limits::{KeyLimits, LimitsDocument};
 use crate::request::model_id;
+use crate::upstream::credentials::Source;
+pub use crate::upstream::credentials::UpstreamAuth;
 
 pub mod error;
 
 pub use error::ConfigError;
 
 /// Every name [`Config::parse`] may look up in the host's environment (credentials of type
-/// `environment` and `bedrock_api_key`). Hosts whose lookups are asynchronous (Spin variables)
-/// fetch exactly these before parsing.
+/// `environment` and `bedrock_api_key`; the endpoints of `container` and `instance_metadata`, as
+/// the AWS SDKs read them). Hosts whose lookups are asynchronous (Spin variables) fetch exactly
+/// these before parsing.
 pub const ENVIRONMENT_NAMES: &[&str] = &[
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_BEARER_TOKEN_BEDROCK",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
 ];
 
 /// Default cap on a buffered request body: Envoy's default per-connection buffer is 1 MiB too.
@@ -76,38 +83,26 @@ enum CredentialsDocument {
         #[serde(default)]
         api_key: Option<String>,
     },
-}
-
-/// How Tollgate authenticates to Bedrock.
-#[derive(Clone, PartialEq, Eq)]
-pub enum UpstreamAuth {
-    SigV4 {
-        access_key_id: String,
-        secret_access_key: String,
-        session_token: Option<String>,
+    /// Rotating credentials from EC2's instance metadata service (IMDSv2), fetched by the host.
+    InstanceMetadata {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        cluster: Option<String>,
     },
-    Bearer(String),
-}
-
-impl fmt::Debug for UpstreamAuth {
-    // Secrets never reach a log line.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SigV4 {
-                access_key_id,
-                session_token,
-                ..
-            } => f
-                .debug_struct("SigV4")
-                .field("access_key_id", access_key_id)
-                .field(
-                    "session_token",
-                    &session_token.as_ref().map(|_| "<redacted>"),
-                )
-                .finish_non_exhaustive(),
-            Self::Bearer(_) => f.write_str("Bearer(<redacted>)"),
-        }
-    }
+    /// Rotating credentials from the container endpoint (ECS task roles, EKS Pod Identity).
+    Container {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        authorization_token: Option<String>,
+        #[serde(default)]
+        authorization_token_file: Option<String>,
+        #[serde(default)]
+        cluster: Option<String>,
+    },
+    /// Envoy's `aws_request_signing` filter, placed after Tollgate, signs.
+    Envoy,
 }
 
 /// One client API key: only its SHA-256 is known.
@@ -327,6 +322,22 @@ impl Config {
                 }
                 UpstreamAuth::Bearer(key)
             }
+            CredentialsDocument::InstanceMetadata { endpoint, cluster } => {
+                UpstreamAuth::Fetched(Source::instance_metadata(endpoint, cluster, env)?)
+            }
+            CredentialsDocument::Container {
+                endpoint,
+                authorization_token,
+                authorization_token_file,
+                cluster,
+            } => UpstreamAuth::Fetched(Source::container(
+                endpoint,
+                authorization_token,
+                authorization_token_file,
+                cluster,
+                env,
+            )?),
+            CredentialsDocument::Envoy => UpstreamAuth::Envoy,
         };
 
         let max_request_body_bytes = doc
@@ -468,6 +479,44 @@ mod tests {
         let env = |k: &str| (k == "AWS_BEARER_TOKEN_BEDROCK").then(|| "ABSK-test".to_string());
         let c = Config::parse(json.as_bytes(), &env).unwrap();
         assert_eq!(c.upstream_auth, UpstreamAuth::Bearer("ABSK-test".into()));
+    }
+
+    #[test]
+    fn fetched_and_envoy_credentials() {
+        let with = |credentials: &str| {
+            doc("").replace(
+                r#"{"type":"inline","access_key_id":"AKID","secret_access_key":"SECRET"}"#,
+                credentials,
+            )
+        };
+        let c = Config::parse(with(r#"{"type":"instance_metadata"}"#).as_bytes(), &no_env).unwrap();
+        let UpstreamAuth::Fetched(source) = &c.upstream_auth else {
+            panic!("{:?}", c.upstream_auth)
+        };
+        assert_eq!(
+            source.describe(),
+            "instance metadata at http://169.254.169.254"
+        );
+        let json = with(
+            r#"{"type":"container","endpoint":"http://127.0.0.1:1/v1/credentials",
+                "authorization_token":"pod-secret","cluster":"creds"}"#,
+        );
+        let c = Config::parse(json.as_bytes(), &no_env).unwrap();
+        let UpstreamAuth::Fetched(source) = &c.upstream_auth else {
+            panic!()
+        };
+        assert_eq!(source.cluster, "creds");
+        assert!(!format!("{c:?}").contains("pod-secret"));
+        let e = Config::parse(with(r#"{"type":"container"}"#).as_bytes(), &no_env).unwrap_err();
+        assert_eq!(e.field, "credentials.endpoint");
+        let e = Config::parse(
+            with(r#"{"type":"instance_metadata","token":"x"}"#).as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("token"), "{e}");
+        let c = Config::parse(with(r#"{"type":"envoy"}"#).as_bytes(), &no_env).unwrap();
+        assert_eq!(c.upstream_auth, UpstreamAuth::Envoy);
     }
 
     #[test]

@@ -59,7 +59,9 @@ impl ErrorKind {
             }
             Self::BudgetExhausted => "ServiceQuotaExceededException",
             Self::NotConfigured | Self::Internal => "InternalServerException",
-            Self::UpstreamUnavailable | Self::StateUnavailable => "ServiceUnavailableException",
+            Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
+                "ServiceUnavailableException"
+            }
         }
     }
 }

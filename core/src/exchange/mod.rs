@@ -29,8 +29,9 @@ use crate::request::operation::Operation;
 use crate::request::options::{self, HeaderOptions, Unpriced};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
+use crate::upstream::credentials::{Fetched, Signer};
 use crate::upstream::request::UpstreamRequest;
-use crate::upstream::signing::{self, SigningKeyCache};
+use crate::upstream::signing::SigningKeyCache;
 
 pub use crate::response::relay::{Relayed, Verdict};
 pub use admission::{admit, Admission, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER};
@@ -111,8 +112,28 @@ impl Exchange {
         body: &[u8],
         now: SystemTime,
     ) -> Result<UpstreamRequest, GatewayError> {
+        self.upstream_request_with(config, counters, signing_keys, body, now, None)
+    }
+
+    /// [`Exchange::upstream_request`], signed with the credentials the host `fetched` when the
+    /// configuration's come from an endpoint ([`Fetched`]). Without usable ones the request is
+    /// refused with 503 before anything is reserved.
+    pub fn upstream_request_with(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        signing_keys: &mut SigningKeyCache,
+        body: &[u8],
+        now: SystemTime,
+        fetched: Option<&Fetched>,
+    ) -> Result<UpstreamRequest, GatewayError> {
         self.request_bytes = body.len() as u64;
         self.check_body_size(self.request_bytes)?;
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
+            .inspect_err(|e| self.status = Some(e.kind.status()))?;
         let key = config
             .api_keys
             .iter()
@@ -177,16 +198,16 @@ impl Exchange {
             model_id::encode_path_label(&self.model_id),
             self.operation.path_segment()
         );
-        let set_headers = signing::upstream_auth_headers(
-            signing_keys,
-            &config.upstream_auth,
-            &config.region,
-            &config.upstream_host,
-            &path,
-            body,
-            now,
-        )
-        .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        let set_headers = signer
+            .headers(
+                signing_keys,
+                &config.region,
+                &config.upstream_host,
+                &path,
+                body,
+                now,
+            )
+            .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
         self.sent_upstream = true;
         Ok(UpstreamRequest {
             path,

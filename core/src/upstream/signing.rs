@@ -15,9 +15,9 @@ use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettin
 use aws_sigv4::sign::v4;
 use sha2::{Digest, Sha256};
 
-use crate::config::UpstreamAuth;
 use crate::error::{ErrorKind, GatewayError};
 use crate::quota::period;
+use crate::upstream::credentials::UpstreamAuth;
 
 /// Bedrock's signing name (the credential scope says `bedrock`, not `bedrock-runtime`).
 pub const SIGNING_NAME: &str = "bedrock";
@@ -52,23 +52,41 @@ pub fn upstream_auth_headers(
                 secret_access_key,
                 session_token: session_token.as_deref(),
             };
-            if let Some(headers) = bedrock_sigv4_headers(keys, &key, region, host, path, body, now)
-            {
-                return Ok(headers);
-            }
-            let uri = format!("https://{host}{path}");
-            sigv4_headers(
-                &key,
-                SIGNING_NAME,
-                region,
-                "POST",
-                &uri,
-                &[("host", host)],
-                body,
-                now,
-            )
+            sigv4_bedrock(keys, &key, region, host, path, body, now)
         }
+        // The host passes fetched credentials as a key (`credentials::Signer`).
+        UpstreamAuth::Fetched(_) => Err(GatewayError::new(
+            ErrorKind::Internal,
+            "credentials from an endpoint are signed with the host's fetched key",
+        )),
+        UpstreamAuth::Envoy => Ok(Vec::new()),
     }
+}
+
+/// SigV4 headers for a Bedrock request signed with `key` (see [`upstream_auth_headers`]).
+pub fn sigv4_bedrock(
+    keys: &mut SigningKeyCache,
+    key: &SigningKey<'_>,
+    region: &str,
+    host: &str,
+    path: &str,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Vec<(String, String)>, GatewayError> {
+    if let Some(headers) = bedrock_sigv4_headers(keys, key, region, host, path, body, now) {
+        return Ok(headers);
+    }
+    let uri = format!("https://{host}{path}");
+    sigv4_headers(
+        key,
+        SIGNING_NAME,
+        region,
+        "POST",
+        &uri,
+        &[("host", host)],
+        body,
+        now,
+    )
 }
 
 /// SigV4 headers for Bedrock's one request shape: `POST`, a path of plain segments, no query,
