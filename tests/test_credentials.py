@@ -136,8 +136,8 @@ def envoy_metrics(gw) -> str:
 def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind, workdir, tls_dir, rotating):
     """EC2's instance profile (IMDSv2), envoy/envoy-ec2.yaml: continuous Converse and
     ConverseStream traffic for more than three rotations; not one request fails, each is signed
-    with a set that was valid when it arrived, at least four sets sign, and the endpoint is asked
-    about once per refresh (one fetcher for all workers), not once per worker and tick."""
+    with a set that was valid when it arrived, the sets that sign span at least three rotations, and
+    the endpoint is asked about once per refresh (one fetcher for all workers), not once per worker and tick."""
     gw = start(request, host_kind, workdir, tls_dir, rotating, "ec2", "rotation-ec2")
     try:
         wait_serving(gw)
@@ -151,7 +151,10 @@ def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind
         assert all(e["signature_valid"] and e["status"] == 200 for e in entries)
         generations = {e["credentials_generation"] for e in entries}
         assert None not in generations
-        assert len(generations) >= 4, generations
+        # Traffic spans at least three rotations. Which sets sign depends on when refreshes fall
+        # (on a loaded machine a set may be skipped between two refreshes), so the span is
+        # asserted, not the count.
+        assert max(generations) - min(generations) >= 3, generations
         assert after["generation"] - before["generation"] >= 4
         fetched = after["imds_credentials"] - before["imds_credentials"]
         # A refresh at each set's half-life, 3 to 4.5 s apart: at most 5 in this run (3 seen).
