@@ -559,6 +559,27 @@ mod tests {
         reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
     }
 
+    /// An exchange whose host died (a trapped VM, a killed instance) never settles: its slot
+    /// must come back once its lease has run out, rather than lock the key out for good.
+    #[test]
+    fn a_reservation_never_settled_gives_its_slot_back_once_its_lease_ran_out() {
+        let s = MemoryStore::default();
+        let c = CasCounters(&s);
+        let k = key(
+            Limits {
+                max_concurrent_requests: Some(1),
+                ..Default::default()
+            },
+            BTreeMap::new(),
+        );
+        let lost = reserve(&c, &k, "m", est(1, 1), false, NOW).unwrap();
+        std::mem::forget(lost);
+        let e = reserve(&c, &k, "m", est(1, 1), false, NOW + 1_000).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::ConcurrencyLimited);
+        // Two hours on, far past any lease.
+        reserve(&c, &k, "m", est(1, 1), false, NOW + 7_200_000).unwrap();
+    }
+
     #[test]
     fn rates_per_minute() {
         let s = MemoryStore::default();
