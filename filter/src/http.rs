@@ -89,10 +89,15 @@ impl Http {
             )
         };
         match signed {
-            Ok(up) => match apply(&up, body.len()) {
-                Ok(()) => Action::Continue,
-                Err(e) => self.reject(&e, None),
-            },
+            Ok(up) => {
+                if ex.test_trap_after_admission() {
+                    host::trap();
+                }
+                match apply(&up, body.len()) {
+                    Ok(()) => Action::Continue,
+                    Err(e) => self.reject(&e, None),
+                }
+            }
             Err(e) => self.reject(&e, None),
         }
     }

@@ -249,6 +249,11 @@ async fn forward(
         Ok(up) => up,
         Err(e) => return flight.refuse(&e),
     };
+    if flight.ex.test_trap_after_admission() {
+        // The test hook: the instance traps, as a crash does, and nothing settles.
+        log_err("tollgate: test hook: trapping the instance after admission");
+        std::process::abort();
+    }
     let url = format!(
         "{}://{}{}",
         flight.config.upstream_scheme, up.authority, up.path

@@ -34,7 +34,9 @@ use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
 
 pub use crate::response::relay::{Relayed, Verdict};
-pub use admission::{admit, Admission, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER};
+pub use admission::{
+    admit, Admission, TestFault, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER, TEST_FAULT_HEADER,
+};
 pub use end::{Effect, Ending, Level};
 
 /// One admitted request, from [`admit`] to [`Exchange::end`].
@@ -71,9 +73,18 @@ pub struct Exchange {
     priced_per_image: bool,
     meter: UsageMeter,
     finished: bool,
+    /// `test_hooks` only: a fault to inject ([`TestFault`]).
+    test_fault: Option<TestFault>,
 }
 
 impl Exchange {
+    /// Whether the host is to stop dead now that the request is admitted
+    /// ([`TestFault::TrapAfterAdmission`], `test_hooks` only): its reservation is taken and
+    /// nothing will settle it.
+    pub fn test_trap_after_admission(&self) -> bool {
+        self.test_fault == Some(TestFault::TrapAfterAdmission) && self.sent_upstream
+    }
+
     pub fn body_limit(&self) -> u64 {
         self.body_limit
     }
@@ -316,6 +327,10 @@ impl Exchange {
         let quota_now_ms = self
             .quota_now_ms
             .saturating_add(now_ms.saturating_sub(self.started_ms));
+        let counters = match self.test_fault {
+            Some(TestFault::StoreErrorOnSettle) => &InjectedStoreError,
+            _ => counters,
+        };
         if let Err(e) =
             self.reservation
                 .settle(counters, tokens, record.cost_pico_usd, quota_now_ms)
@@ -327,6 +342,17 @@ impl Exchange {
             });
         }
         Some(record)
+    }
+}
+
+/// Counters whose every operation fails ([`TestFault::StoreErrorOnSettle`]).
+struct InjectedStoreError;
+
+impl Counters for InjectedStoreError {
+    fn add(&self, _: &str, _: u64, _: i64) -> Result<i64, crate::store::StoreError> {
+        Err(crate::store::StoreError::Host(
+            "test hook: the store failed the write".into(),
+        ))
     }
 }
 
