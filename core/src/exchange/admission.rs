@@ -212,5 +212,8 @@ fn admit_key(
         meter: UsageMeter::new(operation),
         finished: false,
         test_fault,
+        notes: Default::default(),
+        unsettled: None,
+        lapse_reported: false,
     })))
 }
