@@ -140,7 +140,16 @@ def test_keys_of_past_quota_windows_are_deleted(workdir, emulator, tls_dir, host
         assert windows[rpm[0]] == {last_minute}, keys
         assert windows[tpm[0]] == {last_minute}, keys
         assert windows[spend[0]] == {last_day}, keys
-        assert len(keys) == len(first), (first, keys)
+        # Each lease-bucket counter (concurrency slots, budget records) is a handful of slot
+        # names, each holding its latest bucket only, whatever the traffic.
+        assert all(len(ws) == 1 for ws in windows.values()), keys
+        leased = [n for n in windows if re.search(r"/(concurrent|reserved|expired)/\d+s/\d$", n)]
+        assert len(windows) - len(leased) == 3 and len(leased) <= 12, keys
+        # Nothing else of the quotas: a marker per name.
+        assert len([k for k in keys if k.startswith("tollgate/q/")]) == 2 * len(windows), keys
+        # The totals' keys are as many as after the first requests.
+        totals = lambda ks: [k for k in ks if not k.startswith("tollgate/q/")]
+        assert len(totals(keys)) == len(totals(first)), (first, keys)
         u = usage_read(clock[0])
         assert u["requests"] == 13 and u["requests_per_minute"]["used"] == 1
         assert u["concurrent_requests"]["used"] == 0
@@ -160,10 +169,15 @@ def test_a_failing_store_costs_one_clear_503(workdir, emulator, tls_dir, own_red
     gw = harness.Spin(workdir / "spin-store", cfg, emulator.port, tls_dir, name="refusing", redis=own_redis)
     try:
         client = bedrock_client(gw, tls_dir, secret, read_timeout=30)
+        client.meta.events.register(
+            "before-sign.bedrock-runtime.*",
+            lambda request, **_: request.headers.__setitem__("x-tollgate-test-now-ms", str(DAY1_NOON_MS)))
         call = lambda: client.converse(modelId="claude-fast", messages=converse_messages("x"),
                                        inferenceConfig={"maxTokens": 2})
         call()
-        counter = "tollgate/q/store/concurrent@0"
+        # The concurrency slot of the test clock's lease bucket (600 s leases: 300 s buckets, 4 slots).
+        bucket = DAY1_NOON_MS // 300_000
+        counter = f"tollgate/q/store/concurrent/600s/{bucket % 4}@{bucket}"
         with own_redis.connect() as r:
             r.command("SELECT", str(gw.redis_db))
             assert r.command("GET", counter) == b"0"

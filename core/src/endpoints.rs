@@ -8,10 +8,10 @@ use crate::accounting::money::PicoUsd;
 use crate::accounting::totals::{Lifetime, Sums, UsageTotals};
 use crate::config::{ApiKey, Config};
 use crate::error::{ErrorKind, GatewayError, Reply};
-use crate::quota::counter_name;
 use crate::quota::counters::Counters;
 use crate::quota::limits::Scope;
 use crate::quota::period;
+use crate::quota::{counter_name, in_flight, leased_name, Lease, Leased};
 
 #[derive(Serialize)]
 struct CountsView {
@@ -51,6 +51,8 @@ struct BudgetView {
     remaining_usd: String,
     spent_pico_usd: u64,
     remaining_pico_usd: u64,
+    /// Of `spent`: reserved by requests in flight (their leases live), not settled yet.
+    in_flight_pico_usd: u64,
     /// Seconds until the period starts afresh; absent for `total`.
     #[serde(skip_serializing_if = "Option::is_none")]
     resets_in_s: Option<u64>,
@@ -82,7 +84,13 @@ struct UsageView<'a> {
 
 /// `GET /usage`: the caller's own totals and where it stands against its limits; never
 /// another key's data. Counters that cannot be read are left out rather than guessed.
-pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now_ms: u64) -> Reply {
+pub fn usage_reply(
+    key: &ApiKey,
+    totals: &Lifetime,
+    counters: &dyn Counters,
+    now_ms: u64,
+    lease: Lease,
+) -> Reply {
     let limits = &key.limits.key;
     let read = |what: &str, window: u64| {
         counters
@@ -90,9 +98,19 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
             .ok()
             .map(|v| u64::try_from(v).unwrap_or(0))
     };
+    let leased = |what| {
+        in_flight(
+            counters,
+            &leased_name(&key.id, Scope::Key, "", what),
+            lease,
+            now_ms,
+        )
+        .ok()
+    };
     let minute = period::minute_window(now_ms);
     let budget = limits.budget.and_then(|b| {
         let spent = read("spend", b.period.window(now_ms))?;
+        let in_flight_pico_usd = leased(Leased::BudgetReservations)?.min(spent);
         let remaining = b.pico_usd.saturating_sub(spent);
         Some(BudgetView {
             period: match b.period {
@@ -106,6 +124,7 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
             remaining_usd: PicoUsd::from(remaining).to_string(),
             spent_pico_usd: spent,
             remaining_pico_usd: remaining,
+            in_flight_pico_usd,
             resets_in_s: b
                 .period
                 .ends_at_ms(now_ms)
@@ -131,7 +150,12 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
         budget,
         requests_per_minute: limit(limits.requests_per_minute, "rpm", minute),
         tokens_per_minute: limit(limits.tokens_per_minute, "tpm", minute),
-        concurrent_requests: limit(limits.max_concurrent_requests, "concurrent", 0),
+        concurrent_requests: limits.max_concurrent_requests.and_then(|limit| {
+            Some(LimitView {
+                limit,
+                used: leased(Leased::Concurrency)?,
+            })
+        }),
     };
     Reply::json(200, &view)
 }
@@ -195,7 +219,7 @@ pub fn usage(
             .to_bedrock_reply();
     };
     match totals.read(key_id) {
-        Ok(t) => usage_reply(key, &t, counters, now_ms),
+        Ok(t) => usage_reply(key, &t, counters, now_ms, config.lease),
         Err(e) => GatewayError::new(
             ErrorKind::StateUnavailable,
             format!("usage unavailable: the gateway's key-value store failed: {e}"),
@@ -252,7 +276,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = usage_reply(&key, &totals, &counters, now);
+        let r = usage_reply(&key, &totals, &counters, now, Lease::default());
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);

@@ -113,6 +113,16 @@ pub fn now_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Traps the VM, as a crash does (the test hook [`tollgate_core::exchange::TestFault`]):
+/// Envoy then fails it, and nothing of its requests in flight settles.
+pub fn trap() -> ! {
+    log(
+        LogLevel::Warn,
+        "tollgate: test hook: trapping the VM after admission",
+    );
+    std::process::abort()
+}
+
 pub fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }

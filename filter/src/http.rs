@@ -1,6 +1,6 @@
 //! The per-request HTTP context.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -17,13 +17,15 @@ use tollgate_core::upstream::request::UpstreamRequest;
 use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
+use crate::leases::{self, Shared};
 use crate::metrics;
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
     /// The VM's signing key, kept for the day (shared by every request of the VM).
     signing_keys: Rc<RefCell<SigningKeyCache>>,
-    exchange: Option<Box<Exchange>>,
+    /// Shared with this VM's timer, which renews its lease (`leases`).
+    exchange: Option<Shared>,
     /// Envoy runs a local reply (this filter's, or Envoy's own) through this filter's own
     /// response callbacks: they must not mistake it for Bedrock's answer.
     local_reply: bool,
@@ -42,9 +44,15 @@ impl Http {
         }
     }
 
+    /// The exchange, if there is one (never borrowed elsewhere while a callback runs: the
+    /// timer runs between callbacks).
+    fn exchange(&self) -> Option<RefMut<'_, Box<Exchange>>> {
+        self.exchange.as_ref()?.try_borrow_mut().ok()
+    }
+
     fn reply(&mut self, reply: &Reply) -> Action {
         self.local_reply = true;
-        if let Some(ex) = self.exchange.as_mut() {
+        if let Some(mut ex) = self.exchange() {
             ex.replied_locally(reply.status);
         }
         host::reply(reply);
@@ -57,14 +65,14 @@ impl Http {
     }
 
     fn reject_in(&mut self, e: &GatewayError, key_id: Option<&str>, dialect: Dialect) -> Action {
-        let key_id = key_id.or(self.exchange.as_ref().map(|ex| ex.key_id.as_str()));
-        metrics::on_refusal(e, key_id);
+        let own = self.exchange().map(|ex| ex.key_id.clone());
+        metrics::on_refusal(e, key_id.or(own.as_deref()));
         self.reply(&e.to_reply(dialect))
     }
 
     /// Rewrites the paused request into the signed upstream one.
     fn forward(&mut self, config: &Config, body: &[u8]) -> Action {
-        let Some(ex) = self.exchange.as_mut() else {
+        let Some(mut ex) = self.exchange() else {
             return Action::Continue;
         };
         let fetched = match &config.upstream_auth {
@@ -88,22 +96,32 @@ impl Http {
                 fetched.as_ref(),
             )
         };
+        let trap = ex.test_trap_after_admission();
+        drop(ex);
         match signed {
-            Ok(up) => match apply(&up, body.len()) {
-                Ok(()) => Action::Continue,
-                Err(e) => self.reject(&e, None),
-            },
+            Ok(up) => {
+                if trap {
+                    host::trap();
+                }
+                match apply(&up, body.len()) {
+                    Ok(()) => Action::Continue,
+                    Err(e) => self.reject(&e, None),
+                }
+            }
             Err(e) => self.reject(&e, None),
         }
     }
 
     /// The whole request body, once the client has sent all of it.
     fn finish_body(&mut self, body: &[u8]) -> Action {
-        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+        let Ok(config) = self.config.clone() else {
             return Action::Continue;
         };
-        let config = config.clone();
-        if let Err(e) = ex.check_body_size(body.len() as u64) {
+        let checked = match self.exchange() {
+            Some(mut ex) => ex.check_body_size(body.len() as u64),
+            None => return Action::Continue,
+        };
+        if let Err(e) = checked {
             return self.reject(&e, None);
         }
         self.forward(&config, body)
@@ -166,6 +184,8 @@ impl HttpContext for Http {
             )),
             Admission::Forward(mut ex) => {
                 let declared = ex.check_declared_body_size();
+                let ex = Rc::new(RefCell::new(ex));
+                leases::register(&ex);
                 self.exchange = Some(ex);
                 if let Err(e) = declared {
                     return self.reject(&e, None);
@@ -182,14 +202,18 @@ impl HttpContext for Http {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(ex) = self.exchange.as_mut() else {
-            return Action::Continue;
-        };
         if !end_of_stream {
-            if let Err(e) = ex.check_body_size(body_size as u64) {
+            let checked = match self.exchange() {
+                Some(mut ex) => ex.check_body_size(body_size as u64),
+                None => return Action::Continue,
+            };
+            if let Err(e) = checked {
                 return self.reject(&e, None);
             }
             return Action::Pause;
+        }
+        if self.exchange.is_none() {
+            return Action::Continue;
         }
         let body = host::buffer(BufferType::HttpRequestBody, body_size);
         self.finish_body(&body)
@@ -216,7 +240,8 @@ impl HttpContext for Http {
         if self.local_reply {
             return Action::Continue;
         }
-        if let Some(ex) = self.exchange.as_mut() {
+        let local_reply = &mut self.local_reply;
+        if let Some(mut ex) = self.exchange.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             let headers = host::headers(MapType::HttpResponseHeaders);
             let status = host::header(&headers, ":status")
                 .and_then(|s| s.parse().ok())
@@ -224,7 +249,7 @@ impl HttpContext for Http {
             match host::response_code_details() {
                 // Envoy's own reply (a route timeout, an upstream reset…): not Bedrock's.
                 Some(details) if details != host_reply::ENVOY_VIA_UPSTREAM => {
-                    self.local_reply = true;
+                    *local_reply = true;
                     ex.upstream_failed(
                         status,
                         host_reply::envoy_reply_may_have_reached_upstream(&details),
@@ -243,11 +268,12 @@ impl HttpContext for Http {
         if self.local_reply || body_size == 0 {
             return Action::Continue;
         }
-        let Some(ex) = self.exchange.as_mut() else {
+        let Some(mut ex) = self.exchange() else {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
         let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+        leases::renew(&mut ex, host::now_ms(host::now()));
         let relayed = ex.on_response_body(&chunk);
         match relayed.verdict {
             Verdict::Pass => {}
@@ -264,11 +290,11 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
+        let (Ok(config), Some(mut ex)) = (&self.config, self.exchange()) else {
             return;
         };
         let now_ms = host::now_ms(host::now());
-        let Some(ending) = ex.end(
+        let Some(mut ending) = ex.end(
             config,
             &CasCounters(&SharedData),
             &CasTotals(&SharedData),
@@ -276,6 +302,10 @@ impl HttpContext for Http {
         ) else {
             return;
         };
+        // What the store failed is retried from the worker's timer (`leases`).
+        if let Some(unsettled) = ending.take_unsettled() {
+            leases::keep(unsettled);
+        }
         // Settled and counted already: what is left is to say so, in core's order.
         let mut name = String::new();
         for effect in ending.effects() {

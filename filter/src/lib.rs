@@ -4,6 +4,7 @@ mod configuration;
 mod credentials;
 mod host;
 mod http;
+mod leases;
 mod metrics;
 pub mod stats;
 
@@ -69,10 +70,11 @@ impl RootContext for Root {
                     }
                     _ => None,
                 };
+                // The timer also renews leases and retries settlements (`leases`).
                 let tick = if self.refresher.is_some() {
                     credentials::FIRST_TICK
                 } else {
-                    std::time::Duration::ZERO
+                    credentials::TICK
                 };
                 let _ = hostcalls::set_tick_period(tick);
                 self.config = Ok(Rc::new(c));
@@ -108,6 +110,7 @@ impl RootContext for Root {
         if let Some(r) = self.refresher.as_mut() {
             r.on_tick();
         }
+        leases::on_tick();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -129,7 +132,7 @@ fn prepare_state(c: &Config) {
     let counters = c
         .api_keys
         .iter()
-        .flat_map(quota::counter_names)
+        .flat_map(|k| quota::counter_names(k, c.lease))
         .collect::<Vec<_>>();
     let created = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
         .and_then(|()| CasCounters(&host::SharedData).ensure(counters.iter().map(String::as_str)));

@@ -9,10 +9,13 @@
 mod credentials;
 mod kv;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::convert::Infallible;
+use std::pin::pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::channel::{mpsc, oneshot};
+use futures::future::{select, Either};
 use futures::{FutureExt, SinkExt, StreamExt};
 use http_body::Frame;
 use spin_sdk::http::body::IncomingBodyExt;
@@ -25,6 +28,8 @@ use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
 use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
+use tollgate_core::quota::settlement::ATTEMPTS_WITHIN_A_REQUEST;
+use tollgate_core::quota::{Retried, Unsettled};
 use tollgate_core::upstream::request::is_hop_by_hop;
 use tollgate_core::upstream::signing::SigningKeyCache;
 
@@ -182,10 +187,11 @@ impl Flight {
     }
 
     /// Ends the exchange (core settles the reservation and adds the usage to the key's
-    /// totals), then writes what core returns: the record to stdout, warnings to stderr.
+    /// totals), then writes what core returns: the record to stdout, warnings to stderr. A
+    /// settlement the store failed is retried by a task of its own ([`settle_later`]).
     fn finish(&mut self) {
         // `None` once it has ended: an exchange ends once, whichever path gets here first.
-        let Some(ending) = self.ex.end(
+        let Some(mut ending) = self.ex.end(
             &self.config,
             &IncrementCounters(&self.kv),
             &IncrementTotals(&self.kv),
@@ -200,6 +206,49 @@ impl Flight {
                 // No metrics on Spin: the records are its usage data.
                 Effect::Metric(_) => {}
             }
+        }
+        if let Some(unsettled) = ending.take_unsettled() {
+            spin_sdk::wasip3::spawn(settle_later(unsettled));
+        }
+    }
+}
+
+/// Retries a settlement the store failed, with core's back-off, within the request (the
+/// instance lives until its tasks end): bounded, then left to the lease, and logged either way.
+async fn settle_later(mut unsettled: Unsettled) {
+    let kv = Kv::open(STORE_LABEL);
+    loop {
+        let wait = unsettled
+            .next_at_ms()
+            .saturating_sub(now_ms(SystemTime::now()));
+        spin_sdk::time::sleep(Duration::from_millis(wait)).await;
+        let outcome = unsettled.retry(
+            &IncrementCounters(&kv),
+            now_ms(SystemTime::now()),
+            ATTEMPTS_WITHIN_A_REQUEST,
+        );
+        if let Some(line) = unsettled.log_line(outcome) {
+            log_err(&line);
+        }
+        if !matches!(outcome, Retried::Again { .. }) {
+            return;
+        }
+    }
+}
+
+/// Renews the exchange's lease whenever core says it is due (never returns: the caller races it
+/// against what the exchange waits for). Store calls are synchronous: the instance's other
+/// tasks wait for the few that a renewal makes, once per half lease.
+async fn keep_lease(ex: &mut Exchange, kv: &Kv) -> Infallible {
+    loop {
+        match ex.renewal_due_in_ms(now_ms(SystemTime::now())) {
+            Some(ms) => spin_sdk::time::sleep(Duration::from_millis(ms)).await,
+            None => futures::future::pending::<()>().await,
+        }
+        if let Some(line) = ex.renew(&IncrementCounters(kv), now_ms(SystemTime::now())) {
+            log_err(&line);
+            // A failed renewal is due again at once: not in a tight loop.
+            spin_sdk::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -249,6 +298,11 @@ async fn forward(
         Ok(up) => up,
         Err(e) => return flight.refuse(&e),
     };
+    if flight.ex.test_trap_after_admission() {
+        // The test hook: the instance traps, as a crash does, and nothing settles.
+        log_err("tollgate: test hook: trapping the instance after admission");
+        std::process::abort();
+    }
     let url = format!(
         "{}://{}{}",
         flight.config.upstream_scheme, up.authority, up.path
@@ -275,7 +329,16 @@ async fn forward(
             ))
         }
     };
-    let response = match spin_sdk::http::send(out).await {
+    // The lease is renewed while Bedrock works on the answer, however long that takes.
+    let sent = {
+        let send = pin!(spin_sdk::http::send(out));
+        let keep = pin!(keep_lease(&mut flight.ex, &flight.kv));
+        match select(send, keep).await {
+            Either::Left((sent, _)) => sent,
+            Either::Right((never, _)) => match never {},
+        }
+    };
+    let response = match sent {
         Ok(r) => r,
         Err(code) => {
             log_err(&format!(
@@ -396,7 +459,22 @@ async fn relay(
     delivered: oneshot::Receiver<()>,
 ) {
     let mut upstream = upstream.stream();
-    while let Some(chunk) = upstream.next().await {
+    loop {
+        // The lease is renewed between chunks too, however long Bedrock pauses.
+        let next = {
+            let keep = pin!(keep_lease(&mut flight.ex, &flight.kv));
+            match select(upstream.next(), keep).await {
+                Either::Left((next, _)) => next,
+                Either::Right((never, _)) => match never {},
+            }
+        };
+        let Some(chunk) = next else { break };
+        if let Some(line) = flight
+            .ex
+            .renew(&IncrementCounters(&flight.kv), now_ms(SystemTime::now()))
+        {
+            log_err(&line);
+        }
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {

@@ -15,9 +15,11 @@ use tollgate_core::accounting::totals::CasTotals;
 use tollgate_core::accounting::{pricing, totals};
 use tollgate_core::config::Config;
 use tollgate_core::exchange::{self, Admission, Effect, Exchange};
-use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::accounting::totals::IncrementTotals;
+use tollgate_core::quota::counters::{CasCounters, IncrementCounters};
 use tollgate_core::request::{auth, body as request_body};
-use tollgate_core::store::memory::MemoryStore;
+use tollgate_core::store::memory::{Encoding, MemoryAtomic, MemoryStore};
+use tollgate_core::store::{Cas, CasStore, StoreError};
 use tollgate_core::upstream::signing::{self, SigningKeyCache};
 use tollgate_core::Operation;
 
@@ -64,14 +66,74 @@ const ALIAS_PATH_STREAM: &str = "/model/claude-fast/converse-stream";
 const MODEL_ID: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
 fn config() -> Config {
+    config_with("{}")
+}
+
+/// The bench key with `limits` (a JSON object).
+fn config_with(limits: &str) -> Config {
     let doc = format!(
         r#"{{"region":"us-east-1","upstream_host":"127.0.0.1:9100",
             "aliases":{{"claude-fast":"{MODEL_ID}"}},
-            "api_keys":[{{"id":"bench","sha256":"{}","models":["*"]}}],
+            "api_keys":[{{"id":"bench","sha256":"{}","models":["*"],"limits":{limits}}}],
             "credentials":{{"type":"inline","access_key_id":"AKIDTOLLGATEBENCH","secret_access_key":"tollgate-bench-secret"}}}}"#,
         hex(&auth::hash_key(KEY))
     );
     Config::parse(doc.as_bytes(), &|_| None).expect("config")
+}
+
+/// Envoy shared data's calls, counted: what one exchange costs the store on Envoy.
+#[derive(Default)]
+struct CountedCas {
+    inner: MemoryStore,
+    calls: std::cell::Cell<u64>,
+}
+
+impl CasStore for CountedCas {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), StoreError> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.set(key, value, cas)
+    }
+    fn create(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.create(key, value)
+    }
+}
+
+/// Store calls of one converse exchange (admission, settlement, totals) on a key with `limits`:
+/// Envoy shared-data calls (get/set), and Spin key-value calls (increment/get/set/delete), in
+/// steady state (the same minute, period and lease bucket as the previous request).
+fn store_calls(limits: &str) -> (u64, u64) {
+    let cfg = config_with(limits);
+    let h = client_headers(ALIAS_PATH_1K, BODY_1K.len());
+    let mut keys = SigningKeyCache::default();
+    let cas = CountedCas::default();
+    totals::ensure(&cas, ["bench"]).unwrap();
+    let atomic = MemoryAtomic::new(Encoding::RedisDecimal);
+    let one = |counters: &dyn tollgate_core::quota::counters::Counters,
+               totals: &dyn tollgate_core::accounting::totals::UsageTotals,
+               keys: &mut SigningKeyCache| {
+        let mut ex = admit(&cfg, &h, ALIAS_PATH_1K);
+        ex.upstream_request(&cfg, counters, keys, BODY_1K, now())
+            .expect("admitted");
+        ex.on_response_headers(200, [("content-type", "application/json")]);
+        ex.on_response_body(RESP_CONVERSE);
+        ex.end(&cfg, counters, totals, 1_790_000_000_100).expect("record");
+    };
+    for _ in 0..3 {
+        one(&CasCounters(&cas), &CasTotals(&cas), &mut keys);
+        one(&IncrementCounters(&atomic), &IncrementTotals(&atomic), &mut keys);
+    }
+    let (c0, a0) = (cas.calls.get(), atomic.operations.load(Ordering::Relaxed) as u64);
+    one(&CasCounters(&cas), &CasTotals(&cas), &mut keys);
+    one(&IncrementCounters(&atomic), &IncrementTotals(&atomic), &mut keys);
+    (
+        cas.calls.get() - c0,
+        atomic.operations.load(Ordering::Relaxed) as u64 - a0,
+    )
 }
 
 fn hex(b: &[u8]) -> String {
@@ -306,4 +368,26 @@ fn main() {
     bench(&filter, "WHOLE exchange, stream 64 events", || {
         whole(&cfg, &store, &mut keys, BODY_STREAM, ALIAS_PATH_STREAM, RESP_STREAM, true)
     });
+    const SLOTS_AND_BUDGET: &str =
+        r#"{"max_concurrent_requests":100000,"budget":{"usd":"1000000","period":"monthly"}}"#;
+    let limited = config_with(SLOTS_AND_BUDGET);
+    let limited_store = MemoryStore::default();
+    for name in tollgate_core::quota::counter_names(&limited.api_keys[0], limited.lease) {
+        let _ = limited_store.create(&name, &[0; 16]);
+    }
+    totals::ensure(&limited_store, ["bench"]).unwrap();
+    bench(&filter, "WHOLE exchange, 1 KB, slots + budget", || {
+        whole(&limited, &limited_store, &mut keys, BODY_1K, ALIAS_PATH_1K, RESP_CONVERSE, false)
+    });
+    if "store calls".contains(filter.as_str()) || filter.is_empty() {
+        for (label, limits) in [
+            ("no limits", "{}"),
+            ("max_concurrent_requests", r#"{"max_concurrent_requests":100000}"#),
+            ("budget", r#"{"budget":{"usd":"1000000","period":"monthly"}}"#),
+            ("both", SLOTS_AND_BUDGET),
+        ] {
+            let (envoy, spin) = store_calls(limits);
+            println!("store calls per converse, {label:<24} Envoy {envoy:>3}   Spin {spin:>3}");
+        }
+    }
 }

@@ -38,6 +38,14 @@ pub const CREDENTIAL_REFRESHES: &str = "tollgate_credential_refreshes_total";
 /// Fetches of AWS credentials that failed (no labels).
 pub const CREDENTIAL_REFRESH_FAILURES: &str = "tollgate_credential_refresh_failures_total";
 
+/// Holdings of dead exchanges found when their lease ran out: `{key}`, the requests whose slots
+/// came back (a budget-only scope counts 1 per report).
+pub const LEASE_RECLAIMS: &str = "tollgate_lease_reclaims_total";
+/// Retries of a settlement the store failed: `{key}`.
+pub const SETTLEMENT_RETRIES: &str = "tollgate_settlement_retries_total";
+/// Settlements given up (or never retried: too many waiting): `{key}`.
+pub const SETTLEMENTS_ABANDONED: &str = "tollgate_settlements_abandoned_total";
+
 /// Every label name a series may carry.
 pub const LABEL_NAMES: &[&str] = &["key", "model", "status", "kind", "usage_source", "reason"];
 
@@ -64,6 +72,9 @@ pub enum Metric {
     UpstreamLatency,
     CredentialRefreshes,
     CredentialRefreshFailures,
+    LeaseReclaims,
+    SettlementRetries,
+    SettlementsAbandoned,
 }
 
 impl Metric {
@@ -77,6 +88,9 @@ impl Metric {
             Self::UpstreamLatency => UPSTREAM_LATENCY,
             Self::CredentialRefreshes => CREDENTIAL_REFRESHES,
             Self::CredentialRefreshFailures => CREDENTIAL_REFRESH_FAILURES,
+            Self::LeaseReclaims => LEASE_RECLAIMS,
+            Self::SettlementRetries => SETTLEMENT_RETRIES,
+            Self::SettlementsAbandoned => SETTLEMENTS_ABANDONED,
         }
     }
 
@@ -97,6 +111,7 @@ impl Metric {
             Self::Rejections => &["key", "reason"],
             Self::UpstreamLatency => &["model"],
             Self::CredentialRefreshes | Self::CredentialRefreshFailures => &[],
+            Self::LeaseReclaims | Self::SettlementRetries | Self::SettlementsAbandoned => &["key"],
         }
     }
 }

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
+use crate::quota::lease::{self, Lease};
 use crate::quota::limits::{KeyLimits, LimitsDocument};
 use crate::request::model_id;
 use crate::upstream::credentials::Source;
@@ -50,6 +51,8 @@ struct Document {
     credentials: CredentialsDocument,
     #[serde(default)]
     max_request_body_bytes: Option<u64>,
+    #[serde(default)]
+    lease_seconds: Option<u64>,
     #[serde(default)]
     test_hooks: bool,
 }
@@ -135,7 +138,11 @@ pub struct Config {
     pub api_keys: Vec<ApiKey>,
     pub upstream_auth: UpstreamAuth,
     pub max_request_body_bytes: u64,
-    /// Lets tests set the quota clock with `x-tollgate-test-now-ms`. Never in production.
+    /// How long a request's concurrency slot and budget reservation outlive its last sign of
+    /// life (`lease_seconds`).
+    pub lease: Lease,
+    /// Lets tests set the quota clock with `x-tollgate-test-now-ms` and inject faults with
+    /// `x-tollgate-test-fault`. Never in production.
     pub test_hooks: bool,
 }
 
@@ -350,6 +357,18 @@ impl Config {
             ));
         }
 
+        let lease_seconds = doc.lease_seconds.unwrap_or(lease::DEFAULT_LEASE_SECONDS);
+        if !(lease::MIN_LEASE_SECONDS..=lease::MAX_LEASE_SECONDS).contains(&lease_seconds) {
+            return Err(ConfigError::new(
+                "lease_seconds",
+                format!(
+                    "must be between {} and {}",
+                    lease::MIN_LEASE_SECONDS,
+                    lease::MAX_LEASE_SECONDS
+                ),
+            ));
+        }
+
         Ok(Self {
             region: doc.region,
             upstream_host,
@@ -358,6 +377,7 @@ impl Config {
             api_keys,
             upstream_auth,
             max_request_body_bytes,
+            lease: Lease::new(lease_seconds),
             test_hooks: doc.test_hooks,
         })
     }
@@ -539,6 +559,25 @@ mod tests {
         let e = Config::parse(doc(r#","upstream_host":"https://x/y""#).as_bytes(), &no_env)
             .unwrap_err();
         assert_eq!(e.field, "upstream_host");
+        for bad in ["1", "86401"] {
+            let e = Config::parse(
+                doc(&format!(r#","lease_seconds":{bad}"#)).as_bytes(),
+                &no_env,
+            )
+            .unwrap_err();
+            assert_eq!(e.field, "lease_seconds", "{bad}");
+        }
+        for bad in ["-5", "\"600\"", "2.5"] {
+            assert!(Config::parse(
+                doc(&format!(r#","lease_seconds":{bad}"#)).as_bytes(),
+                &no_env
+            )
+            .is_err());
+        }
+        let c = Config::parse(doc(r#","lease_seconds":2"#).as_bytes(), &no_env).unwrap();
+        assert_eq!(c.lease.seconds(), 2);
+        let c = Config::parse(doc("").as_bytes(), &no_env).unwrap();
+        assert_eq!(c.lease, Lease::default());
     }
 
     #[test]

@@ -41,6 +41,32 @@ pub enum Admission {
 /// tests can cross minutes and budget periods without sleeping.
 pub const TEST_CLOCK_HEADER: &str = "x-tollgate-test-now-ms";
 
+/// With `test_hooks` on, this request header injects a fault into the request's exchange, so
+/// tests meet crashes and store failures the way production does ([`TestFault`]).
+pub const TEST_FAULT_HEADER: &str = "x-tollgate-test-fault";
+
+/// A fault a test injects with [`TEST_FAULT_HEADER`] (`test_hooks` only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TestFault {
+    /// `trap-after-admission`: once the request is admitted (its reservation taken), the host
+    /// stops dead — the Envoy filter traps its VM, the Spin component its instance — and
+    /// nothing settles the exchange.
+    TrapAfterAdmission,
+    /// `store-error-on-settle`: the first attempt to settle the exchange's reservation fails as
+    /// a store error would.
+    StoreErrorOnSettle,
+}
+
+impl TestFault {
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "trap-after-admission" => Some(Self::TrapAfterAdmission),
+            "store-error-on-settle" => Some(Self::StoreErrorOnSettle),
+            _ => None,
+        }
+    }
+}
+
 /// The latest instant the test clock may be set to: 9999-12-31T23:59:59.999Z. Values past it
 /// are clamped, so no period or window arithmetic ever sees a clock near `u64::MAX`.
 pub const MAX_TEST_CLOCK_MS: u64 = 253_402_300_799_999;
@@ -92,6 +118,9 @@ fn admit_key(
             .map_or(now_ms, |t| t.min(MAX_TEST_CLOCK_MS)),
         _ => now_ms,
     };
+    let test_fault = header(TEST_FAULT_HEADER)
+        .filter(|_| config.test_hooks)
+        .and_then(TestFault::parse);
     let (label, operation) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
@@ -182,5 +211,9 @@ fn admit_key(
         priced_per_image: false,
         meter: UsageMeter::new(operation),
         finished: false,
+        test_fault,
+        notes: Default::default(),
+        unsettled: None,
+        lapse_reported: false,
     })))
 }

@@ -9,6 +9,7 @@
 use crate::accounting::metrics::{self, Labels, Update};
 use crate::accounting::record::UsageRecord;
 use crate::accounting::totals::{self, UsageTotals};
+use crate::quota::{Reclaimed, Unsettled};
 use crate::store::StoreError;
 
 /// How loud a log line is.
@@ -16,7 +17,8 @@ use crate::store::StoreError;
 pub enum Level {
     /// Billed, but something about it deserves a look (an unknown model's fallback price).
     Warn,
-    /// Money went uncounted: the usage is not in the key's totals.
+    /// Money went uncounted: the usage is not in the key's totals (or a settlement was given
+    /// up).
     Critical,
 }
 
@@ -38,12 +40,26 @@ pub struct Ending {
     record: UsageRecord,
     /// What adding the record to the totals returned (see [`totals::add_record`]).
     counted: Result<Option<u64>, StoreError>,
+    /// Holdings of dead exchanges this exchange's admission found expired.
+    reclaimed: Vec<Reclaimed>,
+    /// The settlement's writes the store failed, for the host to retry.
+    unsettled: Option<Unsettled>,
 }
 
 /// Adds `record` (settled already) to its key's totals, then says what to log and measure.
-pub(crate) fn count(record: UsageRecord, totals: &dyn UsageTotals) -> Ending {
+pub(crate) fn count(
+    record: UsageRecord,
+    totals: &dyn UsageTotals,
+    reclaimed: Vec<Reclaimed>,
+    unsettled: Option<Unsettled>,
+) -> Ending {
     let counted = totals::add_record(totals, &record);
-    Ending { record, counted }
+    Ending {
+        record,
+        counted,
+        reclaimed,
+        unsettled,
+    }
 }
 
 impl Ending {
@@ -51,8 +67,16 @@ impl Ending {
         &self.record
     }
 
+    /// The part of the settlement the store failed, if any: the host retries it
+    /// ([`Unsettled::retry`]) — Envoy from its workers' timer, Spin within the request — and
+    /// never drops it without a line in its log.
+    pub fn take_unsettled(&mut self) -> Option<Unsettled> {
+        self.unsettled.take()
+    }
+
     /// In order: the record's line; a warning when it was billed at a fallback price; a
-    /// critical line when its usage could not be added to the totals; the metric updates.
+    /// critical line when its usage could not be added to the totals; a warning for each
+    /// expired lease its admission reclaimed; the metric updates.
     pub fn effects(&self) -> impl Iterator<Item = Effect<'_>> {
         let record = &self.record;
         let warning = record
@@ -73,10 +97,21 @@ impl Ending {
             ),
         };
         let updates = metrics::record_updates(record, Labels::of(record), cost_before);
+        let reclaimed = self
+            .reclaimed
+            .iter()
+            .map(|r| Effect::Log(Level::Warn, r.log_line()));
+        let reclaim_updates = self.reclaimed.iter().flat_map(Reclaimed::metric_updates);
         std::iter::once(Effect::Record(record.log_line()))
             .chain(warning)
             .chain(uncounted)
-            .chain(updates.into_iter().map(Effect::Metric))
+            .chain(reclaimed)
+            .chain(
+                updates
+                    .into_iter()
+                    .chain(reclaim_updates)
+                    .map(Effect::Metric),
+            )
     }
 }
 
@@ -141,6 +176,13 @@ mod tests {
             .unwrap()
     }
 
+    /// Requests of key `a` in flight (the test clock is [`NOW`] plus a little).
+    fn in_flight(counters: &dyn Counters) -> u64 {
+        let base =
+            crate::quota::leased_name("a", Scope::Key, "", crate::quota::Leased::Concurrency);
+        crate::quota::in_flight(counters, &base, crate::quota::Lease::default(), NOW).unwrap()
+    }
+
     fn lines(effects: &[Effect<'_>]) -> Vec<String> {
         effects
             .iter()
@@ -178,14 +220,14 @@ mod tests {
         ];
         for (counters, totals) in hosts {
             let mut ex = answered(&config, counters, HAIKU);
-            assert_eq!(read(counters, "concurrent", 0), 1, "a slot held in flight");
+            assert_eq!(in_flight(counters), 1, "a slot held in flight");
             let ending = ex.end(&config, counters, totals, NOW + 5).unwrap();
             // Before the host has logged anything: the slot is free, the budget holds the
             // actual cost, and the totals hold the request.
             let record = ending.record();
             assert_eq!((record.input_tokens, record.output_tokens), (1000, 100));
             assert!(record.cost_pico_usd > 0);
-            assert_eq!(read(counters, "concurrent", 0), 0);
+            assert_eq!(in_flight(counters), 0);
             assert_eq!(
                 read(counters, "spend", Period::Daily.window(NOW)),
                 i64::try_from(record.cost_pico_usd).unwrap()
@@ -273,7 +315,7 @@ mod tests {
             ]
         );
         // Still settled: the budget keeps the cost, the slot is free.
-        assert_eq!(read(&counters, "concurrent", 0), 0);
+        assert_eq!(in_flight(&counters), 0);
         assert!(effects
             .iter()
             .any(|e| matches!(e, Effect::Metric(u) if u.kind() == MetricKind::Counter)));

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::dialect::bedrock::CUT_OFF_EXCEPTION;
 use crate::error::{ErrorKind, GatewayError};
 use crate::quota::counters::Counters;
-use crate::quota::{self, Reservation};
+use crate::quota::{self, Notes, Renewal, Reservation, Unsettled};
 use crate::request::body as request_body;
 use crate::request::images;
 use crate::request::model_family;
@@ -34,7 +34,9 @@ use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
 
 pub use crate::response::relay::{Relayed, Verdict};
-pub use admission::{admit, Admission, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER};
+pub use admission::{
+    admit, Admission, TestFault, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER, TEST_FAULT_HEADER,
+};
 pub use end::{Effect, Ending, Level};
 
 /// One admitted request, from [`admit`] to [`Exchange::end`].
@@ -71,9 +73,24 @@ pub struct Exchange {
     priced_per_image: bool,
     meter: UsageMeter,
     finished: bool,
+    /// `test_hooks` only: a fault to inject ([`TestFault`]).
+    test_fault: Option<TestFault>,
+    /// What admission found or left for the host (reports of expired leases, failed undos).
+    notes: Notes,
+    /// The settlement's writes the store failed, once finished: handed to the host to retry.
+    unsettled: Option<Unsettled>,
+    /// The lease ran out before this exchange ended (said once).
+    lapse_reported: bool,
 }
 
 impl Exchange {
+    /// Whether the host is to stop dead now that the request is admitted
+    /// ([`TestFault::TrapAfterAdmission`], `test_hooks` only): its reservation is taken and
+    /// nothing will settle it.
+    pub fn test_trap_after_admission(&self) -> bool {
+        self.test_fault == Some(TestFault::TrapAfterAdmission) && self.sent_upstream
+    }
+
     pub fn body_limit(&self) -> u64 {
         self.body_limit
     }
@@ -186,6 +203,8 @@ impl Exchange {
             estimate,
             may_cut_off,
             self.quota_now_ms,
+            config.lease,
+            &mut self.notes,
         )
         .inspect_err(|e| self.status = Some(e.kind.status()))?;
         if may_cut_off {
@@ -216,6 +235,51 @@ impl Exchange {
             set_headers,
             body: limit.rewritten,
         })
+    }
+
+    /// The quota clock at host time `now_ms`: the test clock moves on with real time from
+    /// where the request set it.
+    fn quota_clock(&self, now_ms: u64) -> u64 {
+        self.quota_now_ms
+            .saturating_add(now_ms.saturating_sub(self.started_ms))
+    }
+
+    /// Renews the lease on what the exchange holds (its concurrency slot, its budget
+    /// reservation's record) if it is due at host time `now_ms`: hosts call it on each response
+    /// chunk and from a timer ([`Exchange::renewal_due_in_ms`]). Costs no store call unless it
+    /// is due. Returns a warning for the host's log when a renewal failed, or came too late.
+    pub fn renew(&mut self, counters: &dyn Counters, now_ms: u64) -> Option<String> {
+        if self.finished {
+            return None;
+        }
+        let quota_now = self.quota_clock(now_ms);
+        match self.reservation.renew(counters, quota_now) {
+            Renewal::NotDue | Renewal::Renewed => None,
+            Renewal::Failed(e) => Some(format!(
+                "tollgate: could not renew the lease of a request of key `{}` ({e}); tried                  again with the next chunk or tick",
+                self.key_id
+            )),
+            Renewal::Lapsed if !std::mem::replace(&mut self.lapse_reported, true) => {
+                Some(format!(
+                    "tollgate: a request of key `{}` outlived its lease without renewing it (its                      host stalled for {} s or more): its concurrency slot counts no more",
+                    self.key_id,
+                    self.reservation.lease().seconds()
+                ))
+            }
+            Renewal::Lapsed => None,
+        }
+    }
+
+    /// Milliseconds from host time `now_ms` until the lease is next due for renewal; `None`
+    /// when nothing leased is held (no concurrency limit or budget, or ended).
+    pub fn renewal_due_in_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.finished {
+            return None;
+        }
+        let quota_now = self.quota_clock(now_ms);
+        self.reservation
+            .renewal_due_at(quota_now)
+            .map(|at| at.saturating_sub(quota_now))
     }
 
     /// The gateway answered this request itself (an error after admission).
@@ -263,7 +327,8 @@ impl Exchange {
         now_ms: u64,
     ) -> Option<Ending> {
         let record = self.finish(config, counters, now_ms)?;
-        Some(end::count(record, totals))
+        let reclaimed = std::mem::take(&mut self.notes.reclaimed);
+        Some(end::count(record, totals, reclaimed, self.unsettled.take()))
     }
 
     /// The usage record, once, when the exchange is over (completed, failed, or cancelled).
@@ -312,21 +377,49 @@ impl Exchange {
         }
         let used = record.usage();
         let tokens = used.total_input().saturating_add(used.output_tokens);
-        // The quota clock now: the test clock moves on with real time from where it was set.
-        let quota_now_ms = self
-            .quota_now_ms
-            .saturating_add(now_ms.saturating_sub(self.started_ms));
-        if let Err(e) =
+        let quota_now_ms = self.quota_clock(now_ms);
+        let counters = match self.test_fault {
+            Some(TestFault::StoreErrorOnSettle) => &InjectedStoreError,
+            _ => counters,
+        };
+        let (mut failed, error) =
             self.reservation
-                .settle(counters, tokens, record.cost_pico_usd, quota_now_ms)
-        {
-            // The record still stands; the hosts log it as a quota problem.
-            return Some(UsageRecord {
-                problem: Some(format!("quota settlement failed: {e}")),
-                ..record
-            });
-        }
-        Some(record)
+                .settle(counters, tokens, record.cost_pico_usd, quota_now_ms);
+        let undone = std::mem::take(&mut self.notes.unsettled);
+        failed.extend(undone);
+        let error = error
+            .map(|e| e.to_string())
+            .or(self.notes.unsettled_error.take());
+        let Some(error) = error else {
+            return Some(record);
+        };
+        self.unsettled = Unsettled::new(
+            &self.key_id,
+            self.request_id.as_deref(),
+            failed,
+            error.clone(),
+            now_ms,
+            quota_now_ms,
+        );
+        // The record still stands; the host retries what failed ([`Ending::take_unsettled`]).
+        Some(UsageRecord {
+            problem: Some(format!("quota settlement failed: {error}; retrying")),
+            ..record
+        })
+    }
+}
+
+/// Counters whose every operation fails ([`TestFault::StoreErrorOnSettle`]).
+struct InjectedStoreError;
+
+impl Counters for InjectedStoreError {
+    fn add(&self, _: &str, _: u64, _: i64) -> Result<i64, crate::store::StoreError> {
+        Err(crate::store::StoreError::Host(
+            "test hook: the store failed the write".into(),
+        ))
+    }
+    fn read(&self, name: &str, window: u64) -> Result<i64, crate::store::StoreError> {
+        self.add(name, window, 0)
     }
 }
 

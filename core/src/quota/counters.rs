@@ -12,9 +12,9 @@ pub trait Counters {
     /// and returns the stored value.
     fn add(&self, name: &str, window: u64, delta: i64) -> Result<i64, StoreError>;
 
-    fn read(&self, name: &str, window: u64) -> Result<i64, StoreError> {
-        self.add(name, window, 0)
-    }
+    /// The value of counter `name` in `window` exactly (0 for a window it does not hold),
+    /// without writing anything.
+    fn read(&self, name: &str, window: u64) -> Result<i64, StoreError>;
 }
 
 /// Counters over a compare-and-swap store (Envoy shared data): one key per counter holding
@@ -50,6 +50,15 @@ impl<S: CasStore + ?Sized> CasCounters<'_, S> {
 }
 
 impl<S: CasStore + ?Sized> Counters for CasCounters<'_, S> {
+    fn read(&self, name: &str, window: u64) -> Result<i64, StoreError> {
+        Ok(
+            match self.0.get(name)?.and_then(|(bytes, _)| decode(&bytes)) {
+                Some((stored, value)) if stored == window => value,
+                _ => 0,
+            },
+        )
+    }
+
     fn add(&self, name: &str, window: u64, delta: i64) -> Result<i64, StoreError> {
         cas_update(self.0, name, &encode(window, 0), |current| {
             let (stored_window, value) = decode(current).unwrap_or((window, 0));
@@ -145,6 +154,19 @@ mod tests {
         c.ensure(["rpm", "fresh"]).unwrap();
         assert_eq!(c.read("rpm", 11).unwrap(), 0);
         assert_eq!(c.read("fresh", 0).unwrap(), 0);
+        // Reads are exact and write nothing: a window not stored reads 0, before or after.
+        c.add("exact", 5, 3).unwrap();
+        assert_eq!(
+            (c.read("exact", 4), c.read("exact", 5), c.read("exact", 6)),
+            (Ok(0), Ok(3), Ok(0))
+        );
+        assert_eq!(
+            c.add("exact", 5, 0).unwrap(),
+            3,
+            "reading 6 did not start it"
+        );
+        assert_eq!(c.read("absent", 1).unwrap(), 0);
+        assert!(s.get("absent").unwrap().is_none(), "a read created a key");
     }
 
     #[test]
