@@ -4,6 +4,7 @@ mod configuration;
 mod credentials;
 mod host;
 mod http;
+mod identity;
 mod metrics;
 pub mod stats;
 
@@ -129,7 +130,7 @@ fn prepare_state(c: &Config) {
     let counters = c
         .api_keys
         .iter()
-        .flat_map(quota::counter_names)
+        .flat_map(|k| quota::counter_names(k))
         .collect::<Vec<_>>();
     let created = totals::ensure(&host::SharedData, c.api_keys.iter().map(|k| &k.id))
         .and_then(|()| CasCounters(&host::SharedData).ensure(counters.iter().map(String::as_str)));
