@@ -45,6 +45,8 @@ class WorkloadCa:
                        f"keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n")
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", cert.name, "-days", "30", "-extfile", ext.name, cwd=self.dir)
+        for scratch in (self.dir / f"{name}.csr", ext, self.dir / "ca.srl"):
+            scratch.unlink(missing_ok=True)
         return cert, key
 
     def workload(self, name: str, spiffe_id: str) -> tuple[Path, Path]:
@@ -80,3 +82,32 @@ class IdentityProvider:
         signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(payload).encode())}"
         signature = _openssl("dgst", "-sha256", "-sign", self.key.name, cwd=self.dir, stdin=signing_input.encode())
         return f"{signing_input}.{b64url(signature)}"
+
+
+# --- the dev identities of envoy/envoy-identity.yaml (tests/make-identity.py) ---
+
+DEV_ISSUER = "https://idp.example.com"
+DEV_TRUST_DOMAIN = "spiffe://cluster.local"
+DEV_WORKLOADS = {
+    "team-a-agent": f"{DEV_TRUST_DOMAIN}/ns/team-a/sa/agent",
+    "team-b-batch": f"{DEV_TRUST_DOMAIN}/ns/team-b/sa/batch",
+    "front-proxy": f"{DEV_TRUST_DOMAIN}/ns/edge/sa/front-proxy",
+    # A workload of the trust domain that no key entry names.
+    "stranger": f"{DEV_TRUST_DOMAIN}/ns/team-c/sa/unknown",
+}
+
+
+def make_dev(directory: Path) -> tuple[WorkloadCa, IdentityProvider]:
+    """Writes everything into `directory` (ca.pem, server.pem/.key, <workload>.pem/.key,
+    jwks.json, the provider's key) and returns the CA and the provider."""
+    ca = WorkloadCa(directory)
+    # envoy-identity.yaml names these two files.
+    for src, dst in ((ca.server_cert, "server.pem"), (ca.server_key, "server.key")):
+        target = directory / dst
+        if not target.exists():
+            target.write_bytes(src.read_bytes())
+    for name, spiffe_id in DEV_WORKLOADS.items():
+        ca.workload(name, spiffe_id)
+    idp = IdentityProvider(directory / "idp", DEV_ISSUER)
+    (directory / "jwks.json").write_text(json.dumps(idp.jwks()))
+    return ca, idp
