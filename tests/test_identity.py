@@ -21,6 +21,7 @@ import yaml
 
 import harness
 import identities
+import mesh
 from test_bedrock_api import MESSAGES
 
 SHIPPED = harness.ROOT / "envoy/envoy-identity.yaml"
@@ -296,6 +297,82 @@ def test_people_are_known_by_the_claims_of_a_verified_jwt(gw, dev, emulator, wor
     # No token: as before (401 without a key; the key works).
     assert usage(gw, d)[0] == 401
     assert usage(gw, d, bearer(DEMO_KEY))[1]["key_id"] == "demo"
+
+
+# --- Istio: the mesh gateway manifest -----------------------------------------------------
+
+def istio_mutual_tls(dev_dir: Path) -> dict:
+    """What istiod gives a Gateway server with `tls.mode: ISTIO_MUTUAL`, with the test's files in
+    place of the mesh's SDS secrets: a client certificate required, verified against the root."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "tls_certificates": [{"certificate_chain": {"filename": str(dev_dir / "server.pem")},
+                                  "private_key": {"filename": str(dev_dir / "server.key")}}],
+            "validation_context": {"trusted_ca": {"filename": str(dev_dir / "ca.pem")}}}}}
+
+
+def test_the_mesh_gateway_manifest_knows_workloads_by_their_mesh_identity(workdir, emulator, dev):
+    """envoy/istio/mesh-gateway.yaml's filter and document, delivered over ECDS with its module
+    fetched and checked as on Istio, behind a listener that requires client certificates as
+    ISTIO_MUTUAL does: each workload's SPIFFE ID is its key entry."""
+    import test_istio
+
+    d, _, _ = dev
+    base = workdir / "mesh-gateway"
+    wasm = harness.WASM.read_bytes()
+    server = mesh.ModuleServer({test_istio.MODULE_PATH: wasm})
+    watched = base / "ecds"
+    watched.mkdir(parents=True, exist_ok=True)
+    extension, http_filter = test_istio.load_manifest_filter(
+        "mesh-gateway", watched, server.url(test_istio.MODULE_PATH), mesh.sha256(wasm))
+    (watched / "tollgate.yaml").write_text(mesh.resource_file(extension))
+    bootstrap = mesh.manifest_bootstrap(http_filter, emulator.port, server.port)
+    [listener] = bootstrap["static_resources"]["listeners"]
+    listener["name"] = "tollgate_mesh"
+    [chain] = listener["filter_chains"]
+    chain["transport_socket"] = istio_mutual_tls(d)
+    # Istio's default on gateways: x-forwarded-client-cert replaced by the peer's own.
+    chain["filters"][0]["typed_config"].update({
+        "forward_client_cert_details": "SANITIZE_SET",
+        "set_current_client_cert_details": {"subject": True, "dns": True, "uri": True}})
+    try:
+        envoy = harness.Envoy(base, None, 0, d, name="mesh-gateway", bootstrap=bootstrap,
+                              env=mesh.environment_credentials())
+    except Exception:
+        server.stop()
+        raise
+    try:
+        envoy.url_ = f"https://127.0.0.1:{envoy.ports['tollgate_mesh']}"
+        doc = json.loads(mesh.get(extension, mesh.DOCUMENT))
+        assert [k.get("principals") for k in doc["api_keys"]] == [
+            [identities.DEV_WORKLOADS[WORKLOAD_A]], [identities.DEV_WORKLOADS[WORKLOAD_B]]]
+        start = len(emulator.ledger())
+        status, _, out = converse(envoy, d, cert=WORKLOAD_A)
+        assert status == 200, out
+        [entry] = harness.wait_until(lambda: emulator.ledger()[start:], 10, "the ledger entry")
+        assert entry["signature_valid"] is True
+        assert dict(entry["headers"])["x-amz-security-token"] == harness.SESSION_TOKEN
+        status, _, _ = converse(envoy, d, model="nova-lite", cert=WORKLOAD_A)
+        assert status == 403
+        assert converse(envoy, d, model="nova-lite", cert=WORKLOAD_B)[0] == 200
+        status, a = usage(envoy, d, cert=WORKLOAD_A)
+        status_b, b = usage(envoy, d, cert=WORKLOAD_B)
+        assert (a["key_id"], a["requests"], a["budget"]["limit_usd"]) == (WORKLOAD_A, 1, "5.00")
+        assert (b["key_id"], b["requests"], b["budget"]["limit_usd"]) == (WORKLOAD_B, 1, "20.00")
+        assert converse(envoy, d, cert="stranger")[0] == 401
+        # The workload's own boto3, signing with its own AWS credentials.
+        out = workload_client(envoy, d, WORKLOAD_B, signed=True).converse(
+            modelId="nova-lite", messages=MESSAGES, inferenceConfig={"maxTokens": 2})
+        assert out["usage"]["outputTokens"] == 2
+        # No certificate: ISTIO_MUTUAL ends the handshake.
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+            call(envoy, d, "GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
+    finally:
+        envoy.stop()
+        server.stop()
 
 
 # --- Spin ------------------------------------------------------------------------------------
