@@ -21,7 +21,7 @@ use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
 use tollgate_core::accounting::totals::IncrementTotals;
-use tollgate_core::admin::keys::StoredKeys;
+use tollgate_core::admin::keys::{RuntimeKeys, StoredKeys};
 use tollgate_core::config::{Config, UpstreamAuth, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
@@ -100,22 +100,21 @@ async fn handle(request: Request) -> Response<BoxBody> {
     // Keys created at runtime live in the store, which only a document with admin keys opens
     // for them: one read per request whose key the document does not hold.
     let kv = (!config.admin_keys.is_empty()).then(|| Kv::open(STORE_LABEL));
-    let runtime_keys = kv.as_ref().map(StoredKeys);
-    let callers = Callers {
-        caller: None,
-        runtime_keys: runtime_keys
-            .as_ref()
-            .map(|k| k as &dyn tollgate_core::admin::keys::RuntimeKeys),
+    let admitted = {
+        let runtime_keys = kv.as_ref().map(StoredKeys);
+        let callers = Callers {
+            caller: None,
+            runtime_keys: runtime_keys.as_ref().map(|k| k as &dyn RuntimeKeys),
+        };
+        exchange::admit_with(
+            &config,
+            parts.method.as_str(),
+            path,
+            &pairs,
+            callers,
+            now_ms(SystemTime::now()),
+        )
     };
-    let admitted = exchange::admit_with(
-        &config,
-        parts.method.as_str(),
-        path,
-        &pairs,
-        callers,
-        now_ms(SystemTime::now()),
-    );
-    drop(runtime_keys);
     let kv = || kv.unwrap_or_else(|| Kv::open(STORE_LABEL));
     match admitted {
         Admission::Refused { error, dialect, .. } => {

@@ -129,7 +129,7 @@ fn identify<'k>(config: &'k Config, caller: &Caller, headers: &[(&str, &str)]) -
         if let Some(key) = config
             .api_keys
             .iter()
-            .find(|k| k.identities.principals.iter().any(|p| *p == principal))
+            .find(|k| k.identities.principals.contains(&principal))
         {
             return Identified::Key(key);
         }
@@ -173,11 +173,12 @@ fn principal<'a>(
     if !config.identity.trusted_proxies.contains(peer) {
         return Some((peer.to_string(), None));
     }
+    // The last element of the last header line: the one the proxy added.
     let forwarded = headers
         .iter()
-        .filter(|(n, _)| *n == "x-forwarded-client-cert")
-        .filter_map(|(_, v)| forwarded_principal(v))
-        .last()?;
+        .rev()
+        .find(|(n, _)| *n == "x-forwarded-client-cert")
+        .and_then(|(_, v)| forwarded_principal(v))?;
     Some((forwarded, Some(peer)))
 }
 
