@@ -154,3 +154,31 @@ def test_two_instances_on_one_redis_see_every_change_at_once(workdir, emulator, 
 def test_envoy_has_no_admin_api(gateway, host_kind):
     status, headers, _ = gateway.request("GET", "/admin/keys", None, {"authorization": f"Bearer {DOC_KEY}"})
     assert status == 404 and headers["x-amzn-errortype"] == "UnknownOperationException"
+
+
+@pytest.mark.spin_only("the admin API is Spin's")
+def test_the_readme_s_admin_commands_on_the_demo_configuration(workdir, emulator, tls_dir, host_kind):
+    """host-spin/config.emulator.json (what `make spin-up` runs) with its dev admin key, driven
+    with the README's requests (curl's `-d` sends a form content type; the API reads JSON)."""
+    cfg = json.loads((harness.ROOT / "host-spin/config.emulator.json").read_text())
+    cfg["upstream_host"] = f"127.0.0.1:{emulator.port}"
+    gw = harness.Spin(workdir / "spin", cfg, emulator.port, tls_dir, name="demo-admin", variables={
+        "aws_access_key_id": harness.ACCESS_KEY_ID, "aws_secret_access_key": harness.SECRET_ACCESS_KEY,
+        "aws_session_token": harness.SESSION_TOKEN})
+    try:
+        dev_admin = {"authorization": "Bearer tg-dev-admin-key",
+                     "content-type": "application/x-www-form-urlencoded"}
+        body = b'{"id": "team-x", "models": ["claude-fast"], "limits": {"budget": {"usd": "10", "period": "daily"}}}'
+        status, _, out = gw.request("POST", "/admin/keys", body, dev_admin)
+        assert status == 201, out
+        key = json.loads(out)["key"]
+        assert converse(gw, key)[0] == 200
+        status, _, out = gw.request("GET", "/admin/keys", None, dev_admin)
+        [x] = [k for k in json.loads(out)["keys"] if k["id"] == "team-x"]
+        assert x["usage"]["requests"] == 1 and x["usage"]["budget"]["limit_usd"] == "10.00"
+        status, _, _ = gw.request("PATCH", "/admin/keys/team-x", b'{"limits": {"requests_per_minute": 30}}', dev_admin)
+        assert status == 200
+        assert gw.request("DELETE", "/admin/keys/team-x", None, dev_admin)[0] == 200
+        assert converse(gw, key)[0] == 401
+    finally:
+        gw.stop()
