@@ -19,7 +19,7 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: help build wasm emulator venv certs run test test-rust test-integration lint pricing hash-key clean
 .PHONY: spin-build spin-up
-.PHONY: run-ecds oci istio-manifests
+.PHONY: run-ecds oci istio-manifests identity-dev run-identity
 
 help:
 	@echo "make run        build, then start Envoy + Tollgate in front of the Bedrock emulator on :10000"
@@ -34,6 +34,8 @@ help:
 	@echo "make hash-key KEY=...   print the sha256 to put in a key's \"sha256\" field"
 	@echo "make run-ecds   as make run, the filter configured over ECDS from .run/ecds/: live updates"
 	@echo "                with envoy/ecds-update.sh (README \"Live configuration on Envoy\")"
+	@echo "make run-identity  envoy/envoy-identity.yaml on :10443: callers by mTLS SPIFFE ID or JWT"
+	@echo "                (dev CA, certificates and identity provider from \`make identity-dev\`)"
 	@echo "make oci        the filter as an OCI image layout in $(OCI_LAYOUT) (CNCF Wasm artifact + Istio)"
 	@echo "make istio-manifests TOLLGATE_WASM_IMAGE=oci://REGISTRY/REPO:TAG"
 	@echo "                envoy/istio/*.yaml with the module location filled in, in target/istio/"
@@ -65,6 +67,13 @@ run: build venv certs
 
 run-ecds: build venv certs
 	@bash tests/run.sh emulator $(AWS_REGION) ecds
+
+# The dev identities envoy/envoy-identity.yaml reads, in .run/identity/ (tests/make-identity.py).
+identity-dev: venv
+	@$(PY) tests/make-identity.py .run/identity
+
+run-identity: build venv identity-dev
+	@bash tests/run.sh emulator $(AWS_REGION) identity
 
 # The filter as an OCI image layout (envoy/wasm_oci.py says what is in it), ready to push with
 # `oras cp --from-oci-layout` or `skopeo copy --preserve-digests`.

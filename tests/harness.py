@@ -237,7 +237,9 @@ class Envoy(Gateway):
         except Exception:
             self.stop()
             raise RuntimeError(f"Envoy did not start; see {self.log_path}")
-        self.http_url = f"http://127.0.0.1:{ports['tollgate_http']}"
+        self.ports = ports
+        if "tollgate_http" in ports:
+            self.http_url = f"http://127.0.0.1:{ports['tollgate_http']}"
         if "tollgate_https" in ports:
             self.https_url = f"https://127.0.0.1:{ports['tollgate_https']}"
         self.ca = tls_dir / "ca.pem"

@@ -29,7 +29,11 @@ EXTENSION_TYPE = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 MANIFESTS = {
     "ingress-gateway": ROOT / "envoy/istio/ingress-gateway.yaml",
     "sidecar-egress": ROOT / "envoy/istio/sidecar-egress.yaml",
+    # Callers by mesh identity (SPIFFE ID), not by key: run by tests/test_identity.py.
+    "mesh-gateway": ROOT / "envoy/istio/mesh-gateway.yaml",
 }
+# The manifests whose callers present a Tollgate key.
+KEYED_MANIFESTS = ("ingress-gateway", "sidecar-egress")
 ECDS_BOOTSTRAP = ROOT / "envoy/envoy-ecds.yaml"
 ECDS_RESOURCE = ROOT / "envoy/ecds/tollgate.yaml"
 ECDS_UPDATE = ROOT / "envoy/ecds-update.sh"

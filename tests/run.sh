@@ -2,6 +2,8 @@
 # `make run`: Envoy + Tollgate in the foreground, in front of the emulator (default) or real Bedrock.
 # `make run-ecds` (third argument `ecds`): the same in front of the emulator, the filter configured
 # over ECDS from .run/ecds/ (envoy/envoy-ecds.yaml), updated live with envoy/ecds-update.sh.
+# `make run-identity` (third argument `identity`): envoy/envoy-identity.yaml on :10443 only, with
+# the dev identities of tests/make-identity.py in .run/identity/ (mTLS workloads, JWTs).
 set -euo pipefail
 upstream=${1:-emulator}
 region=${2:-us-east-1}
@@ -27,6 +29,12 @@ case "$upstream" in
   *) echo "UPSTREAM must be emulator or bedrock" >&2; exit 2 ;;
 esac
 
+if [ "$mode" = identity ]; then
+  [ "$upstream" = emulator ] || { echo "make run-identity runs in front of the emulator" >&2; exit 2; }
+  config=envoy/envoy-identity.yaml
+  .venv/bin/python tests/make-identity.py .run/identity >/dev/null
+fi
+
 if [ "$mode" = ecds ]; then
   [ "$upstream" = emulator ] || { echo "make run-ecds runs in front of the emulator" >&2; exit 2; }
   config=envoy/envoy-ecds.yaml
@@ -41,6 +49,25 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 curl -fs http://127.0.0.1:9901/ready >/dev/null || { echo "Envoy did not start; see .run/envoy.log" >&2; exit 1; }
+
+if [ "$mode" = identity ]; then
+  cat <<MSG
+
+Tollgate is listening on https://127.0.0.1:10443 (mTLS optional; dev identities in .run/identity/).
+Logs: .run/envoy.log. Stop with Ctrl-C.
+
+  # A workload, by its certificate's SPIFFE ID (spiffe://cluster.local/ns/team-a/sa/agent):
+  curl -s https://127.0.0.1:10443/usage --cacert .run/identity/ca.pem \\
+    --cert .run/identity/team-a-agent.pem --key .run/identity/team-a-agent.key
+
+  # A person, by the email claim of a JWT from the dev identity provider:
+  curl -s https://127.0.0.1:10443/usage --cacert .run/identity/ca.pem \\
+    -H "Authorization: Bearer \$(.venv/bin/python tests/make-identity.py --token alice@example.com)"
+
+MSG
+  wait -n "${pids[@]}"
+  exit
+fi
 
 cat <<MSG
 

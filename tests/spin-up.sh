@@ -57,5 +57,10 @@ Log: $log (usage records are its "tollgate.usage" lines). Stop with Ctrl-C.
 
   curl -s ${SPIN_TLS:+--cacert .run/tls/ca.pem }$scheme://$listen/usage -H 'Authorization: Bearer tg-demo-key'
 
+  # The admin API (dev admin key tg-dev-admin-key): create a key, list keys with their usage.
+  curl -s ${SPIN_TLS:+--cacert .run/tls/ca.pem }$scheme://$listen/admin/keys -H 'Authorization: Bearer tg-dev-admin-key' \\
+    -d '{"id": "team-x", "models": ["claude-fast"], "limits": {"budget": {"usd": "10", "period": "daily"}}}'
+  curl -s ${SPIN_TLS:+--cacert .run/tls/ca.pem }$scheme://$listen/admin/keys -H 'Authorization: Bearer tg-dev-admin-key'
+
 MSG
 wait -n "${pids[@]}"

@@ -79,6 +79,7 @@ def test_the_manifests_carry_one_wasm_configuration_and_istio_delivers_it_over_e
 
     ingress, sidecar = loaded["ingress-gateway"], loaded["sidecar-egress"]
     assert mesh.changed_paths(ingress, sidecar) == {("name",), mesh.DOCUMENT}
+    assert mesh.changed_paths(ingress, loaded["mesh-gateway"]) == {("name",), mesh.DOCUMENT}
     code = ("typed_config", "config", "vm_config", "code")
     assert mesh.changed_paths(ingress, mesh.shipped_resource()) == {
         ("name",), mesh.DOCUMENT, code + ("remote",), code + ("local",)}
@@ -171,7 +172,7 @@ def start_manifest_envoy(name: str, workdir, emulator, tls_dir, module_sha256: s
     return envoy, server, extension
 
 
-@pytest.mark.parametrize("name", sorted(mesh.MANIFESTS))
+@pytest.mark.parametrize("name", mesh.KEYED_MANIFESTS)
 def test_manifest_filter_runs_in_envoy_over_ecds_with_its_module_fetched_and_verified(name, workdir, emulator, tls_dir):
     """The manifest's filter and policy document, delivered by ECDS, its module fetched once
     over HTTP and checked against its sha256, authenticate, sign with the proxy's environment

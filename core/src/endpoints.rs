@@ -206,20 +206,16 @@ pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
     )
 }
 
-/// `GET /usage` for `key_id`, reading its totals from `totals`.
+/// `GET /usage` for `key`, reading its totals from `totals`.
 pub fn usage(
-    config: &Config,
     totals: &dyn UsageTotals,
     counters: &dyn Counters,
-    key_id: &str,
+    key: &ApiKey,
     now_ms: u64,
+    lease: Lease,
 ) -> Reply {
-    let Some(key) = config.api_keys.iter().find(|k| k.id == key_id) else {
-        return GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
-            .to_bedrock_reply();
-    };
-    match totals.read(key_id) {
-        Ok(t) => usage_reply(key, &t, counters, now_ms, config.lease),
+    match totals.read(&key.id) {
+        Ok(t) => usage_reply(key, &t, counters, now_ms, lease),
         Err(e) => GatewayError::new(
             ErrorKind::StateUnavailable,
             format!("usage unavailable: the gateway's key-value store failed: {e}"),
@@ -240,7 +236,8 @@ mod tests {
     fn usage_reply_shows_the_key_its_models_and_its_budget() {
         let key = ApiKey {
             id: "team-a".into(),
-            sha256: [0; 32],
+            sha256: Some([0; 32]),
+            identities: Default::default(),
             any_model: true,
             models: Default::default(),
             limits: KeyLimits {

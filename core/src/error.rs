@@ -50,6 +50,8 @@ pub enum ErrorKind {
     BadRequest,
     /// No such route.
     NotFound,
+    /// The change asked for contradicts what exists (an admin API key id already taken).
+    Conflict,
     /// The gateway has no valid configuration; it refuses to run unauthenticated.
     NotConfigured,
     /// Signing or another internal step failed.
@@ -77,6 +79,7 @@ impl ErrorKind {
             | Self::ConcurrencyLimited
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
+            Self::Conflict => 409,
             Self::NotConfigured | Self::Internal => 500,
             Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
                 503
@@ -100,6 +103,7 @@ impl ErrorKind {
             Self::BudgetExhausted => "budget_exhausted",
             Self::BadRequest => "bad_request",
             Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
             Self::NotConfigured => "not_configured",
             Self::Internal => "internal",
             Self::UpstreamUnavailable => "upstream_unavailable",

@@ -5,9 +5,10 @@
 //!
 //! | Module | What |
 //! |---|---|
-//! | [`config`] | The configuration document: keys, aliases, credentials. |
+//! | [`config`] | The configuration document: keys (by hash, mTLS principal or JWT claims), aliases, credentials. |
+//! | [`admin`] | The admin API: keys created, changed and revoked at runtime, kept in the store (Spin). |
 //! | [`exchange`] | One request from head to usage record: the state machine hosts drive. |
-//! | [`request`] | Reading the client's request: route, API key, model ID, headers, body (output cap, cost-raising options). |
+//! | [`request`] | Reading the client's request: route, API key or identity, model ID, headers, body (output cap, cost-raising options). |
 //! | [`quota`] | Limits, the counters they are enforced with, budget periods; reserve, then reconcile. |
 //! | [`upstream`] | The request to Bedrock: its rewrite, signing; replies a host makes in Bedrock's place. |
 //! | [`response`] | Bedrock's answer: EventStream decoding, the usage meter, what the client gets of each chunk (the budget cut-off). |
@@ -18,6 +19,7 @@
 //! | [`store`] | The key-value primitives hosts provide. |
 
 pub mod accounting;
+pub mod admin;
 pub mod config;
 pub mod dialect;
 pub mod endpoints;

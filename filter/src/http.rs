@@ -10,7 +10,7 @@ use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, Verdict};
+use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Level, Verdict};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
 use tollgate_core::upstream::request::UpstreamRequest;
@@ -18,7 +18,7 @@ use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
 use crate::leases::{self, Shared};
-use crate::metrics;
+use crate::{identity, metrics};
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
@@ -168,19 +168,26 @@ impl HttpContext for Http {
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
-        match exchange::admit(&config, method, path, &pairs, host::now_ms(host::now())) {
+        // What Envoy verified about the caller (peer certificate, JWT), when keys name it.
+        let caller = identity::caller(&config);
+        let callers = Callers {
+            caller: caller.as_ref(),
+            runtime_keys: None,
+        };
+        let now_ms = host::now_ms(host::now());
+        match exchange::admit_with(&config, method, path, &pairs, callers, now_ms) {
             Admission::Refused {
                 error,
                 key_id,
                 dialect,
             } => self.reject_in(&error, key_id.as_deref(), dialect),
             Admission::Reply(r) => self.reply(&r),
-            Admission::Usage { key_id, now_ms } => self.reply(&endpoints::usage(
-                &config,
+            Admission::Usage { key, now_ms } => self.reply(&endpoints::usage(
                 &CasTotals(&SharedData),
                 &CasCounters(&SharedData),
-                &key_id,
+                &key,
                 now_ms,
+                config.lease,
             )),
             Admission::Forward(mut ex) => {
                 let declared = ex.check_declared_body_size();

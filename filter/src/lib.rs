@@ -4,6 +4,7 @@ mod configuration;
 mod credentials;
 mod host;
 mod http;
+mod identity;
 mod leases;
 mod metrics;
 pub mod stats;

@@ -6,6 +6,7 @@
 //! the key-value store (label `default`): quota counters and usage totals, all of them atomic
 //! increments (see `kv`).
 
+mod admin;
 mod credentials;
 mod kv;
 
@@ -23,10 +24,11 @@ use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
 use tollgate_core::accounting::totals::IncrementTotals;
+use tollgate_core::admin::keys::{RuntimeKeys, StoredKeys};
 use tollgate_core::config::{Config, UpstreamAuth, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
+use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
 use tollgate_core::quota::settlement::ATTEMPTS_WITHIN_A_REQUEST;
 use tollgate_core::quota::{Retried, Unsettled};
@@ -38,7 +40,7 @@ use kv::Kv;
 /// The Spin variable holding the configuration document (JSON, as for Envoy).
 const CONFIG_VARIABLE: &str = "tollgate_config";
 /// The key-value store label (`key_value_stores` in spin.toml).
-const STORE_LABEL: &str = "default";
+pub(crate) const STORE_LABEL: &str = "default";
 /// Response chunks buffered between the upstream and the client before the relay waits.
 const RELAY_BUFFER_CHUNKS: usize = 16;
 /// Longest the relay waits, once the upstream has ended, for the client to be handed the rest
@@ -97,13 +99,29 @@ async fn handle(request: Request) -> Response<BoxBody> {
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    match exchange::admit(
-        &config,
-        parts.method.as_str(),
-        path,
-        &pairs,
-        now_ms(SystemTime::now()),
-    ) {
+    if tollgate_core::admin::is_admin_path(path) {
+        return admin::serve(&config, parts.method.as_str(), path, &pairs, body).await;
+    }
+    // Keys created at runtime live in the store, which only a document with admin keys opens
+    // for them: one read per request whose key the document does not hold.
+    let kv = (!config.admin_keys.is_empty()).then(|| Kv::open(STORE_LABEL));
+    let admitted = {
+        let runtime_keys = kv.as_ref().map(StoredKeys);
+        let callers = Callers {
+            caller: None,
+            runtime_keys: runtime_keys.as_ref().map(|k| k as &dyn RuntimeKeys),
+        };
+        exchange::admit_with(
+            &config,
+            parts.method.as_str(),
+            path,
+            &pairs,
+            callers,
+            now_ms(SystemTime::now()),
+        )
+    };
+    let kv = || kv.unwrap_or_else(|| Kv::open(STORE_LABEL));
+    match admitted {
         Admission::Refused { error, dialect, .. } => {
             drain(body.stream()).await;
             reply(&error.to_reply(dialect))
@@ -112,22 +130,22 @@ async fn handle(request: Request) -> Response<BoxBody> {
             drain(body.stream()).await;
             reply(&r)
         }
-        Admission::Usage { key_id, now_ms } => {
+        Admission::Usage { key, now_ms } => {
             drain(body.stream()).await;
-            let kv = Kv::open(STORE_LABEL);
+            let kv = kv();
             reply(&endpoints::usage(
-                &config,
                 &IncrementTotals(&kv),
                 &IncrementCounters(&kv),
-                &key_id,
+                &key,
                 now_ms,
+                config.lease,
             ))
         }
         Admission::Forward(ex) => {
             let flight = Flight {
                 config,
                 ex,
-                kv: Kv::open(STORE_LABEL),
+                kv: kv(),
             };
             forward(flight, parts.method.clone(), &pairs, &original, body).await
         }
@@ -410,7 +428,7 @@ async fn read_body(ex: &mut Exchange, chunks: &mut RequestChunks) -> Result<Byte
 /// refusal is sent. A reply sent while the client is still uploading is otherwise often lost:
 /// the HTTP server (hyper, in Spin) closes a connection whose request was
 /// not read, and the unread bytes make the kernel reset it under the client's feet.
-async fn drain(mut chunks: RequestChunks) {
+pub(crate) async fn drain(mut chunks: RequestChunks) {
     let mut seen = 0u64;
     while let Some(Ok(chunk)) = chunks.next().await {
         seen = seen.saturating_add(chunk.len() as u64);
@@ -545,7 +563,7 @@ fn may_have_reached_upstream(code: &ErrorCode) -> bool {
     )
 }
 
-fn reply(r: &Reply) -> Response<BoxBody> {
+pub(crate) fn reply(r: &Reply) -> Response<BoxBody> {
     let mut b = http::Response::builder().status(r.status);
     for (name, value) in &r.headers {
         b = b.header(*name, value.as_str());
@@ -560,7 +578,7 @@ fn reply(r: &Reply) -> Response<BoxBody> {
 
 /// One line to stdout (usage records). Unlike `println!`, a failed write is ignored rather than
 /// a panic: a trap would turn the exchange into a 500 and lose its record.
-fn log_out(line: &str) {
+pub(crate) fn log_out(line: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
@@ -571,7 +589,7 @@ fn log_err(line: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
-fn now_ms(t: SystemTime) -> u64 {
+pub(crate) fn now_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)

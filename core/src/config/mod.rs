@@ -4,18 +4,24 @@
 //! rule; every error names the field it is about.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
 use crate::quota::lease::{self, Lease};
-use crate::quota::limits::{KeyLimits, LimitsDocument};
+use crate::quota::limits::KeyLimits;
 use crate::request::model_id;
 use crate::upstream::credentials::Source;
 pub use crate::upstream::credentials::UpstreamAuth;
 
 pub mod error;
+pub mod identity;
+pub(crate) mod keys;
 
 pub use error::ConfigError;
+pub use identity::{Identities, IdentityConfig, JwtClaim, JwtMatch};
+pub use keys::AdminKey;
+use keys::{AdminKeyDocument, KeyDocument};
 
 /// Every name [`Config::parse`] may look up in the host's environment (credentials of type
 /// `environment` and `bedrock_api_key`; the endpoints of `container` and `instance_metadata`, as
@@ -47,7 +53,14 @@ struct Document {
     upstream_scheme: Option<String>,
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    #[serde(default)]
     api_keys: Vec<KeyDocument>,
+    /// Principals of front proxies whose `x-forwarded-client-cert` is believed.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
+    /// Keys of the admin API (Spin), by hash.
+    #[serde(default)]
+    admin_keys: Vec<AdminKeyDocument>,
     credentials: CredentialsDocument,
     #[serde(default)]
     max_request_body_bytes: Option<u64>,
@@ -55,16 +68,6 @@ struct Document {
     lease_seconds: Option<u64>,
     #[serde(default)]
     test_hooks: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyDocument {
-    id: String,
-    sha256: String,
-    models: Vec<String>,
-    #[serde(default)]
-    limits: LimitsDocument,
 }
 
 #[derive(Deserialize)]
@@ -108,11 +111,14 @@ enum CredentialsDocument {
     Envoy,
 }
 
-/// One client API key: only its SHA-256 is known.
+/// One key entry: a caller known by an API key (only its SHA-256 is known) or by an identity
+/// (mTLS principal, JWT claims), and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
     pub id: String,
-    pub sha256: [u8; 32],
+    /// The key's hash; `None` for an entry callers reach by identity only.
+    pub sha256: Option<[u8; 32]>,
+    pub identities: Identities,
     /// Every model may be used (`*`).
     pub any_model: bool,
     /// Bedrock model IDs this key may use, after alias resolution.
@@ -135,7 +141,12 @@ pub struct Config {
     /// themselves (Spin) use it; in Envoy the cluster decides.
     pub upstream_scheme: &'static str,
     pub aliases: BTreeMap<String, String>,
-    pub api_keys: Vec<ApiKey>,
+    /// Shared with the requests admitted under them (a key may also come from the store).
+    pub api_keys: Vec<Arc<ApiKey>>,
+    /// Who is believed about identities, and what hosts read to establish them.
+    pub identity: IdentityConfig,
+    /// The admin API's keys; none: no admin API, and no keys created at runtime.
+    pub admin_keys: Vec<AdminKey>,
     pub upstream_auth: UpstreamAuth,
     pub max_request_body_bytes: u64,
     /// How long a request's concurrency slot and budget reservation outlive its last sign of
@@ -208,69 +219,38 @@ impl Config {
             aliases.insert(alias.clone(), canonical);
         }
 
-        if doc.api_keys.is_empty() {
-            return Err(ConfigError::new("api_keys", "at least one key is needed"));
+        if doc.api_keys.is_empty() && doc.admin_keys.is_empty() {
+            return Err(ConfigError::new(
+                "api_keys",
+                "at least one key is needed (or `admin_keys`, to create keys at runtime)",
+            ));
         }
         let mut ids = BTreeSet::new();
         let mut hashes = BTreeSet::new();
         let mut api_keys = Vec::with_capacity(doc.api_keys.len());
         for (i, key) in doc.api_keys.into_iter().enumerate() {
-            let at = |f: &str| format!("api_keys[{i}].{f}");
-            if key.id.is_empty() || key.id.len() > 128 || !key.id.bytes().all(is_id_byte) {
-                return Err(ConfigError::new(
-                    at("id"),
-                    "1 to 128 letters, digits, `-`, `_` or `.`",
-                ));
-            }
+            let key = key.validate(&format!("api_keys[{i}]"), &aliases, &doc.region)?;
             if !ids.insert(key.id.clone()) {
                 return Err(ConfigError::new(
-                    at("id"),
+                    format!("api_keys[{i}].id"),
                     format!("`{}` is used by two keys", key.id),
                 ));
             }
-            let sha256 = parse_sha256(&key.sha256).ok_or_else(|| {
-                ConfigError::new(at("sha256"), "must be 64 hex digits (SHA-256 of the key)")
-            })?;
-            if !hashes.insert(sha256) {
-                return Err(ConfigError::new(
-                    at("sha256"),
-                    "two keys have the same hash",
-                ));
-            }
-            if key.models.is_empty() {
-                return Err(ConfigError::new(
-                    at("models"),
-                    "list the aliases or model IDs this key may use, or `*`",
-                ));
-            }
-            let resolve = |m: &str| match aliases.get(m) {
-                Some(target) => Some(target.clone()),
-                None if model_id::is_model_id(m) => model_id::canonical(m, &doc.region).ok(),
-                None => None,
-            };
-            let mut any_model = false;
-            let mut models = BTreeSet::new();
-            for (j, m) in key.models.iter().enumerate() {
-                if m == "*" {
-                    any_model = true;
-                } else if let Some(target) = resolve(m) {
-                    models.insert(target);
-                } else {
+            if let Some(sha256) = key.sha256 {
+                if !hashes.insert(sha256) {
                     return Err(ConfigError::new(
-                        format!("api_keys[{i}].models[{j}]"),
-                        format!("`{m}` is neither a configured alias nor a Bedrock model ID"),
+                        format!("api_keys[{i}].sha256"),
+                        "two keys have the same hash",
                     ));
                 }
             }
-            let limits = key.limits.validate(&at("limits"), &resolve)?;
-            api_keys.push(ApiKey {
-                id: key.id,
-                sha256,
-                any_model,
-                models,
-                limits,
-            });
+            api_keys.push(Arc::new(key));
         }
+        let identity = identity::settle(
+            doc.trusted_proxies,
+            api_keys.iter().map(|k| &k.identities).enumerate(),
+        )?;
+        let admin_keys = keys::admin_keys(doc.admin_keys, &api_keys)?;
 
         let upstream_auth = match doc.credentials {
             CredentialsDocument::Inline {
@@ -375,6 +355,8 @@ impl Config {
             upstream_scheme,
             aliases,
             api_keys,
+            identity,
+            admin_keys,
             upstream_auth,
             max_request_body_bytes,
             lease: Lease::new(lease_seconds),
@@ -383,12 +365,8 @@ impl Config {
     }
 }
 
-fn is_id_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
-}
-
 fn is_alias_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(is_id_byte)
+    keys::is_key_id(s)
 }
 
 fn is_region(s: &str) -> bool {
@@ -403,12 +381,6 @@ fn is_host(s: &str) -> bool {
         && s.len() <= 253
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
-}
-
-fn parse_sha256(s: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s.trim(), &mut out).ok()?;
-    Some(out)
 }
 
 #[cfg(test)]
@@ -599,6 +571,63 @@ mod tests {
         for name in &asked {
             assert!(ENVIRONMENT_NAMES.contains(&name.as_str()), "{name}");
         }
+    }
+
+    #[test]
+    fn entries_name_a_key_an_identity_or_both() {
+        let keys = |entries: &str| {
+            doc("").replace(
+                &format!(
+                    r#"[{{"id":"team-a","sha256":"{}","models":["claude-fast"]}}]"#,
+                    "ab".repeat(32)
+                ),
+                entries,
+            )
+        };
+        let c = Config::parse(
+            keys(r#"[{"id":"agent","principals":["spiffe://t/ns/a/sa/agent"],"models":["*"]},
+                     {"id":"alice","jwt":[{"issuer":"https://idp","email":"a@x"}],"models":["*"]}]"#)
+            .as_bytes(),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.api_keys[0].sha256, None);
+        assert_eq!(
+            c.api_keys[0].identities.principals,
+            ["spiffe://t/ns/a/sa/agent"]
+        );
+        assert!(c.identity.reads_peer);
+        assert_eq!(c.identity.issuers, ["https://idp"]);
+        let e = Config::parse(
+            keys(r#"[{"id":"nobody","models":["*"]}]"#).as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "api_keys[0]");
+        let e = Config::parse(
+            keys(r#"[{"id":"a","principals":["team-a"],"models":["*"]}]"#).as_bytes(),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "api_keys[0].principals[0]");
+        // No API key at all: only with an admin API to create them.
+        assert_eq!(
+            Config::parse(keys("[]").as_bytes(), &no_env)
+                .unwrap_err()
+                .field,
+            "api_keys"
+        );
+        let admin = keys("[]").replacen(
+            r#""api_keys":[]"#,
+            &format!(
+                r#""api_keys":[],"admin_keys":[{{"id":"ops","sha256":"{}"}}]"#,
+                "cd".repeat(32)
+            ),
+            1,
+        );
+        let c = Config::parse(admin.as_bytes(), &no_env).unwrap();
+        assert!(c.api_keys.is_empty() && c.admin_keys.len() == 1);
+        assert!(!c.identity.reads_peer && c.identity.issuers.is_empty());
     }
 
     #[test]

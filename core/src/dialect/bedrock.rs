@@ -54,6 +54,7 @@ impl ErrorKind {
             Self::ModelNotAllowed => "AccessDeniedException",
             Self::UnknownModel | Self::BadRequest | Self::BodyTooLarge => "ValidationException",
             Self::NotFound => "UnknownOperationException",
+            Self::Conflict => "ConflictException",
             Self::RequestRateLimited | Self::TokenRateLimited | Self::ConcurrencyLimited => {
                 "ThrottlingException"
             }

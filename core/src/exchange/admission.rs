@@ -1,6 +1,9 @@
-//! Admission: what a request is, from its head alone. Its route, its API key, its model (an
-//! alias resolved, an ID put in its one spelling), whether the key may use that model; then
-//! either a local answer or an [`Exchange`] to forward.
+//! Admission: what a request is, from its head alone. Its route, its key entry (by API key or
+//! by the caller's identity, `request::identity`), its model (an alias resolved, an ID put in
+//! its one spelling), whether the key may use that model; then either a local answer or an
+//! [`Exchange`] to forward.
+
+use std::sync::Arc;
 
 use crate::accounting::pricing::{self, ServiceTier};
 use crate::accounting::usage::Usage;
@@ -9,8 +12,8 @@ use crate::dialect::bedrock::PassThrough;
 use crate::dialect::Dialect;
 use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::quota::Reservation;
-use crate::request::auth;
 use crate::request::headers as request_headers;
+use crate::request::identity::{self, Callers};
 use crate::request::model_id;
 use crate::request::options::HeaderOptions;
 use crate::request::route::{self, Route};
@@ -25,7 +28,7 @@ pub enum Admission {
     /// [`Exchange::upstream_request`].
     Forward(Box<Exchange>),
     /// Answer `GET /usage` for this key from the store, as of `now_ms`.
-    Usage { key_id: String, now_ms: u64 },
+    Usage { key: Arc<ApiKey>, now_ms: u64 },
     /// Answer with this (a local endpoint that needs no store) and stop.
     Reply(Reply),
     /// Answer with the error's reply and stop. `key_id` is known once the key authenticated.
@@ -79,8 +82,21 @@ pub fn admit(
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Admission {
+    admit_with(config, method, path, headers, Callers::default(), now_ms)
+}
+
+/// [`admit`], knowing more about the caller than its headers say: what the host verified (the
+/// peer certificate, a JWT) and where runtime keys are kept.
+pub fn admit_with(
+    config: &Config,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    callers: Callers<'_>,
+    now_ms: u64,
+) -> Admission {
     let authenticated = route::route(method, path).and_then(|route| {
-        let key = auth::authenticate(&config.api_keys, auth::presented_key(headers)?)?;
+        let key = identity::authenticate(config, headers, callers)?;
         Ok((route, key))
     });
     let (route, key) = match authenticated {
@@ -93,11 +109,12 @@ pub fn admit(
             }
         }
     };
+    let key_id = key.id.clone();
     match admit_key(config, route, key, headers, now_ms) {
         Ok(a) => a,
         Err(error) => Admission::Refused {
             error,
-            key_id: Some(key.id.clone()),
+            key_id: Some(key_id),
             dialect: Dialect::for_path(path),
         },
     }
@@ -106,7 +123,7 @@ pub fn admit(
 fn admit_key(
     config: &Config,
     route: Route<'_>,
-    key: &ApiKey,
+    key: Arc<ApiKey>,
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Result<Admission, GatewayError> {
@@ -124,13 +141,13 @@ fn admit_key(
     let (label, operation) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
-                key_id: key.id.clone(),
+                key,
                 now_ms: quota_now_ms,
             })
         }
         Route::Models => {
             return Ok(Admission::Reply(crate::endpoints::models_reply(
-                config, key,
+                config, &key,
             )))
         }
         Route::Model { label, operation } => (label, operation),
@@ -190,6 +207,7 @@ fn admit_key(
     Ok(Admission::Forward(Box::new(Exchange {
         request_id,
         key_id: key.id.clone(),
+        key,
         model,
         model_id,
         operation,

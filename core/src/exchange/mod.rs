@@ -10,13 +10,14 @@
 mod admission;
 pub mod end;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::accounting::pricing::{self, ServiceTier};
 use crate::accounting::record::{self, UsageRecord};
 use crate::accounting::totals::UsageTotals;
 use crate::accounting::usage::Usage;
-use crate::config::Config;
+use crate::config::{ApiKey, Config};
 use crate::dialect::bedrock::CUT_OFF_EXCEPTION;
 use crate::error::{ErrorKind, GatewayError};
 use crate::quota::counters::Counters;
@@ -33,9 +34,11 @@ use crate::upstream::credentials::{Fetched, Signer};
 use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
 
+pub use crate::request::identity::{Caller, Callers, VerifiedToken};
 pub use crate::response::relay::{Relayed, Verdict};
 pub use admission::{
-    admit, Admission, TestFault, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER, TEST_FAULT_HEADER,
+    admit, admit_with, Admission, TestFault, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER,
+    TEST_FAULT_HEADER,
 };
 pub use end::{Effect, Ending, Level};
 
@@ -44,6 +47,9 @@ pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
     pub request_id: Option<String>,
     pub key_id: String,
+    /// The entry admitted: the document's (kept for the request, whatever updates come) or one
+    /// created at runtime.
+    key: Arc<ApiKey>,
     /// The model as the client named it.
     pub model: String,
     pub model_id: String,
@@ -151,13 +157,7 @@ impl Exchange {
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
             .inspect_err(|e| self.status = Some(e.kind.status()))?;
-        let key = config
-            .api_keys
-            .iter()
-            .find(|k| k.id == self.key_id)
-            .ok_or_else(|| {
-                GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
-            })?;
+        let key = self.key.clone();
         let cap = key.limits.max_output_tokens(&self.model_id);
         let read = request_body::scan(body, self.operation)
             .and_then(|read| {
@@ -198,7 +198,7 @@ impl Exchange {
             };
         self.reservation = quota::reserve(
             counters,
-            key,
+            &key,
             &self.model_id,
             estimate,
             may_cut_off,

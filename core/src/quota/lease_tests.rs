@@ -26,7 +26,8 @@ const ESTIMATE: u64 = 1_000;
 fn key(limits: Limits) -> ApiKey {
     ApiKey {
         id: "k".into(),
-        sha256: [0; 32],
+        sha256: Some([0; 32]),
+        identities: Default::default(),
         any_model: true,
         models: Default::default(),
         limits: KeyLimits {

@@ -900,7 +900,8 @@ mod tests {
     fn key(limits: Limits, models: BTreeMap<String, Limits>) -> ApiKey {
         ApiKey {
             id: "k".into(),
-            sha256: [0; 32],
+            sha256: Some([0; 32]),
+            identities: Default::default(),
             any_model: true,
             models: Default::default(),
             limits: KeyLimits {

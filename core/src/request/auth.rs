@@ -1,34 +1,60 @@
 //! Client authentication: API keys, stored only as SHA-256 hashes.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::ApiKey;
 use crate::error::{ErrorKind, GatewayError};
 
-/// The key the client presented: `Authorization: Bearer <key>` (what boto3 sends by itself when
-/// `AWS_BEARER_TOKEN_BEDROCK` is set, and what the OpenAI SDK sends) or `x-api-key` (the
-/// Anthropic SDK). `headers` names must be lowercase, as both hosts give them.
-pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, GatewayError> {
-    let mut saw_sigv4 = false;
+/// What the request's own headers say about its caller.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Presented<'a> {
+    /// `Authorization: Bearer <key>` (what boto3 sends by itself when
+    /// `AWS_BEARER_TOKEN_BEDROCK` is set, and what the OpenAI SDK sends) or `x-api-key` (the
+    /// Anthropic SDK).
+    pub key: Option<&'a str>,
+    /// An AWS SigV4 `authorization`: an AWS SDK signing with its own credentials.
+    pub sigv4: bool,
+}
+
+/// Reads the caller's key, if any, from `headers` (lowercase names, as both hosts give them).
+pub fn presented<'a>(headers: &[(&'a str, &'a str)]) -> Presented<'a> {
+    let mut out = Presented::default();
     for &(name, value) in headers {
         match name {
             "authorization" => {
                 let value = value.trim();
                 if let Some((scheme, token)) = value.split_once(' ') {
                     if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                        return Ok(token.trim());
+                        out.key = Some(token.trim());
+                        return out;
                     }
                     if scheme.starts_with("AWS4-") {
-                        saw_sigv4 = true;
+                        out.sigv4 = true;
                     }
                 }
             }
-            "x-api-key" if !value.trim().is_empty() => return Ok(value.trim()),
+            "x-api-key" if !value.trim().is_empty() => {
+                out.key = Some(value.trim());
+                return out;
+            }
             _ => {}
         }
     }
-    Err(GatewayError::new(
+    out
+}
+
+/// The key the client presented, or why there is none.
+pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, GatewayError> {
+    let found = presented(headers);
+    found.key.ok_or_else(|| missing_key(found.sigv4))
+}
+
+/// No key, and no identity that names an entry.
+pub(crate) fn missing_key(saw_sigv4: bool) -> GatewayError {
+    GatewayError::new(
         ErrorKind::MissingKey,
         if saw_sigv4 {
             "this gateway does not accept AWS SigV4 credentials: send your Tollgate API key as \
@@ -36,7 +62,7 @@ pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, Gate
         } else {
             "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
         },
-    ))
+    )
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -45,15 +71,28 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 
 /// Finds the configured key whose hash matches. Every hash is compared, in constant time, so
 /// timing tells nothing about which (if any) key came close.
-pub fn authenticate<'k>(keys: &'k [ApiKey], presented: &str) -> Result<&'k ApiKey, GatewayError> {
-    let digest = hash_key(presented);
+pub fn authenticate<'k>(
+    keys: &'k [Arc<ApiKey>],
+    presented: &str,
+) -> Result<&'k Arc<ApiKey>, GatewayError> {
+    find(keys, &hash_key(presented)).ok_or_else(unknown_key)
+}
+
+/// The configured key with this hash (constant time in which key matches).
+pub(crate) fn find<'k>(keys: &'k [Arc<ApiKey>], digest: &[u8; 32]) -> Option<&'k Arc<ApiKey>> {
     let mut found = None;
     for key in keys {
-        if bool::from(key.sha256.ct_eq(&digest)) {
-            found = Some(key);
+        if let Some(sha256) = &key.sha256 {
+            if bool::from(sha256.ct_eq(digest)) {
+                found = Some(key);
+            }
         }
     }
-    found.ok_or_else(|| GatewayError::new(ErrorKind::UnknownKey, "the API key is not valid"))
+    found
+}
+
+pub(crate) fn unknown_key() -> GatewayError {
+    GatewayError::new(ErrorKind::UnknownKey, "the API key is not valid")
 }
 
 #[cfg(test)]
@@ -61,14 +100,15 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
-    fn key(id: &str, secret: &str) -> ApiKey {
-        ApiKey {
+    fn key(id: &str, secret: &str) -> Arc<ApiKey> {
+        Arc::new(ApiKey {
             id: id.into(),
-            sha256: hash_key(secret),
+            sha256: Some(hash_key(secret)),
+            identities: Default::default(),
             any_model: true,
             models: BTreeSet::new(),
             limits: Default::default(),
-        }
+        })
     }
 
     #[test]

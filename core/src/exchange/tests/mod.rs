@@ -206,7 +206,7 @@ fn models_route_lists_what_the_key_may_use() {
 fn usage_route_names_the_callers_key() {
     let auth = [("x-api-key", "key-b")];
     assert!(
-        matches!(admit(&config(), "GET", "/usage", &auth, 0), Admission::Usage { key_id, .. } if key_id == "b")
+        matches!(admit(&config(), "GET", "/usage", &auth, 0), Admission::Usage { key, .. } if key.id == "b")
     );
 }
 
