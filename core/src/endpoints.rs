@@ -230,6 +230,7 @@ mod tests {
                 },
                 ..Default::default()
             },
+            guardrail: None,
         };
         let store = MemoryStore::default();
         let counters = CasCounters(&store);

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use crate::quota::limits::{KeyLimits, LimitsDocument};
+use crate::request::guardrail::{Guardrail, GuardrailDocument};
 use crate::request::model_id;
+use crate::routing::targets::{self, Resolved, Targets};
 use crate::upstream::credentials::Source;
 pub use crate::upstream::credentials::UpstreamAuth;
 
@@ -44,8 +46,9 @@ struct Document {
     upstream_host: Option<String>,
     #[serde(default)]
     upstream_scheme: Option<String>,
+    /// A model ID, or a list of targets (`routing::targets`).
     #[serde(default)]
-    aliases: BTreeMap<String, String>,
+    aliases: BTreeMap<String, serde_json::Value>,
     api_keys: Vec<KeyDocument>,
     credentials: CredentialsDocument,
     #[serde(default)]
@@ -62,6 +65,8 @@ struct KeyDocument {
     models: Vec<String>,
     #[serde(default)]
     limits: LimitsDocument,
+    #[serde(default)]
+    guardrail: Option<GuardrailDocument>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +120,8 @@ pub struct ApiKey {
     /// Bedrock model IDs this key may use, after alias resolution.
     pub models: BTreeSet<String>,
     pub limits: KeyLimits,
+    /// A Bedrock guardrail added to every request of this key (`request::guardrail`).
+    pub guardrail: Option<Guardrail>,
 }
 
 impl ApiKey {
@@ -131,7 +138,11 @@ pub struct Config {
     /// `https` (default) or `http` (the emulator). Hosts that open the upstream connection
     /// themselves (Spin) use it; in Envoy the cluster decides.
     pub upstream_scheme: &'static str,
+    /// Aliases of one model: alias → Bedrock model ID.
     pub aliases: BTreeMap<String, String>,
+    /// Aliases of several targets (fallback chains, weighted splits), by alias. Allowlists and
+    /// per-model limits know each as [`targets::key_of`] the alias.
+    pub targets: BTreeMap<String, Targets>,
     pub api_keys: Vec<ApiKey>,
     pub upstream_auth: UpstreamAuth,
     pub max_request_body_bytes: u64,
@@ -182,6 +193,7 @@ impl Config {
         // requests are resolved to: allowlists and per-model limits match however a client
         // spells the model.
         let mut aliases = BTreeMap::new();
+        let mut several = BTreeMap::new();
         for (alias, target) in &doc.aliases {
             let field = format!("aliases.{alias}");
             if !is_alias_name(alias) {
@@ -190,15 +202,14 @@ impl Config {
                     "alias names use letters, digits, `-`, `_` and `.`",
                 ));
             }
-            if !model_id::is_model_id(target) {
-                return Err(ConfigError::new(
-                    field,
-                    format!("`{target}` is not a Bedrock model ID or ARN"),
-                ));
+            match targets::parse(&field, target, &doc.region)? {
+                Resolved::One(canonical) => {
+                    aliases.insert(alias.clone(), canonical);
+                }
+                Resolved::Several(list) => {
+                    several.insert(alias.clone(), list);
+                }
             }
-            let canonical = model_id::canonical(target, &doc.region)
-                .map_err(|why| ConfigError::new(&field, why))?;
-            aliases.insert(alias.clone(), canonical);
         }
 
         if doc.api_keys.is_empty() {
@@ -238,6 +249,7 @@ impl Config {
             }
             let resolve = |m: &str| match aliases.get(m) {
                 Some(target) => Some(target.clone()),
+                None if several.contains_key(m) => Some(targets::key_of(m)),
                 None if model_id::is_model_id(m) => model_id::canonical(m, &doc.region).ok(),
                 None => None,
             };
@@ -256,12 +268,17 @@ impl Config {
                 }
             }
             let limits = key.limits.validate(&at("limits"), &resolve)?;
+            let guardrail = key
+                .guardrail
+                .map(|g| g.validate(&at("guardrail")))
+                .transpose()?;
             api_keys.push(ApiKey {
                 id: key.id,
                 sha256,
                 any_model,
                 models,
                 limits,
+                guardrail,
             });
         }
 
@@ -355,6 +372,7 @@ impl Config {
             upstream_host,
             upstream_scheme,
             aliases,
+            targets: several,
             api_keys,
             upstream_auth,
             max_request_body_bytes,

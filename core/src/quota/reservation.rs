@@ -437,6 +437,7 @@ mod tests {
                 models,
                 ..KeyLimits::default()
             },
+            guardrail: None,
         }
     }
 
