@@ -562,10 +562,11 @@ def generate():
         out.append("    (%s, %s)," % (rust_str(model_id), rust_int(images[model_id])))
     out.append("];")
     out.append("")
-    out.append("/// Guardrail policy units (litellm's %s guardrail_cost_per_unit), sorted by the unit" % GUARDRAILS_KEY)
-    out.append("/// name Bedrock's GuardrailUsage reports: pico-USD per unit.")
-    out.append("pub static GUARDRAIL_UNITS: &[(&str, u64)] = &[")
-    for name, price in guardrail_units_of(snap):
+    out.append("/// Guardrail policy units (litellm's %s guardrail_cost_per_unit), sorted by" % GUARDRAILS_KEY)
+    out.append("/// the unit name Bedrock's GuardrailUsage reports: pico-USD per unit.")
+    units = guardrail_units_of(snap)
+    out.append("pub static GUARDRAIL_UNITS: [(&str, u64); %d] = [" % len(units))
+    for name, price in units:
         out.append("    (%s, %s)," % (rust_str(name), rust_int(price)))
     out.append("];")
     write_if_changed(TABLE, "\n".join(out) + "\n")

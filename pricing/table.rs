@@ -525,9 +525,9 @@ static IMAGES: &[(&str, u64)] = &[
     ("us.stability.stable-style-transfer-v1:0", 80_000_000_000),
 ];
 
-/// Guardrail policy units (litellm's bedrock/guardrails guardrail_cost_per_unit), sorted by the unit
-/// name Bedrock's GuardrailUsage reports: pico-USD per unit.
-pub static GUARDRAIL_UNITS: &[(&str, u64)] = &[
+/// Guardrail policy units (litellm's bedrock/guardrails guardrail_cost_per_unit), sorted by
+/// the unit name Bedrock's GuardrailUsage reports: pico-USD per unit.
+pub static GUARDRAIL_UNITS: [(&str, u64); 8] = [
     ("automatedReasoningPolicyUnits", 170_000_000),
     ("contentPolicyImageUnits", 750_000_000),
     ("contentPolicyUnits", 150_000_000),
