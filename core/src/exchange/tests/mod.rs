@@ -3,6 +3,7 @@
 mod body;
 mod cut_off;
 mod images;
+mod routing;
 mod unanswered;
 
 use super::*;
