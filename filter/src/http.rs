@@ -18,6 +18,7 @@ use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
 use crate::metrics;
+use crate::upstream;
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
@@ -90,10 +91,22 @@ impl Http {
         };
         match signed {
             Ok(up) => match apply(&up, body.len()) {
-                Ok(()) => Action::Continue,
+                Ok(()) => {
+                    publish_fallbacks(ex);
+                    Action::Continue
+                }
                 Err(e) => self.reject(&e, None),
             },
             Err(e) => self.reject(&e, None),
+        }
+    }
+
+    /// Reads the attempts Tollgate's upstream filter logged, for a request it may have retried.
+    fn sync_attempts(&mut self) {
+        if let Some(ex) = self.exchange.as_mut().filter(|ex| ex.has_fallbacks()) {
+            if let Some(log) = host::property(upstream::ATTEMPTS) {
+                ex.sync_attempts(std::str::from_utf8(&log).unwrap_or(""));
+            }
         }
     }
 
@@ -107,6 +120,23 @@ impl Http {
             return self.reject(&e, None);
         }
         self.forward(&config, body)
+    }
+}
+
+/// Tells the router how often it may retry this request, and, when it has targets to fall
+/// back to, leaves their plan for Tollgate's upstream filter (`upstream.rs`) in the request's
+/// filter state. One target: no retry (a retry would go to the same model).
+fn publish_fallbacks(ex: &Exchange) {
+    let map = MapType::HttpRequestHeaders;
+    match ex.fallbacks() {
+        Some(fallbacks) => {
+            host::set_property(upstream::PLAN, fallbacks.plan.as_bytes());
+            if let Some(body) = fallbacks.body {
+                host::set_property(upstream::BODY, body);
+            }
+            host::set_header(map, "x-envoy-max-retries", &fallbacks.retries.to_string());
+        }
+        None => host::set_header(map, "x-envoy-max-retries", "0"),
     }
 }
 
@@ -216,6 +246,7 @@ impl HttpContext for Http {
         if self.local_reply {
             return Action::Continue;
         }
+        self.sync_attempts();
         if let Some(ex) = self.exchange.as_mut() {
             let headers = host::headers(MapType::HttpResponseHeaders);
             let status = host::header(&headers, ":status")
@@ -264,6 +295,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        self.sync_attempts();
         let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
             return;
         };

@@ -99,6 +99,13 @@ pub struct Fallbacks<'a> {
 }
 
 impl Exchange {
+    /// Whether this request has more than one target to try.
+    pub fn has_fallbacks(&self) -> bool {
+        self.route
+            .as_ref()
+            .is_some_and(|r| r.plan.targets.len() > 1)
+    }
+
     /// When this request has more than one target to try: what an Envoy host hands its
     /// upstream filter. `None` for one target (nothing to fall back to).
     pub fn fallbacks(&self) -> Option<Fallbacks<'_>> {
