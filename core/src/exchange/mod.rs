@@ -322,6 +322,21 @@ impl Exchange {
         if up.body.is_none() {
             up.body.clone_from(&guarded);
         }
+        // The client's guardrail headers go, whatever the operation; invoke sets the key's.
+        let guardrail_headers: Vec<String> = match self.guardrail {
+            Some(_) => key_guardrail::HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut remove_headers = std::mem::take(&mut self.strip_headers);
+        for name in &guardrail_headers {
+            if !remove_headers.contains(name) {
+                remove_headers.push(name.clone());
+            }
+        }
+        up.remove_headers = remove_headers;
         self.route = Some(route::Route {
             plan,
             priced,
@@ -330,19 +345,10 @@ impl Exchange {
             prepared: keep_prepared.then(|| prepared.to_vec()),
             first_rewritten,
             headers: attempt_headers,
+            remove_headers: guardrail_headers,
         });
         self.price_current();
         self.sent_upstream = true;
-        let mut remove_headers = std::mem::take(&mut self.strip_headers);
-        if self.guardrail.is_some() {
-            // The client's guardrail headers go, whatever the operation; invoke sets the key's.
-            for name in key_guardrail::HEADERS {
-                if !remove_headers.iter().any(|h| h == name) {
-                    remove_headers.push((*name).to_string());
-                }
-            }
-        }
-        up.remove_headers = remove_headers;
         Ok(up)
     }
 

@@ -43,6 +43,8 @@ pub(super) struct Route {
     pub(super) first_rewritten: bool,
     /// Headers every attempt carries besides its signature (a key's guardrail on invoke).
     pub(super) headers: Vec<(String, String)>,
+    /// Client headers no attempt forwards (a client's guardrail headers, when the key has one).
+    pub(super) remove_headers: Vec<String>,
 }
 
 impl Route {
@@ -165,14 +167,20 @@ impl Exchange {
         let now_ms = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        // The last target: nothing will be built from the body again.
+        let prepared = if next + 1 >= route.plan.targets.len() {
+            route.prepared.take()
+        } else {
+            route.prepared.clone()
+        }
+        .unwrap_or_default();
         let built =
             Signer::for_request(&config.upstream_auth, fetched, now_ms).and_then(|signer| {
-                let body = route.prepared.as_deref().unwrap_or_default();
                 attempt::build(
                     config,
                     &route.plan,
                     next,
-                    body,
+                    &prepared,
                     &route.headers,
                     &signer,
                     signing_keys,
@@ -180,12 +188,15 @@ impl Exchange {
                 )
             });
         route.attempts.start(next);
-        if next + 1 >= route.plan.targets.len() {
-            // The last target: nothing will be built from the body again.
-            route.prepared = None;
-        }
+        let remove_headers = route.remove_headers.clone();
         self.price_current();
-        Some(built.map(|a| a.request))
+        Some(built.map(|a| {
+            let mut request = a.request;
+            // Always the body to send: clamped for this target, or as prepared.
+            request.body.get_or_insert(prepared);
+            request.remove_headers = remove_headers;
+            request
+        }))
     }
 
     /// Bills (and prices a cut-off stream) at the target being tried or that answered.
