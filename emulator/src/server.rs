@@ -635,6 +635,17 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         ));
     };
 
+    // The guardrail a request names is recorded whatever its answer; it is assessed (units)
+    // only if the model runs.
+    let early_json = serde_json::from_slice::<Value>(&body).ok();
+    pending.entry.guardrail = GuardrailEcho::of_request(
+        op.is_converse(),
+        early_json.as_ref(),
+        &headers,
+        body.len(),
+        false,
+    );
+    drop(early_json);
     let fault = state
         .take_fault(&model_id)
         .or_else(|| directives.fault_for(&model_id).cloned());
