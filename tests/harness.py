@@ -38,6 +38,14 @@ def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def http_json_post(url: str, body: dict, timeout: float = 10):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        out = r.read()
+    return json.loads(out) if out else None
+
+
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -60,6 +60,8 @@ def assert_answered_by(record: dict, entries: list[dict], target: str, failed: l
     assert [(e["model_id"], e["status"]) for e in entries] == [(m, s) for m, s, _ in failed] + [(target, 200)]
     for e in entries:
         assert e["signature_valid"] is True, e.get("error")
+        # Tollgate's retry count is for Envoy's router, not for Bedrock.
+        assert not [n for n, _ in e["headers"] if n.startswith("x-envoy-") or n.startswith("x-tollgate")]
     assert record["model_id"] == target
     assert record["status"] == 200
     assert record["attempts"] == [
@@ -122,6 +124,24 @@ def test_two_failures_then_the_third_target(client, gateway, emulator):
     [record] = seen.records(1)
     entries = entries_of(seen.ledger(3), record)
     assert_answered_by(record, entries, NOVA_LITE, [(HAIKU, 503, "server_error"), (SONNET, 0, "connection")])
+
+
+def test_a_target_throttling_its_first_calls_is_used_again_once_it_recovers(client, gateway, emulator):
+    """The emulator's schedule: Haiku throttles its next two calls, whoever makes them. Two
+    requests fall back to Sonnet; the third is Haiku's again — nothing is remembered between
+    requests."""
+    seen = Observed(gateway, emulator)
+    harness.http_json_post(f"{emulator.url}/_emulator/faults", {"model": HAIKU, "fault": "throttle", "times": 2})
+    try:
+        for i in range(3):
+            client.converse(modelId="fallback", messages=converse_messages(f"n{i} [[emu:output=2]]"))
+    finally:
+        harness.http_json(f"{emulator.url}/_emulator/faults", method="DELETE")
+    records = seen.records(3)
+    entries = seen.ledger(5)
+    served = [[(e["model_id"], e["status"]) for e in entries_of(entries, r)] for r in records]
+    assert served == [[(HAIKU, 429), (SONNET, 200)]] * 2 + [[(HAIKU, 200)]]
+    assert [r["model_id"] for r in records] == [SONNET, SONNET, HAIKU]
 
 
 def test_when_every_target_fails_the_last_failure_is_the_answer_and_nothing_is_billed(client, gateway, emulator):
