@@ -370,19 +370,29 @@ def envoy_config(with_filter: bool, upstream_port: int, wasm: Path | None = None
                  plugin_value: str | None = None) -> dict:
     """envoy/envoy-emulator.yaml as shipped: the plain-HTTP listener only, OS-chosen ports;
     without the Wasm filter for the bare-Envoy baseline (everything else identical)."""
-    cfg = copy.deepcopy(yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text()))
+    # A JSON round trip breaks YAML anchors: the two Tollgate filters share a vm_config.
+    cfg = json.loads(json.dumps(yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text())))
     res = cfg["static_resources"]
     res["listeners"] = [l for l in res["listeners"] if l["name"] == "tollgate_http"]
     listener = res["listeners"][0]
     listener["address"]["socket_address"]["port_value"] = 0
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    # Tollgate's upstream filter on the Bedrock cluster (fallback attempts, README "Routing").
+    options = res["clusters"][0].get("typed_extension_protocol_options", {})
+    upstream = options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
     if with_filter:
-        wasm_cfg = hcm["http_filters"][0]["typed_config"]["config"]
-        wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(wasm or WASM)
-        wasm_cfg["configuration"]["value"] = plugin_value if plugin_value is not None \
-            else json.dumps(plugin_config(upstream_port))
+        value = plugin_value if plugin_value is not None else json.dumps(plugin_config(upstream_port))
+        wasm_cfgs = [hcm["http_filters"][0]["typed_config"]["config"]] + [
+            f["typed_config"]["config"] for f in upstream.get("http_filters", [])
+            if f["name"] == "envoy.filters.http.wasm"]
+        for wasm_cfg in wasm_cfgs:
+            wasm_cfg["vm_config"]["code"]["local"]["filename"] = str(wasm or WASM)
+            wasm_cfg["configuration"]["value"] = value
     else:
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        if upstream:
+            upstream["http_filters"] = [f for f in upstream["http_filters"]
+                                        if f["name"] != "envoy.filters.http.wasm"]
     endpoint = res["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = upstream_port
     cfg["admin"]["address"]["socket_address"]["port_value"] = 0

@@ -52,7 +52,8 @@ Generate step, by key shape (first match wins):
     own API billed through AWS), not a bedrock-runtime model ID. Skipped.
   * "<W>-x-<H>/<steps>/<id>" (or ".../bedrock/<id>"): a size/step variant of an image model's
     per-image price; see "Image models" below.
-  * "bedrock/guardrails" and any other shape: skipped (listed on stderr).
+  * "bedrock/guardrails": guardrail unit prices (below), not a model row; any other shape:
+    skipped (listed on stderr).
 By price:
   * Entries without both input_cost_per_token and output_cost_per_token are
     skipped (images, video, rerank priced per query; TwelveLabs Pegasus has
@@ -80,6 +81,11 @@ By price:
     "_batches" (batch inference, another API) and "_ultrafast" (not a Bedrock
     runtime tier) are not carried.
   * max_output_tokens (or max_tokens when missing) is carried as Option<u32>.
+  * max_input_tokens (the context window) is carried as Option<u32>: the router skips a
+    target whose window a request does not fit.
+Guardrails: "bedrock/guardrails" guardrail_cost_per_unit (USD per policy unit, by the unit
+names Bedrock's GuardrailUsage reports) becomes GUARDRAIL_UNITS in table.rs, pico-USD per
+unit, scaled exactly like token prices.
 Image models (Stability, Titan Image Generator, Nova Canvas) are priced per image, from
 output_cost_per_image (USD per image, scaled to pico-USD exactly like token prices), into the
 IMAGES table. The bare "<id>" entry and every "<W>-x-<H>/<steps>/[bedrock/]<id>" variant of an
@@ -116,6 +122,7 @@ IMAGE_SIZE_RE = re.compile(r"^([0-9]+|max)-x-([0-9]+|max)$")
 LONG_CONTEXT_RE = re.compile(r"^input_cost_per_token_above_([0-9]+)k_tokens$")
 # Bedrock service tiers litellm prices, as table.rs's ServiceTier variants.
 SERVICE_TIERS = (("priority", "Priority"), ("flex", "Flex"))
+GUARDRAILS_KEY = "bedrock/guardrails"
 PICO = 12
 U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
@@ -269,6 +276,31 @@ def max_output_of(key, entry):
     return None
 
 
+def max_input_of(key, entry):
+    value = entry.get("max_input_tokens")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U32_MAX:
+        raise GenerateError("%s: max_input_tokens is not a u32: %r" % (key, value))
+    return value
+
+
+def guardrail_units_of(snap):
+    """[(unit name, pico-USD per unit)] of "bedrock/guardrails", sorted by name."""
+    entry = snap.get(GUARDRAILS_KEY)
+    if entry is None:
+        raise GenerateError("%s: missing (guardrail unit prices)" % GUARDRAILS_KEY)
+    units = entry.get("guardrail_cost_per_unit")
+    if not isinstance(units, dict) or not units:
+        raise GenerateError("%s: guardrail_cost_per_unit is not an object" % GUARDRAILS_KEY)
+    out = []
+    for name in sorted(units):
+        if not re.match(r"^[a-zA-Z]+Units$", name):
+            raise GenerateError("%s: unexpected unit name %r" % (GUARDRAILS_KEY, name))
+        out.append((name, pico(GUARDRAILS_KEY, name, units[name])))
+    return out
+
+
 def long_context_of(key, entry):
     tiers = []
     for field in entry:
@@ -346,7 +378,14 @@ def row_of(key, entry):
         return "per-token prices are zero (priced per query/unit)"
     if mode in CHAT_LIKE and (input_ == 0 or output == 0):
         return "chat model with a zero per-token price"
-    return (price, max_output_of(key, entry), long_context_of(key, entry), mode, tiers_of(key, entry))
+    return (
+        price,
+        max_output_of(key, entry),
+        long_context_of(key, entry),
+        mode,
+        tiers_of(key, entry),
+        max_input_of(key, entry),
+    )
 
 
 def tiers_of(key, entry):
@@ -407,7 +446,7 @@ def rust_price(p):
 
 def rust_row(model, row):
     """One `row(...)` call on one line: a refresh diffs one line per changed model."""
-    price, max_out, long_ctx, mode = row[:4]
+    price, max_out, long_ctx, mode, _, max_in = row
     lc = "None"
     if long_ctx is not None:
         lc = "Some(&LongContext { above_input_tokens: %s, price: %s })" % (
@@ -415,7 +454,8 @@ def rust_row(model, row):
             rust_price(long_ctx[1]),
         )
     mo = "None" if max_out is None else "Some(%s)" % rust_int(max_out)
-    args = [rust_str(model)] + [rust_int(x) for x in price] + [mo, lc]
+    mi = "None" if max_in is None else "Some(%s)" % rust_int(max_in)
+    args = [rust_str(model)] + [rust_int(x) for x in price] + [mo, mi, lc]
     return "row(%s), // %s" % (", ".join(args), mode or "-")
 
 
@@ -495,7 +535,10 @@ def generate():
     out.append("/// REGIONAL and their long-context tiers), taken separately. Billed for unknown models.")
     out.append("pub const MAX_CHAT_TIER: Price = %s;" % rust_price(max_tier))
     out.append("")
-    out.append("// Rows: row(model, input, output, cache_read, cache_write, max_output_tokens, long_context),")
+    out.append(
+        "// Rows: row(model, input, output, cache_read, cache_write, max_output_tokens, max_input_tokens,"
+    )
+    out.append("// long_context),")
     out.append("// prices in pico-USD per token; the trailing comment is litellm's mode.")
     out.append("")
     out.append("/// Model and inference-profile IDs, sorted by model. %d rows." % len(models))
@@ -517,6 +560,14 @@ def generate():
     out.append("static IMAGES: &[(&str, u64)] = &[")
     for model_id in sorted(images):
         out.append("    (%s, %s)," % (rust_str(model_id), rust_int(images[model_id])))
+    out.append("];")
+    out.append("")
+    out.append("/// Guardrail policy units (litellm's %s guardrail_cost_per_unit), sorted by" % GUARDRAILS_KEY)
+    out.append("/// the unit name Bedrock's GuardrailUsage reports: pico-USD per unit.")
+    units = guardrail_units_of(snap)
+    out.append("pub static GUARDRAIL_UNITS: [(&str, u64); %d] = [" % len(units))
+    for name, price in units:
+        out.append("    (%s, %s)," % (rust_str(name), rust_int(price)))
     out.append("];")
     write_if_changed(TABLE, "\n".join(out) + "\n")
     write_tiers(version, models, regional, max_tier)

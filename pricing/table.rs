@@ -10,474 +10,475 @@ pub const LITELLM_VERSION: &str = "1.109.1";
 /// REGIONAL and their long-context tiers), taken separately. Billed for unknown models.
 pub const MAX_CHAT_TIER: Price = Price { input: 27_500_000, output: 137_500_000, cache_read: 18_800_000, cache_write: 34_375_000 };
 
-// Rows: row(model, input, output, cache_read, cache_write, max_output_tokens, long_context),
+// Rows: row(model, input, output, cache_read, cache_write, max_output_tokens, max_input_tokens,
+// long_context),
 // prices in pico-USD per token; the trailing comment is litellm's mode.
 
 /// Model and inference-profile IDs, sorted by model. 300 rows.
 static MODELS: &[Row] = &[
-    row("ai21.j2-mid-v1", 12_500_000, 12_500_000, 12_500_000, 12_500_000, Some(8191), None), // chat
-    row("ai21.j2-ultra-v1", 18_800_000, 18_800_000, 18_800_000, 18_800_000, Some(8191), None), // chat
-    row("ai21.jamba-1-5-large-v1:0", 2_000_000, 8_000_000, 2_000_000, 2_000_000, Some(4096), None), // chat
-    row("ai21.jamba-1-5-mini-v1:0", 200_000, 400_000, 200_000, 200_000, Some(4096), None), // chat
-    row("ai21.jamba-instruct-v1:0", 500_000, 700_000, 500_000, 500_000, Some(4096), None), // chat
-    row("amazon.nova-2-5-sonic", 330_000, 2_750_000, 330_000, 330_000, Some(64_000), None), // realtime
-    row("amazon.nova-2-lite-v1:0", 300_000, 2_500_000, 75_000, 300_000, Some(64_000), None), // chat
-    row("amazon.nova-2-multimodal-embeddings-v1:0", 135_000, 0, 135_000, 135_000, None, None), // embedding
-    row("amazon.nova-2-pro-preview-20251202-v1:0", 1_250_000, 10_000_000, 312_500, 1_250_000, Some(64_000), None), // chat
-    row("amazon.nova-2-sonic-v1:0", 330_000, 2_750_000, 330_000, 330_000, Some(64_000), None), // realtime
-    row("amazon.nova-lite-v1:0", 60_000, 240_000, 15_000, 60_000, Some(10_000), None), // chat
-    row("amazon.nova-micro-v1:0", 35_000, 140_000, 8750, 35_000, Some(10_000), None), // chat
-    row("amazon.nova-premier-v1:0", 2_500_000, 12_500_000, 625_000, 2_500_000, Some(10_000), None), // chat
-    row("amazon.nova-pro-v1:0", 800_000, 3_200_000, 200_000, 800_000, Some(10_000), None), // chat
-    row("amazon.titan-embed-g1-text-02", 100_000, 0, 100_000, 100_000, None, None), // embedding
-    row("amazon.titan-embed-image-v1", 800_000, 0, 800_000, 800_000, None, None), // embedding
-    row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, None), // embedding
-    row("amazon.titan-embed-text-v2:0", 20_000, 0, 20_000, 20_000, None, None), // embedding
-    row("amazon.titan-text-express-v1", 200_000, 600_000, 200_000, 200_000, Some(8000), None), // chat
-    row("amazon.titan-text-lite-v1", 150_000, 200_000, 150_000, 150_000, Some(4000), None), // chat
-    row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), None), // chat
-    row("anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), None), // chat
-    row("anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), None), // chat
-    row("anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("anthropic.claude-3-7-sonnet-20240620-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(8192), None), // chat
-    row("anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), None), // chat
-    row("anthropic.claude-fable-5", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), None), // chat
-    row("anthropic.claude-fable-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), None), // chat
-    row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), None), // chat
-    row("anthropic.claude-haiku-4-5@20251001", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), None), // chat
-    row("anthropic.claude-haiku-5-5", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 500_000, output: 2_500_000, cache_read: 50_000, cache_write: 625_000 } })), // chat
-    row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), None), // chat
-    row("anthropic.claude-mythos-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), None), // chat
-    row("anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), None), // chat
-    row("anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("anthropic.claude-opus-4-5-20251101-v1:0", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(64_000), None), // chat
-    row("anthropic.claude-opus-4-6-v1", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("anthropic.claude-opus-4-7", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("anthropic.claude-opus-4-8", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("anthropic.claude-opus-5", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("anthropic.claude-opus-5-5", 4_000_000, 20_000_000, 200_000, 5_000_000, Some(128_000), None), // chat
-    row("anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("anthropic.claude-sonnet-4-6", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), None), // chat
-    row("anthropic.claude-sonnet-5", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), None), // chat
-    row("anthropic.claude-sonnet-5-5", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(128_000), None), // chat
-    row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None), // chat
-    row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None), // chat
-    row("apac.amazon.nova-2-lite-v1:0", 396_000, 3_311_000, 99_000, 396_000, Some(64_000), None), // chat
-    row("apac.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), None), // chat
-    row("apac.amazon.nova-lite-v1:0", 63_000, 252_000, 15_750, 63_000, Some(10_000), None), // chat
-    row("apac.amazon.nova-micro-v1:0", 37_000, 148_000, 9250, 37_000, Some(10_000), None), // chat
-    row("apac.amazon.nova-pro-v1:0", 840_000, 3_360_000, 210_000, 840_000, Some(10_000), None), // chat
-    row("apac.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), None), // chat
-    row("apac.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
-    row("apac.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("apac.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), None), // chat
-    row("apac.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), None), // chat
-    row("apac.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), None), // chat
-    row("au.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
-    row("au.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
-    row("au.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), None), // chat
-    row("au.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), None), // chat
-    row("au.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), None), // chat
-    row("claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("cohere.command-light-text-v14", 300_000, 600_000, 300_000, 300_000, Some(4096), None), // chat
-    row("cohere.command-text-v14", 1_000_000, 2_000_000, 1_000_000, 1_000_000, Some(4096), None), // chat
-    row("cohere.embed-english-v3", 100_000, 0, 100_000, 100_000, None, None), // embedding
-    row("cohere.embed-multilingual-v3", 100_000, 0, 100_000, 100_000, None, None), // embedding
-    row("cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, None), // embedding
-    row("deepseek.r1-v1:0", 1_350_000, 5_400_000, 1_350_000, 1_350_000, Some(8192), None), // chat
-    row("deepseek.v3-v1:0", 580_000, 1_680_000, 580_000, 580_000, Some(8000), None), // chat
-    row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), None), // chat
-    row("eu.amazon.nova-2-lite-v1:0", 429_000, 3_597_000, 107_250, 429_000, Some(64_000), None), // chat
-    row("eu.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), None), // chat
-    row("eu.amazon.nova-lite-v1:0", 78_000, 312_000, 19_500, 78_000, Some(10_000), None), // chat
-    row("eu.amazon.nova-micro-v1:0", 46_000, 184_000, 11_500, 46_000, Some(10_000), None), // chat
-    row("eu.amazon.nova-pro-v1:0", 1_050_000, 4_200_000, 262_500, 1_050_000, Some(10_000), None), // chat
-    row("eu.anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), None), // chat
-    row("eu.anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), None), // chat
-    row("eu.anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("eu.anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("eu.anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), None), // chat
-    row("eu.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-fable-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), None), // chat
-    row("eu.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
-    row("eu.anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("eu.anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("eu.anthropic.claude-opus-4-5-20251101-v1:0", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(64_000), None), // chat
-    row("eu.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("eu.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
-    row("eu.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), None), // chat
-    row("eu.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), None), // chat
-    row("eu.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), None), // chat
-    row("eu.deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(163_840), None), // chat
-    row("eu.meta.llama3-2-1b-instruct-v1:0", 130_000, 130_000, 130_000, 130_000, Some(4096), None), // chat
-    row("eu.meta.llama3-2-3b-instruct-v1:0", 190_000, 190_000, 190_000, 190_000, Some(4096), None), // chat
-    row("eu.mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), None), // chat
-    row("global.amazon.nova-2-lite-v1:0", 300_000, 2_500_000, 75_000, 300_000, Some(64_000), None), // chat
-    row("global.anthropic.claude-fable-5", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-fable-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-haiku-4-5-20251001-v1:0", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), None), // chat
-    row("global.anthropic.claude-haiku-5-5", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 500_000, output: 2_500_000, cache_read: 50_000, cache_write: 625_000 } })), // chat
-    row("global.anthropic.claude-mythos-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-opus-4-5-20251101-v1:0", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(64_000), None), // chat
-    row("global.anthropic.claude-opus-4-6-v1", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-opus-4-7", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-opus-4-8", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-opus-5", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-opus-5-5", 4_000_000, 20_000_000, 200_000, 5_000_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("global.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("global.anthropic.claude-sonnet-4-6", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), None), // chat
-    row("global.anthropic.claude-sonnet-5", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), None), // chat
-    row("global.anthropic.claude-sonnet-5-5", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(128_000), None), // chat
-    row("global.cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, None), // embedding
-    row("global.moonshotai.kimi-k3", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(131_072), None), // chat
-    row("global.openai.gpt-5.4", 2_500_000, 15_000_000, 250_000, 2_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 5_000_000, output: 22_500_000, cache_read: 500_000, cache_write: 5_000_000 } })), // chat
-    row("global.openai.gpt-5.5", 5_000_000, 30_000_000, 500_000, 5_000_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 10_000_000, output: 45_000_000, cache_read: 1_000_000, cache_write: 10_000_000 } })), // chat
-    row("global.openai.gpt-5.6-luna", 200_000, 1_200_000, 20_000, 250_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 400_000, output: 1_800_000, cache_read: 40_000, cache_write: 500_000 } })), // chat
-    row("global.openai.gpt-5.6-sol", 4_000_000, 20_000_000, 400_000, 5_000_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 8_000_000, output: 30_000_000, cache_read: 800_000, cache_write: 10_000_000 } })), // chat
-    row("global.openai.gpt-5.6-terra", 2_000_000, 12_000_000, 200_000, 2_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 18_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
-    row("global.openai.gpt-6-astra", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 20_000_000, output: 75_000_000, cache_read: 2_000_000, cache_write: 25_000_000 } })), // chat
-    row("global.openai.gpt-6-luna", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 200_000, output: 750_000, cache_read: 20_000, cache_write: 250_000 } })), // chat
-    row("global.openai.gpt-6-sol", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
-    row("global.openai.gpt-6.1-sol", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(131_072), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 200_000, cache_write: 5_000_000 } })), // chat
-    row("global.openai.gpt-6.1-terra", 1_000_000, 5_000_000, 50_000, 1_250_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 2_000_000, output: 7_500_000, cache_read: 100_000, cache_write: 2_500_000 } })), // chat
-    row("global.xai.grok-4.6", 2_000_000, 6_000_000, 500_000, 2_000_000, Some(500_000), None), // chat
-    row("global.xai.grok-4.7", 2_000_000, 6_000_000, 500_000, 2_000_000, Some(524_288), None), // chat
-    row("global.zai.glm-5.3", 1_680_000, 5_280_000, 312_000, 2_100_000, Some(128_000), None), // chat
-    row("google.gemma-3-12b-it", 90_000, 290_000, 90_000, 90_000, Some(8000), None), // chat
-    row("google.gemma-3-27b-it", 230_000, 380_000, 230_000, 230_000, Some(8000), None), // chat
-    row("google.gemma-3-4b-it", 40_000, 80_000, 40_000, 40_000, Some(8000), None), // chat
-    row("in.moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), None), // chat
-    row("jp.amazon.nova-2-lite-v1:0", 396_000, 3_311_000, 99_000, 396_000, Some(64_000), None), // chat
-    row("jp.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), None), // chat
-    row("jp.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
-    row("jp.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("jp.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("jp.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("jp.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), None), // chat
-    row("jp.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
-    row("jp.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), None), // chat
-    row("jp.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), None), // chat
-    row("jp.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), None), // chat
-    row("meta.llama2-13b-chat-v1", 750_000, 1_000_000, 750_000, 750_000, Some(4096), None), // chat
-    row("meta.llama2-70b-chat-v1", 1_950_000, 2_560_000, 1_950_000, 1_950_000, Some(4096), None), // chat
-    row("meta.llama3-1-405b-instruct-v1:0", 2_400_000, 2_400_000, 2_400_000, 2_400_000, Some(4096), None), // chat
-    row("meta.llama3-1-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("meta.llama3-1-8b-instruct-v1:0", 220_000, 220_000, 220_000, 220_000, Some(4096), None), // chat
-    row("meta.llama3-2-11b-instruct-v1:0", 160_000, 160_000, 160_000, 160_000, Some(4096), None), // chat
-    row("meta.llama3-2-1b-instruct-v1:0", 100_000, 100_000, 100_000, 100_000, Some(4096), None), // chat
-    row("meta.llama3-2-3b-instruct-v1:0", 150_000, 150_000, 150_000, 150_000, Some(4096), None), // chat
-    row("meta.llama3-2-90b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("meta.llama3-3-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), None), // chat
-    row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), None), // chat
-    row("meta.llama4-maverick-17b-instruct-v1:0", 240_000, 970_000, 240_000, 240_000, Some(8192), None), // chat
-    row("meta.llama4-scout-17b-instruct-v1:0", 170_000, 660_000, 170_000, 170_000, Some(8192), None), // chat
-    row("minimax.minimax-m2", 300_000, 1_200_000, 300_000, 300_000, Some(8000), None), // chat
-    row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8000), None), // chat
-    row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8000), None), // chat
-    row("mistral.devstral-2-123b", 400_000, 2_000_000, 400_000, 400_000, Some(32_000), None), // chat
-    row("mistral.magistral-small-2509", 500_000, 1_500_000, 500_000, 500_000, Some(40_000), None), // chat
-    row("mistral.ministral-3-14b-instruct", 200_000, 200_000, 200_000, 200_000, Some(8000), None), // chat
-    row("mistral.ministral-3-3b-instruct", 100_000, 100_000, 100_000, 100_000, Some(8000), None), // chat
-    row("mistral.ministral-3-8b-instruct", 150_000, 150_000, 150_000, 150_000, Some(8000), None), // chat
-    row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), None), // chat
-    row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), None), // chat
-    row("mistral.mistral-large-2407-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(8191), None), // chat
-    row("mistral.mistral-large-3-675b-instruct", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), None), // chat
-    row("mistral.mistral-small-2402-v1:0", 1_000_000, 3_000_000, 1_000_000, 1_000_000, Some(4096), None), // chat
-    row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), None), // chat
-    row("mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), None), // chat
-    row("mistral.voxtral-mini-3b-2507", 40_000, 40_000, 40_000, 40_000, Some(8192), None), // chat
-    row("mistral.voxtral-small-24b-2507", 100_000, 300_000, 100_000, 100_000, Some(8192), None), // chat
-    row("moonshot.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), None), // chat
-    row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), None), // chat
-    row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), None), // chat
-    row("moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), None), // chat
-    row("nvidia.nemotron-nano-12b-v2", 200_000, 600_000, 200_000, 200_000, Some(8000), None), // chat
-    row("nvidia.nemotron-nano-3-30b", 60_000, 240_000, 60_000, 60_000, Some(8000), None), // chat
-    row("nvidia.nemotron-nano-9b-v2", 60_000, 230_000, 60_000, 60_000, Some(8000), None), // chat
-    row("nvidia.nemotron-super-3-120b", 150_000, 650_000, 150_000, 150_000, Some(32_000), None), // chat
-    row("openai.gpt-6-luna", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 200_000, output: 750_000, cache_read: 20_000, cache_write: 250_000 } })), // chat
-    row("openai.gpt-6-sol", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
-    row("openai.gpt-oss-120b-1:0", 150_000, 600_000, 150_000, 150_000, Some(16_384), None), // chat
-    row("openai.gpt-oss-20b-1:0", 70_000, 300_000, 70_000, 70_000, Some(16_384), None), // chat
-    row("openai.gpt-oss-safeguard-120b", 150_000, 600_000, 150_000, 150_000, Some(16_000), None), // chat
-    row("openai.gpt-oss-safeguard-20b", 70_000, 200_000, 70_000, 70_000, Some(16_000), None), // chat
-    row("qwen.qwen3-235b-a22b-2507-v1:0", 220_000, 880_000, 220_000, 220_000, Some(8192), None), // chat
-    row("qwen.qwen3-32b-v1:0", 150_000, 600_000, 150_000, 150_000, Some(8192), None), // chat
-    row("qwen.qwen3-coder-30b-a3b-v1:0", 150_000, 600_000, 150_000, 150_000, Some(16_384), None), // chat
-    row("qwen.qwen3-coder-480b-a35b-v1:0", 450_000, 1_800_000, 450_000, 450_000, Some(16_384), None), // chat
-    row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_000), None), // chat
-    row("qwen.qwen3-next-80b-a3b", 150_000, 1_200_000, 150_000, 150_000, Some(8000), None), // chat
-    row("qwen.qwen3-vl-235b-a22b", 530_000, 2_660_000, 530_000, 530_000, Some(8000), None), // chat
-    row("us-gov.anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), None), // chat
-    row("us-gov.anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } })), // chat
-    row("us-gov.anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None), // chat
-    row("us-gov.anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None), // chat
-    row("us-gov.anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), None), // chat
-    row("us-gov.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 7_200_000, output: 27_000_000, cache_read: 720_000, cache_write: 9_000_000 } })), // chat
-    row("us-gov.anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), None), // chat
-    row("us-gov.anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), None), // chat
-    row("us-gov.nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), None), // chat
-    row("us-gov.nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), None), // chat
-    row("us-gov.nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), None), // chat
-    row("us-gov.nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), None), // chat
-    row("us-gov.openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), None), // chat
-    row("us-gov.openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), None), // chat
-    row("us-gov.xai.grok-4.6", 2_640_000, 7_920_000, 660_000, 2_640_000, Some(500_000), None), // chat
-    row("us.amazon.nova-2-lite-v1:0", 330_000, 2_750_000, 82_500, 330_000, Some(64_000), None), // chat
-    row("us.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), None), // chat
-    row("us.amazon.nova-lite-v1:0", 60_000, 240_000, 15_000, 60_000, Some(10_000), None), // chat
-    row("us.amazon.nova-micro-v1:0", 35_000, 140_000, 8750, 35_000, Some(10_000), None), // chat
-    row("us.amazon.nova-pro-v1:0", 800_000, 3_200_000, 200_000, 800_000, Some(10_000), None), // chat
-    row("us.anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), None), // chat
-    row("us.anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), None), // chat
-    row("us.anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("us.anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), None), // chat
-    row("us.anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), None), // chat
-    row("us.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-fable-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), None), // chat
-    row("us.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
-    row("us.anthropic.claude-mythos-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-mythos-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("us.anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), None), // chat
-    row("us.anthropic.claude-opus-4-5-20251101-v1:0", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(64_000), None), // chat
-    row("us.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
-    row("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
-    row("us.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), None), // chat
-    row("us.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), None), // chat
-    row("us.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), None), // chat
-    row("us.cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, None), // embedding
-    row("us.deepseek.r1-v1:0", 1_350_000, 5_400_000, 1_350_000, 1_350_000, Some(8192), None), // chat
-    row("us.deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(163_840), None), // chat
-    row("us.meta.llama3-1-405b-instruct-v1:0", 2_400_000, 2_400_000, 2_400_000, 2_400_000, Some(4096), None), // chat
-    row("us.meta.llama3-1-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("us.meta.llama3-1-8b-instruct-v1:0", 220_000, 220_000, 220_000, 220_000, Some(4096), None), // chat
-    row("us.meta.llama3-2-11b-instruct-v1:0", 160_000, 160_000, 160_000, 160_000, Some(4096), None), // chat
-    row("us.meta.llama3-2-1b-instruct-v1:0", 100_000, 100_000, 100_000, 100_000, Some(4096), None), // chat
-    row("us.meta.llama3-2-3b-instruct-v1:0", 150_000, 150_000, 150_000, 150_000, Some(4096), None), // chat
-    row("us.meta.llama3-2-90b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("us.meta.llama3-3-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), None), // chat
-    row("us.meta.llama4-maverick-17b-instruct-v1:0", 240_000, 970_000, 240_000, 240_000, Some(8192), None), // chat
-    row("us.meta.llama4-scout-17b-instruct-v1:0", 170_000, 660_000, 170_000, 170_000, Some(8192), None), // chat
-    row("us.mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), None), // chat
-    row("us.moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), None), // chat
-    row("us.openai.gpt-5.4", 2_750_000, 16_500_000, 275_000, 2_750_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 5_500_000, output: 24_750_000, cache_read: 550_000, cache_write: 5_500_000 } })), // chat
-    row("us.openai.gpt-5.5", 5_500_000, 33_000_000, 550_000, 5_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 11_000_000, output: 49_500_000, cache_read: 1_100_000, cache_write: 11_000_000 } })), // chat
-    row("us.openai.gpt-5.6-luna", 220_000, 1_320_000, 22_000, 275_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 440_000, output: 1_980_000, cache_read: 44_000, cache_write: 550_000 } })), // chat
-    row("us.openai.gpt-5.6-sol", 4_400_000, 22_000_000, 440_000, 5_500_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 8_800_000, output: 33_000_000, cache_read: 880_000, cache_write: 11_000_000 } })), // chat
-    row("us.openai.gpt-5.6-terra", 2_200_000, 13_200_000, 220_000, 2_750_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 19_800_000, cache_read: 440_000, cache_write: 5_500_000 } })), // chat
-    row("us.openai.gpt-6-astra", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 22_000_000, output: 82_500_000, cache_read: 2_200_000, cache_write: 27_500_000 } })), // chat
-    row("us.openai.gpt-6-luna", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 220_000, output: 825_000, cache_read: 22_000, cache_write: 275_000 } })), // chat
-    row("us.openai.gpt-6-sol", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 16_500_000, cache_read: 440_000, cache_write: 5_500_000 } })), // chat
-    row("us.openai.gpt-6.1-sol", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(131_072), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 16_500_000, cache_read: 220_000, cache_write: 5_500_000 } })), // chat
-    row("us.openai.gpt-6.1-terra", 1_100_000, 5_500_000, 55_000, 1_375_000, Some(128_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 2_200_000, output: 8_250_000, cache_read: 110_000, cache_write: 2_750_000 } })), // chat
-    row("us.writer.palmyra-x4-v1:0", 2_500_000, 10_000_000, 2_500_000, 2_500_000, Some(8192), None), // chat
-    row("us.writer.palmyra-x5-v1:0", 600_000, 6_000_000, 600_000, 600_000, Some(8192), None), // chat
-    row("us.xai.grok-4.6", 2_200_000, 6_600_000, 550_000, 2_200_000, Some(500_000), None), // chat
-    row("us.xai.grok-4.7", 2_200_000, 6_600_000, 550_000, 2_200_000, Some(524_288), None), // chat
-    row("us.zai.glm-5.3", 1_848_000, 5_808_000, 343_200, 2_310_000, Some(128_000), None), // chat
-    row("writer.palmyra-vision-7b", 150_000, 600_000, 150_000, 150_000, Some(4096), None), // chat
-    row("writer.palmyra-x4-v1:0", 2_500_000, 10_000_000, 2_500_000, 2_500_000, Some(8192), None), // chat
-    row("writer.palmyra-x5-v1:0", 600_000, 6_000_000, 600_000, 600_000, Some(8192), None), // chat
-    row("zai.glm-4.7", 600_000, 2_200_000, 600_000, 600_000, Some(128_000), None), // chat
-    row("zai.glm-4.7-flash", 70_000, 400_000, 70_000, 70_000, Some(128_000), None), // chat
-    row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), None), // chat
+    row("ai21.j2-mid-v1", 12_500_000, 12_500_000, 12_500_000, 12_500_000, Some(8191), Some(8191), None), // chat
+    row("ai21.j2-ultra-v1", 18_800_000, 18_800_000, 18_800_000, 18_800_000, Some(8191), Some(8191), None), // chat
+    row("ai21.jamba-1-5-large-v1:0", 2_000_000, 8_000_000, 2_000_000, 2_000_000, Some(4096), Some(256_000), None), // chat
+    row("ai21.jamba-1-5-mini-v1:0", 200_000, 400_000, 200_000, 200_000, Some(4096), Some(256_000), None), // chat
+    row("ai21.jamba-instruct-v1:0", 500_000, 700_000, 500_000, 500_000, Some(4096), Some(70_000), None), // chat
+    row("amazon.nova-2-5-sonic", 330_000, 2_750_000, 330_000, 330_000, Some(64_000), Some(256_000), None), // realtime
+    row("amazon.nova-2-lite-v1:0", 300_000, 2_500_000, 75_000, 300_000, Some(64_000), Some(1_000_000), None), // chat
+    row("amazon.nova-2-multimodal-embeddings-v1:0", 135_000, 0, 135_000, 135_000, None, Some(8172), None), // embedding
+    row("amazon.nova-2-pro-preview-20251202-v1:0", 1_250_000, 10_000_000, 312_500, 1_250_000, Some(64_000), Some(1_000_000), None), // chat
+    row("amazon.nova-2-sonic-v1:0", 330_000, 2_750_000, 330_000, 330_000, Some(64_000), Some(1_000_000), None), // realtime
+    row("amazon.nova-lite-v1:0", 60_000, 240_000, 15_000, 60_000, Some(10_000), Some(300_000), None), // chat
+    row("amazon.nova-micro-v1:0", 35_000, 140_000, 8750, 35_000, Some(10_000), Some(128_000), None), // chat
+    row("amazon.nova-premier-v1:0", 2_500_000, 12_500_000, 625_000, 2_500_000, Some(10_000), Some(1_000_000), None), // chat
+    row("amazon.nova-pro-v1:0", 800_000, 3_200_000, 200_000, 800_000, Some(10_000), Some(300_000), None), // chat
+    row("amazon.titan-embed-g1-text-02", 100_000, 0, 100_000, 100_000, None, Some(8192), None), // embedding
+    row("amazon.titan-embed-image-v1", 800_000, 0, 800_000, 800_000, None, Some(128), None), // embedding
+    row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, Some(8192), None), // embedding
+    row("amazon.titan-embed-text-v2:0", 20_000, 0, 20_000, 20_000, None, Some(8192), None), // embedding
+    row("amazon.titan-text-express-v1", 200_000, 600_000, 200_000, 200_000, Some(8000), Some(42_000), None), // chat
+    row("amazon.titan-text-lite-v1", 150_000, 200_000, 150_000, 150_000, Some(4000), Some(42_000), None), // chat
+    row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), Some(42_000), None), // chat
+    row("anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), Some(200_000), None), // chat
+    row("anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), Some(200_000), None), // chat
+    row("anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("anthropic.claude-3-7-sonnet-20240620-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(8192), Some(200_000), None), // chat
+    row("anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), Some(200_000), None), // chat
+    row("anthropic.claude-fable-5", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-fable-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), Some(200_000), None), // chat
+    row("anthropic.claude-haiku-4-5@20251001", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), Some(200_000), None), // chat
+    row("anthropic.claude-haiku-5-5", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 500_000, output: 2_500_000, cache_read: 50_000, cache_write: 625_000 } })), // chat
+    row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), Some(100_000), None), // chat
+    row("anthropic.claude-mythos-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("anthropic.claude-opus-4-5-20251101-v1:0", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(64_000), Some(200_000), None), // chat
+    row("anthropic.claude-opus-4-6-v1", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-opus-4-7", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-opus-4-8", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-opus-5", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-opus-5-5", 4_000_000, 20_000_000, 200_000, 5_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("anthropic.claude-sonnet-4-6", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-sonnet-5", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-sonnet-5-5", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None), // chat
+    row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None), // chat
+    row("apac.amazon.nova-2-lite-v1:0", 396_000, 3_311_000, 99_000, 396_000, Some(64_000), Some(1_000_000), None), // chat
+    row("apac.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), Some(1_000_000), None), // chat
+    row("apac.amazon.nova-lite-v1:0", 63_000, 252_000, 15_750, 63_000, Some(10_000), Some(300_000), None), // chat
+    row("apac.amazon.nova-micro-v1:0", 37_000, 148_000, 9250, 37_000, Some(10_000), Some(128_000), None), // chat
+    row("apac.amazon.nova-pro-v1:0", 840_000, 3_360_000, 210_000, 840_000, Some(10_000), Some(300_000), None), // chat
+    row("apac.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), Some(200_000), None), // chat
+    row("apac.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
+    row("apac.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("apac.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("apac.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), Some(200_000), None), // chat
+    row("au.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
+    row("au.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
+    row("au.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("au.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("cohere.command-light-text-v14", 300_000, 600_000, 300_000, 300_000, Some(4096), Some(4096), None), // chat
+    row("cohere.command-text-v14", 1_000_000, 2_000_000, 1_000_000, 1_000_000, Some(4096), Some(4096), None), // chat
+    row("cohere.embed-english-v3", 100_000, 0, 100_000, 100_000, None, Some(512), None), // embedding
+    row("cohere.embed-multilingual-v3", 100_000, 0, 100_000, 100_000, None, Some(512), None), // embedding
+    row("cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, Some(128_000), None), // embedding
+    row("deepseek.r1-v1:0", 1_350_000, 5_400_000, 1_350_000, 1_350_000, Some(8192), Some(128_000), None), // chat
+    row("deepseek.v3-v1:0", 580_000, 1_680_000, 580_000, 580_000, Some(8000), Some(128_000), None), // chat
+    row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), Some(164_000), None), // chat
+    row("eu.amazon.nova-2-lite-v1:0", 429_000, 3_597_000, 107_250, 429_000, Some(64_000), Some(1_000_000), None), // chat
+    row("eu.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), Some(1_000_000), None), // chat
+    row("eu.amazon.nova-lite-v1:0", 78_000, 312_000, 19_500, 78_000, Some(10_000), Some(300_000), None), // chat
+    row("eu.amazon.nova-micro-v1:0", 46_000, 184_000, 11_500, 46_000, Some(10_000), Some(128_000), None), // chat
+    row("eu.amazon.nova-pro-v1:0", 1_050_000, 4_200_000, 262_500, 1_050_000, Some(10_000), Some(300_000), None), // chat
+    row("eu.anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), Some(200_000), None), // chat
+    row("eu.anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), Some(200_000), None), // chat
+    row("eu.anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("eu.anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("eu.anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), Some(200_000), None), // chat
+    row("eu.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-fable-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), Some(200_000), None), // chat
+    row("eu.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
+    row("eu.anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("eu.anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("eu.anthropic.claude-opus-4-5-20251101-v1:0", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(64_000), Some(200_000), None), // chat
+    row("eu.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("eu.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
+    row("eu.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("eu.deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(163_840), Some(163_840), None), // chat
+    row("eu.meta.llama3-2-1b-instruct-v1:0", 130_000, 130_000, 130_000, 130_000, Some(4096), Some(128_000), None), // chat
+    row("eu.meta.llama3-2-3b-instruct-v1:0", 190_000, 190_000, 190_000, 190_000, Some(4096), Some(128_000), None), // chat
+    row("eu.mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), Some(128_000), None), // chat
+    row("global.amazon.nova-2-lite-v1:0", 300_000, 2_500_000, 75_000, 300_000, Some(64_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-fable-5", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-fable-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-haiku-4-5-20251001-v1:0", 1_000_000, 5_000_000, 100_000, 1_250_000, Some(64_000), Some(200_000), None), // chat
+    row("global.anthropic.claude-haiku-5-5", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 500_000, output: 2_500_000, cache_read: 50_000, cache_write: 625_000 } })), // chat
+    row("global.anthropic.claude-mythos-5-1", 10_000_000, 50_000_000, 250_000, 12_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-opus-4-5-20251101-v1:0", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(64_000), Some(200_000), None), // chat
+    row("global.anthropic.claude-opus-4-6-v1", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-opus-4-7", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-opus-4-8", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-opus-5", 5_000_000, 25_000_000, 500_000, 6_250_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-opus-5-5", 4_000_000, 20_000_000, 200_000, 5_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("global.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("global.anthropic.claude-sonnet-4-6", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-sonnet-5", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.anthropic.claude-sonnet-5-5", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("global.cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, Some(128_000), None), // embedding
+    row("global.moonshotai.kimi-k3", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(131_072), Some(1_000_000), None), // chat
+    row("global.openai.gpt-5.4", 2_500_000, 15_000_000, 250_000, 2_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 5_000_000, output: 22_500_000, cache_read: 500_000, cache_write: 5_000_000 } })), // chat
+    row("global.openai.gpt-5.5", 5_000_000, 30_000_000, 500_000, 5_000_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 10_000_000, output: 45_000_000, cache_read: 1_000_000, cache_write: 10_000_000 } })), // chat
+    row("global.openai.gpt-5.6-luna", 200_000, 1_200_000, 20_000, 250_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 400_000, output: 1_800_000, cache_read: 40_000, cache_write: 500_000 } })), // chat
+    row("global.openai.gpt-5.6-sol", 4_000_000, 20_000_000, 400_000, 5_000_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 8_000_000, output: 30_000_000, cache_read: 800_000, cache_write: 10_000_000 } })), // chat
+    row("global.openai.gpt-5.6-terra", 2_000_000, 12_000_000, 200_000, 2_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 18_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
+    row("global.openai.gpt-6-astra", 10_000_000, 50_000_000, 1_000_000, 12_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 20_000_000, output: 75_000_000, cache_read: 2_000_000, cache_write: 25_000_000 } })), // chat
+    row("global.openai.gpt-6-luna", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 200_000, output: 750_000, cache_read: 20_000, cache_write: 250_000 } })), // chat
+    row("global.openai.gpt-6-sol", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
+    row("global.openai.gpt-6.1-sol", 2_000_000, 10_000_000, 100_000, 2_500_000, Some(131_072), Some(1_000_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 200_000, cache_write: 5_000_000 } })), // chat
+    row("global.openai.gpt-6.1-terra", 1_000_000, 5_000_000, 50_000, 1_250_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 2_000_000, output: 7_500_000, cache_read: 100_000, cache_write: 2_500_000 } })), // chat
+    row("global.xai.grok-4.6", 2_000_000, 6_000_000, 500_000, 2_000_000, Some(500_000), Some(500_000), None), // chat
+    row("global.xai.grok-4.7", 2_000_000, 6_000_000, 500_000, 2_000_000, Some(524_288), Some(524_288), None), // chat
+    row("global.zai.glm-5.3", 1_680_000, 5_280_000, 312_000, 2_100_000, Some(128_000), Some(1_000_000), None), // chat
+    row("google.gemma-3-12b-it", 90_000, 290_000, 90_000, 90_000, Some(8000), Some(128_000), None), // chat
+    row("google.gemma-3-27b-it", 230_000, 380_000, 230_000, 230_000, Some(8000), Some(128_000), None), // chat
+    row("google.gemma-3-4b-it", 40_000, 80_000, 40_000, 40_000, Some(8000), Some(128_000), None), // chat
+    row("in.moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), Some(1_000_000), None), // chat
+    row("jp.amazon.nova-2-lite-v1:0", 396_000, 3_311_000, 99_000, 396_000, Some(64_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), Some(200_000), None), // chat
+    row("jp.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
+    row("jp.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
+    row("jp.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("jp.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("meta.llama2-13b-chat-v1", 750_000, 1_000_000, 750_000, 750_000, Some(4096), Some(4096), None), // chat
+    row("meta.llama2-70b-chat-v1", 1_950_000, 2_560_000, 1_950_000, 1_950_000, Some(4096), Some(4096), None), // chat
+    row("meta.llama3-1-405b-instruct-v1:0", 2_400_000, 2_400_000, 2_400_000, 2_400_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-1-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-1-8b-instruct-v1:0", 220_000, 220_000, 220_000, 220_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-2-11b-instruct-v1:0", 160_000, 160_000, 160_000, 160_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-2-1b-instruct-v1:0", 100_000, 100_000, 100_000, 100_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-2-3b-instruct-v1:0", 150_000, 150_000, 150_000, 150_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-2-90b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-3-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), Some(8192), None), // chat
+    row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), Some(8192), None), // chat
+    row("meta.llama4-maverick-17b-instruct-v1:0", 240_000, 970_000, 240_000, 240_000, Some(8192), Some(1_000_000), None), // chat
+    row("meta.llama4-scout-17b-instruct-v1:0", 170_000, 660_000, 170_000, 170_000, Some(8192), Some(10_000_000), None), // chat
+    row("minimax.minimax-m2", 300_000, 1_200_000, 300_000, 300_000, Some(8000), Some(1_000_000), None), // chat
+    row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8000), Some(196_000), None), // chat
+    row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8000), Some(196_000), None), // chat
+    row("mistral.devstral-2-123b", 400_000, 2_000_000, 400_000, 400_000, Some(32_000), Some(256_000), None), // chat
+    row("mistral.magistral-small-2509", 500_000, 1_500_000, 500_000, 500_000, Some(40_000), Some(128_000), None), // chat
+    row("mistral.ministral-3-14b-instruct", 200_000, 200_000, 200_000, 200_000, Some(8000), Some(128_000), None), // chat
+    row("mistral.ministral-3-3b-instruct", 100_000, 100_000, 100_000, 100_000, Some(8000), Some(128_000), None), // chat
+    row("mistral.ministral-3-8b-instruct", 150_000, 150_000, 150_000, 150_000, Some(8000), Some(128_000), None), // chat
+    row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), Some(32_000), None), // chat
+    row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), Some(32_000), None), // chat
+    row("mistral.mistral-large-2407-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(8191), Some(128_000), None), // chat
+    row("mistral.mistral-large-3-675b-instruct", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), Some(256_000), None), // chat
+    row("mistral.mistral-small-2402-v1:0", 1_000_000, 3_000_000, 1_000_000, 1_000_000, Some(4096), Some(32_000), None), // chat
+    row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), Some(32_000), None), // chat
+    row("mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), Some(128_000), None), // chat
+    row("mistral.voxtral-mini-3b-2507", 40_000, 40_000, 40_000, 40_000, Some(8192), Some(32_768), None), // chat
+    row("mistral.voxtral-small-24b-2507", 100_000, 300_000, 100_000, 100_000, Some(8192), Some(32_768), None), // chat
+    row("moonshot.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), Some(256_000), None), // chat
+    row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), Some(262_144), None), // chat
+    row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), Some(256_000), None), // chat
+    row("moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), Some(1_000_000), None), // chat
+    row("nvidia.nemotron-nano-12b-v2", 200_000, 600_000, 200_000, 200_000, Some(8000), Some(128_000), None), // chat
+    row("nvidia.nemotron-nano-3-30b", 60_000, 240_000, 60_000, 60_000, Some(8000), Some(256_000), None), // chat
+    row("nvidia.nemotron-nano-9b-v2", 60_000, 230_000, 60_000, 60_000, Some(8000), Some(128_000), None), // chat
+    row("nvidia.nemotron-super-3-120b", 150_000, 650_000, 150_000, 150_000, Some(32_000), Some(256_000), None), // chat
+    row("openai.gpt-6-luna", 100_000, 500_000, 10_000, 125_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 200_000, output: 750_000, cache_read: 20_000, cache_write: 250_000 } })), // chat
+    row("openai.gpt-6-sol", 2_000_000, 10_000_000, 200_000, 2_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_000_000, output: 15_000_000, cache_read: 400_000, cache_write: 5_000_000 } })), // chat
+    row("openai.gpt-oss-120b-1:0", 150_000, 600_000, 150_000, 150_000, Some(16_384), Some(128_000), None), // chat
+    row("openai.gpt-oss-20b-1:0", 70_000, 300_000, 70_000, 70_000, Some(16_384), Some(128_000), None), // chat
+    row("openai.gpt-oss-safeguard-120b", 150_000, 600_000, 150_000, 150_000, Some(16_000), Some(128_000), None), // chat
+    row("openai.gpt-oss-safeguard-20b", 70_000, 200_000, 70_000, 70_000, Some(16_000), Some(128_000), None), // chat
+    row("qwen.qwen3-235b-a22b-2507-v1:0", 220_000, 880_000, 220_000, 220_000, Some(8192), Some(262_144), None), // chat
+    row("qwen.qwen3-32b-v1:0", 150_000, 600_000, 150_000, 150_000, Some(8192), Some(32_768), None), // chat
+    row("qwen.qwen3-coder-30b-a3b-v1:0", 150_000, 600_000, 150_000, 150_000, Some(16_384), Some(262_144), None), // chat
+    row("qwen.qwen3-coder-480b-a35b-v1:0", 450_000, 1_800_000, 450_000, 450_000, Some(16_384), Some(262_144), None), // chat
+    row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_000), Some(256_000), None), // chat
+    row("qwen.qwen3-next-80b-a3b", 150_000, 1_200_000, 150_000, 150_000, Some(8000), Some(256_000), None), // chat
+    row("qwen.qwen3-vl-235b-a22b", 530_000, 2_660_000, 530_000, 530_000, Some(8000), Some(256_000), None), // chat
+    row("us-gov.anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } })), // chat
+    row("us-gov.anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 7_200_000, output: 27_000_000, cache_read: 720_000, cache_write: 9_000_000 } })), // chat
+    row("us-gov.anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us-gov.nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), Some(128_000), None), // chat
+    row("us-gov.nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), Some(262_144), None), // chat
+    row("us-gov.nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), Some(128_000), None), // chat
+    row("us-gov.nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), Some(256_000), None), // chat
+    row("us-gov.openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), Some(128_000), None), // chat
+    row("us-gov.openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), Some(128_000), None), // chat
+    row("us-gov.xai.grok-4.6", 2_640_000, 7_920_000, 660_000, 2_640_000, Some(500_000), Some(500_000), None), // chat
+    row("us.amazon.nova-2-lite-v1:0", 330_000, 2_750_000, 82_500, 330_000, Some(64_000), Some(1_000_000), None), // chat
+    row("us.amazon.nova-2-pro-preview-20251202-v1:0", 1_375_000, 11_000_000, 343_750, 1_375_000, Some(64_000), Some(1_000_000), None), // chat
+    row("us.amazon.nova-lite-v1:0", 60_000, 240_000, 15_000, 60_000, Some(10_000), Some(300_000), None), // chat
+    row("us.amazon.nova-micro-v1:0", 35_000, 140_000, 8750, 35_000, Some(10_000), Some(128_000), None), // chat
+    row("us.amazon.nova-pro-v1:0", 800_000, 3_200_000, 200_000, 800_000, Some(10_000), Some(300_000), None), // chat
+    row("us.anthropic.claude-3-5-haiku-20241022-v1:0", 800_000, 4_000_000, 80_000, 1_000_000, Some(8192), Some(200_000), None), // chat
+    row("us.anthropic.claude-3-5-sonnet-20240620-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(4096), Some(200_000), None), // chat
+    row("us.anthropic.claude-3-5-sonnet-20241022-v2:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("us.anthropic.claude-3-7-sonnet-20250219-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(8192), Some(200_000), None), // chat
+    row("us.anthropic.claude-3-opus-20240229-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(4096), Some(200_000), None), // chat
+    row("us.anthropic.claude-fable-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-fable-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-haiku-4-5-20251001-v1:0", 1_100_000, 5_500_000, 110_000, 1_375_000, Some(64_000), Some(200_000), None), // chat
+    row("us.anthropic.claude-haiku-5-5", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 550_000, output: 2_750_000, cache_read: 55_000, cache_write: 687_500 } })), // chat
+    row("us.anthropic.claude-mythos-5", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-mythos-5-1", 11_000_000, 55_000_000, 275_000, 13_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-mythos-preview", 27_500_000, 137_500_000, 2_750_000, 34_375_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-opus-4-1-20250805-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("us.anthropic.claude-opus-4-20250514-v1:0", 15_000_000, 75_000_000, 1_500_000, 18_750_000, Some(32_000), Some(200_000), None), // chat
+    row("us.anthropic.claude-opus-4-5-20251101-v1:0", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(64_000), Some(200_000), None), // chat
+    row("us.anthropic.claude-opus-4-6-v1", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-opus-4-7", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-opus-4-8", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-opus-5", 5_500_000, 27_500_000, 550_000, 6_875_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-opus-5-5", 4_400_000, 22_000_000, 220_000, 5_500_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-sonnet-4-20250514-v1:0", 3_000_000, 15_000_000, 300_000, 3_750_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_000_000, output: 22_500_000, cache_read: 600_000, cache_write: 7_500_000 } })), // chat
+    row("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(200_000), Some(&LongContext { above_input_tokens: 200_000, price: Price { input: 6_600_000, output: 24_750_000, cache_read: 660_000, cache_write: 8_250_000 } })), // chat
+    row("us.anthropic.claude-sonnet-4-6", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(64_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-sonnet-5", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.anthropic.claude-sonnet-5-5", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(128_000), Some(1_000_000), None), // chat
+    row("us.cohere.embed-v4:0", 120_000, 0, 120_000, 120_000, None, Some(128_000), None), // embedding
+    row("us.deepseek.r1-v1:0", 1_350_000, 5_400_000, 1_350_000, 1_350_000, Some(8192), Some(128_000), None), // chat
+    row("us.deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(163_840), Some(163_840), None), // chat
+    row("us.meta.llama3-1-405b-instruct-v1:0", 2_400_000, 2_400_000, 2_400_000, 2_400_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-1-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-1-8b-instruct-v1:0", 220_000, 220_000, 220_000, 220_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-2-11b-instruct-v1:0", 160_000, 160_000, 160_000, 160_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-2-1b-instruct-v1:0", 100_000, 100_000, 100_000, 100_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-2-3b-instruct-v1:0", 150_000, 150_000, 150_000, 150_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-2-90b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama3-3-70b-instruct-v1:0", 720_000, 720_000, 720_000, 720_000, Some(4096), Some(128_000), None), // chat
+    row("us.meta.llama4-maverick-17b-instruct-v1:0", 240_000, 970_000, 240_000, 240_000, Some(8192), Some(1_000_000), None), // chat
+    row("us.meta.llama4-scout-17b-instruct-v1:0", 170_000, 660_000, 170_000, 170_000, Some(8192), Some(10_000_000), None), // chat
+    row("us.mistral.pixtral-large-2502-v1:0", 2_000_000, 6_000_000, 2_000_000, 2_000_000, Some(16_384), Some(128_000), None), // chat
+    row("us.moonshotai.kimi-k3", 3_300_000, 16_500_000, 330_000, 4_125_000, Some(131_072), Some(1_000_000), None), // chat
+    row("us.openai.gpt-5.4", 2_750_000, 16_500_000, 275_000, 2_750_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 5_500_000, output: 24_750_000, cache_read: 550_000, cache_write: 5_500_000 } })), // chat
+    row("us.openai.gpt-5.5", 5_500_000, 33_000_000, 550_000, 5_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 11_000_000, output: 49_500_000, cache_read: 1_100_000, cache_write: 11_000_000 } })), // chat
+    row("us.openai.gpt-5.6-luna", 220_000, 1_320_000, 22_000, 275_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 440_000, output: 1_980_000, cache_read: 44_000, cache_write: 550_000 } })), // chat
+    row("us.openai.gpt-5.6-sol", 4_400_000, 22_000_000, 440_000, 5_500_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 8_800_000, output: 33_000_000, cache_read: 880_000, cache_write: 11_000_000 } })), // chat
+    row("us.openai.gpt-5.6-terra", 2_200_000, 13_200_000, 220_000, 2_750_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 19_800_000, cache_read: 440_000, cache_write: 5_500_000 } })), // chat
+    row("us.openai.gpt-6-astra", 11_000_000, 55_000_000, 1_100_000, 13_750_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 22_000_000, output: 82_500_000, cache_read: 2_200_000, cache_write: 27_500_000 } })), // chat
+    row("us.openai.gpt-6-luna", 110_000, 550_000, 11_000, 137_500, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 220_000, output: 825_000, cache_read: 22_000, cache_write: 275_000 } })), // chat
+    row("us.openai.gpt-6-sol", 2_200_000, 11_000_000, 220_000, 2_750_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 16_500_000, cache_read: 440_000, cache_write: 5_500_000 } })), // chat
+    row("us.openai.gpt-6.1-sol", 2_200_000, 11_000_000, 110_000, 2_750_000, Some(131_072), Some(1_000_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 4_400_000, output: 16_500_000, cache_read: 220_000, cache_write: 5_500_000 } })), // chat
+    row("us.openai.gpt-6.1-terra", 1_100_000, 5_500_000, 55_000, 1_375_000, Some(128_000), Some(922_000), Some(&LongContext { above_input_tokens: 272_000, price: Price { input: 2_200_000, output: 8_250_000, cache_read: 110_000, cache_write: 2_750_000 } })), // chat
+    row("us.writer.palmyra-x4-v1:0", 2_500_000, 10_000_000, 2_500_000, 2_500_000, Some(8192), Some(128_000), None), // chat
+    row("us.writer.palmyra-x5-v1:0", 600_000, 6_000_000, 600_000, 600_000, Some(8192), Some(128_000), None), // chat
+    row("us.xai.grok-4.6", 2_200_000, 6_600_000, 550_000, 2_200_000, Some(500_000), Some(500_000), None), // chat
+    row("us.xai.grok-4.7", 2_200_000, 6_600_000, 550_000, 2_200_000, Some(524_288), Some(524_288), None), // chat
+    row("us.zai.glm-5.3", 1_848_000, 5_808_000, 343_200, 2_310_000, Some(128_000), Some(1_000_000), None), // chat
+    row("writer.palmyra-vision-7b", 150_000, 600_000, 150_000, 150_000, Some(4096), Some(4096), None), // chat
+    row("writer.palmyra-x4-v1:0", 2_500_000, 10_000_000, 2_500_000, 2_500_000, Some(8192), Some(128_000), None), // chat
+    row("writer.palmyra-x5-v1:0", 600_000, 6_000_000, 600_000, 600_000, Some(8192), Some(128_000), None), // chat
+    row("zai.glm-4.7", 600_000, 2_200_000, 600_000, 600_000, Some(128_000), Some(203_000), None), // chat
+    row("zai.glm-4.7-flash", 70_000, 400_000, 70_000, 70_000, Some(128_000), Some(203_000), None), // chat
+    row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), Some(200_000), None), // chat
 ];
 
 /// Region-specific prices, sorted by (region, model); they win over MODELS. 159 rows.
 static REGIONAL: &[(&str, Row)] = &[
-    ("ap-northeast-1", row("anthropic.claude-instant-v1", 2_230_000, 7_550_000, 2_230_000, 2_230_000, Some(8191), None)), // chat
-    ("ap-northeast-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("ap-northeast-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("ap-northeast-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), None)), // chat
-    ("ap-northeast-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-northeast-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-northeast-1", row("mistral.voxtral-mini-3b-2507", 50_000, 50_000, 50_000, 50_000, Some(8192), None)), // chat
-    ("ap-northeast-1", row("mistral.voxtral-small-24b-2507", 120_000, 360_000, 120_000, 120_000, Some(8192), None)), // chat
-    ("ap-northeast-1", row("moonshotai.kimi-k2-thinking", 730_000, 3_030_000, 730_000, 730_000, Some(16_000), None)), // chat
-    ("ap-northeast-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), None)), // chat
-    ("ap-northeast-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("ap-northeast-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_450_000, 180_000, 180_000, Some(8192), None)), // chat
-    ("ap-south-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), None)), // chat
-    ("ap-south-1", row("meta.llama3-70b-instruct-v1:0", 3_180_000, 4_200_000, 3_180_000, 3_180_000, Some(8192), None)), // chat
-    ("ap-south-1", row("meta.llama3-8b-instruct-v1:0", 360_000, 720_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-south-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-south-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-south-1", row("moonshotai.kimi-k2-thinking", 710_000, 2_940_000, 710_000, 710_000, Some(16_000), None)), // chat
-    ("ap-south-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), None)), // chat
-    ("ap-south-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("ap-south-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_410_000, 180_000, 180_000, Some(8192), None)), // chat
-    ("ap-southeast-2", row("minimax.minimax-m2.5", 310_000, 1_240_000, 310_000, 310_000, Some(8192), None)), // chat
-    ("ap-southeast-2", row("mistral.voxtral-mini-3b-2507", 41_200, 41_200, 41_200, 41_200, Some(8192), None)), // chat
-    ("ap-southeast-2", row("mistral.voxtral-small-24b-2507", 103_000, 309_000, 103_000, 103_000, Some(8192), None)), // chat
-    ("ap-southeast-2", row("qwen.qwen3-next-80b-a3b", 154_500, 1_236_000, 154_500, 154_500, Some(8192), None)), // chat
-    ("ap-southeast-3", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), None)), // chat
-    ("ap-southeast-3", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-southeast-3", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("ap-southeast-3", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), None)), // chat
-    ("ap-southeast-3", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("ca-central-1", row("meta.llama3-70b-instruct-v1:0", 3_050_000, 4_030_000, 3_050_000, 3_050_000, Some(8192), None)), // chat
-    ("ca-central-1", row("meta.llama3-8b-instruct-v1:0", 350_000, 690_000, 350_000, 350_000, Some(8192), None)), // chat
-    ("eu-central-1", row("anthropic.claude-instant-v1", 2_480_000, 8_380_000, 2_480_000, 2_480_000, Some(8191), None)), // chat
-    ("eu-central-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("eu-central-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("eu-central-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-central-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-central-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("eu-north-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), None)), // chat
-    ("eu-north-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-north-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-north-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), None)), // chat
-    ("eu-south-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-south-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-south-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("eu-west-1", row("meta.llama3-70b-instruct-v1:0", 2_860_000, 3_780_000, 2_860_000, 2_860_000, Some(8192), None)), // chat
-    ("eu-west-1", row("meta.llama3-8b-instruct-v1:0", 320_000, 650_000, 320_000, 320_000, Some(8192), None)), // chat
-    ("eu-west-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-west-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("eu-west-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("eu-west-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_410_000, 180_000, 180_000, Some(8192), None)), // chat
-    ("eu-west-2", row("meta.llama3-70b-instruct-v1:0", 3_450_000, 4_550_000, 3_450_000, 3_450_000, Some(8192), None)), // chat
-    ("eu-west-2", row("meta.llama3-8b-instruct-v1:0", 390_000, 780_000, 390_000, 390_000, Some(8192), None)), // chat
-    ("eu-west-2", row("minimax.minimax-m2.1", 470_000, 1_860_000, 470_000, 470_000, Some(8192), None)), // chat
-    ("eu-west-2", row("minimax.minimax-m2.5", 470_000, 1_860_000, 470_000, 470_000, Some(8192), None)), // chat
-    ("eu-west-2", row("mistral.voxtral-mini-3b-2507", 60_000, 60_000, 60_000, 60_000, Some(8192), None)), // chat
-    ("eu-west-2", row("mistral.voxtral-small-24b-2507", 160_000, 470_000, 160_000, 160_000, Some(8192), None)), // chat
-    ("eu-west-2", row("nvidia.nemotron-super-3-120b", 230_000, 1_010_000, 230_000, 230_000, Some(32_000), None)), // chat
-    ("eu-west-2", row("qwen.qwen3-coder-next", 780_000, 1_860_000, 780_000, 780_000, Some(16_384), None)), // chat
-    ("eu-west-2", row("qwen.qwen3-next-80b-a3b", 230_000, 1_860_000, 230_000, 230_000, Some(8192), None)), // chat
-    ("eu-west-3", row("mistral.mistral-7b-instruct-v0:2", 200_000, 260_000, 200_000, 200_000, Some(4096), None)), // chat
-    ("eu-west-3", row("mistral.mistral-large-2402-v1:0", 5_200_000, 15_600_000, 5_200_000, 5_200_000, Some(4096), None)), // chat
-    ("eu-west-3", row("mistral.mixtral-8x7b-instruct-v0:1", 590_000, 910_000, 590_000, 590_000, Some(4096), None)), // chat
-    ("sa-east-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), None)), // chat
-    ("sa-east-1", row("meta.llama3-70b-instruct-v1:0", 4_450_000, 5_880_000, 4_450_000, 4_450_000, Some(8192), None)), // chat
-    ("sa-east-1", row("meta.llama3-8b-instruct-v1:0", 500_000, 1_010_000, 500_000, 500_000, Some(8192), None)), // chat
-    ("sa-east-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("sa-east-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), None)), // chat
-    ("sa-east-1", row("moonshotai.kimi-k2-thinking", 730_000, 3_030_000, 730_000, 730_000, Some(16_000), None)), // chat
-    ("sa-east-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), None)), // chat
-    ("sa-east-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), None)), // chat
-    ("sa-east-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_450_000, 180_000, 180_000, Some(8192), None)), // chat
-    ("us-east-1", row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), None)), // chat
-    ("us-east-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("us-east-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("us-east-1", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), None)), // chat
-    ("us-east-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), None)), // chat
-    ("us-east-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-east-1", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-east-1", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-east-1", row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), None)), // chat
-    ("us-east-1", row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), None)), // chat
-    ("us-east-1", row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), None)), // chat
-    ("us-east-1", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-east-1", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-east-1", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), None)), // chat
-    ("us-east-1", row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), None)), // chat
-    ("us-east-2", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), None)), // chat
-    ("us-east-2", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-east-2", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-east-2", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-east-2", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-east-2", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), None)), // chat
-    ("us-gov-east-1", row("amazon.nova-pro-v1:0", 960_000, 3_840_000, 240_000, 960_000, Some(10_000), None)), // chat
-    ("us-gov-east-1", row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, None)), // embedding
-    ("us-gov-east-1", row("amazon.titan-embed-text-v2:0", 200_000, 0, 200_000, 200_000, None, None)), // embedding
-    ("us-gov-east-1", row("amazon.titan-text-express-v1", 1_300_000, 1_700_000, 1_300_000, 1_300_000, Some(8000), None)), // chat
-    ("us-gov-east-1", row("amazon.titan-text-lite-v1", 300_000, 400_000, 300_000, 300_000, Some(4000), None)), // chat
-    ("us-gov-east-1", row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_200_000, 6_000_000, 120_000, 1_500_000, Some(64_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } }))), // chat
-    ("us-gov-east-1", row("anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), None)), // chat
-    ("us-gov-east-1", row("claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), None)), // chat
-    ("us-gov-east-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(2048), None)), // chat
-    ("us-gov-east-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 2_650_000, 300_000, 300_000, Some(2048), None)), // chat
-    ("us-gov-east-1", row("nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), None)), // chat
-    ("us-gov-east-1", row("nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), None)), // chat
-    ("us-gov-east-1", row("nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), None)), // chat
-    ("us-gov-east-1", row("nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), None)), // chat
-    ("us-gov-east-1", row("openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), None)), // chat
-    ("us-gov-east-1", row("openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), None)), // chat
-    ("us-gov-west-1", row("amazon.nova-2-multimodal-embeddings-v1:0", 162_000, 0, 162_000, 162_000, None, None)), // embedding
-    ("us-gov-west-1", row("amazon.nova-lite-v1:0", 72_000, 288_000, 18_000, 72_000, Some(10_000), None)), // chat
-    ("us-gov-west-1", row("amazon.nova-micro-v1:0", 42_000, 168_000, 10_500, 42_000, Some(10_000), None)), // chat
-    ("us-gov-west-1", row("amazon.nova-pro-v1:0", 960_000, 3_840_000, 240_000, 960_000, Some(10_000), None)), // chat
-    ("us-gov-west-1", row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, None)), // embedding
-    ("us-gov-west-1", row("amazon.titan-embed-text-v2:0", 110_000, 0, 110_000, 110_000, None, None)), // embedding
-    ("us-gov-west-1", row("amazon.titan-text-express-v1", 800_000, 1_600_000, 800_000, 800_000, Some(8000), None)), // chat
-    ("us-gov-west-1", row("amazon.titan-text-lite-v1", 300_000, 400_000, 300_000, 300_000, Some(4000), None)), // chat
-    ("us-gov-west-1", row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_200_000, 6_000_000, 120_000, 1_500_000, Some(64_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } }))), // chat
-    ("us-gov-west-1", row("anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), None)), // chat
-    ("us-gov-west-1", row("claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), None)), // chat
-    ("us-gov-west-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), None)), // chat
-    ("us-gov-west-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-gov-west-1", row("nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), None)), // chat
-    ("us-gov-west-1", row("nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), None)), // chat
-    ("us-gov-west-1", row("nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), None)), // chat
-    ("us-gov-west-1", row("nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), None)), // chat
-    ("us-gov-west-1", row("openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), None)), // chat
-    ("us-gov-west-1", row("openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), None)), // chat
-    ("us-west-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), None)), // chat
-    ("us-west-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-west-2", row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), None)), // chat
-    ("us-west-2", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("us-west-2", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), None)), // chat
-    ("us-west-2", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), None)), // chat
-    ("us-west-2", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-west-2", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), None)), // chat
-    ("us-west-2", row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), None)), // chat
-    ("us-west-2", row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), None)), // chat
-    ("us-west-2", row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), None)), // chat
-    ("us-west-2", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-west-2", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), None)), // chat
-    ("us-west-2", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), None)), // chat
-    ("us-west-2", row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), None)), // chat
+    ("ap-northeast-1", row("anthropic.claude-instant-v1", 2_230_000, 7_550_000, 2_230_000, 2_230_000, Some(8191), Some(100_000), None)), // chat
+    ("ap-northeast-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("ap-northeast-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("ap-northeast-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), Some(163_840), None)), // chat
+    ("ap-northeast-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-northeast-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-northeast-1", row("mistral.voxtral-mini-3b-2507", 50_000, 50_000, 50_000, 50_000, Some(8192), Some(32_768), None)), // chat
+    ("ap-northeast-1", row("mistral.voxtral-small-24b-2507", 120_000, 360_000, 120_000, 120_000, Some(8192), Some(32_768), None)), // chat
+    ("ap-northeast-1", row("moonshotai.kimi-k2-thinking", 730_000, 3_030_000, 730_000, 730_000, Some(16_000), Some(262_144), None)), // chat
+    ("ap-northeast-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), Some(262_144), None)), // chat
+    ("ap-northeast-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("ap-northeast-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_450_000, 180_000, 180_000, Some(8192), Some(262_144), None)), // chat
+    ("ap-south-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), Some(163_840), None)), // chat
+    ("ap-south-1", row("meta.llama3-70b-instruct-v1:0", 3_180_000, 4_200_000, 3_180_000, 3_180_000, Some(8192), Some(8192), None)), // chat
+    ("ap-south-1", row("meta.llama3-8b-instruct-v1:0", 360_000, 720_000, 360_000, 360_000, Some(8192), Some(8192), None)), // chat
+    ("ap-south-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-south-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-south-1", row("moonshotai.kimi-k2-thinking", 710_000, 2_940_000, 710_000, 710_000, Some(16_000), Some(262_144), None)), // chat
+    ("ap-south-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), Some(262_144), None)), // chat
+    ("ap-south-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("ap-south-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_410_000, 180_000, 180_000, Some(8192), Some(262_144), None)), // chat
+    ("ap-southeast-2", row("minimax.minimax-m2.5", 310_000, 1_240_000, 310_000, 310_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-southeast-2", row("mistral.voxtral-mini-3b-2507", 41_200, 41_200, 41_200, 41_200, Some(8192), Some(32_768), None)), // chat
+    ("ap-southeast-2", row("mistral.voxtral-small-24b-2507", 103_000, 309_000, 103_000, 103_000, Some(8192), Some(32_768), None)), // chat
+    ("ap-southeast-2", row("qwen.qwen3-next-80b-a3b", 154_500, 1_236_000, 154_500, 154_500, Some(8192), Some(262_144), None)), // chat
+    ("ap-southeast-3", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), Some(163_840), None)), // chat
+    ("ap-southeast-3", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-southeast-3", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("ap-southeast-3", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), Some(262_144), None)), // chat
+    ("ap-southeast-3", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("ca-central-1", row("meta.llama3-70b-instruct-v1:0", 3_050_000, 4_030_000, 3_050_000, 3_050_000, Some(8192), Some(8192), None)), // chat
+    ("ca-central-1", row("meta.llama3-8b-instruct-v1:0", 350_000, 690_000, 350_000, 350_000, Some(8192), Some(8192), None)), // chat
+    ("eu-central-1", row("anthropic.claude-instant-v1", 2_480_000, 8_380_000, 2_480_000, 2_480_000, Some(8191), Some(100_000), None)), // chat
+    ("eu-central-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("eu-central-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("eu-central-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-central-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-central-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("eu-north-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), Some(163_840), None)), // chat
+    ("eu-north-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-north-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-north-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), Some(262_144), None)), // chat
+    ("eu-south-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-south-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-south-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("eu-west-1", row("meta.llama3-70b-instruct-v1:0", 2_860_000, 3_780_000, 2_860_000, 2_860_000, Some(8192), Some(8192), None)), // chat
+    ("eu-west-1", row("meta.llama3-8b-instruct-v1:0", 320_000, 650_000, 320_000, 320_000, Some(8192), Some(8192), None)), // chat
+    ("eu-west-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-west-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-west-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("eu-west-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_410_000, 180_000, 180_000, Some(8192), Some(262_144), None)), // chat
+    ("eu-west-2", row("meta.llama3-70b-instruct-v1:0", 3_450_000, 4_550_000, 3_450_000, 3_450_000, Some(8192), Some(8192), None)), // chat
+    ("eu-west-2", row("meta.llama3-8b-instruct-v1:0", 390_000, 780_000, 390_000, 390_000, Some(8192), Some(8192), None)), // chat
+    ("eu-west-2", row("minimax.minimax-m2.1", 470_000, 1_860_000, 470_000, 470_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-west-2", row("minimax.minimax-m2.5", 470_000, 1_860_000, 470_000, 470_000, Some(8192), Some(196_000), None)), // chat
+    ("eu-west-2", row("mistral.voxtral-mini-3b-2507", 60_000, 60_000, 60_000, 60_000, Some(8192), Some(32_768), None)), // chat
+    ("eu-west-2", row("mistral.voxtral-small-24b-2507", 160_000, 470_000, 160_000, 160_000, Some(8192), Some(32_768), None)), // chat
+    ("eu-west-2", row("nvidia.nemotron-super-3-120b", 230_000, 1_010_000, 230_000, 230_000, Some(32_000), Some(256_000), None)), // chat
+    ("eu-west-2", row("qwen.qwen3-coder-next", 780_000, 1_860_000, 780_000, 780_000, Some(16_384), Some(262_144), None)), // chat
+    ("eu-west-2", row("qwen.qwen3-next-80b-a3b", 230_000, 1_860_000, 230_000, 230_000, Some(8192), Some(262_144), None)), // chat
+    ("eu-west-3", row("mistral.mistral-7b-instruct-v0:2", 200_000, 260_000, 200_000, 200_000, Some(4096), Some(32_000), None)), // chat
+    ("eu-west-3", row("mistral.mistral-large-2402-v1:0", 5_200_000, 15_600_000, 5_200_000, 5_200_000, Some(4096), Some(32_000), None)), // chat
+    ("eu-west-3", row("mistral.mixtral-8x7b-instruct-v0:1", 590_000, 910_000, 590_000, 590_000, Some(4096), Some(32_000), None)), // chat
+    ("sa-east-1", row("deepseek.v3.2", 740_000, 2_220_000, 740_000, 740_000, Some(8000), Some(163_840), None)), // chat
+    ("sa-east-1", row("meta.llama3-70b-instruct-v1:0", 4_450_000, 5_880_000, 4_450_000, 4_450_000, Some(8192), Some(8192), None)), // chat
+    ("sa-east-1", row("meta.llama3-8b-instruct-v1:0", 500_000, 1_010_000, 500_000, 500_000, Some(8192), Some(8192), None)), // chat
+    ("sa-east-1", row("minimax.minimax-m2.1", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("sa-east-1", row("minimax.minimax-m2.5", 360_000, 1_440_000, 360_000, 360_000, Some(8192), Some(196_000), None)), // chat
+    ("sa-east-1", row("moonshotai.kimi-k2-thinking", 730_000, 3_030_000, 730_000, 730_000, Some(16_000), Some(262_144), None)), // chat
+    ("sa-east-1", row("moonshotai.kimi-k2.5", 720_000, 3_600_000, 720_000, 720_000, Some(16_000), Some(262_144), None)), // chat
+    ("sa-east-1", row("qwen.qwen3-coder-next", 600_000, 1_440_000, 600_000, 600_000, Some(16_384), Some(262_144), None)), // chat
+    ("sa-east-1", row("qwen.qwen3-next-80b-a3b", 180_000, 1_450_000, 180_000, 180_000, Some(8192), Some(262_144), None)), // chat
+    ("us-east-1", row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), Some(100_000), None)), // chat
+    ("us-east-1", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("us-east-1", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("us-east-1", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), Some(163_840), None)), // chat
+    ("us-east-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), Some(8192), None)), // chat
+    ("us-east-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), Some(8192), None)), // chat
+    ("us-east-1", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-east-1", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-east-1", row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), Some(32_000), None)), // chat
+    ("us-east-1", row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), Some(32_000), None)), // chat
+    ("us-east-1", row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), Some(32_000), None)), // chat
+    ("us-east-1", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-east-1", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-east-1", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), Some(262_144), None)), // chat
+    ("us-east-1", row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), Some(200_000), None)), // chat
+    ("us-east-2", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), Some(163_840), None)), // chat
+    ("us-east-2", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-east-2", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-east-2", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-east-2", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-east-2", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), Some(262_144), None)), // chat
+    ("us-gov-east-1", row("amazon.nova-pro-v1:0", 960_000, 3_840_000, 240_000, 960_000, Some(10_000), Some(300_000), None)), // chat
+    ("us-gov-east-1", row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, Some(8192), None)), // embedding
+    ("us-gov-east-1", row("amazon.titan-embed-text-v2:0", 200_000, 0, 200_000, 200_000, None, Some(8192), None)), // embedding
+    ("us-gov-east-1", row("amazon.titan-text-express-v1", 1_300_000, 1_700_000, 1_300_000, 1_300_000, Some(8000), Some(42_000), None)), // chat
+    ("us-gov-east-1", row("amazon.titan-text-lite-v1", 300_000, 400_000, 300_000, 300_000, Some(4000), Some(42_000), None)), // chat
+    ("us-gov-east-1", row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), Some(42_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_200_000, 6_000_000, 120_000, 1_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } }))), // chat
+    ("us-gov-east-1", row("anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-east-1", row("claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-east-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(2048), Some(8000), None)), // chat
+    ("us-gov-east-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 2_650_000, 300_000, 300_000, Some(2048), Some(8000), None)), // chat
+    ("us-gov-east-1", row("nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), Some(128_000), None)), // chat
+    ("us-gov-east-1", row("nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), Some(262_144), None)), // chat
+    ("us-gov-east-1", row("nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), Some(128_000), None)), // chat
+    ("us-gov-east-1", row("nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), Some(256_000), None)), // chat
+    ("us-gov-east-1", row("openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), Some(128_000), None)), // chat
+    ("us-gov-east-1", row("openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), Some(128_000), None)), // chat
+    ("us-gov-west-1", row("amazon.nova-2-multimodal-embeddings-v1:0", 162_000, 0, 162_000, 162_000, None, Some(8172), None)), // embedding
+    ("us-gov-west-1", row("amazon.nova-lite-v1:0", 72_000, 288_000, 18_000, 72_000, Some(10_000), Some(300_000), None)), // chat
+    ("us-gov-west-1", row("amazon.nova-micro-v1:0", 42_000, 168_000, 10_500, 42_000, Some(10_000), Some(128_000), None)), // chat
+    ("us-gov-west-1", row("amazon.nova-pro-v1:0", 960_000, 3_840_000, 240_000, 960_000, Some(10_000), Some(300_000), None)), // chat
+    ("us-gov-west-1", row("amazon.titan-embed-text-v1", 100_000, 0, 100_000, 100_000, None, Some(8192), None)), // embedding
+    ("us-gov-west-1", row("amazon.titan-embed-text-v2:0", 110_000, 0, 110_000, 110_000, None, Some(8192), None)), // embedding
+    ("us-gov-west-1", row("amazon.titan-text-express-v1", 800_000, 1_600_000, 800_000, 800_000, Some(8000), Some(42_000), None)), // chat
+    ("us-gov-west-1", row("amazon.titan-text-lite-v1", 300_000, 400_000, 300_000, 300_000, Some(4000), Some(42_000), None)), // chat
+    ("us-gov-west-1", row("amazon.titan-text-premier-v1:0", 500_000, 1_500_000, 500_000, 500_000, Some(32_000), Some(42_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-fable-5-1", 12_000_000, 60_000_000, 300_000, 15_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-haiku-4-5-20251001-v1:0", 1_200_000, 6_000_000, 120_000, 1_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-haiku-5-5", 120_000, 600_000, 12_000, 150_000, Some(128_000), Some(1_000_000), Some(&LongContext { above_input_tokens: 100_000, price: Price { input: 600_000, output: 3_000_000, cache_read: 60_000, cache_write: 750_000 } }))), // chat
+    ("us-gov-west-1", row("anthropic.claude-opus-4-8", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-opus-5", 6_000_000, 30_000_000, 600_000, 7_500_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-opus-5-5", 4_800_000, 24_000_000, 240_000, 6_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-sonnet-5", 2_400_000, 12_000_000, 240_000, 3_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("anthropic.claude-sonnet-5-5", 2_400_000, 12_000_000, 120_000, 3_000_000, Some(128_000), Some(1_000_000), None)), // chat
+    ("us-gov-west-1", row("claude-sonnet-4-5-20250929-v1:0", 3_600_000, 18_000_000, 360_000, 4_500_000, Some(64_000), Some(200_000), None)), // chat
+    ("us-gov-west-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), Some(8000), None)), // chat
+    ("us-gov-west-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), Some(8000), None)), // chat
+    ("us-gov-west-1", row("nvidia.nemotron-nano-12b-v2", 240_000, 720_000, 240_000, 240_000, Some(8192), Some(128_000), None)), // chat
+    ("us-gov-west-1", row("nvidia.nemotron-nano-3-30b", 72_000, 288_000, 72_000, 72_000, Some(8192), Some(262_144), None)), // chat
+    ("us-gov-west-1", row("nvidia.nemotron-nano-9b-v2", 72_000, 276_000, 72_000, 72_000, Some(8192), Some(128_000), None)), // chat
+    ("us-gov-west-1", row("nvidia.nemotron-super-3-120b", 180_000, 780_000, 180_000, 180_000, Some(32_768), Some(256_000), None)), // chat
+    ("us-gov-west-1", row("openai.gpt-oss-120b-1:0", 180_000, 720_000, 180_000, 180_000, Some(16_384), Some(128_000), None)), // chat
+    ("us-gov-west-1", row("openai.gpt-oss-20b-1:0", 84_000, 360_000, 84_000, 84_000, Some(16_384), Some(128_000), None)), // chat
+    ("us-west-1", row("meta.llama3-70b-instruct-v1:0", 2_650_000, 3_500_000, 2_650_000, 2_650_000, Some(8192), Some(8192), None)), // chat
+    ("us-west-1", row("meta.llama3-8b-instruct-v1:0", 300_000, 600_000, 300_000, 300_000, Some(8192), Some(8192), None)), // chat
+    ("us-west-2", row("anthropic.claude-instant-v1", 800_000, 2_400_000, 800_000, 800_000, Some(8191), Some(100_000), None)), // chat
+    ("us-west-2", row("anthropic.claude-v1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("us-west-2", row("anthropic.claude-v2:1", 8_000_000, 24_000_000, 8_000_000, 8_000_000, Some(8191), Some(100_000), None)), // chat
+    ("us-west-2", row("deepseek.v3.2", 620_000, 1_850_000, 620_000, 620_000, Some(8000), Some(163_840), None)), // chat
+    ("us-west-2", row("minimax.minimax-m2.1", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-west-2", row("minimax.minimax-m2.5", 300_000, 1_200_000, 300_000, 300_000, Some(8192), Some(196_000), None)), // chat
+    ("us-west-2", row("mistral.mistral-7b-instruct-v0:2", 150_000, 200_000, 150_000, 150_000, Some(4096), Some(32_000), None)), // chat
+    ("us-west-2", row("mistral.mistral-large-2402-v1:0", 4_000_000, 12_000_000, 4_000_000, 4_000_000, Some(4096), Some(32_000), None)), // chat
+    ("us-west-2", row("mistral.mixtral-8x7b-instruct-v0:1", 450_000, 700_000, 450_000, 450_000, Some(4096), Some(32_000), None)), // chat
+    ("us-west-2", row("moonshotai.kimi-k2-thinking", 600_000, 2_500_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-west-2", row("moonshotai.kimi-k2.5", 600_000, 3_000_000, 600_000, 600_000, Some(16_000), Some(262_144), None)), // chat
+    ("us-west-2", row("qwen.qwen3-coder-next", 500_000, 1_200_000, 500_000, 500_000, Some(16_384), Some(262_144), None)), // chat
+    ("us-west-2", row("zai.glm-5", 1_000_000, 3_200_000, 1_000_000, 1_000_000, Some(128_000), Some(200_000), None)), // chat
 ];
 
 /// Image models priced per image (litellm's output_cost_per_image), sorted by model: pico-USD
@@ -522,4 +523,17 @@ static IMAGES: &[(&str, u64)] = &[
     ("us.stability.stable-image-style-guide-v1:0", 70_000_000_000),
     ("us.stability.stable-outpaint-v1:0", 60_000_000_000),
     ("us.stability.stable-style-transfer-v1:0", 80_000_000_000),
+];
+
+/// Guardrail policy units (litellm's bedrock/guardrails guardrail_cost_per_unit), sorted by
+/// the unit name Bedrock's GuardrailUsage reports: pico-USD per unit.
+pub static GUARDRAIL_UNITS: [(&str, u64); 8] = [
+    ("automatedReasoningPolicyUnits", 170_000_000),
+    ("contentPolicyImageUnits", 750_000_000),
+    ("contentPolicyUnits", 150_000_000),
+    ("contextualGroundingPolicyUnits", 100_000_000),
+    ("sensitiveInformationPolicyFreeUnits", 0),
+    ("sensitiveInformationPolicyUnits", 100_000_000),
+    ("topicPolicyUnits", 150_000_000),
+    ("wordPolicyUnits", 0),
 ];

@@ -22,10 +22,21 @@ import harness  # noqa: E402
 HAIKU = "us.anthropic.claude-haiku-4-5-20251001-v1:0"
 SONNET = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
 NOVA_LITE = "us.amazon.nova-lite-v1:0"
+# A context window of 8192 tokens in litellm's data.
+LLAMA3_8B = "meta.llama3-8b-instruct-v1:0"
+GUARDRAIL = {"identifier": "gr0tollgate", "version": "7"}
 
 KEYS = {
     "team-a": ("tg-test-key-team-a", ["*"]),
     "team-limited": ("tg-test-key-limited", ["claude-fast"]),
+    # Every request carries the key's guardrail (tests/test_routing.py).
+    "team-guarded": ("tg-test-key-guarded", ["*"]),
+}
+# Aliases of several targets (tests/test_routing.py).
+ROUTED_ALIASES = {
+    "fallback": [HAIKU, SONNET, NOVA_LITE],
+    "split": [{"model": HAIKU, "weight": 3}, {"model": SONNET, "weight": 1}],
+    "long-context": [LLAMA3_8B, HAIKU],
 }
 MAX_BODY = 64 * 1024
 
@@ -70,9 +81,10 @@ def plugin_config(upstream_port: int, **overrides) -> dict:
     cfg = {
         "region": harness.REGION,
         "upstream_host": f"127.0.0.1:{upstream_port}",
-        "aliases": {"claude-fast": HAIKU, "claude-smart": SONNET, "nova-lite": NOVA_LITE},
+        "aliases": {"claude-fast": HAIKU, "claude-smart": SONNET, "nova-lite": NOVA_LITE, **ROUTED_ALIASES},
         "api_keys": [
-            {"id": kid, "sha256": harness.sha256_hex(secret), "models": models}
+            {"id": kid, "sha256": harness.sha256_hex(secret), "models": models,
+             **({"guardrail": GUARDRAIL} if kid == "team-guarded" else {})}
             for kid, (secret, models) in KEYS.items()
         ],
         "credentials": {

@@ -38,6 +38,14 @@ def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def http_json_post(url: str, body: dict, timeout: float = 10):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        out = r.read()
+    return json.loads(out) if out else None
+
+
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.05):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -165,7 +173,9 @@ def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
     `hcm_overrides` are set on every listener's http_connection_manager (deployment variants);
     `route_timeout` (e.g. "1s") replaces the route's `timeout: 0s`."""
     cfg = yaml.safe_load((ROOT / "envoy/envoy-emulator.yaml").read_text())
-    cfg = copy.deepcopy(cfg)  # break YAML anchors: both listeners share one filter list
+    # Break YAML anchors (both listeners share one filter list; both Tollgate filters one
+    # vm_config and document): every copy is then changed on its own.
+    cfg = json.loads(json.dumps(cfg))
     res = cfg["static_resources"]
     for listener in res["listeners"]:
         listener["address"]["socket_address"]["port_value"] = 0
@@ -188,8 +198,26 @@ def envoy_config(plugin_config: dict | str, upstream_port: int, tls_dir: Path,
                 certs["private_key"]["filename"] = str(tls_dir / "key.pem")
     endpoint = res["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     endpoint["address"]["socket_address"]["port_value"] = upstream_port
+    for wasm in upstream_filters(res["clusters"]):
+        wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        wasm["configuration"]["value"] = (
+            plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+        )
     cfg["admin"]["address"]["socket_address"]["port_value"] = 0
     return cfg
+
+
+def upstream_filters(clusters: list) -> list[dict]:
+    """The Wasm `config` of every Tollgate upstream filter on `clusters` (the Bedrock cluster's
+    attempts filter), to point at this build and document like the downstream one."""
+    out = []
+    for cluster in clusters:
+        options = cluster.get("typed_extension_protocol_options", {})
+        http = options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+        for f in http.get("http_filters", []):
+            if f.get("name") == "envoy.filters.http.wasm":
+                out.append(f["typed_config"]["config"])
+    return out
 
 
 class Envoy(Gateway):
@@ -557,7 +585,7 @@ def shipped_envoy_config(name: str, upstream_port: int, tls_dir: Path, document=
     addresses (169.254.169.254, 169.254.170.2) no test may reach. Requests keep the `:authority`
     Tollgate gives them, so signatures cover the real Bedrock host name. `document`: a function
     given the plugin's configuration document (a dict) to change (test keys, limits)."""
-    cfg = copy.deepcopy(yaml.safe_load((ROOT / "envoy" / name).read_text()))
+    cfg = json.loads(json.dumps(yaml.safe_load((ROOT / "envoy" / name).read_text())))  # no anchors
     res = cfg["static_resources"]
     for listener in res["listeners"]:
         listener["address"]["socket_address"]["port_value"] = 0
@@ -574,6 +602,12 @@ def shipped_envoy_config(name: str, upstream_port: int, tls_dir: Path, document=
                 certs = ts["typed_config"]["common_tls_context"]["tls_certificates"][0]
                 certs["certificate_chain"]["filename"] = str(tls_dir / "cert.pem")
                 certs["private_key"]["filename"] = str(tls_dir / "key.pem")
+    for wasm in upstream_filters(res["clusters"]):
+        wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        if document is not None:
+            doc = json.loads(wasm["configuration"]["value"])
+            document(doc)
+            wasm["configuration"]["value"] = json.dumps(doc)
     for cluster in res["clusters"]:
         cluster["type"] = "STATIC"
         cluster.pop("dns_lookup_family", None)

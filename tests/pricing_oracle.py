@@ -37,3 +37,12 @@ def cost_pico_usd(model_id: str, usage: dict, tier: str | None = None) -> int:
     ) * PICO
     assert total == total.to_integral_value(), "prices must be exact in pico-USD"
     return int(total)
+
+
+def guardrail_cost_pico_usd(units: dict) -> int:
+    """The cost of a guardrail's policy units ({"contentPolicyUnits": n, ...}) at litellm's
+    per-unit prices (`bedrock/guardrails`)."""
+    per_unit = _SNAPSHOT["bedrock/guardrails"]["guardrail_cost_per_unit"]
+    total = sum(Decimal(n) * Decimal(per_unit[name]) for name, n in units.items()) * PICO
+    assert total == total.to_integral_value(), "prices must be exact in pico-USD"
+    return int(total)

@@ -294,6 +294,38 @@ def test_envoy_native_signing_signs_what_tollgate_rewrote_across_rotations(workd
         gw.stop()
 
 
+def test_envoys_signer_signs_every_attempt_of_a_fallback(workdir, tls_dir, rotating):
+    """Envoy only. envoy/envoy-eks.yaml puts Envoy's signer after Tollgate's upstream filter on
+    the Bedrock cluster, so a retried attempt is signed as Tollgate rebuilt it for its target:
+    the first target (capped at 5 output tokens for this key) throttles; the second gets the
+    client's own 50, from the body as it was before the first target's cap, signed anew."""
+    haiku, sonnet = "us.anthropic.claude-haiku-4-5-20251001-v1:0", "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+
+    def chain(doc):
+        doc["aliases"]["fallback"] = [haiku, sonnet]
+        doc["api_keys"][0]["limits"] = {"models": {haiku: {"max_output_tokens": 5}}}
+    gw = native_signing_envoy(workdir, tls_dir, rotating, "native-fallback", chain)
+    try:
+        wait_serving(gw)
+        seq = len(rotating.ledger())
+        client = bedrock_client(gw, tls_dir, DEMO_KEY)
+        text = f"[[emu:fail=throttle@{haiku}]]"
+        out = client.converse(modelId="fallback", inferenceConfig={"maxTokens": 50},
+                              messages=[{"role": "user", "content": [{"text": text}]}])
+        assert out["usage"]["outputTokens"] == 50
+        first, second = rotating.ledger()[seq:]
+        assert (first["model_id"], first["status"], second["model_id"], second["status"]) == (haiku, 429, sonnet, 200)
+        for e in (first, second):
+            assert e["signature_valid"] and e["auth"] == "sigv4", e.get("error")
+            assert int(dict(e["headers"])["content-length"]) == e["body_len"]
+        assert first["body_sha256"] != second["body_sha256"], "each target's own cap"
+        records = harness.wait_until(lambda: [r for r in gw.usage_records() if r["model"] == "fallback"], 10, "the record")
+        assert records[-1]["model_id"] == sonnet
+        assert [a["status"] for a in records[-1]["attempts"]] == [429, 200]
+    finally:
+        gw.stop()
+
+
 @pytest.mark.spin_only("Envoy signs with its aws_request_signing filter; Spin has none")
 def test_envoy_signing_is_refused_on_spin(request, host_kind, workdir, tls_dir, rotating):
     """{"type": "envoy"} on Spin: a configuration error naming the field, every request 500."""

@@ -251,6 +251,7 @@ mod tests {
                 },
                 ..Default::default()
             },
+            guardrail: None,
         };
         let store = MemoryStore::default();
         let counters = CasCounters(&store);

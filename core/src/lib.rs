@@ -10,6 +10,7 @@
 //! | [`exchange`] | One request from head to usage record: the state machine hosts drive. |
 //! | [`request`] | Reading the client's request: route, API key or identity, model ID, headers, body (output cap, cost-raising options). |
 //! | [`quota`] | Limits, the counters they are enforced with, budget periods; reserve, then reconcile. |
+//! | [`routing`] | An alias's targets: fallback chains, weighted splits, context-window skips, when to fall back. |
 //! | [`upstream`] | The request to Bedrock: its rewrite, signing; replies a host makes in Bedrock's place. |
 //! | [`response`] | Bedrock's answer: EventStream decoding, the usage meter, what the client gets of each chunk (the budget cut-off). |
 //! | [`dialect`] | The dialects clients speak: Bedrock's own (passed through), error envelopes, the translator seam. |
@@ -28,6 +29,7 @@ pub mod exchange;
 pub mod quota;
 pub mod request;
 pub mod response;
+pub mod routing;
 pub mod store;
 pub mod upstream;
 

@@ -31,6 +31,61 @@ pub enum ReportedOutput {
     Negative,
 }
 
+/// How a request to one model fails (`[[emu:fail=KIND@MODEL]]`, or a schedule of
+/// `/_emulator/faults`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// `throttle`: 429 ThrottlingException.
+    Throttle,
+    /// `500`…`599`: that status, with Bedrock's error type for it.
+    Status(u16),
+    /// `reset`: the connection is closed before any byte of a response.
+    Reset,
+    /// `reset-after-N`: a 200 whose body stops after N content events (a stream) or after part
+    /// of the body (otherwise), the connection closed under it.
+    ResetAfter(u32),
+}
+
+impl Fault {
+    /// `throttle`, `503`, `reset`, `reset-after-2`.
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "throttle" => Some(Self::Throttle),
+            "reset" => Some(Self::Reset),
+            _ => {
+                if let Some(n) = kind.strip_prefix("reset-after-") {
+                    return n
+                        .parse::<u32>()
+                        .ok()
+                        .map(|n| Self::ResetAfter(n.min(MAX_EVENTS)));
+                }
+                kind.parse::<u16>()
+                    .ok()
+                    .filter(|s| (500..=599).contains(s))
+                    .map(Self::Status)
+            }
+        }
+    }
+
+    /// As a directive writes it.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Throttle => "throttle".into(),
+            Self::Status(s) => s.to_string(),
+            Self::Reset => "reset".into(),
+            Self::ResetAfter(n) => format!("reset-after-{n}"),
+        }
+    }
+
+    /// The error type Bedrock answers a 5xx with.
+    pub fn error_type(status: u16) -> &'static str {
+        match status {
+            503 => "ServiceUnavailableException",
+            _ => "InternalServerException",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Directives {
     /// `[[emu:input=N]]`: input tokens to report instead of ceil(body length / 4).
@@ -63,6 +118,13 @@ pub struct Directives {
     /// `[[emu:content-type=TYPE]]`: the response's `content-type` instead of Bedrock's
     /// (`application/json`, `application/vnd.amazon.eventstream`): a response that lies.
     pub content_type: Option<String>,
+    /// `[[emu:fail=KIND@MODEL]]` (repeatable): every call of this request to MODEL (the model
+    /// ID as the path names it, compared case-insensitively) fails with KIND (see [`Fault`]);
+    /// calls to other models are answered. A fallback chain's attempts carry the same body.
+    pub fails: Vec<(Fault, String)>,
+    /// `[[emu:guardrail-intervene]]`: a request with a guardrail is blocked by it (input
+    /// assessment): no model call, the guardrail's message, `guardrail_intervened`.
+    pub guardrail_intervene: bool,
     /// `[[emu:reported-output=none]]` or `[[emu:reported-output=-1]]`: the response's final
     /// usage (Converse `usage`, stream `metadata`, Anthropic `usage`, invocation metrics, the
     /// output-token-count header) omits its output count, or reports -1. What is served (and
@@ -109,6 +171,19 @@ impl Directives {
         };
         match (name, value) {
             ("throttle", None) => self.throttle = true,
+            ("guardrail-intervene", None) => self.guardrail_intervene = true,
+            ("fail", Some(v)) => {
+                let Some((kind, model)) = v.split_once('@') else {
+                    return false;
+                };
+                let Some(fault) = Fault::parse(kind) else {
+                    return false;
+                };
+                if model.is_empty() || self.fails.len() >= 16 {
+                    return false;
+                }
+                self.fails.push((fault, model.to_ascii_lowercase()));
+            }
             ("hang-up", None) => self.hang_up = true,
             ("images", Some(_)) => match number(MAX_IMAGES) {
                 Some(n) => self.images = Some(n),
@@ -187,6 +262,17 @@ impl Directives {
     }
 }
 
+impl Directives {
+    /// The fault a call to `model_id` meets, if a `fail` directive names it.
+    pub fn fault_for(&self, model_id: &str) -> Option<&Fault> {
+        let model = model_id.to_ascii_lowercase();
+        self.fails
+            .iter()
+            .find(|(_, m)| *m == model)
+            .map(|(fault, _)| fault)
+    }
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -251,6 +337,22 @@ mod tests {
         body.extend_from_slice(&[b'x'; 300]);
         body.extend_from_slice(b"[[emu:output=3]]");
         assert_eq!(Directives::parse(&body).output, Some(3));
+    }
+
+    #[test]
+    fn per_model_faults() {
+        let d = Directives::parse(
+            b"[[emu:fail=throttle@US.Anthropic.X-v1:0]] [[emu:fail=503@b.c]] [[emu:fail=reset@d.e]] \
+              [[emu:fail=reset-after-2@f.g]] [[emu:fail=404@h.i]] [[emu:fail=throttle]] [[emu:guardrail-intervene]]",
+        );
+        assert_eq!(d.fault_for("us.anthropic.x-v1:0"), Some(&Fault::Throttle));
+        assert_eq!(d.fault_for("b.c"), Some(&Fault::Status(503)));
+        assert_eq!(d.fault_for("d.e"), Some(&Fault::Reset));
+        assert_eq!(d.fault_for("f.g"), Some(&Fault::ResetAfter(2)));
+        assert_eq!(d.fault_for("h.i"), None, "only 5xx statuses");
+        assert_eq!(d.fault_for("other.model"), None);
+        assert!(d.guardrail_intervene);
+        assert_eq!(d.seen.len(), 5);
     }
 
     #[test]

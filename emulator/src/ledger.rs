@@ -69,6 +69,12 @@ pub struct Entry {
     /// The rotating credential set (`credentials::Rotation`) the request was signed with, when
     /// it named one.
     pub credentials_generation: Option<u64>,
+    /// The guardrail the request named, whether it intervened, and the units it billed
+    /// (absent without one; no units when the request was refused before the model ran).
+    pub guardrail: Option<crate::guardrails::GuardrailEcho>,
+    /// The fault the emulator answered with (`throttle`, `503`, `reset`, `reset-after-N`), from a
+    /// `fail` directive or a `/_emulator/faults` schedule.
+    pub fault: Option<String>,
 }
 
 /// A ticket taken when a request arrives; recording with it after a reset is a no-op.

@@ -19,7 +19,9 @@ pub mod credentials;
 pub mod directives;
 pub mod eventstream_encode;
 pub mod families;
+pub mod guardrails;
 pub mod ledger;
+pub mod limits;
 pub mod responses;
 #[cfg(feature = "server")]
 pub mod server;

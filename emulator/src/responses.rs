@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use crate::directives::{Directives, ReportedOutput, MAX_OUTPUT_TOKENS};
 use crate::eventstream_encode::{event_frame, exception_frame, EncodeError};
 use crate::families::Family;
+use crate::guardrails::{GuardrailEcho, BLOCKED_MESSAGE};
 
 /// Output tokens served when neither a directive nor the request's max tokens say otherwise.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 32;
@@ -91,6 +92,8 @@ pub struct Plan {
     pub stop_reason: String,
     /// How the final usage misreports its output count, if it does.
     pub reported_output: Option<ReportedOutput>,
+    /// The request's guardrail, echoed in the answer (see `guardrails`).
+    pub guardrail: Option<GuardrailEcho>,
 }
 
 impl Plan {
@@ -150,7 +153,34 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| default_stop.to_string()),
             reported_output: d.reported_output,
+            guardrail: None,
         }
+    }
+
+    /// Applies the request's guardrail: one that intervenes answers in the model's place (no
+    /// tokens, its own message, `guardrail_intervened` on Converse); its units are assessed.
+    pub fn with_guardrail(mut self, guardrail: Option<GuardrailEcho>, converse: bool) -> Self {
+        let Some(mut g) = guardrail else {
+            return self;
+        };
+        if g.intervened {
+            self.usage.input_tokens = 0;
+            self.usage.output_tokens = 0;
+            self.usage.cache_read_tokens = 0;
+            self.usage.cache_write_tokens = 0;
+            self.events = 1;
+            self.fail_after = None;
+            if converse {
+                self.stop_reason = "guardrail_intervened".into();
+            }
+        }
+        g.assess_output(self.full_text().len());
+        self.guardrail = Some(g);
+        self
+    }
+
+    fn blocked(&self) -> bool {
+        self.guardrail.as_ref().is_some_and(|g| g.intervened)
     }
 
     /// Applies `reported-output` to the output count `key` of a final usage object.
@@ -168,6 +198,9 @@ impl Plan {
 
     /// The whole answer text: one word per output token, `w0 w1 w2 …`.
     pub fn full_text(&self) -> String {
+        if self.blocked() {
+            return BLOCKED_MESSAGE.to_string();
+        }
         words(0, self.usage.output_tokens)
     }
 
@@ -176,6 +209,9 @@ impl Plan {
     /// exactly [`Plan::full_text`]. A delta may carry 0 tokens (empty text) when `events`
     /// exceeds the output tokens.
     pub fn deltas(&self) -> Vec<(String, u64)> {
+        if self.blocked() {
+            return vec![(BLOCKED_MESSAGE.to_string(), 0)];
+        }
         let n = u64::from(self.events.max(1));
         let out = self.usage.output_tokens;
         let (base, extra) = (out / n, out % n);
@@ -245,14 +281,16 @@ fn converse_usage(u: &Usage) -> Value {
 
 /// The Converse answer.
 pub fn converse_body(plan: &Plan, latency_ms: u64) -> Vec<u8> {
-    json!({
+    let mut v = json!({
         "output": { "message": { "role": "assistant", "content": [ { "text": plan.full_text() } ] } },
         "stopReason": plan.stop_reason,
         "usage": reported(plan, converse_usage(&plan.usage), "outputTokens"),
         "metrics": { "latencyMs": latency_ms },
-    })
-    .to_string()
-    .into_bytes()
+    });
+    if let Some(g) = plan.guardrail.as_ref().filter(|g| g.trace) {
+        v["trace"] = g.converse_trace();
+    }
+    v.to_string().into_bytes()
 }
 
 fn reported(plan: &Plan, mut usage: Value, key: &str) -> Value {
@@ -271,12 +309,18 @@ fn anthropic_usage(u: &Usage, output_tokens: u64) -> Value {
 
 /// The InvokeModel answer, in the model family's format.
 pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str) -> Vec<u8> {
-    if family != Family::Anthropic {
-        return family
-            .body(plan, model_id, message_id)
-            .to_string()
-            .into_bytes();
+    let mut v = if family != Family::Anthropic {
+        family.body(plan, model_id, message_id)
+    } else {
+        anthropic_body(plan, model_id, message_id)
+    };
+    if let Some(g) = &plan.guardrail {
+        g.add_to_invoke(&mut v);
     }
+    v.to_string().into_bytes()
+}
+
+fn anthropic_body(plan: &Plan, model_id: &str, message_id: &str) -> Value {
     json!({
         "id": message_id,
         "type": "message",
@@ -287,8 +331,6 @@ pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str
         "stop_sequence": null,
         "usage": reported(plan, anthropic_usage(&plan.usage, plan.usage.output_tokens), "output_tokens"),
     })
-    .to_string()
-    .into_bytes()
 }
 
 /// The `X-Amzn-Bedrock-*` headers of an InvokeModel answer.
@@ -435,14 +477,17 @@ pub fn encode_event(
                 "messageStop",
                 json!({ "stopReason": ctx.plan.stop_reason, "p": p }),
             ),
-            StreamEvent::Metadata | StreamEvent::Exception { .. } => (
-                "metadata",
-                json!({
+            StreamEvent::Metadata | StreamEvent::Exception { .. } => {
+                let mut v = json!({
                     "usage": reported(ctx.plan, converse_usage(&ctx.plan.usage), "outputTokens"),
                     "metrics": { "latencyMs": ctx.latency_ms },
                     "p": p,
-                }),
-            ),
+                });
+                if let Some(g) = ctx.plan.guardrail.as_ref().filter(|g| g.trace) {
+                    v["trace"] = g.converse_trace();
+                }
+                ("metadata", v)
+            }
         };
         return event_frame(event_type, payload.to_string().as_bytes());
     }
@@ -459,17 +504,25 @@ pub fn encode_event(
         }),
         "outputTokenCount",
     );
-    let inner = if ctx.family != Family::Anthropic {
+    let last = if ctx.family != Family::Anthropic {
+        ctx.family.is_last_event(event)
+    } else {
+        matches!(event, StreamEvent::MessageStop)
+    };
+    let mut inner = if ctx.family != Family::Anthropic {
         let mut inner = ctx
             .family
             .stream_event(event, ctx.plan, ctx.model_id, ctx.message_id);
-        if ctx.family.is_last_event(event) {
+        if last {
             inner["amazon-bedrock-invocationMetrics"] = metrics;
         }
         inner
     } else {
         anthropic_event(ctx, event, metrics)
     };
+    if let Some(g) = ctx.plan.guardrail.as_ref().filter(|_| last) {
+        g.add_to_invoke(&mut inner);
+    }
     let bytes = base64::engine::general_purpose::STANDARD.encode(inner.to_string());
     let payload = json!({ "bytes": bytes, "p": p });
     event_frame("chunk", payload.to_string().as_bytes())

@@ -26,8 +26,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::credentials::{self as rotating, Rotation};
-use crate::directives::Directives;
+use crate::directives::{Directives, Fault};
 use crate::families::Family;
+use crate::guardrails::GuardrailEcho;
 use crate::ledger::{now_ms, Entry, Ledger, Ticket};
 use crate::responses::{
     converse_body, encode_event, error_body, invoke_body, invoke_headers, message_id, request_id,
@@ -54,7 +55,8 @@ const CHUNK_SIZES: &[usize] = &[
 /// reading (or goes away) is noticed promptly.
 const STREAM_CHANNEL_CAPACITY: usize = 2;
 
-pub type ResponseBody = BoxBody<Bytes, Infallible>;
+/// A response body; an error from it closes the connection under the response (a reset).
+pub type ResponseBody = BoxBody<Bytes, io::Error>;
 
 /// What the emulator accepts.
 #[derive(Clone, Debug)]
@@ -94,6 +96,37 @@ struct State {
     config: Config,
     ledger: Ledger,
     endpoints: rotating_server::Endpoints,
+    /// `/_emulator/faults`: the next calls to a model fail.
+    faults: std::sync::Mutex<Vec<Scheduled>>,
+}
+
+/// A fault scheduled for the next `remaining` calls to `model`.
+#[derive(Debug)]
+struct Scheduled {
+    model: String,
+    fault: Fault,
+    remaining: u64,
+}
+
+impl State {
+    /// The scheduled fault of a call to `model_id`, counted.
+    fn take_fault(&self, model_id: &str) -> Option<Fault> {
+        let model = model_id.to_ascii_lowercase();
+        let mut faults = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        let i = faults
+            .iter()
+            .position(|f| f.model == model && f.remaining > 0)?;
+        let f = faults.get_mut(i)?;
+        f.remaining -= 1;
+        Some(f.fault.clone())
+    }
+
+    fn clear_faults(&self) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
 }
 
 /// The emulator: cheap to clone (shared state).
@@ -116,6 +149,7 @@ impl Emulator {
                 config,
                 ledger: Ledger::new(),
                 endpoints: rotating_server::Endpoints::default(),
+                faults: std::sync::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -163,7 +197,9 @@ impl Emulator {
 }
 
 fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
@@ -229,8 +265,14 @@ async fn handle(
             }
             ("POST", "reset") => {
                 state.ledger.reset();
+                state.clear_faults();
                 json_response(StatusCode::OK, &json!({ "status": "reset" }))
             }
+            ("DELETE", "faults") => {
+                state.clear_faults();
+                json_response(StatusCode::OK, &json!({ "status": "cleared" }))
+            }
+            ("POST", "faults") => schedule_fault(&state, req).await,
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({ "message": "unknown emulator control endpoint" }),
@@ -242,6 +284,37 @@ async fn handle(
         return Err(HangUp);
     }
     Ok(response)
+}
+
+/// `POST /_emulator/faults` `{"model": ID, "fault": "throttle" | "503" | "reset" |
+/// "reset-after-N", "times": N}`: the next N calls to that model fail so.
+async fn schedule_fault(state: &State, req: Request<Incoming>) -> Response<ResponseBody> {
+    let bad = |why: &str| json_response(StatusCode::BAD_REQUEST, &json!({ "message": why }));
+    let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
+        return bad("unreadable body");
+    };
+    let Ok(v) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+        return bad("the body must be JSON");
+    };
+    let model = v.get("model").and_then(Value::as_str).unwrap_or("");
+    let fault = v
+        .get("fault")
+        .and_then(Value::as_str)
+        .and_then(Fault::parse);
+    let times = v.get("times").and_then(Value::as_u64).unwrap_or(1);
+    let Some(fault) = fault.filter(|_| !model.is_empty()) else {
+        return bad("needs a model and a fault: throttle, 500..599, reset, reset-after-N");
+    };
+    state
+        .faults
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Scheduled {
+            model: model.to_ascii_lowercase(),
+            fault,
+            remaining: times,
+        });
+    json_response(StatusCode::OK, &json!({ "status": "scheduled" }))
 }
 
 /// An answer that is not a stream: status, error (type and message) or body, extra headers.
@@ -562,6 +635,53 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         ));
     };
 
+    // The guardrail a request names is recorded whatever its answer; it is assessed (units)
+    // only if the model runs.
+    let early_json = serde_json::from_slice::<Value>(&body).ok();
+    pending.entry.guardrail = GuardrailEcho::of_request(
+        op.is_converse(),
+        early_json.as_ref(),
+        &headers,
+        body.len(),
+        false,
+    );
+    drop(early_json);
+    let fault = state
+        .take_fault(&model_id)
+        .or_else(|| directives.fault_for(&model_id).cloned());
+    pending.entry.fault = fault.as_ref().map(Fault::name);
+    match &fault {
+        Some(Fault::Reset) => {
+            let mut response = pending.finish(Answer::error(
+                0,
+                "HangUp",
+                "the emulator closed the connection without answering ([[emu:fail=reset]])",
+            ));
+            response.extensions_mut().insert(HangUp);
+            return response;
+        }
+        Some(Fault::Throttle) => {
+            return pending.finish(Answer::error(
+                429,
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.",
+            ))
+        }
+        Some(Fault::Status(status)) => {
+            let kind = Fault::error_type(*status);
+            return pending.finish(Answer::error(
+                *status,
+                kind,
+                format!("Emulated {kind} for {model_id} ([[emu:fail]])."),
+            ));
+        }
+        Some(Fault::ResetAfter(_)) | None => {}
+    }
+    let reset_after = match fault {
+        Some(Fault::ResetAfter(n)) => Some(n),
+        _ => None,
+    };
+
     let slow = directives
         .slow_ms
         .filter(|&ms| ms > 0)
@@ -605,6 +725,18 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         ));
     };
 
+    if let Some(window) = crate::limits::context_window(&model_id) {
+        let input = directives
+            .input
+            .unwrap_or_else(|| (body.len() as u64).div_ceil(4));
+        if input > window {
+            return pending.finish(Answer::error(
+                400,
+                "ValidationException",
+                "Input is too long for requested model.",
+            ));
+        }
+    }
     let family = Family::of(&model_id);
     if family.makes_images() && op != Operation::Invoke {
         return pending.finish(Answer::error(
@@ -613,9 +745,18 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
             "The provided model doesn't support this operation; image models answer InvokeModel.",
         ));
     }
-    let plan = Plan::new(op, family, &body, Some(&json), &directives);
+    let guardrail = GuardrailEcho::of_request(
+        op.is_converse(),
+        Some(&json),
+        &headers,
+        body.len(),
+        directives.guardrail_intervene,
+    );
+    let plan = Plan::new(op, family, &body, Some(&json), &directives)
+        .with_guardrail(guardrail, op.is_converse());
     let msg_id = message_id(ticket.seq);
     pending.entry.usage = Some(plan.usage);
+    pending.entry.guardrail = plan.guardrail.clone();
     if op.is_stream() {
         let (state, ticket, entry) = pending.into_stream();
         return start_stream(
@@ -631,6 +772,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
                 msg_id,
                 received,
                 slow,
+                reset_after,
             },
         );
     }
@@ -661,6 +803,14 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         },
     };
     pending.entry.output_text = Some(plan.full_text());
+    if reset_after.is_some() {
+        // Generated whole (and billed by Bedrock), but the connection fails mid-body.
+        pending.entry.error = Some("connection reset mid-body ([[emu:fail=reset-after]])".into());
+        let bytes = answer.body.clone();
+        let mut response = pending.finish(answer);
+        *response.body_mut() = half_then_reset(bytes);
+        return response;
+    }
     pending.finish(answer)
 }
 
@@ -681,23 +831,40 @@ fn log(state: &State, e: &Entry) {
     }
 }
 
-/// A response body fed by a channel: each message is one HTTP chunk.
+/// A response body fed by a channel: each message is one HTTP chunk; an error closes the
+/// connection under the response.
 struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<io::Result<Bytes>>,
 }
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         self.rx
             .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+            .map(|chunk| chunk.map(|b| b.map(Frame::data)))
     }
+}
+
+/// A body that sends the first half of `bytes`, then fails: a non-stream answer cut by a reset.
+fn half_then_reset(bytes: Vec<u8>) -> ResponseBody {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let bytes = Bytes::from(bytes);
+        let half = bytes.slice(..bytes.len() / 2);
+        let _ = tx.send(Ok(half)).await;
+        let _ = tx
+            .send(Err(io::Error::other(
+                "emulated reset ([[emu:fail=reset-after]])",
+            )))
+            .await;
+    });
+    ChannelBody { rx }.boxed()
 }
 
 struct StreamJob {
@@ -709,6 +876,8 @@ struct StreamJob {
     msg_id: String,
     received: Instant,
     slow: Option<Duration>,
+    /// `fail=reset-after-N`: the connection is closed under the stream after N content events.
+    reset_after: Option<u32>,
 }
 
 fn start_stream(
@@ -747,7 +916,7 @@ struct Closed;
 /// Cuts the stream's bytes into chunks of [`CHUNK_SIZES`] and keeps track of which frames have
 /// been wholly handed to the connection, and when.
 struct Chunker {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
     buf: BytesMut,
     next_size: usize,
     pushed: u64,
@@ -759,7 +928,7 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn new(tx: mpsc::Sender<Bytes>) -> Self {
+    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
         Chunker {
             tx,
             buf: BytesMut::new(),
@@ -791,7 +960,7 @@ impl Chunker {
                 break;
             };
             let chunk = self.buf.split_to(n).freeze();
-            self.tx.send(chunk).await.map_err(|_| Closed)?;
+            self.tx.send(Ok(chunk)).await.map_err(|_| Closed)?;
             self.sent += n as u64;
             let at = now_ms();
             while let Some(&(end, index)) = self.pending.front() {
@@ -811,9 +980,11 @@ async fn run_stream(
     ticket: Ticket,
     mut entry: Entry,
     job: StreamJob,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<io::Result<Bytes>>,
 ) {
     let events = stream_events(job.op, job.family, &job.plan);
+    let mut deltas = 0u32;
+    let mut reset = false;
     let mut chunker = Chunker::new(tx);
     let mut first_byte_latency_ms = None;
     let mut disconnected = false;
@@ -846,11 +1017,26 @@ async fn run_stream(
             }
         };
         chunker.push(&frame, i);
+        if matches!(event, StreamEvent::Delta { .. }) {
+            deltas += 1;
+        }
+        let reset_now = job.reset_after.is_some_and(|n| deltas >= n);
         // With `slow`, each event goes out whole at its own time; without, bytes are held
         // until the next chunk size is reached, so several frames can share a chunk.
-        let flush = job.slow.is_some() || i + 1 == events.len();
+        let flush = job.slow.is_some() || i + 1 == events.len() || reset_now;
         if chunker.send(flush).await.is_err() {
             disconnected = true;
+            break;
+        }
+        if reset_now {
+            // An error from the body makes the server drop the connection mid-response.
+            let _ = chunker
+                .tx
+                .send(Err(io::Error::other(
+                    "emulated reset ([[emu:fail=reset-after]])",
+                )))
+                .await;
+            reset = true;
             break;
         }
     }
@@ -880,7 +1066,8 @@ async fn run_stream(
     entry.stream_events_sent = Some(times.len() as u64);
     entry.content_events_sent = Some(content_events);
     entry.output_tokens_sent = Some(tokens_sent);
-    entry.stream_completed = Some(all_sent && exception.is_none() && encode_error.is_none());
+    entry.stream_completed =
+        Some(all_sent && exception.is_none() && encode_error.is_none() && !reset);
     entry.client_disconnected = Some(disconnected);
     entry.first_event_at_ms = times.first().copied();
     entry.last_event_at_ms = times.last().copied();
@@ -888,6 +1075,10 @@ async fn run_stream(
     if let Some(message) = exception {
         entry.error = Some(format!("modelStreamErrorException: {message}"));
         entry.error_type = Some("modelStreamErrorException".into());
+    } else if reset {
+        entry.error = Some(format!(
+            "connection reset after {deltas} content events ([[emu:fail=reset-after-{deltas}]])"
+        ));
     } else if disconnected {
         entry.error = Some("client disconnected mid-stream".into());
     } else if let Some(e) = encode_error {

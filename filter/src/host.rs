@@ -51,6 +51,33 @@ pub fn response_code_details() -> Option<String> {
     }
 }
 
+/// One header's value, decoded as UTF-8 (invalid bytes replaced); `None` if absent.
+pub fn header_value(map: MapType, name: &str) -> Option<String> {
+    match hostcalls::get_map_value_bytes(map, name) {
+        Ok(Some(v)) => Some(String::from_utf8_lossy(&v).into_owned()),
+        _ => None,
+    }
+}
+
+/// A value of the request's filter state that a Tollgate filter set (`set_property`), which
+/// every filter of the request sees, the upstream filters of each attempt included. `None`
+/// if unset or empty.
+pub fn property(name: &str) -> Option<Vec<u8>> {
+    match hostcalls::get_property(vec![name]) {
+        Ok(Some(v)) if !v.is_empty() => Some(v),
+        _ => None,
+    }
+}
+
+pub fn set_property(name: &str, value: &[u8]) {
+    if let Err(e) = hostcalls::set_property(vec![name], Some(value)) {
+        log(
+            LogLevel::Error,
+            &format!("tollgate: could not set filter state {name}: {e:?}"),
+        );
+    }
+}
+
 pub fn buffer(kind: BufferType, size: usize) -> Vec<u8> {
     match hostcalls::get_buffer(kind, 0, size) {
         Ok(Some(bytes)) => bytes,

@@ -18,7 +18,7 @@ use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
 use crate::leases::{self, Shared};
-use crate::{identity, metrics};
+use crate::{identity, metrics, upstream};
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
@@ -104,11 +104,25 @@ impl Http {
                     host::trap();
                 }
                 match apply(&up, body.len()) {
-                    Ok(()) => Action::Continue,
+                    Ok(()) => {
+                        if let Some(ex) = self.exchange() {
+                            publish_fallbacks(&ex);
+                        }
+                        Action::Continue
+                    }
                     Err(e) => self.reject(&e, None),
                 }
             }
             Err(e) => self.reject(&e, None),
+        }
+    }
+
+    /// Reads the attempts Tollgate's upstream filter logged, for a request it may have retried.
+    fn sync_attempts(&mut self) {
+        if let Some(mut ex) = self.exchange().filter(|ex| ex.has_fallbacks()) {
+            if let Some(log) = host::property(upstream::ATTEMPTS) {
+                ex.sync_attempts(std::str::from_utf8(&log).unwrap_or(""));
+            }
         }
     }
 
@@ -125,6 +139,23 @@ impl Http {
             return self.reject(&e, None);
         }
         self.forward(&config, body)
+    }
+}
+
+/// Tells the router how often it may retry this request, and, when it has targets to fall
+/// back to, leaves their plan for Tollgate's upstream filter (`upstream.rs`) in the request's
+/// filter state. One target: no retry (a retry would go to the same model).
+fn publish_fallbacks(ex: &Exchange) {
+    let map = MapType::HttpRequestHeaders;
+    match ex.fallbacks() {
+        Some(fallbacks) => {
+            host::set_property(upstream::PLAN, fallbacks.plan.as_bytes());
+            if let Some(body) = fallbacks.body {
+                host::set_property(upstream::BODY, body);
+            }
+            host::set_header(map, "x-envoy-max-retries", &fallbacks.retries.to_string());
+        }
+        None => host::set_header(map, "x-envoy-max-retries", "0"),
     }
 }
 
@@ -247,6 +278,7 @@ impl HttpContext for Http {
         if self.local_reply {
             return Action::Continue;
         }
+        self.sync_attempts();
         let local_reply = &mut self.local_reply;
         if let Some(mut ex) = self.exchange.as_ref().and_then(|e| e.try_borrow_mut().ok()) {
             let headers = host::headers(MapType::HttpResponseHeaders);
@@ -297,6 +329,7 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        self.sync_attempts();
         let (Ok(config), Some(mut ex)) = (&self.config, self.exchange()) else {
             return;
         };

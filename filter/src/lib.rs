@@ -8,6 +8,7 @@ mod identity;
 mod leases;
 mod metrics;
 pub mod stats;
+mod upstream;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,6 +28,7 @@ proxy_wasm::main! {{
         config: Err(not_configured()),
         signing_keys: Rc::default(),
         refresher: None,
+        upstream: false,
     }) });
 }}
 
@@ -41,6 +43,9 @@ struct Root {
     signing_keys: Rc<RefCell<SigningKeyCache>>,
     /// Keeps fetched credentials fresh, when the configuration's come from an endpoint.
     refresher: Option<credentials::Refresher>,
+    /// This is the Bedrock cluster's upstream filter (root ID `tollgate_upstream`): it builds
+    /// the attempts after the first (`upstream.rs`).
+    upstream: bool,
 }
 
 impl Context for Root {
@@ -59,12 +64,21 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
+        self.upstream =
+            host::property("plugin_root_id").as_deref() == Some(upstream::ROOT_ID.as_bytes());
         let bytes = host::buffer(BufferType::PluginConfiguration, size);
         // Credentials may come from `vm_config.environment_variables`.
         let env = |name: &str| std::env::var(name).ok();
         match Config::parse(&bytes, &env) {
             Ok(c) => {
-                prepare_state(&c);
+                if self.upstream {
+                    host::log(
+                        LogLevel::Info,
+                        "tollgate: configured as the Bedrock cluster's upstream filter",
+                    );
+                } else {
+                    prepare_state(&c);
+                }
                 self.refresher = match &c.upstream_auth {
                     UpstreamAuth::Fetched(source) => {
                         Some(credentials::Refresher::new(source.clone()))
@@ -115,6 +129,12 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if self.upstream {
+            return Some(Box::new(upstream::Attempt::new(
+                self.config.clone(),
+                self.signing_keys.clone(),
+            )));
+        }
         Some(Box::new(http::Http::new(
             self.config.clone(),
             self.signing_keys.clone(),

@@ -32,7 +32,7 @@ use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Verdic
 use tollgate_core::quota::counters::IncrementCounters;
 use tollgate_core::quota::settlement::ATTEMPTS_WITHIN_A_REQUEST;
 use tollgate_core::quota::{Retried, Unsettled};
-use tollgate_core::upstream::request::is_hop_by_hop;
+use tollgate_core::upstream::request::{is_hop_by_hop, UpstreamRequest};
 use tollgate_core::upstream::signing::SigningKeyCache;
 
 use kv::Kv;
@@ -321,54 +321,57 @@ async fn forward(
         log_err("tollgate: test hook: trapping the instance after admission");
         std::process::abort();
     }
-    let url = format!(
-        "{}://{}{}",
-        flight.config.upstream_scheme, up.authority, up.path
-    );
-    // The rewritten body (output cap applied) if core made one, else the client's.
-    let out_body = up.body.take().map_or(body, Bytes::from);
-    let mut out = http::Request::builder().method(method).uri(&url);
-    for (name, value) in up.headers_from(original_headers.iter().copied()) {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_bytes(&value),
-        ) {
-            out = out.header(n, v);
-        }
-    }
-    // The upstream signature covers the body; send its exact length, never chunked.
-    out = out.header(http::header::CONTENT_LENGTH, out_body.len());
-    let out = match out.body(FullBody::new(out_body)) {
-        Ok(r) => r,
-        Err(e) => {
-            return flight.refuse(&GatewayError::new(
-                ErrorKind::Internal,
-                format!("could not build the upstream request: {e}"),
-            ))
-        }
-    };
-    // The lease is renewed while Bedrock works on the answer, however long that takes.
-    let sent = {
-        let send = pin!(spin_sdk::http::send(out));
-        let keep = pin!(keep_lease(&mut flight.ex, &flight.kv));
-        match select(send, keep).await {
-            Either::Left((sent, _)) => sent,
-            Either::Right((never, _)) => match never {},
-        }
-    };
-    let response = match sent {
-        Ok(r) => r,
-        Err(code) => {
-            log_err(&format!(
-                "tollgate: upstream request to {url} failed: {code:?}"
-            ));
-            return flight.upstream_failed(
-                &GatewayError::new(
-                    ErrorKind::UpstreamUnavailable,
-                    format!("the gateway could not reach the model endpoint: {code}"),
-                ),
-                may_have_reached_upstream(&code),
-            );
+    // Each attempt, until one answers: a 429, a 5xx or no response moves on to the alias's
+    // next target (core's rule), before anything reaches the client.
+    let response = loop {
+        let url = format!(
+            "{}://{}{}",
+            flight.config.upstream_scheme, up.authority, up.path
+        );
+        // The rewritten body (output cap, guardrail) if core made one, else the client's.
+        let out = match outbound(&method, &url, &mut up, original_headers, &body) {
+            Ok(r) => r,
+            Err(e) => return flight.refuse(&e),
+        };
+        // The lease is renewed while Bedrock works on the answer, however long that takes.
+        let sent = {
+            let send = pin!(spin_sdk::http::send(out));
+            let keep = pin!(keep_lease(&mut flight.ex, &flight.kv));
+            match select(send, keep).await {
+                Either::Left((sent, _)) => sent,
+                Either::Right((never, _)) => match never {},
+            }
+        };
+        let (status, sent) = match sent {
+            Ok(r) => (Some(r.status().as_u16()), Ok(r)),
+            Err(code) => {
+                log_err(&format!(
+                    "tollgate: upstream request to {url} failed: {code:?}"
+                ));
+                (None, Err(code))
+            }
+        };
+        let next = flight.ex.fall_back(
+            &flight.config,
+            status,
+            keys,
+            SystemTime::now(),
+            fetched.as_ref(),
+        );
+        match (next, sent) {
+            (None, Ok(r)) => break r,
+            (None, Err(code)) => {
+                return flight.upstream_failed(
+                    &GatewayError::new(
+                        ErrorKind::UpstreamUnavailable,
+                        format!("the gateway could not reach the model endpoint: {code}"),
+                    ),
+                    may_have_reached_upstream(&code),
+                )
+            }
+            // The failed attempt's answer (if any) is dropped unread: only the last is relayed.
+            (Some(Ok(next)), _) => up = next,
+            (Some(Err(e)), _) => return flight.refuse(&e),
         }
     };
 
@@ -404,6 +407,34 @@ async fn forward(
             format!("could not build the response: {e}"),
         )),
     }
+}
+
+/// The outbound request of one attempt: `up`'s path, headers and body (the client's `body`
+/// when core made none), with its exact length (the signature covers the body: never chunked).
+fn outbound(
+    method: &http::Method,
+    url: &str,
+    up: &mut UpstreamRequest,
+    client_headers: &[(&str, &[u8])],
+    body: &Bytes,
+) -> Result<http::Request<FullBody<Bytes>>, GatewayError> {
+    let out_body = up.body.take().map_or_else(|| body.clone(), Bytes::from);
+    let mut out = http::Request::builder().method(method.clone()).uri(url);
+    for (name, value) in up.headers_from(client_headers.iter().copied()) {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(&value),
+        ) {
+            out = out.header(n, v);
+        }
+    }
+    out = out.header(http::header::CONTENT_LENGTH, out_body.len());
+    out.body(FullBody::new(out_body)).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::Internal,
+            format!("could not build the upstream request: {e}"),
+        )
+    })
 }
 
 type RequestChunks = http_body_util::BodyDataStream<IncomingRequestBody>;

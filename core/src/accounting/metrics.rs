@@ -33,6 +33,10 @@ pub const REJECTIONS: &str = "tollgate_rejections_total";
 /// Milliseconds from admission to the end of the response (the whole stream), for exchanges
 /// that were forwarded and got a response status: histogram `{model}`.
 pub const UPSTREAM_LATENCY: &str = "tollgate_upstream_latency_ms";
+/// Requests of an alias of several targets that went on past a target: `{key, model, reason}`,
+/// reason = throttled | server_error | connection (an attempt failed, the next target was
+/// tried) | context_window | body_format (a target was left out without being called).
+pub const FALLBACKS: &str = "tollgate_fallbacks_total";
 /// Fetches of AWS credentials from their endpoint that succeeded (no labels).
 pub const CREDENTIAL_REFRESHES: &str = "tollgate_credential_refreshes_total";
 /// Fetches of AWS credentials that failed (no labels).
@@ -70,6 +74,7 @@ pub enum Metric {
     UsageSource,
     Rejections,
     UpstreamLatency,
+    Fallbacks,
     CredentialRefreshes,
     CredentialRefreshFailures,
     LeaseReclaims,
@@ -86,6 +91,7 @@ impl Metric {
             Self::UsageSource => USAGE_SOURCE,
             Self::Rejections => REJECTIONS,
             Self::UpstreamLatency => UPSTREAM_LATENCY,
+            Self::Fallbacks => FALLBACKS,
             Self::CredentialRefreshes => CREDENTIAL_REFRESHES,
             Self::CredentialRefreshFailures => CREDENTIAL_REFRESH_FAILURES,
             Self::LeaseReclaims => LEASE_RECLAIMS,
@@ -110,6 +116,7 @@ impl Metric {
             Self::UsageSource => &["key", "usage_source"],
             Self::Rejections => &["key", "reason"],
             Self::UpstreamLatency => &["model"],
+            Self::Fallbacks => &["key", "model", "reason"],
             Self::CredentialRefreshes | Self::CredentialRefreshFailures => &[],
             Self::LeaseReclaims | Self::SettlementRetries | Self::SettlementsAbandoned => &["key"],
         }
@@ -236,6 +243,18 @@ pub fn record_updates<'a>(
         [key(), Cow::Borrowed(usage_source_name(record.usage_source))],
         1,
     ));
+    let reasons = record
+        .attempts
+        .iter()
+        .filter_map(|a| a.fallback)
+        .chain(record.skipped.iter().map(|s| s.reason));
+    for reason in reasons {
+        out.push(Update::new(
+            Metric::Fallbacks,
+            [key(), model(), Cow::Borrowed(reason.name())],
+            1,
+        ));
+    }
     // Forwarded and answered: the status is upstream's (Bedrock's, or Envoy's router's own 503
     // when it could not connect), errors and throttles included. The gateway's own refusals
     // (413, 500, quota 429) were never forwarded; status 0 (no answer: reset, client gone
@@ -300,6 +319,9 @@ mod tests {
             priced_as: PriceSource::Model,
             service_tier: Default::default(),
             unpriced_options: Vec::new(),
+            guardrail: None,
+            attempts: Vec::new(),
+            skipped: Vec::new(),
             exception: None,
             problem: None,
             request_bytes: 90,

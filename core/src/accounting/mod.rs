@@ -1,6 +1,7 @@
 //! What an exchange costs and where that is counted: prices, the usage record, lifetime
 //! totals, metric values.
 
+pub mod guardrail;
 pub mod metrics;
 pub mod money;
 pub mod pricing;

@@ -56,6 +56,8 @@ pub struct Quote {
     pub source: PriceSource,
     /// The model's output-token limit, when litellm knows it.
     pub max_output_tokens: Option<u32>,
+    /// The model's context window (input tokens), when litellm knows it.
+    pub max_input_tokens: Option<u32>,
     /// Long-context tier, for the few models priced higher above an input size.
     pub long_context: Option<LongContext>,
     /// pico-USD per generated image: image models (whose token prices are zero).
@@ -92,10 +94,12 @@ struct Row {
     model: &'static str,
     price: Price,
     max_output_tokens: Option<u32>,
+    max_input_tokens: Option<u32>,
     long_context: Option<&'static LongContext>,
 }
 
 /// Constructor used by the generated table, to keep it one line per model.
+#[allow(clippy::too_many_arguments)] // one per column of the generated table
 const fn row(
     model: &'static str,
     input: u64,
@@ -103,6 +107,7 @@ const fn row(
     cache_read: u64,
     cache_write: u64,
     max_output_tokens: Option<u32>,
+    max_input_tokens: Option<u32>,
     long_context: Option<&'static LongContext>,
 ) -> Row {
     Row {
@@ -114,6 +119,7 @@ const fn row(
             cache_write,
         },
         max_output_tokens,
+        max_input_tokens,
         long_context,
     }
 }
@@ -201,6 +207,7 @@ pub fn quote_tier(region: &str, model_id: &str, tier: ServiceTier) -> Option<Quo
         price: row.price,
         source,
         max_output_tokens: base.max_output_tokens,
+        max_input_tokens: base.max_input_tokens,
         // The generator refuses a tier of a model with a long-context tier.
         long_context: None,
         per_image_pico_usd: base.per_image_pico_usd,
@@ -213,6 +220,7 @@ impl Row {
             price: self.price,
             source,
             max_output_tokens: self.max_output_tokens,
+            max_input_tokens: self.max_input_tokens,
             long_context: self.long_context.copied(),
             per_image_pico_usd: None,
         }
@@ -263,6 +271,7 @@ pub fn quote(region: &str, model_id: &str) -> Quote {
             },
             source: PriceSource::Model,
             max_output_tokens: None,
+            max_input_tokens: None,
             long_context: None,
             per_image_pico_usd: Some(*per_image),
         };
@@ -271,6 +280,7 @@ pub fn quote(region: &str, model_id: &str) -> Quote {
         price: MAX_CHAT_TIER,
         source: PriceSource::UnknownModel,
         max_output_tokens: None,
+        max_input_tokens: None,
         long_context: None,
         per_image_pico_usd: None,
     }

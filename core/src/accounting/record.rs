@@ -2,10 +2,13 @@
 
 use serde::Serialize;
 
+use crate::accounting::guardrail::GuardrailRecord;
 use crate::accounting::pricing::{self, PriceSource, ServiceTier};
 use crate::accounting::usage::Usage;
+use crate::request::guardrail::Guardrail;
 use crate::request::operation::Operation;
 use crate::response::meter::Reading;
+use crate::routing::attempts::Reason;
 
 /// Where a record's token counts come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,7 +44,7 @@ pub struct UsageRecord {
     /// Images generated (image models, priced per image); absent when none.
     #[serde(skip_serializing_if = "is_zero")]
     pub images: u64,
-    /// Exact cost in pico-USD (1e-12 USD).
+    /// Exact cost in pico-USD (1e-12 USD): the tokens (or images), plus a guardrail's units.
     pub cost_pico_usd: u64,
     pub usage_source: UsageSource,
     pub priced_as: PriceSource,
@@ -52,12 +55,41 @@ pub struct UsageRecord {
     /// the request is billed as if it had not used them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unpriced_options: Vec<&'static str>,
+    /// A guardrail applied to the request (the key's, or the client's own where allowed):
+    /// whether it intervened, the units its trace reported and their cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrail: Option<GuardrailRecord>,
+    /// An alias of several targets: each attempt in order, the last the one that answered (or
+    /// failed last); `model_id` is that attempt's target, the one billed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptRecord>,
+    /// Targets of the alias the request left out without calling them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkippedRecord>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     pub request_bytes: u64,
     pub latency_ms: u64,
+}
+
+/// One attempt of a request at one target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    pub model_id: String,
+    /// The status it got; 0: none (the connection failed or was reset before a response).
+    pub status: u16,
+    /// Why the request went on to the next target after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Reason>,
+}
+
+/// A target left out of a request's plan.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkippedRecord {
+    pub model_id: String,
+    pub reason: Reason,
 }
 
 impl UsageRecord {
@@ -188,8 +220,10 @@ pub fn billable(
     if !(200..300).contains(&status) && !unanswered {
         return (Usage::default(), UsageSource::None);
     }
-    // A final usage of zero output for a response that carried text is not believed.
-    let believable = !(reading.usage.output_tokens == 0 && reading.output_text_bytes > 0);
+    // A final usage of zero output for a response that carried text is not believed, unless a
+    // guardrail intervened: then the text is its own message, not the model's.
+    let believable = !(reading.usage.output_tokens == 0 && reading.output_text_bytes > 0)
+        || reading.guardrail.intervened;
     if reading.complete && believable {
         return (reading.usage, UsageSource::Reported);
     }
@@ -238,6 +272,8 @@ pub struct Facts<'a> {
     pub latency_ms: u64,
     /// The service tier the request was admitted at (priced: `options::decide`).
     pub service_tier: ServiceTier,
+    /// The key's guardrail, when it has one.
+    pub guardrail: Option<&'a Guardrail>,
 }
 
 pub fn make(f: Facts<'_>) -> UsageRecord {
@@ -255,6 +291,25 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
     );
     let quote = pricing::quote_tier(f.region, f.model_id, f.service_tier)
         .unwrap_or_else(|| pricing::quote(f.region, f.model_id));
+    // Guardrail units are billed as reported, on any answer Bedrock bills.
+    let g = &f.reading.guardrail;
+    let guardrail = (f.guardrail.is_some() || g.assessed || g.intervened).then(|| {
+        let billed = usage_source != UsageSource::None;
+        GuardrailRecord {
+            identifier: f.guardrail.map(|k| k.identifier.clone()),
+            version: f.guardrail.map(|k| k.version.clone()),
+            intervened: g.intervened,
+            units: if billed {
+                g.units()
+            } else {
+                Default::default()
+            },
+            cost_pico_usd: if billed { g.cost_pico_usd() } else { 0 },
+        }
+    });
+    let cost_pico_usd = quote
+        .cost(&usage)
+        .saturating_add(guardrail.as_ref().map_or(0, |g| g.cost_pico_usd));
     UsageRecord {
         request_id: f.request_id.map(str::to_string),
         key_id: f.key_id.to_string(),
@@ -269,11 +324,14 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         cache_read_tokens: usage.cache_read_tokens,
         cache_write_tokens: usage.cache_write_tokens,
         images: usage.images,
-        cost_pico_usd: quote.cost(&usage),
+        cost_pico_usd,
         usage_source,
         priced_as: quote.source,
         service_tier: f.service_tier,
         unpriced_options: Vec::new(),
+        guardrail,
+        attempts: Vec::new(),
+        skipped: Vec::new(),
         exception: f.reading.exception.clone(),
         problem: f.reading.problem.clone(),
         request_bytes: f.request_bytes,
@@ -308,6 +366,7 @@ mod tests {
             request_bytes: 40,
             latency_ms: 3,
             service_tier: ServiceTier::Standard,
+            guardrail: None,
         })
     }
 

@@ -908,6 +908,7 @@ mod tests {
             request_bytes: 10,
             latency_ms: 1,
             service_tier: Default::default(),
+            guardrail: None,
         };
         assert_eq!(
             add_record(&CasTotals(&s), &make(facts(false, 429))).unwrap(),

@@ -73,8 +73,10 @@ impl Entry {
             jwt: Vec::new(),
             models: self.models.clone(),
             limits: limits.map_err(|e| invalid(format!("limits: {e}")))?,
+            // Guardrails are set in the document only (README, Guardrails per key).
+            guardrail: None,
         };
-        doc.validate("key", &config.aliases, &config.region)
+        doc.validate("key", &config.aliases, &config.targets, &config.region)
             .map_err(|e| invalid(format!("`{}`: {}", e.field, e.message)))
     }
 }

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use super::identity::{self, Identities, JwtDocument};
 use super::{ApiKey, ConfigError};
 use crate::quota::limits::LimitsDocument;
+use crate::request::guardrail::GuardrailDocument;
 use crate::request::model_id;
+use crate::routing::targets::{self, Targets};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,8 @@ pub(crate) struct KeyDocument {
     pub(crate) models: Vec<String>,
     #[serde(default)]
     pub(crate) limits: LimitsDocument,
+    #[serde(default)]
+    pub(crate) guardrail: Option<GuardrailDocument>,
 }
 
 /// An `admin_keys[]` entry: the admin API's keys (Spin), never API keys.
@@ -57,12 +61,13 @@ pub(crate) fn parse_sha256(s: &str) -> Option<[u8; 32]> {
 }
 
 impl KeyDocument {
-    /// Validates one entry on its own; `field` is its path (`api_keys[3]`). `aliases` are the
-    /// document's, already canonical.
+    /// Validates one entry on its own; `field` is its path (`api_keys[3]`). `aliases` (of one
+    /// model, already canonical) and `several` (aliases of several targets) are the document's.
     pub(crate) fn validate(
         self,
         field: &str,
         aliases: &BTreeMap<String, String>,
+        several: &BTreeMap<String, Targets>,
         region: &str,
     ) -> Result<ApiKey, ConfigError> {
         let at = |f: &str| format!("{field}.{f}");
@@ -105,6 +110,7 @@ impl KeyDocument {
         }
         let resolve = |m: &str| match aliases.get(m) {
             Some(target) => Some(target.clone()),
+            None if several.contains_key(m) => Some(targets::key_of(m)),
             None if model_id::is_model_id(m) => model_id::canonical(m, region).ok(),
             None => None,
         };
@@ -123,6 +129,10 @@ impl KeyDocument {
             }
         }
         let limits = self.limits.validate(&at("limits"), &resolve)?;
+        let guardrail = self
+            .guardrail
+            .map(|g| g.validate(&at("guardrail")))
+            .transpose()?;
         Ok(ApiKey {
             id: self.id,
             sha256,
@@ -130,6 +140,7 @@ impl KeyDocument {
             any_model,
             models,
             limits,
+            guardrail,
         })
     }
 }

@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::quota::lease::{self, Lease};
 use crate::quota::limits::KeyLimits;
-use crate::request::model_id;
+use crate::request::guardrail::Guardrail;
+use crate::routing::targets::{self, Resolved, Targets};
 use crate::upstream::credentials::Source;
 pub use crate::upstream::credentials::UpstreamAuth;
 
@@ -51,8 +52,9 @@ struct Document {
     upstream_host: Option<String>,
     #[serde(default)]
     upstream_scheme: Option<String>,
+    /// A model ID, or a list of targets (`routing::targets`).
     #[serde(default)]
-    aliases: BTreeMap<String, String>,
+    aliases: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     api_keys: Vec<KeyDocument>,
     /// Principals of front proxies whose `x-forwarded-client-cert` is believed.
@@ -124,6 +126,8 @@ pub struct ApiKey {
     /// Bedrock model IDs this key may use, after alias resolution.
     pub models: BTreeSet<String>,
     pub limits: KeyLimits,
+    /// A Bedrock guardrail added to every request of this key (`request::guardrail`).
+    pub guardrail: Option<Guardrail>,
 }
 
 impl ApiKey {
@@ -140,7 +144,11 @@ pub struct Config {
     /// `https` (default) or `http` (the emulator). Hosts that open the upstream connection
     /// themselves (Spin) use it; in Envoy the cluster decides.
     pub upstream_scheme: &'static str,
+    /// Aliases of one model: alias → Bedrock model ID.
     pub aliases: BTreeMap<String, String>,
+    /// Aliases of several targets (fallback chains, weighted splits), by alias. Allowlists and
+    /// per-model limits know each as [`targets::key_of`] the alias.
+    pub targets: BTreeMap<String, Targets>,
     /// Shared with the requests admitted under them (a key may also come from the store).
     pub api_keys: Vec<Arc<ApiKey>>,
     /// Who is believed about identities, and what hosts read to establish them.
@@ -200,6 +208,7 @@ impl Config {
         // requests are resolved to: allowlists and per-model limits match however a client
         // spells the model.
         let mut aliases = BTreeMap::new();
+        let mut several = BTreeMap::new();
         for (alias, target) in &doc.aliases {
             let field = format!("aliases.{alias}");
             if !is_alias_name(alias) {
@@ -208,15 +217,14 @@ impl Config {
                     "alias names use letters, digits, `-`, `_` and `.`",
                 ));
             }
-            if !model_id::is_model_id(target) {
-                return Err(ConfigError::new(
-                    field,
-                    format!("`{target}` is not a Bedrock model ID or ARN"),
-                ));
+            match targets::parse(&field, target, &doc.region)? {
+                Resolved::One(canonical) => {
+                    aliases.insert(alias.clone(), canonical);
+                }
+                Resolved::Several(list) => {
+                    several.insert(alias.clone(), list);
+                }
             }
-            let canonical = model_id::canonical(target, &doc.region)
-                .map_err(|why| ConfigError::new(&field, why))?;
-            aliases.insert(alias.clone(), canonical);
         }
 
         if doc.api_keys.is_empty() && doc.admin_keys.is_empty() {
@@ -229,7 +237,7 @@ impl Config {
         let mut hashes = BTreeSet::new();
         let mut api_keys = Vec::with_capacity(doc.api_keys.len());
         for (i, key) in doc.api_keys.into_iter().enumerate() {
-            let key = key.validate(&format!("api_keys[{i}]"), &aliases, &doc.region)?;
+            let key = key.validate(&format!("api_keys[{i}]"), &aliases, &several, &doc.region)?;
             if !ids.insert(key.id.clone()) {
                 return Err(ConfigError::new(
                     format!("api_keys[{i}].id"),
@@ -354,6 +362,7 @@ impl Config {
             upstream_host,
             upstream_scheme,
             aliases,
+            targets: several,
             api_keys,
             identity,
             admin_keys,

@@ -19,6 +19,7 @@ use crate::request::options::HeaderOptions;
 use crate::request::route::{self, Route};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
+use crate::routing::targets;
 
 use super::Exchange;
 
@@ -160,9 +161,19 @@ fn admit_key(
     })?;
     // Aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
     // allowlist, limit and price lookup sees one spelling per model. `model` (records, totals,
-    // metrics) is the alias, or that one spelling.
+    // metrics) is the alias, or that one spelling. An alias of several targets is a model of
+    // its own for allowlists and limits (`scope`); its targets are planned once the body is in.
+    let several = config.targets.get(&model);
+    let scope = several.map(|_| targets::key_of(&model));
     let (model, model_id) = match config.aliases.get(&model) {
         Some(target) => (model, target.clone()),
+        None if several.is_some() => {
+            let first = several
+                .and_then(|t| t.targets().first())
+                .map(|t| t.model_id.clone())
+                .unwrap_or_default();
+            (model, first)
+        }
         None if model_id::is_model_id(&model) => {
             let id = model_id::canonical(&model, &config.region)
                 .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
@@ -175,7 +186,8 @@ fn admit_key(
             ))
         }
     };
-    if !key.may_use(&model_id) {
+    let scope = scope.unwrap_or_else(|| model_id.clone());
+    if !key.may_use(&scope) {
         return Err(GatewayError::new(
             ErrorKind::ModelNotAllowed,
             format!("API key `{}` is not allowed to use model `{model}`", key.id),
@@ -191,11 +203,18 @@ fn admit_key(
             format!("request bodies must not be compressed (content-encoding: {encoding})"),
         ));
     }
-    if pricing::quote(&config.region, &model_id).unpriced_images(&model_id) {
+    let every_target: Vec<&str> = match several {
+        Some(t) => t.targets().iter().map(|t| t.model_id.as_str()).collect(),
+        None => vec![model_id.as_str()],
+    };
+    if let Some(unpriced) = every_target
+        .iter()
+        .find(|id| pricing::quote(&config.region, id).unpriced_images(id))
+    {
         return Err(GatewayError::new(
             ErrorKind::BadRequest,
             format!(
-                "`{model_id}` is an image model this gateway has no per-image price for; \
+                "`{unpriced}` is an image model this gateway has no per-image price for; \
                  it cannot be billed, so it is refused"
             ),
         ));
@@ -210,11 +229,16 @@ fn admit_key(
         key,
         model,
         model_id,
+        scope,
+        alias_targets: several.cloned(),
+        route: None,
         operation,
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),
         relay: Relay::new(Box::new(PassThrough)),
+        cut_off_allowance: None,
+        guardrail: None,
         body_limit: config.max_request_body_bytes,
         declared_body_bytes,
         strip_headers,

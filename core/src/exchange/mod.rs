@@ -9,10 +9,12 @@
 
 mod admission;
 pub mod end;
+mod route;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::accounting::guardrail;
 use crate::accounting::pricing::{self, ServiceTier};
 use crate::accounting::record::{self, UsageRecord};
 use crate::accounting::totals::UsageTotals;
@@ -22,14 +24,18 @@ use crate::dialect::bedrock::CUT_OFF_EXCEPTION;
 use crate::error::{ErrorKind, GatewayError};
 use crate::quota::counters::Counters;
 use crate::quota::{self, Notes, Renewal, Reservation, Unsettled};
-use crate::request::body as request_body;
+use crate::request::body::{self as request_body, BodyOptions};
+use crate::request::guardrail::{self as key_guardrail, Guardrail};
 use crate::request::images;
 use crate::request::model_family;
-use crate::request::model_id;
 use crate::request::operation::Operation;
 use crate::request::options::{self, HeaderOptions, Unpriced};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
+use crate::routing::attempts::AttemptLog;
+use crate::routing::plan::{self, Plan, Planned};
+use crate::routing::targets::Targets;
+use crate::upstream::attempt;
 use crate::upstream::credentials::{Fetched, Signer};
 use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
@@ -41,6 +47,7 @@ pub use admission::{
     TEST_FAULT_HEADER,
 };
 pub use end::{Effect, Ending, Level};
+pub use route::Fallbacks;
 
 /// One admitted request, from [`admit`] to [`Exchange::end`].
 pub struct Exchange {
@@ -52,7 +59,16 @@ pub struct Exchange {
     key: Arc<ApiKey>,
     /// The model as the client named it.
     pub model: String,
+    /// The Bedrock model ID sent upstream: for an alias of several targets, the target being
+    /// tried, and once one answers, that one (the one billed).
     pub model_id: String,
+    /// The model allowlists and per-model limits know the request by: the model ID, or an
+    /// alias of several targets (`routing::targets::key_of`).
+    scope: String,
+    /// The targets of an alias of several, in list order.
+    alias_targets: Option<Targets>,
+    /// The targets planned and the attempts made, once the body is in.
+    route: Option<route::Route>,
     pub operation: Operation,
     started_ms: u64,
     /// The clock quota windows and periods are read from.
@@ -60,6 +76,10 @@ pub struct Exchange {
     reservation: Reservation,
     /// What the client gets of the response, and when the gateway ends a stream itself.
     relay: Relay,
+    /// A stream's budget allowance, when it may be cut off (priced at the answering target).
+    cut_off_allowance: Option<u64>,
+    /// The key's guardrail, added to every attempt.
+    guardrail: Option<Guardrail>,
     body_limit: u64,
     /// `content-length`, when the client sent one: an oversized body is refused before it is read.
     declared_body_bytes: Option<u64>,
@@ -158,49 +178,138 @@ impl Exchange {
         let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
             .inspect_err(|e| self.status = Some(e.kind.status()))?;
         let key = self.key.clone();
-        let cap = key.limits.max_output_tokens(&self.model_id);
         let read = request_body::scan(body, self.operation)
-            .and_then(|read| {
-                let decided = options::decide(
-                    &self.header_options,
-                    &read.options,
-                    &key.limits.unpriced_options,
-                    &config.region,
-                    &self.model_id,
-                )?;
-                Ok((read, decided))
-            })
-            .inspect_err(|e| self.status = Some(e.kind.status()));
-        let (read, decided) = read?;
-        let limit = read.output_limit(body, &self.model_id, cap);
-        let body = limit.rewritten.as_deref().unwrap_or(body);
-        let quote = pricing::quote_tier(&config.region, &self.model_id, decided.tier)
-            .unwrap_or_else(|| pricing::quote(&config.region, &self.model_id));
-        self.service_tier = decided.tier;
-        self.unpriced = decided.unpriced;
-        let images = if quote.per_image_pico_usd.is_some() {
-            images::requested(body)
-        } else {
-            0
+            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        // A key's guardrail replaces the client's, so the client's is no option to price or
+        // refuse: it is not sent.
+        self.guardrail = key.guardrail.clone();
+        let (header_options, body_options) = match &self.guardrail {
+            Some(_) => (HeaderOptions::default(), BodyOptions::default()),
+            None => (self.header_options.clone(), read.options.clone()),
         };
-        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, images, &quote);
-        self.estimate = estimate.usage;
-        self.priced_per_image = quote.per_image_pico_usd.is_some();
+        let converse = !matches!(
+            self.operation,
+            Operation::Invoke | Operation::InvokeWithResponseStream
+        );
+        let mut attempt_headers = Vec::new();
+        let guarded: Option<Vec<u8>> = match &self.guardrail {
+            Some(g) if converse => Some(read.with_guardrail(body, &g.converse_config())),
+            Some(g) => {
+                attempt_headers = g.invoke_headers();
+                None
+            }
+            None => None,
+        };
+        let prepared: &[u8] = guarded.as_deref().unwrap_or(body);
+        let read = match &guarded {
+            Some(b) => request_body::scan(b, self.operation)
+                .inspect_err(|e| self.status = Some(e.kind.status()))?,
+            None => read,
+        };
+
+        // The targets, in this request's order, less those it cannot use.
+        let several = self.alias_targets.is_some();
+        let (kept, skipped) = match &self.alias_targets {
+            Some(targets) => {
+                let ids: Vec<&str> = targets
+                    .order(self.request_id.as_deref())
+                    .into_iter()
+                    .filter_map(|i| targets.targets().get(i))
+                    .map(|t| t.model_id.as_str())
+                    .collect();
+                let input = crate::accounting::record::estimate_tokens(prepared.len() as u64);
+                plan::choose(&ids, self.operation, input, &config.region)
+            }
+            None => (vec![self.model_id.clone()], Vec::new()),
+        };
+        let mut images = None;
+        let mut targets = Vec::with_capacity(kept.len());
+        let mut priced = Vec::with_capacity(kept.len());
+        let mut first_limit = None;
+        for (i, id) in kept.into_iter().enumerate() {
+            // The key's cap, the alias's, the target's own; a target of several is never asked
+            // for more output than it can give (a request another target could take would
+            // otherwise be refused by this one).
+            let mut cap = key.limits.max_output_tokens(&self.scope);
+            if several {
+                let own = key.limits.models.get(&id).and_then(|l| l.max_output_tokens);
+                let model_max = pricing::quote(&config.region, &id)
+                    .max_output_tokens
+                    .map(u64::from);
+                cap = [cap, own, model_max].into_iter().flatten().min();
+            }
+            let limit = read.output_limit(prepared, &id, cap);
+            let decided = options::decide(
+                &header_options,
+                &body_options,
+                &key.limits.unpriced_options,
+                &config.region,
+                &id,
+            )
+            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+            let quote = pricing::quote_tier(&config.region, &id, decided.tier)
+                .unwrap_or_else(|| pricing::quote(&config.region, &id));
+            let sent = limit.rewritten.as_deref().unwrap_or(prepared);
+            let images = if quote.per_image_pico_usd.is_some() {
+                *images.get_or_insert_with(|| images::requested(prepared))
+            } else {
+                0
+            };
+            let mut estimate =
+                quota::estimate(sent.len() as u64, limit.max_output_tokens, images, &quote);
+            if self.guardrail.is_some() {
+                let units = guardrail::estimate_cost_pico_usd(
+                    sent.len() as u64,
+                    estimate.usage.output_tokens,
+                );
+                estimate.cost_pico_usd = estimate.cost_pico_usd.saturating_add(units);
+                estimate.input_cost_pico_usd = estimate.input_cost_pico_usd.saturating_add(units);
+            }
+            if i == 0 {
+                first_limit = Some(limit.rewritten);
+            }
+            targets.push(Planned {
+                model_id: id,
+                max_output_tokens: cap,
+            });
+            priced.push((
+                route::Priced {
+                    tier: decided.tier,
+                    unpriced: decided.unpriced,
+                    quote,
+                    estimate: estimate.usage,
+                },
+                estimate,
+            ));
+        }
+        // Reserved once, at the dearest target: whichever answers, the reservation covers it.
+        let reserve_at = priced
+            .iter()
+            .map(|(_, e)| *e)
+            .max_by_key(|e| (e.cost_pico_usd, e.tokens))
+            .unwrap_or_default();
+        let priced: Vec<route::Priced> = priced.into_iter().map(|(p, _)| p).collect();
+        let plan = Plan {
+            operation: self.operation,
+            targets,
+        };
         // A partial allowance needs a stream the meter can price as it goes: ConverseStream
-        // (Bedrock's own format), or an invoke stream of a model family it knows.
+        // (Bedrock's own format), or an invoke stream of a model family it knows — every
+        // target's.
         let may_cut_off = key.limits.cut_off_streams
             && match self.operation {
                 Operation::ConverseStream => true,
-                Operation::InvokeWithResponseStream => {
-                    model_family::invoke_stream_is_metered(&self.model_id)
-                }
+                Operation::InvokeWithResponseStream => plan
+                    .targets
+                    .iter()
+                    .all(|t| model_family::invoke_stream_is_metered(&t.model_id)),
                 Operation::Converse | Operation::Invoke => false,
             };
         self.reservation = quota::reserve(
             counters,
             &key,
-            &self.model_id,
-            estimate,
+            &self.scope,
+            reserve_at,
             may_cut_off,
             self.quota_now_ms,
             config.lease,
@@ -208,33 +317,58 @@ impl Exchange {
         )
         .inspect_err(|e| self.status = Some(e.kind.status()))?;
         if may_cut_off {
-            if let Some(allowance) = self.reservation.spend_allowance() {
-                self.relay.cut_off_at(allowance, quote);
+            self.cut_off_allowance = self.reservation.spend_allowance();
+        }
+        let first_rewritten = guarded.is_some() || matches!(first_limit, Some(Some(_)));
+        let keep_prepared = plan.targets.len() > 1;
+        let built = attempt::build_scanned(
+            config,
+            &plan,
+            0,
+            prepared,
+            &read,
+            &attempt_headers,
+            &signer,
+            signing_keys,
+            now,
+        )
+        .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        let mut attempts = AttemptLog::default();
+        attempts.start(0);
+        // The body attempt 1 sends: clamped for its target, else the prepared one if the
+        // guardrail changed it (else the client's, as it came).
+        let mut up = built.request;
+        if up.body.is_none() {
+            up.body.clone_from(&guarded);
+        }
+        // The client's guardrail headers go, whatever the operation; invoke sets the key's.
+        let guardrail_headers: Vec<String> = match self.guardrail {
+            Some(_) => key_guardrail::HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut remove_headers = std::mem::take(&mut self.strip_headers);
+        for name in &guardrail_headers {
+            if !remove_headers.contains(name) {
+                remove_headers.push(name.clone());
             }
         }
-        let path = format!(
-            "/model/{}/{}",
-            model_id::encode_path_label(&self.model_id),
-            self.operation.path_segment()
-        );
-        let set_headers = signer
-            .headers(
-                signing_keys,
-                &config.region,
-                &config.upstream_host,
-                &path,
-                body,
-                now,
-            )
-            .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        up.remove_headers = remove_headers;
+        self.route = Some(route::Route {
+            plan,
+            priced,
+            skipped,
+            attempts,
+            prepared: keep_prepared.then(|| prepared.to_vec()),
+            first_rewritten,
+            headers: attempt_headers,
+            remove_headers: guardrail_headers,
+        });
+        self.price_current();
         self.sent_upstream = true;
-        Ok(UpstreamRequest {
-            path,
-            authority: config.upstream_host.clone(),
-            remove_headers: std::mem::take(&mut self.strip_headers),
-            set_headers,
-            body: limit.rewritten,
-        })
+        Ok(up)
     }
 
     /// The quota clock at host time `now_ms`: the test clock moves on with real time from
@@ -304,6 +438,17 @@ impl Exchange {
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) {
         self.status.get_or_insert(status);
+        if let Some(route) = self.route.as_mut() {
+            // The answer's status, unless an upstream filter's log has it already.
+            if route
+                .attempts
+                .attempts()
+                .last()
+                .is_some_and(|a| a.status.is_none())
+            {
+                route.attempts.answered(status);
+            }
+        }
         self.meter.on_response_headers(status, headers);
     }
 
@@ -369,9 +514,13 @@ impl Exchange {
             request_bytes: self.request_bytes,
             latency_ms: now_ms.saturating_sub(self.started_ms),
             service_tier: self.service_tier,
+            guardrail: self.guardrail.as_ref(),
         };
         let mut record = record::make_with(facts, &fallback);
         record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
+        if let Some(route) = self.route.as_ref().filter(|_| self.alias_targets.is_some()) {
+            (record.attempts, record.skipped) = route.records();
+        }
         if self.relay.was_cut_off() {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }

@@ -35,6 +35,7 @@ fn key(limits: Limits) -> ApiKey {
             models: BTreeMap::new(),
             ..KeyLimits::default()
         },
+        guardrail: None,
     }
 }
 

@@ -909,6 +909,7 @@ mod tests {
                 models,
                 ..KeyLimits::default()
             },
+            guardrail: None,
         }
     }
 

@@ -108,6 +108,7 @@ mod tests {
             any_model: true,
             models: BTreeSet::new(),
             limits: Default::default(),
+            guardrail: None,
         })
     }
 

@@ -69,6 +69,8 @@ pub struct RequestBody {
     top: ObjectStart,
     /// Converse's `inferenceConfig` object.
     inference_config: Option<ObjectStart>,
+    /// The bytes of Converse's `guardrailConfig` value.
+    guardrail: Option<Range<usize>>,
     /// The cost-raising options the body asks for.
     pub options: BodyOptions,
 }
@@ -114,6 +116,7 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
         len: body.len(),
         limits: Vec::new(),
         inference_config: None,
+        guardrail: None,
         bad_inference_config: false,
         options: BodyOptions::default(),
         service_tier_present: false,
@@ -159,6 +162,7 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
             has_members,
         },
         inference_config: found.inference_config,
+        guardrail: found.guardrail,
         options: found.options,
     })
 }
@@ -202,6 +206,21 @@ impl RequestBody {
             max_output_tokens,
             rewritten: (!edits.is_empty()).then(|| apply(body, edits)),
         }
+    }
+
+    /// `body` (the body this was scanned from) with Converse's `guardrailConfig` set to
+    /// `config` (a JSON object): the client's own replaced, or the member added. A key's
+    /// guardrail goes in this way, so no client can leave it out or swap it.
+    pub fn with_guardrail(&self, body: &[u8], config: &str) -> Vec<u8> {
+        let edit = match &self.guardrail {
+            Some(span) => (span.clone(), config.to_string()),
+            None => {
+                let at = self.top.after_brace;
+                let comma = if self.top.has_members { "," } else { "" };
+                (at..at, format!(r#""guardrailConfig":{config}{comma}"#))
+            }
+        };
+        apply(body, vec![edit])
     }
 
     /// The member to add when the operation's own limit field is absent, where it is certain.
@@ -260,6 +279,7 @@ struct Found {
     len: usize,
     limits: Vec<LimitField>,
     inference_config: Option<ObjectStart>,
+    guardrail: Option<Range<usize>>,
     bad_inference_config: bool,
     options: BodyOptions,
     service_tier_present: bool,
@@ -549,6 +569,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
                     let raw: &RawValue = map.next_value()?;
                     if matches!(slot, Slot::Guardrail) {
                         f.options.guardrail = raw.get() != "null";
+                        f.guardrail = Some(f.span_of(raw.get())?);
                     }
                     walk(raw.get().as_bytes(), Some(&mut *f), inner).map_err(de::Error::custom)?;
                 }
@@ -648,6 +669,34 @@ mod tests {
             let (max, rewritten) = limit(body.clone(), op, model, Some(20));
             assert_eq!(max, Some(20));
             assert!(rewritten.unwrap().to_string().contains("20"), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_guardrail_replaces_the_clients_or_is_added() {
+        let ours = r#"{"guardrailIdentifier":"g1","guardrailVersion":"2","trace":"enabled"}"#;
+        let cases = [
+            (br#"{}"#.to_vec(), format!(r#"{{"guardrailConfig":{ours}}}"#)),
+            (
+                br#"{"messages":[]}"#.to_vec(),
+                format!(r#"{{"guardrailConfig":{ours},"messages":[]}}"#),
+            ),
+            (
+                br#"{"messages":[],"guardrailConfig":{"guardrailIdentifier":"theirs","guardrailVersion":"1"}}"#.to_vec(),
+                format!(r#"{{"messages":[],"guardrailConfig":{ours}}}"#),
+            ),
+            (
+                br#"{"guardrailConfig":null,"messages":[]}"#.to_vec(),
+                format!(r#"{{"guardrailConfig":{ours},"messages":[]}}"#),
+            ),
+        ];
+        for (body, expected) in cases {
+            let read = scan(&body, Operation::ConverseStream).unwrap();
+            let out = read.with_guardrail(&body, ours);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), expected);
+            // Still one strict object, with the limit fields where they were.
+            let again = scan(&out, Operation::ConverseStream).unwrap();
+            assert!(again.options.guardrail);
         }
     }
 

@@ -58,6 +58,12 @@ pub fn invoke_stream_is_metered(model_id: &str) -> bool {
     })
 }
 
+/// The provider of a model (`anthropic`, `amazon`, `meta`…), whose request format an invoke
+/// body is written in. `None` for an ID that names none (an application inference profile).
+pub fn provider(model_id: &str) -> Option<&str> {
+    provider_and_name(model_id).map(|(provider, _)| provider)
+}
+
 /// The model generates or edits images: Stability AI, Amazon Titan Image Generator, Amazon
 /// Nova Canvas. Bedrock bills these per image.
 pub fn makes_images(model_id: &str) -> bool {

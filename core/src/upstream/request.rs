@@ -33,6 +33,7 @@ impl UpstreamRequest {
             .map(|(n, v)| (n.to_ascii_lowercase(), v))
             .filter(|(n, _)| {
                 request_headers::is_forwarded(n)
+                    && !self.remove_headers.iter().any(|r| r == n)
                     && !self
                         .set_headers
                         .iter()

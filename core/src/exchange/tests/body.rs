@@ -1,6 +1,7 @@
 use super::*;
 use crate::quota::counters::CasCounters;
 use crate::request::auth::hash_key;
+use crate::request::model_id;
 use crate::store::memory::MemoryStore;
 
 const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";

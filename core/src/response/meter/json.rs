@@ -7,7 +7,7 @@ use core::fmt;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::wire::{Count, UsageFields};
+use super::wire::{Count, Trace, UsageFields, Word};
 use super::{raise, Reading, MAX_JSON_BODY};
 use crate::Usage;
 
@@ -67,7 +67,10 @@ impl JsonReader {
             None
         } else {
             match serde_json::from_slice::<JsonBody>(&body) {
-                Ok(parsed) => parsed.usage(),
+                Ok(parsed) => {
+                    parsed.guardrail(reading);
+                    parsed.usage()
+                }
                 Err(err) => {
                     reading.note_problem(|| format!("invalid JSON body: {err}"));
                     None
@@ -140,9 +143,30 @@ struct JsonBody {
     images: Option<Items>,
     /// Stability SDXL.
     artifacts: Option<Items>,
+    /// Converse: a guardrail's trace, and `guardrail_intervened`.
+    trace: Option<Trace>,
+    #[serde(rename = "stopReason")]
+    stop_reason: Word,
+    /// InvokeModel: a guardrail's trace and action.
+    #[serde(rename = "amazon-bedrock-trace")]
+    bedrock_trace: Option<Trace>,
+    #[serde(rename = "amazon-bedrock-guardrailAction")]
+    guardrail_action: Word,
 }
 
 impl JsonBody {
+    /// What a guardrail reported, into `reading`.
+    fn guardrail(&self, reading: &mut Reading) {
+        for trace in [&self.trace, &self.bedrock_trace].into_iter().flatten() {
+            if let Some(units) = &trace.guardrail {
+                reading.guardrail.raise(&units.0);
+            }
+        }
+        if self.stop_reason.says_intervened() || self.guardrail_action.says_intervened() {
+            reading.guardrail.intervened = true;
+        }
+    }
+
     /// The body's usage, and whether it is whole (see [`UsageFields::is_whole`]); an image
     /// model's answer is whole with its images counted.
     fn usage(&self) -> Option<(Usage, bool)> {

@@ -17,6 +17,7 @@ mod json;
 mod stream;
 mod wire;
 
+use crate::accounting::guardrail::GuardrailUsage;
 use crate::{Operation, Usage};
 
 use json::JsonReader;
@@ -44,6 +45,8 @@ pub struct Reading {
     pub events: u64,
     /// The first thing that went wrong: bad frames, CRC errors, malformed JSON, body over cap.
     pub problem: Option<String>,
+    /// What a guardrail's trace reported (its policy units), and whether it intervened.
+    pub guardrail: GuardrailUsage,
 }
 
 impl Reading {

@@ -12,7 +12,7 @@ use base64::{alphabet, Engine};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use super::wire::{Count, TextLen, UsageFields};
+use super::wire::{Count, TextLen, Trace, UsageFields, Word};
 use super::Reading;
 use crate::response::eventstream::{Decoder, Message};
 use crate::Operation;
@@ -124,9 +124,19 @@ impl StreamState {
                     Err(err) => r.note_problem(|| bad_json("contentBlockDelta", index, &err)),
                 }
             }
+            (Operation::ConverseStream, b"messageStop") => {
+                if let Ok(e) = serde_json::from_slice::<MessageStopEvent>(m.payload) {
+                    if e.stop_reason.says_intervened() {
+                        r.guardrail.intervened = true;
+                    }
+                }
+            }
             (Operation::ConverseStream, b"metadata") => {
                 match serde_json::from_slice::<MetadataEvent>(m.payload) {
                     Ok(e) => {
+                        if let Some(units) = e.trace.and_then(|t| t.guardrail) {
+                            r.guardrail.raise(&units.0);
+                        }
                         if let Some(usage) = e.usage.filter(UsageFields::any) {
                             usage.apply(&mut r.usage);
                             if usage.is_whole() {
@@ -174,6 +184,12 @@ impl StreamState {
     /// A model's own stream event, in its family's shape (see [`ModelEvent`]).
     fn on_model_event(&mut self, e: ModelEvent, index: u64, r: &mut Reading) {
         add_text(r, e.text_bytes());
+        if let Some(units) = e.bedrock_trace.as_ref().and_then(|t| t.guardrail) {
+            r.guardrail.raise(&units.0);
+        }
+        if e.guardrail_action.says_intervened() {
+            r.guardrail.intervened = true;
+        }
 
         if let Some(error) = &e.error {
             r.note_exception(error.kind.as_deref().unwrap_or("error"));
@@ -293,11 +309,20 @@ struct DeltaEvent {
     delta: Delta,
 }
 
-/// Converse-stream `metadata`.
+/// Converse-stream `metadata` (also Nova's invoke-stream `metadata`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct MetadataEvent {
     usage: Option<UsageFields>,
+    trace: Option<Trace>,
+}
+
+/// Converse-stream `messageStop`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MessageStopEvent {
+    #[serde(rename = "stopReason")]
+    stop_reason: Word,
 }
 
 /// Invoke-stream `chunk` payload.
@@ -374,6 +399,11 @@ struct ModelEvent {
     #[serde(rename = "messageStop")]
     message_stop: Option<IgnoredAny>,
     metadata: Option<MetadataEvent>,
+    /// Bedrock's own, on the last chunk of a request with a guardrail.
+    #[serde(rename = "amazon-bedrock-trace")]
+    bedrock_trace: Option<Trace>,
+    #[serde(rename = "amazon-bedrock-guardrailAction")]
+    guardrail_action: Word,
 }
 
 impl ModelEvent {
@@ -425,6 +455,8 @@ impl ModelEvent {
             || self.content_block_stop.is_some()
             || self.message_stop.is_some()
             || self.metadata.is_some()
+            || self.bedrock_trace.is_some()
+            || self.guardrail_action.0.is_some()
     }
 }
 

@@ -331,6 +331,7 @@ fn converse_stream_full() {
             output_text_bytes: CONVERSE_TEXT_BYTES,
             events: 13,
             problem: None,
+            guardrail: Default::default(),
         }
     );
 }
@@ -491,6 +492,7 @@ fn invoke_stream_with_invocation_metrics() {
             output_text_bytes: ANTHROPIC_TEXT_BYTES,
             events: 10,
             problem: None,
+            guardrail: Default::default(),
         }
     );
     for cut in 0..=stream.len() {
@@ -1237,4 +1239,118 @@ fn random_bytes_in_random_chunks_never_panic() {
         let r = m.finish();
         assert!(r.events < 1000);
     }
+}
+
+// ---- guardrails --------------------------------------------------------------------
+
+/// A guardrail assessment as Bedrock's trace carries it: its policies and its own usage.
+fn assessment(content_units: u64, topic_units: u64) -> String {
+    format!(
+        r#"{{"contentPolicy":{{"filters":[{{"type":"VIOLENCE","confidence":"NONE","action":"NONE"}}]}},
+            "invocationMetrics":{{"guardrailProcessingLatency":81,
+              "usage":{{"topicPolicyUnits":{topic_units},"contentPolicyUnits":{content_units},
+                        "wordPolicyUnits":{content_units},"sensitiveInformationPolicyUnits":0,
+                        "sensitiveInformationPolicyFreeUnits":0,"contextualGroundingPolicyUnits":0,
+                        "automatedReasoningPolicies":3}},
+              "guardrailCoverage":{{"textCharacters":{{"guarded":12,"total":12}}}}}}}}"#
+    )
+}
+
+fn units(r: &Reading) -> Vec<(&'static str, u64)> {
+    r.guardrail.units().into_iter().collect()
+}
+
+#[test]
+fn converse_guardrail_units_from_every_assessment() {
+    let body = format!(
+        r#"{{"output":{{"message":{{"role":"assistant","content":[{{"text":"Sorry"}}]}}}},
+            "stopReason":"guardrail_intervened",
+            "usage":{{"inputTokens":0,"outputTokens":0,"totalTokens":0}},
+            "trace":{{"guardrail":{{"inputAssessment":{{"gr1":{}}},
+                                  "outputAssessments":{{"gr1":[{},{}]}}}}}}}}"#,
+        assessment(2, 1),
+        assessment(1, 1),
+        assessment(3, 0)
+    );
+    let r = run(Operation::Converse, "application/json", &[body.as_bytes()]);
+    assert!(r.complete);
+    assert_eq!(r.usage, usage(0, 0, 0, 0));
+    assert!(r.guardrail.assessed && r.guardrail.intervened);
+    assert_eq!(
+        units(&r),
+        [
+            ("contentPolicyUnits", 6),
+            ("topicPolicyUnits", 2),
+            ("wordPolicyUnits", 6)
+        ]
+    );
+    // No trace: nothing assessed, nothing intervened.
+    let r = run(
+        Operation::Converse,
+        "application/json",
+        &[br#"{"stopReason":"end_turn","usage":{"inputTokens":1,"outputTokens":1}}"#],
+    );
+    assert_eq!(r.guardrail, Default::default());
+}
+
+#[test]
+fn invoke_guardrail_trace_and_action() {
+    let body = format!(
+        r#"{{"content":[{{"type":"text","text":"hi"}}],"usage":{{"input_tokens":5,"output_tokens":2}},
+            "amazon-bedrock-guardrailAction":"NONE",
+            "amazon-bedrock-trace":{{"guardrail":{{"input":{{"gr1":{}}},"outputs":[{{"gr1":{}}}]}}}}}}"#,
+        assessment(1, 1),
+        assessment(1, 0)
+    );
+    let r = run(Operation::Invoke, "application/json", &[body.as_bytes()]);
+    assert_eq!(r.usage, usage(5, 2, 0, 0));
+    assert!(r.guardrail.assessed && !r.guardrail.intervened);
+    assert_eq!(r.guardrail.units()["contentPolicyUnits"], 2);
+    let r = run(
+        Operation::Invoke,
+        "application/json",
+        &[br#"{"usage":{"input_tokens":5,"output_tokens":0},"amazon-bedrock-guardrailAction":"INTERVENED"}"#],
+    );
+    assert!(r.guardrail.intervened && !r.guardrail.assessed);
+}
+
+#[test]
+fn streamed_guardrail_units() {
+    let mut body = event("messageStart", r#"{"role":"assistant"}"#);
+    body.extend(event(
+        "contentBlockDelta",
+        r#"{"contentBlockIndex":0,"delta":{"text":"Sorry, blocked."}}"#,
+    ));
+    body.extend(event(
+        "messageStop",
+        r#"{"stopReason":"guardrail_intervened"}"#,
+    ));
+    body.extend(event(
+        "metadata",
+        &format!(
+            r#"{{"usage":{{"inputTokens":0,"outputTokens":0,"totalTokens":0}},"metrics":{{"latencyMs":9}},
+                "trace":{{"guardrail":{{"inputAssessment":{{"gr1":{}}}}}}}}}"#,
+            assessment(4, 4)
+        ),
+    ));
+    for split in [1, 7, body.len()] {
+        let chunks: Vec<&[u8]> = body.chunks(split).collect();
+        let r = run(Operation::ConverseStream, EVENTSTREAM, &chunks);
+        assert!(r.complete && r.guardrail.intervened, "{split}");
+        assert_eq!(r.guardrail.units()["topicPolicyUnits"], 4);
+    }
+    // An invoke stream's last chunk carries the trace with the invocation metrics.
+    let last = format!(
+        r#"{{"type":"message_stop","amazon-bedrock-invocationMetrics":{{"inputTokenCount":3,"outputTokenCount":1}},
+            "amazon-bedrock-guardrailAction":"INTERVENED",
+            "amazon-bedrock-trace":{{"guardrail":{{"input":{{"gr1":{}}}}}}}}}"#,
+        assessment(2, 0)
+    );
+    let r = run(
+        Operation::InvokeWithResponseStream,
+        EVENTSTREAM,
+        &[&chunk(&last)],
+    );
+    assert!(r.complete && r.guardrail.intervened);
+    assert_eq!(r.guardrail.units()["contentPolicyUnits"], 2);
 }

@@ -4,10 +4,11 @@
 
 use core::fmt;
 
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::raise;
+use crate::accounting::guardrail::GuardrailUsage;
 use crate::Usage;
 
 /// Usage under every name Bedrock and its models use. Input counts exclude cached tokens.
@@ -186,5 +187,158 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(Scalar::default())
+    }
+}
+
+/// A trace object (Converse `trace`, a ConverseStream `metadata` event's `trace`, invoke's
+/// `amazon-bedrock-trace`): its `guardrail` member.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Trace {
+    pub(super) guardrail: Option<GuardrailUnits>,
+}
+
+/// Every guardrail policy unit count anywhere in a guardrail trace, summed: the input
+/// assessment and each output assessment report their own `invocationMetrics.usage`. Any
+/// JSON value is accepted; a unit count that is not a non-negative integer counts nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct GuardrailUnits(pub(super) GuardrailUsage);
+
+impl<'de> Deserialize<'de> for GuardrailUnits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut usage = GuardrailUsage::default();
+        usage.assessed = true;
+        UnitWalk {
+            usage: &mut usage,
+            unit: None,
+        }
+        .deserialize(d)?;
+        Ok(Self(usage))
+    }
+}
+
+/// Walks one value of a guardrail trace; `unit`: the unit kind this value counts, when it is
+/// a member of that name.
+struct UnitWalk<'a> {
+    usage: &'a mut GuardrailUsage,
+    unit: Option<&'a str>,
+}
+
+impl<'de> DeserializeSeed<'de> for UnitWalk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UnitWalk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        if let Some(unit) = self.unit {
+            self.usage.add(unit, v);
+        }
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq
+            .next_element_seed(UnitWalk {
+                usage: &mut *self.usage,
+                unit: None,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let unit = GuardrailUsage::is_unit(&name).then_some(name.as_ref());
+            map.next_value_seed(UnitWalk {
+                usage: &mut *self.usage,
+                unit,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A short string value (an action, a stop reason); anything else, or a long string, is
+/// absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Word(pub(super) Option<String>);
+
+impl<'de> Deserialize<'de> for Word {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Word;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Word, E> {
+                Ok(Word((v.len() <= 64).then(|| v.to_string())))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Word, E> {
+                Ok(Word(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Word, E> {
+                Ok(Word(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Word, E> {
+                Ok(Word(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Word, E> {
+                Ok(Word(None))
+            }
+            fn visit_unit<E>(self) -> Result<Word, E> {
+                Ok(Word(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Word, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Word(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Word, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Word(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Word {
+    /// A guardrail intervened: Converse's `stopReason` `guardrail_intervened`, InvokeModel's
+    /// `amazon-bedrock-guardrailAction` `INTERVENED`.
+    pub(super) fn says_intervened(&self) -> bool {
+        matches!(
+            self.0.as_deref(),
+            Some("guardrail_intervened" | "INTERVENED" | "GUARDRAIL_INTERVENED")
+        )
     }
 }
