@@ -66,7 +66,7 @@ def test_keys_created_changed_and_revoked_at_runtime(launch, emulator, tls_dir, 
         status, listed = admin(gw, "GET", "/admin/keys")
         assert status == 200
         by_id = {k["id"]: k for k in listed["keys"]}
-        assert set(by_id) == {"team-a", "team-limited", "team-x"}
+        assert set(by_id) == {k["id"] for k in admin_config(emulator.port)["api_keys"]} | {"team-x"}
         assert by_id["team-x"]["usage"]["requests"] == 1 and by_id["team-x"]["usage"]["cost_pico_usd"] > 0
         assert by_id["team-a"]["source"] == "configuration"
         assert key not in json.dumps(listed) and key not in gw.log()

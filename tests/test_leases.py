@@ -44,9 +44,17 @@ def envoy_that_reloads(cfg: dict, emulator_port: int, tls_dir) -> dict:
     """envoy/envoy-emulator.yaml with `failure_policy: FAIL_RELOAD`, so a VM trapped by a test
     comes back (FAIL_CLOSED, as shipped, would answer 503 on that worker for good)."""
     boot = harness.envoy_config(cfg, emulator_port, tls_dir)
-    for listener in boot["static_resources"]["listeners"]:
-        for chain in listener["filter_chains"]:
-            wasm = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+    filters = [f for listener in boot["static_resources"]["listeners"]
+               for chain in listener["filter_chains"]
+               for f in chain["filters"][0]["typed_config"]["http_filters"]]
+    # Tollgate's upstream filter on the Bedrock cluster shares the VM: it traps with it.
+    for cluster in boot["static_resources"]["clusters"]:
+        options = cluster.get("typed_extension_protocol_options", {})
+        upstream = options.get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions", {})
+        filters += upstream.get("http_filters", [])
+    for f in filters:
+        if f["name"] == "envoy.filters.http.wasm":
+            wasm = f["typed_config"]["config"]
             wasm["failure_policy"] = "FAIL_RELOAD"
             wasm["reload_config"] = {"backoff": {"base_interval": "0.1s", "max_interval": "0.2s"}}
     return boot

@@ -1029,6 +1029,10 @@ async fn run_stream(
             break;
         }
         if reset_now {
+            // The events went out before the peer fails, as they would from Bedrock: give the
+            // gateway time to relay them (a host may drop its own unflushed writes when the
+            // body it relays fails at once).
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             // An error from the body makes the server drop the connection mid-response.
             let _ = chunker
                 .tx
