@@ -136,20 +136,10 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
     Reply::json(200, &view)
 }
 
-/// `GET /v1/models`: the aliases and model IDs the key may use, in the OpenAI list shape (what
-/// the OpenAI SDK's `client.models.list()` reads). A `*` key lists every alias; any other
-/// Bedrock model ID works for it too but cannot be listed.
-pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
-    #[derive(Serialize)]
-    struct Model<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: u64,
-        owned_by: &'static str,
-        /// The Bedrock model ID an alias names.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bedrock_model_id: Option<&'a str>,
-    }
+/// The aliases and model IDs `key` may use, each once: aliases first (with the model ID they
+/// name), then the key's own model IDs. A `*` key lists every alias; any other Bedrock model
+/// ID works for it too but cannot be listed.
+fn listed_models<'a>(config: &'a Config, key: &'a ApiKey) -> Vec<(&'a str, Option<&'a str>)> {
     let aliases = config
         .aliases
         .iter()
@@ -157,29 +147,131 @@ pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
         .map(|(alias, target)| (alias.as_str(), Some(target.as_str())));
     let ids = key.models.iter().map(|m| (m.as_str(), None));
     let mut seen = std::collections::BTreeSet::new();
-    let data: Vec<_> = aliases
+    aliases
         .chain(ids)
         .filter(|(id, _)| seen.insert(*id))
+        .collect()
+}
+
+/// `GET /v1/models`: the aliases and model IDs the key may use, in the list shapes of both
+/// APIs that have this route: OpenAI's (`object`, `data[].owned_by`; the OpenAI SDK's
+/// `client.models.list()`) and Anthropic's (`data[].type`, `display_name`, `created_at`,
+/// `has_more`; the Anthropic SDK, and Claude Code's gateway model discovery, which keeps the
+/// IDs that begin with `claude`).
+pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
+    #[derive(Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+        r#type: &'static str,
+        display_name: &'a str,
+        created_at: &'static str,
+        /// The Bedrock model ID an alias names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bedrock_model_id: Option<&'a str>,
+    }
+    let data: Vec<_> = listed_models(config, key)
+        .into_iter()
         .map(|(id, bedrock_model_id)| Model {
             id,
             object: "model",
             created: 0,
             owned_by: "aws-bedrock",
+            r#type: "model",
+            display_name: id,
+            created_at: "1970-01-01T00:00:00Z",
             bedrock_model_id,
         })
         .collect();
     #[derive(Serialize)]
     struct List<'a> {
         object: &'static str,
+        first_id: Option<&'a str>,
+        last_id: Option<&'a str>,
+        has_more: bool,
         data: Vec<Model<'a>>,
     }
     Reply::json(
         200,
         &List {
             object: "list",
+            first_id: data.first().map(|m| m.id),
+            last_id: data.last().map(|m| m.id),
+            has_more: false,
             data,
         },
     )
+}
+
+/// `GET /inference-profiles` (Bedrock's ListInferenceProfiles, which Claude Code in Bedrock
+/// mode calls at start with `?type=SYSTEM_DEFINED`): the cross-region inference profiles the
+/// key may use, in Bedrock's shape — the models its aliases name and the profile IDs it lists.
+/// Any other model Claude Code then probes is refused with 403 if the key may not use it.
+pub fn inference_profiles_reply(config: &Config, key: &ApiKey) -> Reply {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ModelRef {
+        model_arn: String,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Profile<'a> {
+        inference_profile_name: &'a str,
+        description: String,
+        created_at: &'static str,
+        updated_at: &'static str,
+        inference_profile_arn: String,
+        models: Vec<ModelRef>,
+        inference_profile_id: &'a str,
+        status: &'static str,
+        r#type: &'static str,
+    }
+    let region = &config.region;
+    let mut seen = std::collections::BTreeSet::new();
+    let profiles: Vec<Profile<'_>> = listed_models(config, key)
+        .into_iter()
+        .map(|(label, target)| target.unwrap_or(label))
+        .filter(|id| crate::request::model_family::is_system_inference_profile(id))
+        .filter(|id| seen.insert(*id))
+        .map(|id| {
+            let foundation = id.split_once('.').map_or(id, |(_, rest)| rest);
+            Profile {
+                inference_profile_name: id,
+                description: format!("{id}, served by Tollgate"),
+                created_at: "1970-01-01T00:00:00Z",
+                updated_at: "1970-01-01T00:00:00Z",
+                inference_profile_arn: format!("arn:aws:bedrock:{region}::inference-profile/{id}"),
+                models: vec![ModelRef {
+                    model_arn: format!("arn:aws:bedrock:{region}::foundation-model/{foundation}"),
+                }],
+                inference_profile_id: id,
+                status: "ACTIVE",
+                r#type: "SYSTEM_DEFINED",
+            }
+        })
+        .collect();
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct List<'a> {
+        inference_profile_summaries: Vec<Profile<'a>>,
+    }
+    Reply::json(
+        200,
+        &List {
+            inference_profile_summaries: profiles,
+        },
+    )
+}
+
+/// `HEAD /`: the gateway is up (Claude Code's connectivity probe).
+pub fn probe_reply() -> Reply {
+    Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
 }
 
 /// `GET /usage` for `key_id`, reading its totals from `totals`.

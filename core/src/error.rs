@@ -1,9 +1,7 @@
 //! Gateway errors, in the gateway's own words. How a client sees one depends on the dialect it
-//! speaks: `crate::dialect::bedrock` and `crate::dialect::openai` write the envelopes.
+//! speaks: `crate::dialect` writes the envelopes (`GatewayError::to_reply`).
 
 use serde::Serialize;
-
-use crate::dialect::Dialect;
 
 /// A response the gateway answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,13 +138,6 @@ impl GatewayError {
         self.retry_after_s = Some(seconds.max(1));
         self
     }
-
-    pub fn to_reply(&self, dialect: Dialect) -> Reply {
-        match dialect {
-            Dialect::Bedrock => self.to_bedrock_reply(),
-            Dialect::OpenAi => self.to_openai_reply(),
-        }
-    }
 }
 
 impl std::fmt::Display for GatewayError {
@@ -189,6 +180,8 @@ mod tests {
             .contains(&("x-amzn-errortype", "ThrottlingException".into())));
         assert!(r.headers.contains(&("retry-after", "1".into())));
     }
+
+    use crate::dialect::Dialect;
 
     #[test]
     fn openai_envelope() {

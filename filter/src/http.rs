@@ -10,7 +10,9 @@ use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, Verdict};
+use tollgate_core::exchange::{
+    self, Admission, Effect, Exchange, Level, Outbound, ResponseHead, Verdict,
+};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
 use tollgate_core::upstream::request::UpstreamRequest;
@@ -51,9 +53,13 @@ impl Http {
         Action::Pause
     }
 
-    /// Refuses the request; every refusal goes through here.
+    /// Refuses the request in its exchange's dialect; every refusal goes through here.
     fn reject(&mut self, e: &GatewayError, key_id: Option<&str>) -> Action {
-        self.reject_in(e, key_id, Dialect::Bedrock)
+        let dialect = self
+            .exchange
+            .as_ref()
+            .map_or(Dialect::Bedrock, |ex| ex.dialect);
+        self.reject_in(e, key_id, dialect)
     }
 
     fn reject_in(&mut self, e: &GatewayError, key_id: Option<&str>, dialect: Dialect) -> Action {
@@ -89,10 +95,11 @@ impl Http {
             )
         };
         match signed {
-            Ok(up) => match apply(&up, body.len()) {
+            Ok(Outbound::Upstream(up)) => match apply(&up, body.len()) {
                 Ok(()) => Action::Continue,
                 Err(e) => self.reject(&e, None),
             },
+            Ok(Outbound::Reply(r)) => self.reply(&r),
             Err(e) => self.reject(&e, None),
         }
     }
@@ -132,6 +139,20 @@ fn apply(up: &UpstreamRequest, body_size: usize) -> Result<(), GatewayError> {
         host::set_header(map, name, value);
     }
     Ok(())
+}
+
+/// Changes the response head on its way to the client, as the exchange's dialect says.
+fn apply_head(head: &ResponseHead) {
+    let map = MapType::HttpResponseHeaders;
+    if let Some(status) = head.status {
+        host::set_header(map, ":status", &status.to_string());
+    }
+    for name in &head.remove {
+        host::remove_header(map, name);
+    }
+    for (name, value) in &head.set {
+        host::set_header(map, name, value);
+    }
 }
 
 impl Context for Http {}
@@ -230,28 +251,44 @@ impl HttpContext for Http {
                         host_reply::envoy_reply_may_have_reached_upstream(&details),
                     );
                 }
-                _ => ex.on_response_headers(
-                    status,
-                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                ),
+                _ => {
+                    let head = ex.on_response_headers(
+                        status,
+                        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    );
+                    apply_head(&head);
+                }
             }
         }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.local_reply || body_size == 0 {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_reply || (body_size == 0 && !end_of_stream) {
             return Action::Continue;
         }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-        let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+        let chunk = if body_size == 0 {
+            Vec::new()
+        } else {
+            host::buffer(BufferType::HttpResponseBody, body_size)
+        };
         let relayed = ex.on_response_body(&chunk);
         match relayed.verdict {
-            Verdict::Pass => {}
-            Verdict::Replace => host::replace_response_body(body_size, &relayed.bytes),
+            Verdict::Pass | Verdict::Replace => {
+                // The upstream body ends here: the client's dialect may have bytes held back.
+                let tail = if end_of_stream {
+                    ex.on_response_end()
+                } else {
+                    Vec::new()
+                };
+                if relayed.verdict == Verdict::Replace || !tail.is_empty() {
+                    host::replace_response_body(body_size, &[&relayed.bytes[..], &tail].concat());
+                }
+            }
             Verdict::End { reset_upstream } => {
                 host::replace_response_body(body_size, &relayed.bytes);
                 if reset_upstream {

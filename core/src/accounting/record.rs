@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use crate::accounting::pricing::{self, PriceSource, ServiceTier};
 use crate::accounting::usage::Usage;
+use crate::dialect::Dialect;
 use crate::request::operation::Operation;
 use crate::response::meter::Reading;
 
@@ -16,7 +17,8 @@ pub enum UsageSource {
     /// A successful response whose final usage never arrived (cut stream, mid-stream exception,
     /// unreadable body): billed from what was seen, never zero.
     Estimated,
-    /// Nothing to bill: the request was refused, locally or by Bedrock.
+    /// Nothing to bill: the request was refused, locally or by Bedrock, or only counted
+    /// tokens (CountTokens is free).
     None,
 }
 
@@ -30,6 +32,8 @@ pub struct UsageRecord {
     /// The Bedrock model ID sent upstream.
     pub model_id: String,
     pub operation: Operation,
+    /// The dialect the client spoke (`bedrock`, `anthropic`, `openai`).
+    pub dialect: Dialect,
     pub streamed: bool,
     /// The request went upstream (it was not refused by the gateway).
     pub forwarded: bool,
@@ -230,6 +234,7 @@ pub struct Facts<'a> {
     pub model_id: &'a str,
     pub region: &'a str,
     pub operation: Operation,
+    pub dialect: Dialect,
     /// 0 when no response status was seen.
     pub status: u16,
     pub sent_upstream: bool,
@@ -246,13 +251,18 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
 
 /// The record, billed with `fallback` where the response's own usage is missing.
 pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
-    let (usage, usage_source) = billable(
-        f.status,
-        f.sent_upstream,
-        f.reading,
-        f.request_bytes,
-        fallback,
-    );
+    let (usage, usage_source) = if f.operation == Operation::CountTokens {
+        // Bedrock does not bill a token count; its answer's `inputTokens` is not usage.
+        (Usage::default(), UsageSource::None)
+    } else {
+        billable(
+            f.status,
+            f.sent_upstream,
+            f.reading,
+            f.request_bytes,
+            fallback,
+        )
+    };
     let quote = pricing::quote_tier(f.region, f.model_id, f.service_tier)
         .unwrap_or_else(|| pricing::quote(f.region, f.model_id));
     UsageRecord {
@@ -261,6 +271,7 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         model: f.model.to_string(),
         model_id: f.model_id.to_string(),
         operation: f.operation,
+        dialect: f.dialect,
         streamed: f.operation.is_stream(),
         forwarded: f.sent_upstream,
         status: f.status,
@@ -302,6 +313,7 @@ mod tests {
             model_id,
             region: "us-east-1",
             operation: Operation::Converse,
+            dialect: Dialect::Bedrock,
             status: 200,
             sent_upstream: true,
             reading: &reading,

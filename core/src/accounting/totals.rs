@@ -902,6 +902,7 @@ mod tests {
             model_id: "us.anthropic.claude-haiku-4-5-20251001-v1:0",
             region: "us-east-1",
             operation: crate::Operation::Converse,
+            dialect: crate::dialect::Dialect::Bedrock,
             status,
             sent_upstream,
             reading: &reading,

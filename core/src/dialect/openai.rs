@@ -41,3 +41,13 @@ impl GatewayError {
         reply
     }
 }
+
+/// `POST /v1/chat/completions`: not served yet (issue 9, OpenAI Chat Completions → Converse).
+pub(crate) fn read_chat_completions(
+    _body: &[u8],
+) -> Result<Box<dyn super::ClientRequest + '_>, GatewayError> {
+    Err(GatewayError::new(
+        crate::error::ErrorKind::NotFound,
+        "POST /v1/chat/completions is not served by this gateway yet",
+    ))
+}

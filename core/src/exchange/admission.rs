@@ -1,6 +1,7 @@
-//! Admission: what a request is, from its head alone. Its route, its API key, its model (an
-//! alias resolved, an ID put in its one spelling), whether the key may use that model; then
-//! either a local answer or an [`Exchange`] to forward.
+//! Admission: what a request is, from its head alone. Its route, its API key, and — where the
+//! path names it — its model (an alias resolved, an ID put in its one spelling) and whether the
+//! key may use it; then either a local answer or an [`Exchange`] to forward. A translated
+//! route's model is in its body: [`resolve_model`] runs once the body is in.
 
 use crate::accounting::pricing::{self, ServiceTier};
 use crate::accounting::usage::Usage;
@@ -10,8 +11,10 @@ use crate::dialect::Dialect;
 use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::quota::Reservation;
 use crate::request::auth;
+use crate::request::encoding::ContentEncoding;
 use crate::request::headers as request_headers;
 use crate::request::model_id;
+use crate::request::operation::Operation;
 use crate::request::options::HeaderOptions;
 use crate::request::route::{self, Route};
 use crate::response::meter::UsageMeter;
@@ -53,26 +56,36 @@ pub fn admit(
     headers: &[(&str, &str)],
     now_ms: u64,
 ) -> Admission {
-    let authenticated = route::route(method, path).and_then(|route| {
-        let key = auth::authenticate(&config.api_keys, auth::presented_key(headers)?)?;
-        Ok((route, key))
-    });
-    let (route, key) = match authenticated {
-        Ok(found) => found,
+    let dialect = Dialect::of_request(path, headers);
+    let route = match route::route(method, path) {
+        // A connectivity probe needs no key: it learns nothing but that the gateway is up.
+        Ok(Route::Probe) => return Admission::Reply(crate::endpoints::probe_reply()),
+        Ok(route) => route,
         Err(error) => {
             return Admission::Refused {
                 error,
                 key_id: None,
-                dialect: Dialect::for_path(path),
+                dialect,
             }
         }
     };
-    match admit_key(config, route, key, headers, now_ms) {
+    let key =
+        match auth::presented_key(headers).and_then(|k| auth::authenticate(&config.api_keys, k)) {
+            Ok(key) => key,
+            Err(error) => {
+                return Admission::Refused {
+                    error,
+                    key_id: None,
+                    dialect,
+                }
+            }
+        };
+    match admit_key(config, route, key, headers, dialect, now_ms) {
         Ok(a) => a,
         Err(error) => Admission::Refused {
             error,
             key_id: Some(key.id.clone()),
-            dialect: Dialect::for_path(path),
+            dialect,
         },
     }
 }
@@ -82,6 +95,7 @@ fn admit_key(
     route: Route<'_>,
     key: &ApiKey,
     headers: &[(&str, &str)],
+    dialect: Dialect,
     now_ms: u64,
 ) -> Result<Admission, GatewayError> {
     let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
@@ -92,7 +106,7 @@ fn admit_key(
             .map_or(now_ms, |t| t.min(MAX_TEST_CLOCK_MS)),
         _ => now_ms,
     };
-    let (label, operation) = match route {
+    let (target, operation, api) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
                 key_id: key.id.clone(),
@@ -104,56 +118,33 @@ fn admit_key(
                 config, key,
             )))
         }
-        Route::Model { label, operation } => (label, operation),
-    };
-    let model = model_id::decode_path_label(label).ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::BadRequest,
-            "the model ID in the path is not valid",
-        )
-    })?;
-    // Aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
-    // allowlist, limit and price lookup sees one spelling per model. `model` (records, totals,
-    // metrics) is the alias, or that one spelling.
-    let (model, model_id) = match config.aliases.get(&model) {
-        Some(target) => (model, target.clone()),
-        None if model_id::is_model_id(&model) => {
-            let id = model_id::canonical(&model, &config.region)
-                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
-            (id.clone(), id)
-        }
-        None => {
-            return Err(GatewayError::new(
-                ErrorKind::UnknownModel,
-                format!("`{model}` is not a configured model alias or a Bedrock model ID"),
+        Route::InferenceProfiles => {
+            return Ok(Admission::Reply(
+                crate::endpoints::inference_profiles_reply(config, key),
             ))
         }
+        Route::Probe => return Ok(Admission::Reply(crate::endpoints::probe_reply())),
+        Route::Model { label, operation } => {
+            let model = model_id::decode_path_label(label).ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the model ID in the path is not valid",
+                )
+            })?;
+            (Some(resolve_model(config, key, &model)?), operation, None)
+        }
+        // The model is in the body: resolved once it is read.
+        Route::Translated(api) => (None, Operation::Invoke, Some(api)),
     };
-    if !key.may_use(&model_id) {
-        return Err(GatewayError::new(
-            ErrorKind::ModelNotAllowed,
-            format!("API key `{}` is not allowed to use model `{model}`", key.id),
-        ));
-    }
-    if let Some(encoding) = header("content-encoding")
-        .map(str::trim)
-        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
-    {
-        // Tollgate reads the body (output limit, options) and Bedrock takes it uncompressed.
-        return Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            format!("request bodies must not be compressed (content-encoding: {encoding})"),
-        ));
-    }
-    if pricing::quote(&config.region, &model_id).unpriced_images(&model_id) {
-        return Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "`{model_id}` is an image model this gateway has no per-image price for; \
-                 it cannot be billed, so it is refused"
-            ),
-        ));
-    }
+    let content_encoding = ContentEncoding::of_header(header("content-encoding"))?;
+    let (model, model_id) = target.unwrap_or_default();
+    let kept_headers = api.map_or_else(Vec::new, |api| {
+        headers
+            .iter()
+            .filter(|(n, _)| api.reads_headers().contains(n))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    });
     let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
     let header_options = HeaderOptions::read(headers);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
@@ -164,6 +155,10 @@ fn admit_key(
         model,
         model_id,
         operation,
+        dialect,
+        api,
+        kept_headers,
+        content_encoding,
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),
@@ -183,4 +178,46 @@ fn admit_key(
         meter: UsageMeter::new(operation),
         finished: false,
     })))
+}
+
+/// The model a request names (`model`, decoded), as records name it and in its one spelling:
+/// aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
+/// allowlist, limit and price lookup sees one spelling per model. The first is the alias, or
+/// that one spelling. Refused when it is neither, when `key` may not use it, or when it is an
+/// image model without a per-image price.
+pub(crate) fn resolve_model(
+    config: &Config,
+    key: &ApiKey,
+    model: &str,
+) -> Result<(String, String), GatewayError> {
+    let (model, model_id) = match config.aliases.get(model) {
+        Some(target) => (model.to_string(), target.clone()),
+        None if model_id::is_model_id(model) => {
+            let id = model_id::canonical(model, &config.region)
+                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
+            (id.clone(), id)
+        }
+        None => {
+            return Err(GatewayError::new(
+                ErrorKind::UnknownModel,
+                format!("`{model}` is not a configured model alias or a Bedrock model ID"),
+            ))
+        }
+    };
+    if !key.may_use(&model_id) {
+        return Err(GatewayError::new(
+            ErrorKind::ModelNotAllowed,
+            format!("API key `{}` is not allowed to use model `{model}`", key.id),
+        ));
+    }
+    if pricing::quote(&config.region, &model_id).unpriced_images(&model_id) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "`{model_id}` is an image model this gateway has no per-image price for; \
+                 it cannot be billed, so it is refused"
+            ),
+        ));
+    }
+    Ok((model, model_id))
 }

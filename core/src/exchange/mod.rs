@@ -2,14 +2,18 @@
 //! machine. Hosts feed it headers, body bytes and time, and do what it says:
 //!
 //! 1. [`admit`] the request head: a local answer, or an [`Exchange`] to forward;
-//! 2. [`Exchange::upstream_request`] once the body is in: admitted against the key's limits,
-//!    rewritten and signed;
-//! 3. [`Exchange::on_response_headers`], then [`Exchange::on_response_body`] for each chunk;
+//! 2. [`Exchange::upstream_request`] once the body is in: decompressed, translated from the
+//!    client's dialect (its model resolved from the body), admitted against the key's limits,
+//!    rewritten and signed — or answered locally ([`Outbound::Reply`]);
+//! 3. [`Exchange::on_response_headers`] (what changes in the client's response head), then
+//!    [`Exchange::on_response_body`] for each chunk and [`Exchange::on_response_end`] when the
+//!    upstream body has ended;
 //! 4. [`Exchange::end`] on every path: settled, counted, then logged ([`end`]).
 
 mod admission;
 pub mod end;
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use crate::accounting::pricing::{self, ServiceTier};
@@ -18,10 +22,12 @@ use crate::accounting::totals::UsageTotals;
 use crate::accounting::usage::Usage;
 use crate::config::Config;
 use crate::dialect::bedrock::CUT_OFF_EXCEPTION;
-use crate::error::{ErrorKind, GatewayError};
+use crate::dialect::{Api, Dialect, Target, Translation};
+use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::quota::counters::Counters;
 use crate::quota::{self, Reservation};
 use crate::request::body as request_body;
+use crate::request::encoding::ContentEncoding;
 use crate::request::images;
 use crate::request::model_family;
 use crate::request::model_id;
@@ -33,6 +39,7 @@ use crate::upstream::credentials::{Fetched, Signer};
 use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
 
+pub use crate::dialect::ResponseHead;
 pub use crate::response::relay::{Relayed, Verdict};
 pub use admission::{admit, Admission, MAX_TEST_CLOCK_MS, TEST_CLOCK_HEADER};
 pub use end::{Effect, Ending, Level};
@@ -42,10 +49,19 @@ pub struct Exchange {
     /// The host's request ID (Envoy's `x-request-id`), to join records with access logs.
     pub request_id: Option<String>,
     pub key_id: String,
-    /// The model as the client named it.
+    /// The model as the client named it. A translated route's is known once its body is read
+    /// (empty until then).
     pub model: String,
     pub model_id: String,
+    /// The Bedrock operation (a translated route's is decided with its body).
     pub operation: Operation,
+    /// The dialect the client speaks: its errors and its responses are in it.
+    pub dialect: Dialect,
+    /// The translated route, if the client does not speak Bedrock's own dialect.
+    api: Option<Api>,
+    /// The request headers the translation reads ([`Api::reads_headers`]).
+    kept_headers: Vec<(String, String)>,
+    content_encoding: ContentEncoding,
     started_ms: u64,
     /// The clock quota windows and periods are read from.
     quota_now_ms: u64,
@@ -71,6 +87,25 @@ pub struct Exchange {
     priced_per_image: bool,
     meter: UsageMeter,
     finished: bool,
+}
+
+/// What follows the request body: the request to Bedrock, or the gateway's own answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Rewrite the request into this and let it go upstream.
+    Upstream(UpstreamRequest),
+    /// Answer with this; nothing goes upstream (a token count estimated locally).
+    Reply(Reply),
+}
+
+impl Outbound {
+    /// The upstream request (tests, and hosts that have no local answers to give).
+    pub fn upstream(self) -> Option<UpstreamRequest> {
+        match self {
+            Self::Upstream(up) => Some(up),
+            Self::Reply(_) => None,
+        }
+    }
 }
 
 impl Exchange {
@@ -103,7 +138,7 @@ impl Exchange {
 
     /// The upstream request for the complete `body`, signed at `now` (with the host's kept
     /// signing key, `signing_keys`), once the request is admitted against its key's limits
-    /// (its estimated cost reserved in `counters`).
+    /// (its estimated cost reserved in `counters`), or the answer the gateway gives itself.
     pub fn upstream_request(
         &mut self,
         config: &Config,
@@ -111,13 +146,16 @@ impl Exchange {
         signing_keys: &mut SigningKeyCache,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    ) -> Result<Outbound, GatewayError> {
         self.upstream_request_with(config, counters, signing_keys, body, now, None)
     }
 
     /// [`Exchange::upstream_request`], signed with the credentials the host `fetched` when the
     /// configuration's come from an endpoint ([`Fetched`]). Without usable ones the request is
     /// refused with 503 before anything is reserved.
+    ///
+    /// A refusal here (`Err`, or a local [`Outbound::Reply`]) is already recorded as the
+    /// exchange's status; hosts answer with [`GatewayError::to_reply`] in [`Exchange::dialect`].
     pub fn upstream_request_with(
         &mut self,
         config: &Config,
@@ -126,14 +164,29 @@ impl Exchange {
         body: &[u8],
         now: SystemTime,
         fetched: Option<&Fetched>,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    ) -> Result<Outbound, GatewayError> {
+        let prepared = self.prepare(config, counters, signing_keys, body, now, fetched);
+        if let Err(e) = &prepared {
+            self.status.get_or_insert(e.kind.status());
+        }
+        prepared
+    }
+
+    fn prepare(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        signing_keys: &mut SigningKeyCache,
+        body: &[u8],
+        now: SystemTime,
+        fetched: Option<&Fetched>,
+    ) -> Result<Outbound, GatewayError> {
         self.request_bytes = body.len() as u64;
         self.check_body_size(self.request_bytes)?;
         let now_ms = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
-            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)?;
         let key = config
             .api_keys
             .iter()
@@ -141,32 +194,76 @@ impl Exchange {
             .ok_or_else(|| {
                 GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
             })?;
+        // What Bedrock gets: the body decompressed, then translated from the client's dialect.
+        let mut body: Cow<'_, [u8]> = self.content_encoding.decode(body, self.body_limit)?;
+        let mut extra_headers = Vec::new();
+        if let Some(api) = self.api {
+            let translated = {
+                let request = api.read(&body)?;
+                let (model, model_id) = admission::resolve_model(config, key, request.model())?;
+                self.model = model;
+                self.model_id = model_id;
+                request.translate(&Target {
+                    config,
+                    model_id: &self.model_id,
+                    headers: &self.kept_headers,
+                })?
+            };
+            match translated {
+                Translation::Reply(reply) => {
+                    self.status = Some(reply.status);
+                    return Ok(Outbound::Reply(reply));
+                }
+                Translation::Bedrock(b) => {
+                    self.operation = b.operation;
+                    self.meter = UsageMeter::new(b.operation);
+                    self.relay = Relay::new(b.response);
+                    extra_headers = b.headers;
+                    body = Cow::Owned(b.body);
+                }
+            }
+        }
+        self.request_bytes = body.len() as u64;
+        self.check_body_size(self.request_bytes)?;
         let cap = key.limits.max_output_tokens(&self.model_id);
-        let read = request_body::scan(body, self.operation)
-            .and_then(|read| {
-                let decided = options::decide(
-                    &self.header_options,
-                    &read.options,
-                    &key.limits.unpriced_options,
-                    &config.region,
-                    &self.model_id,
-                )?;
-                Ok((read, decided))
-            })
-            .inspect_err(|e| self.status = Some(e.kind.status()));
-        let (read, decided) = read?;
-        let limit = read.output_limit(body, &self.model_id, cap);
-        let body = limit.rewritten.as_deref().unwrap_or(body);
+        let (limit, decided) = if self.operation == Operation::CountTokens {
+            // Free of charge, and nothing in it asks for output.
+            (
+                request_body::OutputLimit {
+                    max_output_tokens: Some(0),
+                    rewritten: None,
+                },
+                options::Decided::default(),
+            )
+        } else {
+            let read = request_body::scan(&body, self.operation)?;
+            let decided = options::decide(
+                &self.header_options,
+                &read.options,
+                &key.limits.unpriced_options,
+                &config.region,
+                &self.model_id,
+            )?;
+            (read.output_limit(&body, &self.model_id, cap), decided)
+        };
+        let body: Cow<'_, [u8]> = match limit.rewritten {
+            Some(rewritten) => Cow::Owned(rewritten),
+            None => body,
+        };
         let quote = pricing::quote_tier(&config.region, &self.model_id, decided.tier)
             .unwrap_or_else(|| pricing::quote(&config.region, &self.model_id));
         self.service_tier = decided.tier;
         self.unpriced = decided.unpriced;
         let images = if quote.per_image_pico_usd.is_some() {
-            images::requested(body)
+            images::requested(&body)
         } else {
             0
         };
-        let estimate = quota::estimate(body.len() as u64, limit.max_output_tokens, images, &quote);
+        let estimate = if self.operation == Operation::CountTokens {
+            quota::Estimate::default()
+        } else {
+            quota::estimate(body.len() as u64, limit.max_output_tokens, images, &quote)
+        };
         self.estimate = estimate.usage;
         self.priced_per_image = quote.per_image_pico_usd.is_some();
         // A partial allowance needs a stream the meter can price as it goes: ConverseStream
@@ -177,7 +274,7 @@ impl Exchange {
                 Operation::InvokeWithResponseStream => {
                     model_family::invoke_stream_is_metered(&self.model_id)
                 }
-                Operation::Converse | Operation::Invoke => false,
+                Operation::Converse | Operation::Invoke | Operation::CountTokens => false,
             };
         self.reservation = quota::reserve(
             counters,
@@ -186,8 +283,7 @@ impl Exchange {
             estimate,
             may_cut_off,
             self.quota_now_ms,
-        )
-        .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        )?;
         if may_cut_off {
             if let Some(allowance) = self.reservation.spend_allowance() {
                 self.relay.cut_off_at(allowance, quote);
@@ -198,24 +294,31 @@ impl Exchange {
             model_id::encode_path_label(&self.model_id),
             self.operation.path_segment()
         );
-        let set_headers = signer
-            .headers(
-                signing_keys,
-                &config.region,
-                &config.upstream_host,
-                &path,
-                body,
-                now,
-            )
-            .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        let mut set_headers: Vec<(String, String)> = extra_headers
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        set_headers.extend(
+            signer
+                .headers(
+                    signing_keys,
+                    &config.region,
+                    &config.upstream_host,
+                    &path,
+                    &body,
+                    now,
+                )
+                .map_err(|e| GatewayError::new(ErrorKind::Internal, e.message))?,
+        );
         self.sent_upstream = true;
-        Ok(UpstreamRequest {
+        Ok(Outbound::Upstream(UpstreamRequest {
             path,
             authority: config.upstream_host.clone(),
             remove_headers: std::mem::take(&mut self.strip_headers),
             set_headers,
-            body: limit.rewritten,
-        })
+            // The client's bytes pass as they came unless decompressed, translated or capped.
+            body: matches!(body, Cow::Owned(_)).then(|| body.into_owned()),
+        }))
     }
 
     /// The gateway answered this request itself (an error after admission).
@@ -234,13 +337,19 @@ impl Exchange {
         }
     }
 
+    /// Bedrock's response head: metered, then what changes in the head the client gets (its
+    /// dialect's status, content type, no `content-length` where the body changes length).
+    /// Hosts apply it before sending the head on.
     pub fn on_response_headers<'a>(
         &mut self,
         status: u16,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) {
+    ) -> ResponseHead {
         self.status.get_or_insert(status);
-        self.meter.on_response_headers(status, headers);
+        let headers: Vec<(&str, &str)> = headers.into_iter().collect();
+        self.meter
+            .on_response_headers(status, headers.iter().copied());
+        self.relay.head(status, &headers)
     }
 
     /// One chunk of the response body, as it arrives: metered, then what the client gets for
@@ -250,6 +359,13 @@ impl Exchange {
         let ok = matches!(self.status, Some(200..=299));
         self.relay
             .chunk(chunk, ok, &mut self.meter, self.request_bytes)
+    }
+
+    /// The upstream body has ended: the last bytes the client gets (what the dialect's
+    /// translator held back: a buffered answer, a stream's closing events). Empty for Bedrock's
+    /// own dialect, and once the gateway has ended the stream itself.
+    pub fn on_response_end(&mut self) -> Vec<u8> {
+        self.relay.end()
     }
 
     /// Ends the exchange, once, on every path (Envoy's `on_log`): [`Exchange::finish`] (the
@@ -298,6 +414,7 @@ impl Exchange {
             model_id: &self.model_id,
             region: &config.region,
             operation: self.operation,
+            dialect: self.dialect,
             status,
             sent_upstream: self.sent_upstream,
             reading: &reading,

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod encoding;
 pub mod headers;
 pub mod images;
 pub mod model_family;
