@@ -113,6 +113,7 @@ mod tests {
             priced_as: PriceSource::Model,
             service_tier: Default::default(),
             unpriced_options: Vec::new(),
+            dropped: Vec::new(),
             exception: None,
             problem: None,
             request_bytes: 90,

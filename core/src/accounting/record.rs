@@ -56,6 +56,10 @@ pub struct UsageRecord {
     /// the request is billed as if it had not used them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unpriced_options: Vec<&'static str>,
+    /// What the dialect's translation left out of the client's request because Bedrock would
+    /// refuse it: `beta:<flag>`, `field:<name>`, `block:<type>`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -285,6 +289,7 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         priced_as: quote.source,
         service_tier: f.service_tier,
         unpriced_options: Vec::new(),
+        dropped: Vec::new(),
         exception: f.reading.exception.clone(),
         problem: f.reading.problem.clone(),
         request_bytes: f.request_bytes,

@@ -52,6 +52,8 @@ struct Document {
     max_request_body_bytes: Option<u64>,
     #[serde(default)]
     test_hooks: bool,
+    #[serde(default)]
+    anthropic_betas: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +139,10 @@ pub struct Config {
     pub max_request_body_bytes: u64,
     /// Lets tests set the quota clock with `x-tollgate-test-now-ms`. Never in production.
     pub test_hooks: bool,
+    /// The `anthropic-beta` flags forwarded to Bedrock on `/v1/messages` (Claude models);
+    /// others are dropped. Default: the flags Bedrock documents
+    /// ([`crate::dialect::anthropic::BEDROCK_BETAS`]).
+    pub anthropic_betas: Vec<String>,
 }
 
 impl Config {
@@ -350,6 +356,29 @@ impl Config {
             ));
         }
 
+        let anthropic_betas = match doc.anthropic_betas {
+            None => crate::dialect::anthropic::BEDROCK_BETAS
+                .iter()
+                .map(|b| b.to_string())
+                .collect(),
+            Some(list) => {
+                for (i, flag) in list.iter().enumerate() {
+                    let ok = !flag.is_empty()
+                        && flag.len() <= 128
+                        && flag
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                    if !ok {
+                        return Err(ConfigError::new(
+                            format!("anthropic_betas[{i}]"),
+                            "a beta flag: letters, digits, `-`, `_` and `.`",
+                        ));
+                    }
+                }
+                list
+            }
+        };
+
         Ok(Self {
             region: doc.region,
             upstream_host,
@@ -359,6 +388,7 @@ impl Config {
             upstream_auth,
             max_request_body_bytes,
             test_hooks: doc.test_hooks,
+            anthropic_betas,
         })
     }
 }

@@ -14,10 +14,12 @@
 
 use std::borrow::Cow;
 
-use serde::Serialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::config::Config;
-use crate::error::{GatewayError, Reply};
+use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::request::operation::Operation;
 
 pub mod anthropic;
@@ -157,6 +159,9 @@ pub struct BedrockRequest {
     pub headers: Vec<(&'static str, String)>,
     /// The response's translator for this exchange.
     pub response: Box<dyn Translator>,
+    /// What the translation left out of the client's request (flags, fields Bedrock refuses),
+    /// for the usage record: `beta:<flag>`, `field:<name>`.
+    pub dropped: Vec<String>,
 }
 
 /// Changes to the response head, as the client gets it.
@@ -202,6 +207,48 @@ pub trait Translator {
     fn cut_off(&mut self, message: &str) -> Vec<u8>;
 }
 
+/// The members of a JSON object, in order, values as their raw JSON text.
+pub(crate) type Members<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
+
+/// Reads `body` as one JSON object (nothing after it, no member name twice), without reading
+/// its values: a translation copies most of them through as they are.
+pub(crate) fn json_members(body: &[u8]) -> Result<Members<'_>, GatewayError> {
+    #[derive(Deserialize)]
+    struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
+    struct Object;
+    impl<'de> Visitor<'de> for Object {
+        type Value = Members<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Members<'de> = Vec::new();
+            while let Some(Name(name)) = map.next_key()? {
+                let value: &'de RawValue = map.next_value()?;
+                if out.iter().any(|(n, _)| *n == name) {
+                    return Err(de::Error::custom(format!("member `{name}` appears twice")));
+                }
+                out.push((name, value));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    de::Deserializer::deserialize_map(&mut de, Object)
+        .and_then(|members| de.end().map(|()| members))
+        .map_err(|e| {
+            GatewayError::new(
+                ErrorKind::BadRequest,
+                format!("the request body must be one JSON object: {e}"),
+            )
+        })
+}
+
+/// The raw value of member `name`.
+pub(crate) fn member<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawValue> {
+    members.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+}
+
 impl GatewayError {
     pub fn to_reply(&self, dialect: Dialect) -> Reply {
         match dialect {
@@ -215,6 +262,24 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_of_one_strict_object() {
+        let m = json_members(br#" {"a":1,"b\u0041":{"x":[1,2]},"c":"s"} "#).unwrap();
+        let names: Vec<&str> = m.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names, ["a", "bA", "c"]);
+        assert_eq!(member(&m, "bA").unwrap().get(), r#"{"x":[1,2]}"#);
+        for bad in [
+            &br#"{"a":1,"a":2}"#[..],
+            br#"{"a":1} {}"#,
+            br#"[1]"#,
+            b"",
+            b"\xef\xbb\xbf{}",
+        ] {
+            let e = json_members(bad).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::BadRequest, "{bad:?}");
+        }
+    }
 
     #[test]
     fn dialect_from_path_and_headers() {

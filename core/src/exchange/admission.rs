@@ -159,6 +159,7 @@ fn admit_key(
         api,
         kept_headers,
         content_encoding,
+        dropped: Vec::new(),
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),

@@ -62,6 +62,8 @@ pub struct Exchange {
     /// The request headers the translation reads ([`Api::reads_headers`]).
     kept_headers: Vec<(String, String)>,
     content_encoding: ContentEncoding,
+    /// What the translation left out of the client's request (for the record).
+    dropped: Vec<String>,
     started_ms: u64,
     /// The clock quota windows and periods are read from.
     quota_now_ms: u64,
@@ -219,6 +221,7 @@ impl Exchange {
                     self.meter = UsageMeter::new(b.operation);
                     self.relay = Relay::new(b.response);
                     extra_headers = b.headers;
+                    self.dropped = b.dropped;
                     body = Cow::Owned(b.body);
                 }
             }
@@ -424,6 +427,7 @@ impl Exchange {
         };
         let mut record = record::make_with(facts, &fallback);
         record.unpriced_options = self.unpriced.iter().map(|u| u.name()).collect();
+        record.dropped = self.dropped.clone();
         if self.relay.was_cut_off() {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }

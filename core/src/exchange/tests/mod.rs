@@ -2,6 +2,7 @@
 
 mod body;
 mod cut_off;
+mod dialects;
 mod images;
 mod unanswered;
 
