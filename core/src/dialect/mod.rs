@@ -24,6 +24,7 @@ use crate::request::operation::Operation;
 
 pub mod anthropic;
 pub mod bedrock;
+pub mod converse;
 pub mod openai;
 
 /// The API family a client speaks: its routes, its error envelope, its streams.
@@ -130,6 +131,9 @@ pub struct Target<'a> {
     pub model_id: &'a str,
     /// The headers [`Api::reads_headers`] named, as the client sent them (lowercase names).
     pub headers: &'a [(String, String)],
+    /// The host's clock when the body was in (milliseconds since the Unix epoch): answers
+    /// that carry a creation time (OpenAI's `created`) take it from here.
+    pub now_ms: u64,
 }
 
 impl Target<'_> {

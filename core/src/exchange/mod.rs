@@ -209,6 +209,7 @@ impl Exchange {
                     config,
                     model_id: &self.model_id,
                     headers: &self.kept_headers,
+                    now_ms,
                 })?
             };
             match translated {

@@ -325,6 +325,7 @@ mod tests {
             config,
             model_id: "us.anthropic.claude-haiku-4-5-20251001-v1:0",
             headers: &headers,
+            now_ms: 0,
         };
         let mut dropped = Vec::new();
         let out = super::body(&req, &target, None, &mut dropped).unwrap();

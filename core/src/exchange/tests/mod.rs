@@ -1,6 +1,7 @@
 //! The exchange from admission to its usage record; each file is one concern.
 
 mod body;
+mod chat_completions;
 mod cut_off;
 mod dialects;
 mod images;
