@@ -147,8 +147,9 @@ pub enum Translation {
     /// A Bedrock operation: the exchange goes on with it (output cap, options, estimate,
     /// reservation, signing) as for Bedrock's own routes.
     Bedrock(BedrockRequest),
-    /// An answer the gateway gives itself (nothing goes upstream, nothing is billed).
-    Reply(Reply),
+    /// An answer the gateway gives itself in place of `operation` (nothing goes upstream,
+    /// nothing is billed).
+    Reply { reply: Reply, operation: Operation },
 }
 
 /// A request in Bedrock's dialect, and how its response goes back.
