@@ -138,6 +138,19 @@ def test_an_image(claude, gateway, emulator, model):
     assert (entry["status"], entry["request_images"]) == (200, 1)
 
 
+def test_usage_counts_requests_by_dialect(claude, gateway, emulator):
+    def anthropic_requests():
+        status, _, body = raw(gateway, "GET", "/usage", headers={"x-api-key": KEY})
+        assert status == 200, body
+        return json.loads(body)["dialects"].get("anthropic", {}).get("requests", 0)
+
+    before = anthropic_requests()
+    seen = Observed(gateway, emulator)
+    claude.messages.create(model="nova-lite", max_tokens=1, messages=user("hi"))
+    seen.records(1)
+    assert anthropic_requests() == before + 1
+
+
 def test_betas_bedrock_lacks_are_dropped_and_recorded(claude, gateway, emulator):
     seen = Observed(gateway, emulator)
     # What Claude Code sends: Bedrock would refuse the unknown flags ("invalid beta flag") and

@@ -161,6 +161,10 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,8 +232,4 @@ mod tests {
         let seqs: Vec<u64> = ledger.entries().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=800).collect::<Vec<_>>());
     }
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }

@@ -41,6 +41,8 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    pub const ALL: [Dialect; 3] = [Self::Bedrock, Self::OpenAi, Self::Anthropic];
+
     /// Its name in records and metric labels.
     pub fn name(self) -> &'static str {
         match self {
