@@ -380,6 +380,10 @@ fn dialects_key(key_id: &str) -> String {
     format!("tollgate/totals/{key_id}/dialects")
 }
 
+/// The dialects record before its first count. Never empty: Envoy's shared data reads an empty
+/// value as absent (what a removal leaves), and a CAS on it would never see it exist.
+const NO_DIALECTS: &[u8] = b"-";
+
 /// `name=count,…` as written by [`CasTotals::add_dialect`]; pairs that do not parse are skipped.
 fn decode_dialects(bytes: &[u8]) -> BTreeMap<String, u64> {
     std::str::from_utf8(bytes)
@@ -413,7 +417,7 @@ impl<S: CasStore + ?Sized> UsageTotals for CasTotals<'_, S> {
         read(self.0, key_id).map(|t| (&t).into())
     }
     fn add_dialect(&self, key_id: &str, dialect: &str) -> Result<(), StoreError> {
-        cas_update(self.0, &dialects_key(key_id), b"", |current| {
+        cas_update(self.0, &dialects_key(key_id), NO_DIALECTS, |current| {
             let mut counts = decode_dialects(current);
             let n = counts.entry(dialect.to_string()).or_default();
             *n = n.saturating_add(1);
