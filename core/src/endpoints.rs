@@ -57,6 +57,11 @@ struct BudgetView {
 }
 
 #[derive(Serialize)]
+struct DialectView {
+    requests: u64,
+}
+
+#[derive(Serialize)]
 struct LimitView {
     limit: u64,
     used: u64,
@@ -70,6 +75,8 @@ struct UsageView<'a> {
     all: CountsView,
     /// Lifetime totals by model (alias as the client named it, or model ID).
     models: BTreeMap<&'a str, CountsView>,
+    /// Lifetime requests by the API dialect the client spoke (`bedrock`, `anthropic`, `openai`).
+    dialects: BTreeMap<String, DialectView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<BudgetView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +89,13 @@ struct UsageView<'a> {
 
 /// `GET /usage`: the caller's own totals and where it stands against its limits; never
 /// another key's data. Counters that cannot be read are left out rather than guessed.
-pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now_ms: u64) -> Reply {
+pub fn usage_reply(
+    key: &ApiKey,
+    totals: &Lifetime,
+    dialects: &BTreeMap<String, u64>,
+    counters: &dyn Counters,
+    now_ms: u64,
+) -> Reply {
     let limits = &key.limits.key;
     let read = |what: &str, window: u64| {
         counters
@@ -127,6 +140,10 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
             .models
             .iter()
             .map(|(m, c)| (m.as_str(), c.into()))
+            .collect(),
+        dialects: dialects
+            .iter()
+            .map(|(d, n)| (d.clone(), DialectView { requests: *n }))
             .collect(),
         budget,
         requests_per_minute: limit(limits.requests_per_minute, "rpm", minute),
@@ -286,8 +303,12 @@ pub fn usage(
         return GatewayError::new(ErrorKind::Internal, "the key is no longer configured")
             .to_bedrock_reply();
     };
-    match totals.read(key_id) {
-        Ok(t) => usage_reply(key, &t, counters, now_ms),
+    let names = crate::dialect::Dialect::ALL.map(|d| d.name());
+    let read = totals
+        .read(key_id)
+        .and_then(|t| Ok((t, totals.read_dialects(key_id, &names)?)));
+    match read {
+        Ok((t, dialects)) => usage_reply(key, &t, &dialects, counters, now_ms),
         Err(e) => GatewayError::new(
             ErrorKind::StateUnavailable,
             format!("usage unavailable: the gateway's key-value store failed: {e}"),
@@ -344,10 +365,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = usage_reply(&key, &totals, &counters, now);
+        let dialects = BTreeMap::from([("anthropic".to_string(), 2)]);
+        let r = usage_reply(&key, &totals, &dialects, &counters, now);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);
+        assert_eq!(v["dialects"]["anthropic"]["requests"], 2);
         // Past u64, written exactly (a JSON integer; `cost_usd` for clients that parse floats).
         let body = String::from_utf8(r.body.clone()).unwrap();
         assert!(

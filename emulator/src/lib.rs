@@ -20,6 +20,7 @@ pub mod directives;
 pub mod eventstream_encode;
 pub mod families;
 pub mod ledger;
+pub mod messages;
 pub mod responses;
 #[cfg(feature = "server")]
 pub mod server;

@@ -433,7 +433,8 @@ async fn relay(
             // upstream body below stops Bedrock.
             Verdict::End { .. } => (Bytes::from(relayed.bytes.into_owned()), true),
         };
-        if !(last && bytes.is_empty()) && client.send(Ok(Frame::data(bytes))).await.is_err() {
+        // An empty replacement (a dialect holding bytes back) is no frame at all.
+        if !bytes.is_empty() && client.send(Ok(Frame::data(bytes))).await.is_err() {
             break; // the client went away
         }
         if last {

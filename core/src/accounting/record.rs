@@ -193,7 +193,8 @@ pub fn billable(
     fallback: &Fallback,
 ) -> (Usage, UsageSource) {
     let unanswered = sent_upstream && (status == 0 || fallback.host_answered);
-    if !(200..300).contains(&status) && !unanswered {
+    // Refused, or answered by the gateway itself (a local answer is never Bedrock's work).
+    if !sent_upstream || (!(200..300).contains(&status) && !unanswered) {
         return (Usage::default(), UsageSource::None);
     }
     // A final usage of zero output for a response that carried text is not believed.
@@ -424,6 +425,14 @@ mod tests {
         assert_eq!(
             (src, u.input_tokens, u.output_tokens),
             (UsageSource::Estimated, 5, 10)
+        );
+    }
+
+    #[test]
+    fn what_the_gateway_answered_itself_bills_nothing() {
+        assert_eq!(
+            billable(200, false, &Reading::default(), 400, &Fallback::default()),
+            (Usage::default(), UsageSource::None)
         );
     }
 

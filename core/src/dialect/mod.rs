@@ -42,6 +42,8 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    pub const ALL: [Dialect; 3] = [Self::Bedrock, Self::OpenAi, Self::Anthropic];
+
     /// Its name in records and metric labels.
     pub fn name(self) -> &'static str {
         match self {
@@ -151,8 +153,9 @@ pub enum Translation {
     /// A Bedrock operation: the exchange goes on with it (output cap, options, estimate,
     /// reservation, signing) as for Bedrock's own routes.
     Bedrock(BedrockRequest),
-    /// An answer the gateway gives itself (nothing goes upstream, nothing is billed).
-    Reply(Reply),
+    /// An answer the gateway gives itself in place of `operation` (nothing goes upstream,
+    /// nothing is billed).
+    Reply { reply: Reply, operation: Operation },
 }
 
 /// A request in Bedrock's dialect, and how its response goes back.

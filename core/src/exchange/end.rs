@@ -38,12 +38,23 @@ pub struct Ending {
     record: UsageRecord,
     /// What adding the record to the totals returned (see [`totals::add_record`]).
     counted: Result<Option<u64>, StoreError>,
+    /// Counting its request under its dialect (`/usage`'s `dialects`).
+    by_dialect: Result<(), StoreError>,
 }
 
 /// Adds `record` (settled already) to its key's totals, then says what to log and measure.
 pub(crate) fn count(record: UsageRecord, totals: &dyn UsageTotals) -> Ending {
     let counted = totals::add_record(totals, &record);
-    Ending { record, counted }
+    let by_dialect = if record.forwarded {
+        totals.add_dialect(&record.key_id, record.dialect.name())
+    } else {
+        Ok(())
+    };
+    Ending {
+        record,
+        counted,
+        by_dialect,
+    }
 }
 
 impl Ending {
@@ -52,7 +63,8 @@ impl Ending {
     }
 
     /// In order: the record's line; a warning when it was billed at a fallback price; a
-    /// critical line when its usage could not be added to the totals; the metric updates.
+    /// critical line when its usage could not be added to the totals; a warning when its
+    /// request could not be counted under its dialect; the metric updates.
     pub fn effects(&self) -> impl Iterator<Item = Effect<'_>> {
         let record = &self.record;
         let warning = record
@@ -73,9 +85,20 @@ impl Ending {
             ),
         };
         let updates = metrics::record_updates(record, Labels::of(record), cost_before);
+        let by_dialect = self.by_dialect.as_ref().err().map(|e| {
+            Effect::Log(
+                Level::Warn,
+                format!(
+                    "tollgate: a request of key `{}` was not counted under dialect `{}`: {e}",
+                    record.key_id,
+                    record.dialect.name()
+                ),
+            )
+        });
         std::iter::once(Effect::Record(record.log_line()))
             .chain(warning)
             .chain(uncounted)
+            .chain(by_dialect)
             .chain(updates.into_iter().map(Effect::Metric))
     }
 }
@@ -214,6 +237,12 @@ mod tests {
             );
             assert!(ex.end(&config, counters, totals, NOW + 6).is_none());
             assert_eq!(totals.read("a").unwrap().all.requests, 1, "counted once");
+            assert_eq!(
+                totals
+                    .read_dialects("a", &["bedrock", "anthropic"])
+                    .unwrap(),
+                std::collections::BTreeMap::from([("bedrock".to_string(), 1)])
+            );
         }
     }
 

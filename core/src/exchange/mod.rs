@@ -213,7 +213,8 @@ impl Exchange {
                 })?
             };
             match translated {
-                Translation::Reply(reply) => {
+                Translation::Reply { reply, operation } => {
+                    self.operation = operation;
                     self.status = Some(reply.status);
                     return Ok(Outbound::Reply(reply));
                 }

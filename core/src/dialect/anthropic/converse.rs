@@ -154,7 +154,7 @@ enum ToolChoice<'a> {
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
 fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
-    serde_json::from_str::<Str<'a>>(raw.get())
+    serde_json::from_slice::<Str<'a>>(raw.get().as_bytes())
         .map(|s| s.0)
         .map_err(|_| bad(format!("`{what}` must be a string")))
 }
@@ -164,7 +164,8 @@ fn object<'a>(raw: &'a RawValue, what: &str) -> Result<Members<'a>, GatewayError
 }
 
 fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
-    serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be an array")))
+    serde_json::from_slice(raw.get().as_bytes())
+        .map_err(|_| bad(format!("`{what}` must be an array")))
 }
 
 fn required<'a>(m: &Members<'a>, name: &str, of: &str) -> Result<&'a RawValue, GatewayError> {

@@ -44,14 +44,17 @@ pub(super) fn translate(
     target: &Target<'_>,
 ) -> Result<Translation, GatewayError> {
     if !model_family::is_anthropic(target.model_id) {
-        return Ok(Translation::Reply(Reply {
-            status: 200,
-            headers: vec![
-                ("content-type", "application/json".into()),
-                (ESTIMATED_HEADER, "estimated".into()),
-            ],
-            body: count_body(estimate(req), true),
-        }));
+        return Ok(Translation::Reply {
+            reply: Reply {
+                status: 200,
+                headers: vec![
+                    ("content-type", "application/json".into()),
+                    (ESTIMATED_HEADER, "estimated".into()),
+                ],
+                body: count_body(estimate(req), true),
+            },
+            operation: Operation::CountTokens,
+        });
     }
     let mut dropped = Vec::new();
     // A complete InvokeModel body: CountTokens validates it as InvokeModel would.

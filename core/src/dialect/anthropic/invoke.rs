@@ -43,7 +43,7 @@ pub(super) fn body(
     dropped: &mut Vec<String>,
 ) -> Result<Vec<u8>, GatewayError> {
     let body_betas: Vec<String> = match super::member(&req.members, "anthropic_beta") {
-        Some(raw) => serde_json::from_str(raw.get())
+        Some(raw) => serde_json::from_slice(raw.get().as_bytes())
             .map_err(|_| super::bad("`anthropic_beta` must be a list of strings"))?,
         None => Vec::new(),
     };

@@ -208,11 +208,12 @@ fn read(body: &[u8], count_tokens: bool) -> Result<MessagesRequest<'_>, GatewayE
     let model = member(&members, "model")
         .ok_or_else(|| bad("`model` is required"))
         .and_then(|raw| {
-            serde_json::from_str::<String>(raw.get()).map_err(|_| bad("`model` must be a string"))
+            serde_json::from_slice::<String>(raw.get().as_bytes())
+                .map_err(|_| bad("`model` must be a string"))
         })?;
     let stream = match member(&members, "stream") {
         None => false,
-        Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+        Some(raw) => serde_json::from_slice::<Option<bool>>(raw.get().as_bytes())
             .map_err(|_| bad("`stream` must be a boolean"))?
             .unwrap_or(false),
     };

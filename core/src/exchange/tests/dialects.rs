@@ -176,6 +176,14 @@ fn token_counts_for_claude_ask_bedrock_and_others_are_estimated_here() {
         .finish(&config(), &CasCounters(&MemoryStore::default()), 2_000)
         .unwrap();
     assert_eq!((record.status, record.forwarded), (200, false));
+    assert_eq!(
+        (record.operation, record.cost_pico_usd, record.usage_source),
+        (
+            Operation::CountTokens,
+            0,
+            crate::accounting::record::UsageSource::None
+        )
+    );
 }
 
 fn chunk(inner: &str) -> Vec<u8> {
