@@ -38,7 +38,7 @@ fn translated_on(
     };
     match req.translate(&target)? {
         Translation::Bedrock(b) => Ok(b),
-        Translation::Reply(_) => panic!("a local reply"),
+        Translation::Reply { .. } => panic!("a local reply"),
     }
 }
 
@@ -486,7 +486,7 @@ fn req_converse(req: &super::request::ChatRequest<'_>) -> Value {
     };
     match req.translate(&target).unwrap() {
         Translation::Bedrock(b) => serde_json::from_slice(&b.body).unwrap(),
-        Translation::Reply(_) => unreachable!(),
+        Translation::Reply { .. } => unreachable!(),
     }
 }
 
