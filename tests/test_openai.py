@@ -17,7 +17,7 @@ import pytest
 import harness
 import pricing_oracle
 from conftest import HAIKU, KEYS, MAX_BODY, plugin_config, redis_for
-from test_bedrock_api import Observed, ledger_usage, record_usage
+from test_bedrock_api import Observed, ledger_usage, raw, record_usage
 
 
 def sdk(gateway, key: str | None = None, **kw) -> openai.OpenAI:
@@ -157,6 +157,21 @@ def test_the_key_travels_as_x_api_key_too(gateway, emulator):
     [entry] = seen.ledger(1)
     assert all(KEYS["team-a"][0] not in v for _, v in entry["headers"])
 
+
+def test_usage_counts_openai_requests_under_their_dialect(oai, gateway, emulator):
+    def counts():
+        status, _, body = raw(gateway, "GET", "/usage", headers={"x-api-key": KEYS["team-a"][0]})
+        assert status == 200, body
+        return {k: v["requests"] for k, v in json.loads(body)["dialects"].items()}
+
+    before = counts()
+    seen = Observed(gateway, emulator)
+    oai.chat.completions.create(model="claude-fast", messages=user("hi [[emu:output=1]]"))
+    list(oai.chat.completions.create(model="claude-fast", messages=user("hi [[emu:output=1]]"), stream=True))
+    seen.records(2)
+    after = counts()
+    assert after.get("openai", 0) == before.get("openai", 0) + 2
+    assert {k: v for k, v in after.items() if k != "openai"} == {k: v for k, v in before.items() if k != "openai"}
 
 # ---- Tools and images -----------------------------------------------------------------------
 
