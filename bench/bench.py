@@ -12,10 +12,12 @@ Bedrock emulator pinned to core 0:
              is built and a Spin >= 4.1 is found (tests/find-spin.sh)
 
 Request mix for all: Converse with a 1 KB and a 10 KB body, ConverseStream with 64 content
-events; and for the gateways that translate (Tollgate, Spin, LiteLLM), the same 1 KB request and
-64-event stream through OpenAI's `/v1/chat/completions` (translated to Converse), whose added
-cost is measured against the native route in the same round (`translated`). Closed loop at concurrency 1 (A/B rounds, interleaved) and 16, then a constant-rate
-sweep (the latency-vs-load curve). Each run checks that every request reached the emulator
+events, InvokeModel (Claude's body) 1 KB and InvokeModelWithResponseStream with 64 events; and
+for the gateways that translate (Tollgate, Spin, LiteLLM), the same 1 KB request and 64-event
+stream through OpenAI's `/v1/chat/completions` (Tollgate: onto Converse) and Anthropic's
+`/v1/messages` (Tollgate: Claude onto InvokeModel), whose added cost is measured against the
+native route in the same round (`translated`). Closed loop at concurrency 1 (A/B rounds,
+interleaved) and 16, then a constant-rate sweep (the latency-vs-load curve). Each run checks that every request reached the emulator
 (the emulator's request sequence numbers) and each gateway's requests are checked in the
 emulator's ledger (signature valid, real model ID, stream completed).
 
@@ -80,19 +82,27 @@ MIX = [
     ("converse-1k", "converse", 1024, False, "bedrock"),
     ("converse-10k", "converse", 10240, False, "bedrock"),
     ("stream-64", "converse-stream", 1024, True, "bedrock"),
+    ("invoke-1k", "invoke", 1024, False, "bedrock"),
+    ("invoke-stream-64", "invoke-with-response-stream", 1024, True, "bedrock"),
     ("chat-1k", "converse", 1024, False, "openai"),
     ("chat-stream-64", "converse-stream", 1024, True, "openai"),
+    ("messages-1k", "invoke", 1024, False, "anthropic"),
+    ("messages-stream-64", "invoke-with-response-stream", 1024, True, "anthropic"),
 ]
 NATIVE = [m for m, *_, api in MIX if api == "bedrock"]
 # A translated request's native counterpart (same size, same answer): what it adds is measured
-# against it, in the same round. `/v1/messages` (Anthropic) slots in the same way.
-NATIVE_OF = {"chat-1k": "converse-1k", "chat-stream-64": "stream-64"}
+# against it, in the same round.
+NATIVE_OF = {"chat-1k": "converse-1k", "chat-stream-64": "stream-64",
+             "messages-1k": "invoke-1k", "messages-stream-64": "invoke-stream-64"}
+# Per translated API: its (request, stream) mixes.
+TRANSLATED_MIXES = {"openai": ("chat-1k", "chat-stream-64"), "anthropic": ("messages-1k", "messages-stream-64")}
 # Where each translated API is served (at the gateway's root).
 API_PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
 # The APIs Tollgate serves (both hosts).
-TRANSLATED = ("bedrock", "openai")
-# Server-sent events of a translated stream: the role chunk, 64 deltas, the finish chunk (then
-# usage and [DONE] for OpenAI); at least this many.
+TRANSLATED = ("bedrock", "openai", "anthropic")
+# Server-sent events of a translated stream, at least: OpenAI's role chunk, 64 deltas, the finish
+# chunk (then usage and [DONE]); Anthropic's message_start, content_block_start, 64 deltas,
+# content_block_stop, message_delta, message_stop.
 SSE_MIN_EVENTS = STREAM_EVENTS + 2
 
 
@@ -101,12 +111,16 @@ def mix(name: str):
 
 
 def stream_args(name: str) -> list[str]:
-    _n, _op, _size, stream, api = mix(name)
+    _n, op, _size, stream, api = mix(name)
     if not stream:
         return []
-    if api == "bedrock":
+    if api == "bedrock" and op == "converse-stream":
         # messageStart, contentBlockDelta × 64, contentBlockStop, messageStop, metadata
         return ["--stream", "--min-frames", str(STREAM_EVENTS + 4)]
+    if api == "bedrock":
+        # chunks of message_start, content_block_start, 64 deltas, content_block_stop,
+        # message_delta, message_stop
+        return ["--stream", "--min-frames", str(STREAM_EVENTS + 5)]
     return ["--sse", "--min-frames", str(SSE_MIN_EVENTS)]
 
 LABELS = {
@@ -560,12 +574,33 @@ def make_chat_body(size: int, prefix: str = "", stream: bool = False) -> bytes:
     return out
 
 
+def make_messages_body(size: int, prefix: str = "", stream: bool = False, invoke: bool = False) -> bytes:
+    """Anthropic's Messages body of `size` bytes asking what make_body asks: for `/v1/messages`
+    (`model`, `stream`), or as Claude takes it on InvokeModel (`anthropic_version`)."""
+    doc = {"anthropic_version": "bedrock-2023-05-31"} if invoke else {"model": ALIAS}
+    doc.update({"max_tokens": 256, "messages": [{"role": "user", "content": ""}]})
+    if stream and not invoke:
+        doc["stream"] = True
+    pad = size - len(json.dumps(doc)) - len(prefix)
+    words = ("The quick brown fox jumps over the lazy dog. " * (size // 40 + 2))[:max(pad, 0)]
+    doc["messages"][0]["content"] = prefix + words
+    out = json.dumps(doc).encode()
+    assert len(out) == size, (len(out), size)
+    return out
+
+
 def write_bodies(workdir: Path) -> dict[str, Path]:
     out = {}
-    for name, _op, size, stream, api in MIX:
+    for name, op, size, stream, api in MIX:
         prefix = f"[[emu:output={STREAM_EVENTS}]][[emu:events={STREAM_EVENTS}]] " if stream else ""
         p = workdir / f"body-{name}.json"
-        p.write_bytes(make_body(size, prefix) if api == "bedrock" else make_chat_body(size, prefix, stream))
+        if api == "openai":
+            body = make_chat_body(size, prefix, stream)
+        elif api == "anthropic" or op.startswith("invoke"):
+            body = make_messages_body(size, prefix, stream, invoke=api == "bedrock")
+        else:
+            body = make_body(size, prefix)
+        p.write_bytes(body)
         out[name] = p
     return out
 
@@ -703,8 +738,14 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
                                           5, "ledger entries") if per_type else []
     runner.emu.reset()
     problems = []
-    for name, op, size, stream, _api in mixes:
+    operations = {}
+    for name, op, size, stream, api in mixes:
         entries = entries_by_mix[name]
+        operations[name] = sorted({e["operation"] for e in entries})
+        # Tollgate's translations are fixed (Chat Completions onto Converse, Claude's Messages
+        # onto InvokeModel); another gateway may pick either of Bedrock's APIs: it is recorded.
+        ops = {op} if api == "bedrock" or t.name != "litellm" else (
+            {"converse-stream", "invoke-with-response-stream"} if stream else {"converse", "invoke"})
         if len(entries) != per_type:
             problems.append(f"{name}: {len(entries)} ledger entries for {per_type} requests")
         for e in entries:
@@ -715,7 +756,7 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
                 bad.append(f"auth {e['auth']} valid={e['signature_valid']}")
             if e["model_id"] != MODEL_ID:
                 bad.append(f"model {e['model_id']}")
-            if e["operation"] != op:
+            if e["operation"] not in ops:
                 bad.append(f"operation {e['operation']}")
             if stream and (not e.get("stream_completed") or e.get("content_events_sent") != STREAM_EVENTS):
                 bad.append(f"stream completed={e.get('stream_completed')} events={e.get('content_events_sent')}")
@@ -724,7 +765,7 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
     ok = not problems
     log(f"verify   {t.name:9s} ledger: {'OK' if ok else 'PROBLEMS: ' + '; '.join(problems[:5])}")
     return {"ok": ok, "requests_per_type": per_type, "problems": problems[:20],
-            "auth_seen_by_emulator": t.upstream_auth}
+            "auth_seen_by_emulator": t.upstream_auth, "operations": operations}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -907,10 +948,12 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
             # Per-event: the stream's CPU beyond a 1 KB Converse's, over its 64 events.
             cpu[t]["per_event_us"] = round((c["stream-64"]["cpu_us_per_request"]
                                             - c["converse-1k"]["cpu_us_per_request"]) / STREAM_EVENTS, 2)
-            if all(m in c for m in NATIVE_OF):
-                per_request = c["chat-1k"]["cpu_us_per_request"] - c["converse-1k"]["cpu_us_per_request"]
-                stream = c["chat-stream-64"]["cpu_us_per_request"] - c["stream-64"]["cpu_us_per_request"]
-                cpu[t]["translated"] = {
+            for api, (req_mix, stream_mix) in TRANSLATED_MIXES.items():
+                if req_mix not in c or stream_mix not in c:
+                    continue
+                per_request = c[req_mix]["cpu_us_per_request"] - c[NATIVE_OF[req_mix]]["cpu_us_per_request"]
+                stream = c[stream_mix]["cpu_us_per_request"] - c[NATIVE_OF[stream_mix]]["cpu_us_per_request"]
+                cpu[t].setdefault("translated", {})[api] = {
                     # What translating adds to a request (non-stream pair).
                     "per_request_us": round(per_request, 1),
                     # What translating adds to a 64-event stream, all of it.
@@ -944,14 +987,14 @@ def targets_check(s: dict) -> dict:
         out["litellm_over_tollgate_added_p99_ge_30x"] = {
             "value": round(ratio, 1) if ratio else None, "holds": bool(ratio and ratio >= 30)}
     for t in ("tollgate", "spin"):
-        tr = (s.get("cpu_us", {}).get(t) or {}).get("translated")
-        lat = s.get("translated_added", {}).get(t, {}).get("chat-1k")
-        if tr:
-            out[f"{t}_translated_per_request_le_50us"] = {
+        for api, tr in ((s.get("cpu_us", {}).get(t) or {}).get("translated") or {}).items():
+            req_mix, _stream_mix = TRANSLATED_MIXES[api]
+            lat = s.get("translated_added", {}).get(t, {}).get(req_mix)
+            out[f"{t}_{api}_per_request_le_50us"] = {
                 "cpu_us": tr["per_request_us"], "p50_us": lat and lat["p50_us"], "p99_us": lat and lat["p99_us"],
                 "holds": tr["per_request_us"] <= 50 and (lat is None or lat["p50_us"] <= 50)}
-            out[f"{t}_translated_per_event_le_2us"] = {"cpu_us": tr["per_event_us"],
-                                                       "holds": tr["per_event_us"] <= 2}
+            out[f"{t}_{api}_per_event_le_2us"] = {"cpu_us": tr["per_event_us"],
+                                                  "holds": tr["per_event_us"] <= 2}
     st = ao.get("tollgate", {}).get("stream-64")
     if st:
         out["stream_added_ttfb_p99_le_500us"] = {
@@ -989,8 +1032,10 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
 
     g = lambda d, *ks: (lambda c: _dig(d, c, *ks))
     for m, label in [("converse-1k", "Converse 1 KB"), ("converse-10k", "Converse 10 KB"),
-                     ("stream-64", "ConverseStream 64 ev"), ("chat-1k", "Chat Completions 1 KB"),
-                     ("chat-stream-64", "Chat Completions stream 64 ev")]:
+                     ("stream-64", "ConverseStream 64 ev"), ("invoke-1k", "InvokeModel 1 KB"),
+                     ("invoke-stream-64", "InvokeModel stream 64 ev"), ("chat-1k", "Chat Completions 1 KB"),
+                     ("chat-stream-64", "Chat Completions stream 64 ev"), ("messages-1k", "Messages 1 KB"),
+                     ("messages-stream-64", "Messages stream 64 ev")]:
         row(f"{label}: latency p50, c=1 (µs)", g(s["c1"], m, "p50_us"))
         row(f"{label}: latency p99, c=1 (µs)", g(s["c1"], m, "p99_us"))
         row(f"{label}: added p50 over emulator (µs)", g(s["added_over_emulator"], m, "p50_us"))
@@ -999,11 +1044,15 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
     row("Stream: added first-event p99 over emulator (µs)", g(s["added_over_emulator"], "stream-64", "first_event_p99_us"))
     row("Stream: added per-event gap p50 (µs)", g(s["added_over_emulator"], "stream-64", "event_gap_p50_us"), nd=2)
     for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream"),
-                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream")]:
+                     ("invoke-1k", "invoke 1 KB"), ("invoke-stream-64", "invoke stream"),
+                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream"),
+                     ("messages-1k", "messages 1 KB"), ("messages-stream-64", "messages stream")]:
         row(f"Throughput c=16, {label} (req/s)", g(s["c16"], m, "throughput_rps"))
     row("Max req/s with p99 < 5 ms, 1 KB (constant rate)", lambda c: (s["rate"].get(c) or {}).get("max_rps_p99_under_5ms"))
     for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream"),
-                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream")]:
+                     ("invoke-1k", "invoke 1 KB"), ("invoke-stream-64", "invoke stream"),
+                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream"),
+                     ("messages-1k", "messages 1 KB"), ("messages-stream-64", "messages stream")]:
         row(f"Gateway CPU-µs per request, c=16, {label}", g(s["c16"], m, "cpu_us_per_request"), nd=1)
     row("Gateway CPU-µs per stream event, (stream − 1 KB Converse) / 64", lambda c: (s["cpu_us"].get(c) or {}).get("per_event_us"), nd=2)
     row("Gateway RSS after the run (MiB)", lambda c: (meta["rss_kb"].get(c) or 0) / 1024 or None, nd=1)
@@ -1020,14 +1069,14 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
                 "rounds; CPU: c=16):")
     for t in [c for c in ("tollgate", "spin", "litellm") if c in names]:
         ta = s.get("translated_added", {}).get(t, {})
-        tr = (s["cpu_us"].get(t) or {}).get("translated")
         for m, native in NATIVE_OF.items():
             a = ta.get(m)
             if a:
                 rows.append(f"- {t} {m} over {native}: p50 {a['p50_us']:+.0f} µs, p99 {a['p99_us']:+.0f} µs"
-                            + (f", first event p99 {a['first_event_p99_us']:+.0f} µs" if "first_event_p99_us" in a else ""))
-        if tr:
-            rows.append(f"- {t} CPU: {tr['per_request_us']:+.1f} µs per request, {tr['stream_us']:+.1f} µs per "
+                            + (f", first event p99 {a['first_event_p99_us']:+.0f} µs, event gap p50 "
+                               f"{a['event_gap_p50_us']:+.2f} µs" if "first_event_p99_us" in a else ""))
+        for api, tr in ((s["cpu_us"].get(t) or {}).get("translated") or {}).items():
+            rows.append(f"- {t} {api} CPU: {tr['per_request_us']:+.1f} µs per request, {tr['stream_us']:+.1f} µs per "
                         f"64-event stream, {tr['per_event_us']:+.2f} µs per event")
     return "\n".join(rows)
 
@@ -1212,10 +1261,10 @@ def main() -> int:
                 ll = LiteLLM(workdir, emu.port)
                 meta["litellm"] = {"version": ll.version(), "start_s": round(time.monotonic() - t0, 1),
                                    "route": f"POST /bedrock/model/{ALIAS}/converse[-stream] (Bedrock pass-through, router model)"}
-                meta["litellm"]["translated_route"] = "POST /v1/chat/completions (router model, Converse)"
+                meta["litellm"]["translated_routes"] = "POST /v1/chat/completions, POST /v1/messages (router model)"
                 lt = Target("litellm", ll.url, f"/bedrock/model/{ALIAS}",
                             f"authorization: Bearer {LITELLM_MASTER_KEY}", ll.p.pid, "sigv4",
-                            apis=("bedrock", "openai"))
+                            apis=TRANSLATED)
                 meta["rss_kb_idle"]["litellm"] = rss_kb(ll.p.pid)
                 v = verify_ledger(runner, lt, 3 if smoke else 10)
                 meta["verified"]["litellm"] = v

@@ -227,10 +227,12 @@ impl Frames {
     fn feed(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
         self.pending.extend_from_slice(data);
         if self.sse {
-            // One event per blank line; an `{"error"` event is the stream's exception.
+            // One event per blank line; OpenAI's `data: {"error"` and Anthropic's `event: error`
+            // are the stream's exception.
             let mut off = 0;
             while let Some(end) = find(&self.pending[off..], b"\n\n") {
-                if self.pending[off..off + end].starts_with(b"data: {\"error\"") {
+                let event = &self.pending[off..off + end];
+                if event.starts_with(b"data: {\"error\"") || event.starts_with(b"event: error") {
                     self.exceptions += 1;
                 }
                 self.frames += 1;
