@@ -118,10 +118,11 @@ clean:
 # and writes bench/results.json, bench/results.md and bench/latency.png (about 10 minutes; it
 # first waits, bounded, for the machine to be quiet). `make bench-smoke` runs the same
 # machinery for a few seconds and fails only if a gateway did not serve its requests.
+# BENCH_ARGS passes options to bench/bench.py (`--no-spin`, `--rounds 5`: bench/bench.py --help).
 .PHONY: bench bench-smoke
 bench: build venv
 	bash bench/setup.sh full
-	bench/.venv/bin/python bench/bench.py
+	bench/.venv/bin/python bench/bench.py $(BENCH_ARGS)
 
 bench-smoke: build venv
 	bash bench/setup.sh smoke
