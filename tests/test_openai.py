@@ -297,6 +297,34 @@ def test_refusals_are_openai_errors_and_cost_nothing(gateway, emulator, case, ca
         assert (record["status"], record["cost_pico_usd"], record["dialect"]) == (status, 0, "openai")
 
 
+def test_no_key_is_401_in_openais_envelope(gateway, emulator):
+    seen = Observed(gateway, emulator)
+    status, headers, body = raw(gateway, "POST", "/v1/chat/completions",
+                                json.dumps({"model": "claude-fast", "messages": user("hi")}).encode(),
+                                {"content-type": "application/json"})
+    assert status == 401 and headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert (error["type"], error["param"]) == ("authentication_error", None) or error["param"] is None, error
+    assert "key" in error["message"]
+    time.sleep(0.2)
+    assert emulator.ledger()[seen.ledger_start:] == [], "nothing went upstream"
+
+
+def test_a_misconfigured_gateway_is_a_500_in_openais_envelope(launch, emulator):
+    cfg = plugin_config(emulator.port)
+    cfg["api_keys"][1]["sha256"] = "not-a-hash"
+    gw = launch("openai-badcfg", cfg, emulator.port)
+    try:
+        with pytest.raises(openai.InternalServerError) as e:
+            sdk(gw).chat.completions.create(model="claude-fast", messages=user("hi"))
+        assert e.value.status_code == 500
+        assert set(e.value.body) == {"message", "type", "param", "code"}
+        # The caller learns nothing about the configuration; the log names the field.
+        assert e.value.body["message"] == "the gateway is misconfigured; the reason is in the gateway's log"
+        assert "api_keys[1].sha256" in gw.log()
+    finally:
+        gw.stop()
+
 @pytest.mark.parametrize("directive, error, status, code", [
     ("[[emu:throttle]]", openai.RateLimitError, 429, "ThrottlingException"),
     ("[[emu:error=400:ValidationException]]", openai.BadRequestError, 400, "ValidationException"),

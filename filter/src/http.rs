@@ -159,12 +159,21 @@ impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = host::headers(MapType::HttpRequestHeaders);
         let config = match &self.config {
             Ok(c) => c.clone(),
             // The reason was logged when the configuration was loaded.
-            Err(_) => return self.reject(&GatewayError::not_configured(), None),
+            Err(_) => {
+                let path = host::header(&headers, ":path").unwrap_or("");
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let e = GatewayError::not_configured();
+                metrics::on_refusal(&e, None);
+                return self.reply(&GatewayError::not_configured_reply(path, &pairs));
+            }
         };
-        let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");
         let path = host::header(&headers, ":path").unwrap_or("");
         let pairs: Vec<(&str, &str)> = headers

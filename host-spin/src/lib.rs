@@ -54,7 +54,13 @@ async fn handle(request: Request) -> Response<BoxBody> {
                 "tollgate: {why}; answering every request with 500"
             ));
             drain(body.stream()).await;
-            return reply(&GatewayError::not_configured().to_bedrock_reply());
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let pairs: Vec<(&str, &str)> = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("")))
+                .collect();
+            return reply(&GatewayError::not_configured_reply(path, &pairs));
         }
     };
     // Spin's own `spin-*` request metadata (full URL, client address...) stays here: it is not
