@@ -304,7 +304,7 @@ def test_no_key_is_401_in_openais_envelope(gateway, emulator):
                                 {"content-type": "application/json"})
     assert status == 401 and headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
-    assert (error["type"], error["param"]) == ("authentication_error", None) or error["param"] is None, error
+    assert (error["type"], error["code"], error["param"]) == ("authentication_error", "missing_key", None), error
     assert "key" in error["message"]
     time.sleep(0.2)
     assert emulator.ledger()[seen.ledger_start:] == [], "nothing went upstream"

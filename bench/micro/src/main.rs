@@ -57,6 +57,13 @@ const RESP_CONVERSE: &[u8] = include_bytes!("../data/response-converse.json");
 const CHAT_1K: &[u8] = include_bytes!("../data/body-chat-1k.json");
 const CHAT_STREAM: &[u8] = include_bytes!("../data/body-chat-stream-64.json");
 const RESP_STREAM: &[u8] = include_bytes!("../data/response-stream-64.bin");
+/// Claude on InvokeModel: its body, and Anthropic Messages bodies asking the same (bench.py's).
+const INVOKE_1K: &[u8] = include_bytes!("../data/body-invoke-1k.json");
+const INVOKE_STREAM: &[u8] = include_bytes!("../data/body-invoke-stream-64.json");
+const MESSAGES_1K: &[u8] = include_bytes!("../data/body-messages-1k.json");
+const MESSAGES_STREAM: &[u8] = include_bytes!("../data/body-messages-stream-64.json");
+const RESP_INVOKE: &[u8] = include_bytes!("../data/response-invoke.json");
+const RESP_INVOKE_STREAM: &[u8] = include_bytes!("../data/response-invoke-stream-64.bin");
 
 /// The emulator's odd chunk sizes, so frames straddle chunks as they do through Envoy.
 const CHUNKS: &[usize] = &[1, 7, 13, 64, 3, 29, 2, 101, 5, 17, 256, 11, 4096, 37, 1500, 9, 16_384];
@@ -65,6 +72,9 @@ const KEY: &str = "tg-bench-key";
 const ALIAS_PATH_1K: &str = "/model/claude-fast/converse";
 const ALIAS_PATH_STREAM: &str = "/model/claude-fast/converse-stream";
 const CHAT_PATH: &str = "/v1/chat/completions";
+const MESSAGES_PATH: &str = "/v1/messages";
+const INVOKE_PATH: &str = "/model/claude-fast/invoke";
+const INVOKE_STREAM_PATH: &str = "/model/claude-fast/invoke-with-response-stream";
 const MODEL_ID: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
 fn config() -> Config {
@@ -347,5 +357,17 @@ fn main() {
     });
     bench(&filter, "WHOLE exchange, chat stream 64 events (OpenAI)", || {
         whole(&cfg, &store, &mut keys, CHAT_STREAM, CHAT_PATH, RESP_STREAM, true)
+    });
+    bench(&filter, "WHOLE exchange, invoke 1 KB (Claude)", || {
+        whole(&cfg, &store, &mut keys, INVOKE_1K, INVOKE_PATH, RESP_INVOKE, false)
+    });
+    bench(&filter, "WHOLE exchange, invoke stream 64 events", || {
+        whole(&cfg, &store, &mut keys, INVOKE_STREAM, INVOKE_STREAM_PATH, RESP_INVOKE_STREAM, true)
+    });
+    bench(&filter, "WHOLE exchange, messages 1 KB (Anthropic)", || {
+        whole(&cfg, &store, &mut keys, MESSAGES_1K, MESSAGES_PATH, RESP_INVOKE, false)
+    });
+    bench(&filter, "WHOLE exchange, messages stream 64 (Anthropic)", || {
+        whole(&cfg, &store, &mut keys, MESSAGES_STREAM, MESSAGES_PATH, RESP_INVOKE_STREAM, true)
     });
 }
