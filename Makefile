@@ -19,7 +19,10 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: help build wasm emulator venv certs run test test-rust test-integration lint pricing hash-key clean
 .PHONY: spin-build spin-up
-.PHONY: run-ecds oci istio-manifests identity-dev run-identity
+.PHONY: run-ecds oci istio-manifests identity-dev run-identity claude-code
+
+# Claude Code, pinned, for tests/test_claude_code.py (which finds it in .run/npm).
+CLAUDE_CODE_VERSION := 2.1.197
 
 help:
 	@echo "make run        build, then start Envoy + Tollgate in front of the Bedrock emulator on :10000"
@@ -32,6 +35,7 @@ help:
 	@echo "make lint       rustfmt --check and clippy -D warnings (native and wasm32)"
 	@echo "make pricing    refresh pricing/ from the litellm wheel on PyPI (LITELLM_VERSION=x.y.z to pin)"
 	@echo "make hash-key KEY=...   print the sha256 to put in a key's \"sha256\" field"
+	@echo "make claude-code  the Claude Code CLI (npm, pinned) into .run/npm, for its tests"
 	@echo "make run-ecds   as make run, the filter configured over ECDS from .run/ecds/: live updates"
 	@echo "                with envoy/ecds-update.sh (README \"Live configuration on Envoy\")"
 	@echo "make run-identity  envoy/envoy-identity.yaml on :10443: callers by mTLS SPIFFE ID or JWT"
@@ -50,6 +54,10 @@ emulator:
 
 spin-build:
 	cargo build -p tollgate-spin --target wasm32-wasip2 --release
+
+claude-code:
+	npm install --prefix .run/npm --no-audit --no-fund --no-save @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	.run/npm/node_modules/.bin/claude --version
 
 $(VENV)/.installed: tests/requirements.txt
 	python3 -m venv $(VENV)
@@ -119,10 +127,11 @@ clean:
 # and writes bench/results.json, bench/results.md and bench/latency.png (about 10 minutes; it
 # first waits, bounded, for the machine to be quiet). `make bench-smoke` runs the same
 # machinery for a few seconds and fails only if a gateway did not serve its requests.
+# BENCH_ARGS passes options to bench/bench.py (`--no-spin`, `--rounds 5`: bench/bench.py --help).
 .PHONY: bench bench-smoke
 bench: build venv
 	bash bench/setup.sh full
-	bench/.venv/bin/python bench/bench.py
+	bench/.venv/bin/python bench/bench.py $(BENCH_ARGS)
 
 bench-smoke: build venv
 	bash bench/setup.sh smoke

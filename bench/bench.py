@@ -12,8 +12,12 @@ Bedrock emulator pinned to core 0:
              is built and a Spin >= 4.1 is found (tests/find-spin.sh)
 
 Request mix for all: Converse with a 1 KB and a 10 KB body, ConverseStream with 64 content
-events. Closed loop at concurrency 1 (A/B rounds, interleaved) and 16, then a constant-rate
-sweep (the latency-vs-load curve). Each run checks that every request reached the emulator
+events, InvokeModel (Claude's body) 1 KB and InvokeModelWithResponseStream with 64 events; and
+for the gateways that translate (Tollgate, Spin, LiteLLM), the same 1 KB request and 64-event
+stream through OpenAI's `/v1/chat/completions` (Tollgate: onto Converse) and Anthropic's
+`/v1/messages` (Tollgate: Claude onto InvokeModel), whose added cost is measured against the
+native route in the same round (`translated`). Closed loop at concurrency 1 (A/B rounds,
+interleaved) and 16, then a constant-rate sweep (the latency-vs-load curve). Each run checks that every request reached the emulator
 (the emulator's request sequence numbers) and each gateway's requests are checked in the
 emulator's ledger (signature valid, real model ID, stream completed).
 
@@ -73,12 +77,51 @@ STREAM_EVENTS = 64
 START_TIMEOUT_S = 30
 LITELLM_START_TIMEOUT_S = 120
 
-# name, operation, body size, stream
+# name, the Bedrock operation the emulator sees, body size, stream, the API the client speaks
 MIX = [
-    ("converse-1k", "converse", 1024, False),
-    ("converse-10k", "converse", 10240, False),
-    ("stream-64", "converse-stream", 1024, True),
+    ("converse-1k", "converse", 1024, False, "bedrock"),
+    ("converse-10k", "converse", 10240, False, "bedrock"),
+    ("stream-64", "converse-stream", 1024, True, "bedrock"),
+    ("invoke-1k", "invoke", 1024, False, "bedrock"),
+    ("invoke-stream-64", "invoke-with-response-stream", 1024, True, "bedrock"),
+    ("chat-1k", "converse", 1024, False, "openai"),
+    ("chat-stream-64", "converse-stream", 1024, True, "openai"),
+    ("messages-1k", "invoke", 1024, False, "anthropic"),
+    ("messages-stream-64", "invoke-with-response-stream", 1024, True, "anthropic"),
 ]
+NATIVE = [m for m, *_, api in MIX if api == "bedrock"]
+# A translated request's native counterpart (same size, same answer): what it adds is measured
+# against it, in the same round.
+NATIVE_OF = {"chat-1k": "converse-1k", "chat-stream-64": "stream-64",
+             "messages-1k": "invoke-1k", "messages-stream-64": "invoke-stream-64"}
+# Per translated API: its (request, stream) mixes.
+TRANSLATED_MIXES = {"openai": ("chat-1k", "chat-stream-64"), "anthropic": ("messages-1k", "messages-stream-64")}
+# Where each translated API is served (at the gateway's root).
+API_PATHS = {"openai": "/v1/chat/completions", "anthropic": "/v1/messages"}
+# The APIs Tollgate serves (both hosts).
+TRANSLATED = ("bedrock", "openai", "anthropic")
+# Server-sent events of a translated stream, at least: OpenAI's role chunk, 64 deltas, the finish
+# chunk (then usage and [DONE]); Anthropic's message_start, content_block_start, 64 deltas,
+# content_block_stop, message_delta, message_stop.
+SSE_MIN_EVENTS = STREAM_EVENTS + 2
+
+
+def mix(name: str):
+    return next(m for m in MIX if m[0] == name)
+
+
+def stream_args(name: str) -> list[str]:
+    _n, op, _size, stream, api = mix(name)
+    if not stream:
+        return []
+    if api == "bedrock" and op == "converse-stream":
+        # messageStart, contentBlockDelta × 64, contentBlockStop, messageStop, metadata
+        return ["--stream", "--min-frames", str(STREAM_EVENTS + 4)]
+    if api == "bedrock":
+        # chunks of message_start, content_block_start, 64 deltas, content_block_stop,
+        # message_delta, message_stop
+        return ["--stream", "--min-frames", str(STREAM_EVENTS + 5)]
+    return ["--sse", "--min-frames", str(SSE_MIN_EVENTS)]
 
 LABELS = {
     "emulator": "Emulator alone (floor)",
@@ -527,25 +570,68 @@ def make_body(size: int, prefix: str = "") -> bytes:
     return out
 
 
+def make_chat_body(size: int, prefix: str = "", stream: bool = False) -> bytes:
+    """An OpenAI Chat Completions body of `size` bytes asking what make_body's Converse body asks."""
+    doc = {"model": ALIAS, "messages": [{"role": "user", "content": ""}], "max_tokens": 256}
+    if stream:
+        doc["stream"] = True
+        doc["stream_options"] = {"include_usage": True}
+    pad = size - len(json.dumps(doc)) - len(prefix)
+    words = ("The quick brown fox jumps over the lazy dog. " * (size // 40 + 2))[:max(pad, 0)]
+    doc["messages"][0]["content"] = prefix + words
+    out = json.dumps(doc).encode()
+    assert len(out) == size, (len(out), size)
+    return out
+
+
+def make_messages_body(size: int, prefix: str = "", stream: bool = False, invoke: bool = False) -> bytes:
+    """Anthropic's Messages body of `size` bytes asking what make_body asks: for `/v1/messages`
+    (`model`, `stream`), or as Claude takes it on InvokeModel (`anthropic_version`)."""
+    doc = {"anthropic_version": "bedrock-2023-05-31"} if invoke else {"model": ALIAS}
+    doc.update({"max_tokens": 256, "messages": [{"role": "user", "content": ""}]})
+    if stream and not invoke:
+        doc["stream"] = True
+    pad = size - len(json.dumps(doc)) - len(prefix)
+    words = ("The quick brown fox jumps over the lazy dog. " * (size // 40 + 2))[:max(pad, 0)]
+    doc["messages"][0]["content"] = prefix + words
+    out = json.dumps(doc).encode()
+    assert len(out) == size, (len(out), size)
+    return out
+
+
 def write_bodies(workdir: Path) -> dict[str, Path]:
     out = {}
-    for name, _op, size, stream in MIX:
+    for name, op, size, stream, api in MIX:
         prefix = f"[[emu:output={STREAM_EVENTS}]][[emu:events={STREAM_EVENTS}]] " if stream else ""
         p = workdir / f"body-{name}.json"
-        p.write_bytes(make_body(size, prefix))
+        if api == "openai":
+            body = make_chat_body(size, prefix, stream)
+        elif api == "anthropic" or op.startswith("invoke"):
+            body = make_messages_body(size, prefix, stream, invoke=api == "bedrock")
+        else:
+            body = make_body(size, prefix)
+        p.write_bytes(body)
         out[name] = p
     return out
 
 
 class Target:
-    """One gateway (or the emulator itself) as the driver sees it."""
+    """One gateway (or the emulator itself) as the driver sees it, and the APIs it serves:
+    Bedrock's routes under `path_prefix`, translated ones at `API_PATHS`."""
 
-    def __init__(self, name, url, path_prefix, auth_header, pid, upstream_auth, rss_pid=None):
+    def __init__(self, name, url, path_prefix, auth_header, pid, upstream_auth, apis=("bedrock",)):
         self.name, self.url, self.path_prefix = name, url, path_prefix
         self.auth_header, self.pid, self.upstream_auth = auth_header, pid, upstream_auth
+        self.apis = set(apis)
 
-    def target(self, op: str) -> str:
-        return f"{self.url}{self.path_prefix}/{op}"
+    def serves(self, mix_name: str) -> bool:
+        return mix(mix_name)[4] in self.apis
+
+    def target(self, mix_name: str) -> str:
+        _n, op, _size, _stream, api = mix(mix_name)
+        if api == "bedrock":
+            return f"{self.url}{self.path_prefix}/{op}"
+        return f"{self.url}{API_PATHS[api]}"
 
 
 class Runner:
@@ -579,12 +665,12 @@ class Runner:
 
     def _drive(self, t: Target, mix_name: str, *, concurrency=None, rate=None, connections=64,
                duration=2.0, warmup=0.3, requests=None, phase="", extra=None) -> dict:
-        _n, op, size, stream = next(m for m in MIX if m[0] == mix_name)
+        _n, op, size, stream, _api = mix(mix_name)
         if requests:
             warmup = 0.0  # a request cap (smoke, verification) with a time warm-up would measure nothing
         self.n += 1
         out = self.workdir / f"run-{self.n:04d}.json"
-        cmd = ["taskset", "-c", LOAD_CORE, str(DRIVER), "--target", t.target(op),
+        cmd = ["taskset", "-c", LOAD_CORE, str(DRIVER), "--target", t.target(mix_name),
                "--header", t.auth_header, "--body-file", str(self.bodies[mix_name]),
                "--duration", str(duration), "--warmup", str(warmup), "--json", str(out),
                "--timeout", "30", "--label", f"{t.name}/{mix_name}"]
@@ -594,9 +680,7 @@ class Runner:
             cmd += ["--rate", f"{rate:.3f}", "--connections", str(connections)]
         if requests:
             cmd += ["--requests", str(requests)]
-        if stream:
-            # messageStart, contentBlockDelta × 64, contentBlockStop, messageStop, metadata
-            cmd += ["--stream", "--min-frames", str(STREAM_EVENTS + 4)]
+        cmd += stream_args(mix_name)
         seq0 = self.emu.seq()
         mine = ours()
         snap0 = all_stats()
@@ -649,13 +733,12 @@ class Runner:
 def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
     """Sends `per_type` requests of each kind through `t`, then checks each in the ledger."""
     entries_by_mix = {}
-    for name, op, size, stream in MIX:
-        cmd = ["taskset", "-c", LOAD_CORE, str(DRIVER), "--target", t.target(op),
+    mixes = [m for m in MIX if t.serves(m[0])]
+    for name, op, size, stream, _api in mixes:
+        cmd = ["taskset", "-c", LOAD_CORE, str(DRIVER), "--target", t.target(name),
                "--header", t.auth_header, "--body-file", str(runner.bodies[name]),
                "--concurrency", "1", "--duration", "30", "--warmup", "0",
-               "--requests", str(per_type), "--timeout", "30"]
-        if stream:
-            cmd += ["--stream", "--min-frames", str(STREAM_EVENTS + 4)]
+               "--requests", str(per_type), "--timeout", "30"] + stream_args(name)
         runner.emu.reset()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if r.returncode != 0:
@@ -665,8 +748,14 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
                                           5, "ledger entries") if per_type else []
     runner.emu.reset()
     problems = []
-    for name, op, size, stream in MIX:
+    operations = {}
+    for name, op, size, stream, api in mixes:
         entries = entries_by_mix[name]
+        operations[name] = sorted({e["operation"] for e in entries})
+        # Tollgate's translations are fixed (Chat Completions onto Converse, Claude's Messages
+        # onto InvokeModel); another gateway may pick either of Bedrock's APIs: it is recorded.
+        ops = {op} if api == "bedrock" or t.name != "litellm" else (
+            {"converse-stream", "invoke-with-response-stream"} if stream else {"converse", "invoke"})
         if len(entries) != per_type:
             problems.append(f"{name}: {len(entries)} ledger entries for {per_type} requests")
         for e in entries:
@@ -677,7 +766,7 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
                 bad.append(f"auth {e['auth']} valid={e['signature_valid']}")
             if e["model_id"] != MODEL_ID:
                 bad.append(f"model {e['model_id']}")
-            if e["operation"] != op:
+            if e["operation"] not in ops:
                 bad.append(f"operation {e['operation']}")
             if stream and (not e.get("stream_completed") or e.get("content_events_sent") != STREAM_EVENTS):
                 bad.append(f"stream completed={e.get('stream_completed')} events={e.get('content_events_sent')}")
@@ -686,7 +775,7 @@ def verify_ledger(runner: Runner, t: Target, per_type: int) -> dict:
     ok = not problems
     log(f"verify   {t.name:9s} ledger: {'OK' if ok else 'PROBLEMS: ' + '; '.join(problems[:5])}")
     return {"ok": ok, "requests_per_type": per_type, "problems": problems[:20],
-            "auth_seen_by_emulator": t.upstream_auth}
+            "auth_seen_by_emulator": t.upstream_auth, "operations": operations}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -698,14 +787,16 @@ def c1_rounds(runner: Runner, targets: list[Target], rounds: int, duration: floa
         order = targets[r % len(targets):] + targets[:r % len(targets)]
         for name, *_ in MIX:
             for t in order:
-                runner.drive(t, name, concurrency=1, duration=duration, warmup=0.3,
-                             requests=requests, phase=f"c1-r{r + 1}", extra={"round": r + 1})
+                if t.serves(name):
+                    runner.drive(t, name, concurrency=1, duration=duration, warmup=0.3,
+                                 requests=requests, phase=f"c1-r{r + 1}", extra={"round": r + 1})
 
 
 def c16(runner: Runner, t: Target, duration: float, requests=None, round_no: int = 1):
     for name, *_ in MIX:
-        runner.drive(t, name, concurrency=16, duration=duration, warmup=0.5, requests=requests,
-                     phase="c16", extra={"round": round_no})
+        if t.serves(name):
+            runner.drive(t, name, concurrency=16, duration=duration, warmup=0.5, requests=requests,
+                         phase="c16", extra={"round": round_no})
 
 
 def c16_rounds(runner: Runner, targets: list[Target], rounds: int, duration: float, requests=None):
@@ -810,20 +901,27 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
             }
 
     # Added latency: per round, gateway minus the floor (or minus bare Envoy), then the median.
-    def added(t, base):
+    def added(t, base, against=lambda m: NATIVE_OF.get(m, m)):
+        """Per round, (t, mix) minus (base, its counterpart: for a translated mix on a base that
+        does not translate, the native request), then the median."""
         out = {}
         for m, *_ in MIX:
+            bm = against(m)
             per = {}
             for r in runs:
-                if r["phase"].startswith("c1-") and r["mix"] == m and r["target"] in (t, base):
-                    per.setdefault(r.get("round", 1), {})[r["target"]] = r
+                if not r["phase"].startswith("c1-"):
+                    continue
+                if (r["target"], r["mix"]) == (t, m):
+                    per.setdefault(r.get("round", 1), {})["a"] = r
+                elif (r["target"], r["mix"]) == (base, bm):
+                    per.setdefault(r.get("round", 1), {})["b"] = r
             diffs = {k: [] for k in ("p50", "p99", "ttfb_p99", "first_event_p99", "first_event_p50",
                                      "event_gap_p50", "total_stream_p50")}
-            pairs = [p for p in per.values() if t in p and base in p
-                     and p[t]["latency_us"] and p[base]["latency_us"]]
-            pairs = [p for p in pairs if not p[t].get("contended") and not p[base].get("contended")] or pairs
+            pairs = [p for p in per.values() if "a" in p and "b" in p
+                     and p["a"]["latency_us"] and p["b"]["latency_us"]]
+            pairs = [p for p in pairs if not p["a"].get("contended") and not p["b"].get("contended")] or pairs
             for pair in pairs:
-                a, b = pair[t], pair[base]
+                a, b = pair["a"], pair["b"]
                 diffs["p50"].append(a["latency_us"]["p50"] - b["latency_us"]["p50"])
                 diffs["p99"].append(a["latency_us"]["p99"] - b["latency_us"]["p99"])
                 diffs["ttfb_p99"].append(a["ttfb_us"]["p99"] - b["ttfb_us"]["p99"])
@@ -840,6 +938,12 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
     for t in names:
         if t != "emulator":
             s["added_over_emulator"][t] = added(t, "emulator")
+    # A translated route over the same gateway's native route, same round: the translation's cost.
+    s["translated_added"] = {}
+    for t in names:
+        a = {m: v for m, v in added(t, t).items() if m in NATIVE_OF}
+        if a:
+            s["translated_added"][t] = a
     if "tollgate" in names and "envoy" in names:
         s["filter_added"]["tollgate"] = added("tollgate", "envoy")
     if "spin" in names:
@@ -849,11 +953,24 @@ def summarize(runs: list[dict], names: list[str]) -> dict:
     cpu = {}
     for t in names:
         c = s["c16"].get(t, {})
-        if all(m in c for m, *_ in MIX):
-            cpu[t] = {m: c[m]["cpu_us_per_request"] for m, *_ in MIX}
+        if all(m in c for m in NATIVE):
+            cpu[t] = {m: c[m]["cpu_us_per_request"] for m, *_ in MIX if m in c}
             # Per-event: the stream's CPU beyond a 1 KB Converse's, over its 64 events.
             cpu[t]["per_event_us"] = round((c["stream-64"]["cpu_us_per_request"]
                                             - c["converse-1k"]["cpu_us_per_request"]) / STREAM_EVENTS, 2)
+            for api, (req_mix, stream_mix) in TRANSLATED_MIXES.items():
+                if req_mix not in c or stream_mix not in c:
+                    continue
+                per_request = c[req_mix]["cpu_us_per_request"] - c[NATIVE_OF[req_mix]]["cpu_us_per_request"]
+                stream = c[stream_mix]["cpu_us_per_request"] - c[NATIVE_OF[stream_mix]]["cpu_us_per_request"]
+                cpu[t].setdefault("translated", {})[api] = {
+                    # What translating adds to a request (non-stream pair).
+                    "per_request_us": round(per_request, 1),
+                    # What translating adds to a 64-event stream, all of it.
+                    "stream_us": round(stream, 1),
+                    # Per event: the stream's added CPU beyond a request's, over its 64 events.
+                    "per_event_us": round((stream - per_request) / STREAM_EVENTS, 2),
+                }
     s["cpu_us"] = cpu
     return s
 
@@ -879,6 +996,15 @@ def targets_check(s: dict) -> dict:
         ratio = lt / tg if tg > 0 else None
         out["litellm_over_tollgate_added_p99_ge_30x"] = {
             "value": round(ratio, 1) if ratio else None, "holds": bool(ratio and ratio >= 30)}
+    for t in ("tollgate", "spin"):
+        for api, tr in ((s.get("cpu_us", {}).get(t) or {}).get("translated") or {}).items():
+            req_mix, _stream_mix = TRANSLATED_MIXES[api]
+            lat = s.get("translated_added", {}).get(t, {}).get(req_mix)
+            out[f"{t}_{api}_per_request_le_50us"] = {
+                "cpu_us": tr["per_request_us"], "p50_us": lat and lat["p50_us"], "p99_us": lat and lat["p99_us"],
+                "holds": tr["per_request_us"] <= 50 and (lat is None or lat["p50_us"] <= 50)}
+            out[f"{t}_{api}_per_event_le_2us"] = {"cpu_us": tr["per_event_us"],
+                                                  "holds": tr["per_event_us"] <= 2}
     st = ao.get("tollgate", {}).get("stream-64")
     if st:
         out["stream_added_ttfb_p99_le_500us"] = {
@@ -916,7 +1042,10 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
 
     g = lambda d, *ks: (lambda c: _dig(d, c, *ks))
     for m, label in [("converse-1k", "Converse 1 KB"), ("converse-10k", "Converse 10 KB"),
-                     ("stream-64", "ConverseStream 64 ev")]:
+                     ("stream-64", "ConverseStream 64 ev"), ("invoke-1k", "InvokeModel 1 KB"),
+                     ("invoke-stream-64", "InvokeModel stream 64 ev"), ("chat-1k", "Chat Completions 1 KB"),
+                     ("chat-stream-64", "Chat Completions stream 64 ev"), ("messages-1k", "Messages 1 KB"),
+                     ("messages-stream-64", "Messages stream 64 ev")]:
         row(f"{label}: latency p50, c=1 (µs)", g(s["c1"], m, "p50_us"))
         row(f"{label}: latency p99, c=1 (µs)", g(s["c1"], m, "p99_us"))
         row(f"{label}: added p50 over emulator (µs)", g(s["added_over_emulator"], m, "p50_us"))
@@ -924,10 +1053,16 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
     row("Stream: added TTFB p99 over emulator (µs)", g(s["added_over_emulator"], "stream-64", "ttfb_p99_us"))
     row("Stream: added first-event p99 over emulator (µs)", g(s["added_over_emulator"], "stream-64", "first_event_p99_us"))
     row("Stream: added per-event gap p50 (µs)", g(s["added_over_emulator"], "stream-64", "event_gap_p50_us"), nd=2)
-    for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream")]:
+    for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream"),
+                     ("invoke-1k", "invoke 1 KB"), ("invoke-stream-64", "invoke stream"),
+                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream"),
+                     ("messages-1k", "messages 1 KB"), ("messages-stream-64", "messages stream")]:
         row(f"Throughput c=16, {label} (req/s)", g(s["c16"], m, "throughput_rps"))
     row("Max req/s with p99 < 5 ms, 1 KB (constant rate)", lambda c: (s["rate"].get(c) or {}).get("max_rps_p99_under_5ms"))
-    for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream")]:
+    for m, label in [("converse-1k", "1 KB"), ("converse-10k", "10 KB"), ("stream-64", "stream"),
+                     ("invoke-1k", "invoke 1 KB"), ("invoke-stream-64", "invoke stream"),
+                     ("chat-1k", "chat 1 KB"), ("chat-stream-64", "chat stream"),
+                     ("messages-1k", "messages 1 KB"), ("messages-stream-64", "messages stream")]:
         row(f"Gateway CPU-µs per request, c=16, {label}", g(s["c16"], m, "cpu_us_per_request"), nd=1)
     row("Gateway CPU-µs per stream event, (stream − 1 KB Converse) / 64", lambda c: (s["cpu_us"].get(c) or {}).get("per_event_us"), nd=2)
     row("Gateway RSS after the run (MiB)", lambda c: (meta["rss_kb"].get(c) or 0) / 1024 or None, nd=1)
@@ -939,6 +1074,20 @@ def table(s: dict, meta: dict, names: list[str]) -> str:
             rows.append(f"- {m}: p50 +{fa['p50_us']:.0f} µs, p99 +{fa['p99_us']:.0f} µs"
                         + (f", first event p99 +{fa['first_event_p99_us']:.0f} µs" if "first_event_p99_us" in fa else ""))
     rows.append(f"- tollgate_filter.wasm: {meta['wasm_bytes']:,} bytes ({meta['wasm_gzip_bytes']:,} gzipped)")
+    rows.append("")
+    rows.append("Translated routes over the same gateway's native route (c=1: same round, median of "
+                "rounds; CPU: c=16):")
+    for t in [c for c in ("tollgate", "spin", "litellm") if c in names]:
+        ta = s.get("translated_added", {}).get(t, {})
+        for m, native in NATIVE_OF.items():
+            a = ta.get(m)
+            if a:
+                rows.append(f"- {t} {m} over {native}: p50 {a['p50_us']:+.0f} µs, p99 {a['p99_us']:+.0f} µs"
+                            + (f", first event p99 {a['first_event_p99_us']:+.0f} µs, event gap p50 "
+                               f"{a['event_gap_p50_us']:+.2f} µs" if "first_event_p99_us" in a else ""))
+        for api, tr in ((s["cpu_us"].get(t) or {}).get("translated") or {}).items():
+            rows.append(f"- {t} {api} CPU: {tr['per_request_us']:+.1f} µs per request, {tr['stream_us']:+.1f} µs per "
+                        f"64-event stream, {tr['per_event_us']:+.2f} µs per event")
     return "\n".join(rows)
 
 
@@ -1077,13 +1226,14 @@ def main() -> int:
         targets.append(Target("envoy", envoy.url, direct_prefix, f"authorization: Bearer {BEDROCK_API_KEY}",
                               envoy.p.pid, "bearer"))
         targets.append(Target("tollgate", tollgate.url, f"/model/{ALIAS}", f"authorization: Bearer {TOLLGATE_KEY}",
-                              tollgate.p.pid, "sigv4"))
+                              tollgate.p.pid, "sigv4", apis=TRANSLATED))
         spin = None
         if use_spin:
             try:
                 spin = Spin(workdir, emu.port, spin_cli)
                 targets.append(Target("spin", spin.url, f"/model/{ALIAS}",
-                                      f"authorization: Bearer {TOLLGATE_KEY}", spin.p.pid, "sigv4"))
+                                      f"authorization: Bearer {TOLLGATE_KEY}", spin.p.pid, "sigv4",
+                                      apis=TRANSLATED))
                 meta["rss_kb_idle"]["spin"] = rss_kb(spin.p.pid)
             except Exception as e:
                 failures.append(f"spin: {e}")
@@ -1121,8 +1271,10 @@ def main() -> int:
                 ll = LiteLLM(workdir, emu.port)
                 meta["litellm"] = {"version": ll.version(), "start_s": round(time.monotonic() - t0, 1),
                                    "route": f"POST /bedrock/model/{ALIAS}/converse[-stream] (Bedrock pass-through, router model)"}
+                meta["litellm"]["translated_routes"] = "POST /v1/chat/completions, POST /v1/messages (router model)"
                 lt = Target("litellm", ll.url, f"/bedrock/model/{ALIAS}",
-                            f"authorization: Bearer {LITELLM_MASTER_KEY}", ll.p.pid, "sigv4")
+                            f"authorization: Bearer {LITELLM_MASTER_KEY}", ll.p.pid, "sigv4",
+                            apis=TRANSLATED)
                 meta["rss_kb_idle"]["litellm"] = rss_kb(ll.p.pid)
                 v = verify_ledger(runner, lt, 3 if smoke else 10)
                 meta["verified"]["litellm"] = v
@@ -1131,8 +1283,9 @@ def main() -> int:
                 # One longer round, paired with an emulator run, for added latency.
                 c1_dur = 1.0 if smoke else 8.0
                 for m, *_ in MIX:
-                    runner.drive(targets[0], m, concurrency=1, duration=c1_dur, warmup=0.5,
-                                 requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
+                    if targets[0].serves(m):
+                        runner.drive(targets[0], m, concurrency=1, duration=c1_dur, warmup=0.5,
+                                     requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
                     runner.drive(lt, m, concurrency=1, duration=c1_dur, warmup=0.5,
                                  requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
                 c16(runner, lt, duration=1.0 if smoke else 5.0, requests=40 if smoke else None)

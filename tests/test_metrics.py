@@ -91,6 +91,7 @@ def test_prometheus_series_match_records_totals_and_ledger(client, client_for, g
 
     records = seen.records(9)
     assert len(records) == 9 and gateway.settled_record_count() - seen.records_start == 9
+    assert {r["dialect"] for r in records} == {"bedrock"}
     assert Counter((model_label(r), r["status"]) for r in records) == {
         ("claude-smart", 200): 2, ("claude-smart", 429): 1, ("nova-lite", 200): 5, ("other", 200): 1,
     }
@@ -119,7 +120,8 @@ def test_prometheus_series_match_records_totals_and_ledger(client, client_for, g
     expected = {name: Counter() for name in ("requests", "tokens", "usage_source")}
     for r in records:
         key, model = r["key_id"], model_label(r)
-        expected["requests"][frozenset({("key", key), ("model", model), ("status", str(r["status"]))})] += 1
+        expected["requests"][frozenset({("key", key), ("model", model), ("status", str(r["status"])),
+                                        ("dialect", r["dialect"])})] += 1
         for kind in TOKEN_KINDS:
             if r[f"{kind}_tokens"]:
                 expected["tokens"][frozenset({("key", key), ("model", model), ("kind", kind)})] += r[f"{kind}_tokens"]

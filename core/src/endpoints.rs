@@ -59,6 +59,11 @@ struct BudgetView {
 }
 
 #[derive(Serialize)]
+struct DialectView {
+    requests: u64,
+}
+
+#[derive(Serialize)]
 struct LimitView {
     limit: u64,
     used: u64,
@@ -72,6 +77,8 @@ struct UsageView<'a> {
     all: CountsView,
     /// Lifetime totals by model (alias as the client named it, or model ID).
     models: BTreeMap<&'a str, CountsView>,
+    /// Lifetime requests by the API dialect the client spoke (`bedrock`, `anthropic`, `openai`).
+    dialects: BTreeMap<String, DialectView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     budget: Option<BudgetView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +94,7 @@ struct UsageView<'a> {
 pub fn usage_reply(
     key: &ApiKey,
     totals: &Lifetime,
+    dialects: &BTreeMap<String, u64>,
     counters: &dyn Counters,
     now_ms: u64,
     lease: Lease,
@@ -147,6 +155,10 @@ pub fn usage_reply(
             .iter()
             .map(|(m, c)| (m.as_str(), c.into()))
             .collect(),
+        dialects: dialects
+            .iter()
+            .map(|(d, n)| (d.clone(), DialectView { requests: *n }))
+            .collect(),
         budget,
         requests_per_minute: limit(limits.requests_per_minute, "rpm", minute),
         tokens_per_minute: limit(limits.tokens_per_minute, "tpm", minute),
@@ -160,20 +172,10 @@ pub fn usage_reply(
     Reply::json(200, &view)
 }
 
-/// `GET /v1/models`: the aliases and model IDs the key may use, in the OpenAI list shape (what
-/// the OpenAI SDK's `client.models.list()` reads). A `*` key lists every alias; any other
-/// Bedrock model ID works for it too but cannot be listed.
-pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
-    #[derive(Serialize)]
-    struct Model<'a> {
-        id: &'a str,
-        object: &'static str,
-        created: u64,
-        owned_by: &'static str,
-        /// The Bedrock model ID an alias names.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        bedrock_model_id: Option<&'a str>,
-    }
+/// The aliases and model IDs `key` may use, each once: aliases first (with the model ID they
+/// name), then the key's own model IDs. A `*` key lists every alias; any other Bedrock model
+/// ID works for it too but cannot be listed.
+fn listed_models<'a>(config: &'a Config, key: &'a ApiKey) -> Vec<(&'a str, Option<&'a str>)> {
     let aliases = config
         .aliases
         .iter()
@@ -181,29 +183,131 @@ pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
         .map(|(alias, target)| (alias.as_str(), Some(target.as_str())));
     let ids = key.models.iter().map(|m| (m.as_str(), None));
     let mut seen = std::collections::BTreeSet::new();
-    let data: Vec<_> = aliases
+    aliases
         .chain(ids)
         .filter(|(id, _)| seen.insert(*id))
+        .collect()
+}
+
+/// `GET /v1/models`: the aliases and model IDs the key may use, in the list shapes of both
+/// APIs that have this route: OpenAI's (`object`, `data[].owned_by`; the OpenAI SDK's
+/// `client.models.list()`) and Anthropic's (`data[].type`, `display_name`, `created_at`,
+/// `has_more`; the Anthropic SDK, and Claude Code's gateway model discovery, which keeps the
+/// IDs that begin with `claude`).
+pub fn models_reply(config: &Config, key: &ApiKey) -> Reply {
+    #[derive(Serialize)]
+    struct Model<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        owned_by: &'static str,
+        r#type: &'static str,
+        display_name: &'a str,
+        created_at: &'static str,
+        /// The Bedrock model ID an alias names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        bedrock_model_id: Option<&'a str>,
+    }
+    let data: Vec<_> = listed_models(config, key)
+        .into_iter()
         .map(|(id, bedrock_model_id)| Model {
             id,
             object: "model",
             created: 0,
             owned_by: "aws-bedrock",
+            r#type: "model",
+            display_name: id,
+            created_at: "1970-01-01T00:00:00Z",
             bedrock_model_id,
         })
         .collect();
     #[derive(Serialize)]
     struct List<'a> {
         object: &'static str,
+        first_id: Option<&'a str>,
+        last_id: Option<&'a str>,
+        has_more: bool,
         data: Vec<Model<'a>>,
     }
     Reply::json(
         200,
         &List {
             object: "list",
+            first_id: data.first().map(|m| m.id),
+            last_id: data.last().map(|m| m.id),
+            has_more: false,
             data,
         },
     )
+}
+
+/// `GET /inference-profiles` (Bedrock's ListInferenceProfiles, which Claude Code in Bedrock
+/// mode calls at start with `?type=SYSTEM_DEFINED`): the cross-region inference profiles the
+/// key may use, in Bedrock's shape — the models its aliases name and the profile IDs it lists.
+/// Any other model Claude Code then probes is refused with 403 if the key may not use it.
+pub fn inference_profiles_reply(config: &Config, key: &ApiKey) -> Reply {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ModelRef {
+        model_arn: String,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Profile<'a> {
+        inference_profile_name: &'a str,
+        description: String,
+        created_at: &'static str,
+        updated_at: &'static str,
+        inference_profile_arn: String,
+        models: Vec<ModelRef>,
+        inference_profile_id: &'a str,
+        status: &'static str,
+        r#type: &'static str,
+    }
+    let region = &config.region;
+    let mut seen = std::collections::BTreeSet::new();
+    let profiles: Vec<Profile<'_>> = listed_models(config, key)
+        .into_iter()
+        .map(|(label, target)| target.unwrap_or(label))
+        .filter(|id| crate::request::model_family::is_system_inference_profile(id))
+        .filter(|id| seen.insert(*id))
+        .map(|id| {
+            let foundation = id.split_once('.').map_or(id, |(_, rest)| rest);
+            Profile {
+                inference_profile_name: id,
+                description: format!("{id}, served by Tollgate"),
+                created_at: "1970-01-01T00:00:00Z",
+                updated_at: "1970-01-01T00:00:00Z",
+                inference_profile_arn: format!("arn:aws:bedrock:{region}::inference-profile/{id}"),
+                models: vec![ModelRef {
+                    model_arn: format!("arn:aws:bedrock:{region}::foundation-model/{foundation}"),
+                }],
+                inference_profile_id: id,
+                status: "ACTIVE",
+                r#type: "SYSTEM_DEFINED",
+            }
+        })
+        .collect();
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct List<'a> {
+        inference_profile_summaries: Vec<Profile<'a>>,
+    }
+    Reply::json(
+        200,
+        &List {
+            inference_profile_summaries: profiles,
+        },
+    )
+}
+
+/// `HEAD /`: the gateway is up (Claude Code's connectivity probe).
+pub fn probe_reply() -> Reply {
+    Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: Vec::new(),
+    }
 }
 
 /// `GET /usage` for `key`, reading its totals from `totals`.
@@ -214,8 +318,12 @@ pub fn usage(
     now_ms: u64,
     lease: Lease,
 ) -> Reply {
-    match totals.read(&key.id) {
-        Ok(t) => usage_reply(key, &t, counters, now_ms, lease),
+    let names = crate::dialect::Dialect::ALL.map(|d| d.name());
+    let read = totals
+        .read(&key.id)
+        .and_then(|t| Ok((t, totals.read_dialects(&key.id, &names)?)));
+    match read {
+        Ok((t, dialects)) => usage_reply(key, &t, &dialects, counters, now_ms, lease),
         Err(e) => GatewayError::new(
             ErrorKind::StateUnavailable,
             format!("usage unavailable: the gateway's key-value store failed: {e}"),
@@ -274,10 +382,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        let r = usage_reply(&key, &totals, &counters, now, Lease::default());
+        let dialects = BTreeMap::from([("anthropic".to_string(), 2)]);
+        let r = usage_reply(&key, &totals, &dialects, &counters, now, Lease::default());
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["key_id"], "team-a");
         assert_eq!(v["requests"], 2);
+        assert_eq!(v["dialects"]["anthropic"]["requests"], 2);
         // Past u64, written exactly (a JSON integer; `cost_usd` for clients that parse floats).
         let body = String::from_utf8(r.body.clone()).unwrap();
         assert!(

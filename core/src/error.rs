@@ -1,9 +1,7 @@
 //! Gateway errors, in the gateway's own words. How a client sees one depends on the dialect it
-//! speaks: `crate::dialect::bedrock` and `crate::dialect::openai` write the envelopes.
+//! speaks: `crate::dialect` writes the envelopes (`GatewayError::to_reply`).
 
 use serde::Serialize;
-
-use crate::dialect::Dialect;
 
 /// A response the gateway answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,16 +138,16 @@ impl GatewayError {
         )
     }
 
+    /// [`GatewayError::not_configured`] as the request's client expects it: a gateway without a
+    /// configuration has no routes, but a `/v1/` caller's SDK still needs its own envelope to
+    /// raise the right exception. `headers` names are lowercase.
+    pub fn not_configured_reply(path: &str, headers: &[(&str, &str)]) -> Reply {
+        Self::not_configured().to_reply(crate::dialect::Dialect::of_request(path, headers))
+    }
+
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_s = Some(seconds.max(1));
         self
-    }
-
-    pub fn to_reply(&self, dialect: Dialect) -> Reply {
-        match dialect {
-            Dialect::Bedrock => self.to_bedrock_reply(),
-            Dialect::OpenAi => self.to_openai_reply(),
-        }
     }
 }
 
@@ -193,6 +191,8 @@ mod tests {
             .contains(&("x-amzn-errortype", "ThrottlingException".into())));
         assert!(r.headers.contains(&("retry-after", "1".into())));
     }
+
+    use crate::dialect::Dialect;
 
     #[test]
     fn openai_envelope() {
@@ -238,6 +238,26 @@ mod tests {
         assert!(r
             .headers
             .contains(&("x-amzn-errortype", "ServiceUnavailableException".into())));
+    }
+
+    #[test]
+    fn not_configured_answers_in_the_callers_dialect() {
+        let openai = GatewayError::not_configured_reply("/v1/chat/completions", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&openai.body).unwrap();
+        assert_eq!(openai.status, 500);
+        assert_eq!(v["error"]["type"], "api_error");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gateway's log"));
+        let anthropic = GatewayError::not_configured_reply("/v1/messages?beta=true", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&anthropic.body).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["error"]["type"].as_str()),
+            (Some("error"), Some("api_error"))
+        );
+        let bedrock = GatewayError::not_configured_reply("/model/m/converse", &[]);
+        assert_eq!(bedrock, GatewayError::not_configured().to_bedrock_reply());
     }
 
     #[test]

@@ -165,7 +165,9 @@ pub mod memory {
                 .inner
                 .lock()
                 .map_err(|e| StoreError::Host(e.to_string()))?;
-            Ok(g.0.get(key).cloned())
+            // As the filter reads Envoy's shared data: an empty value (what a removal leaves
+            // behind) is absent.
+            Ok(g.0.get(key).filter(|(v, _)| !v.is_empty()).cloned())
         }
         fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), StoreError> {
             let mut g = self

@@ -113,6 +113,10 @@ pub struct Directives {
     pub fail_after: Option<u32>,
     /// `[[emu:events=N]]`: number of content delta events in a stream (1..=10000).
     pub events: Option<u32>,
+    /// `[[emu:tool=NAME]]`: the answer calls the request's tool NAME (after its text), with a
+    /// `tool_use` stop reason — unless the latest message carries tool results, which the
+    /// answer then follows with text (a tool-call round trip).
+    pub tool: Option<String>,
     /// `[[emu:stop=REASON]]`: the stop reason to report instead of `end_turn`.
     pub stop_reason: Option<String>,
     /// `[[emu:content-type=TYPE]]`: the response's `content-type` instead of Bedrock's
@@ -249,6 +253,16 @@ impl Directives {
             }
             ("reported-output", Some("-1")) => {
                 self.reported_output = Some(ReportedOutput::Negative)
+            }
+            ("tool", Some(v)) => {
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+                {
+                    return false;
+                }
+                self.tool = Some(v.to_string());
             }
             ("stop", Some(v)) => {
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {

@@ -66,6 +66,16 @@ pub struct Entry {
     pub event_sent_at_ms: Option<Vec<u64>>,
     /// When the entry was recorded (the answer, or the stream, finished).
     pub completed_at_ms: u64,
+    /// The text of the tool results in the request's latest message (a tool-call round trip's
+    /// second request), when it had any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_results: Vec<String>,
+    /// The tool call the answer made (`[[emu:tool=NAME]]`): its name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<String>,
+    /// Images in the request.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub request_images: u64,
     /// The rotating credential set (`credentials::Rotation`) the request was signed with, when
     /// it named one.
     pub credentials_generation: Option<u64>,
@@ -155,6 +165,10 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod families;
 pub mod guardrails;
 pub mod ledger;
 pub mod limits;
+pub mod messages;
 pub mod responses;
 #[cfg(feature = "server")]
 pub mod server;

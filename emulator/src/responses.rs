@@ -10,13 +10,14 @@ use crate::directives::{Directives, ReportedOutput, MAX_OUTPUT_TOKENS};
 use crate::eventstream_encode::{event_frame, exception_frame, EncodeError};
 use crate::families::Family;
 use crate::guardrails::{GuardrailEcho, BLOCKED_MESSAGE};
+use crate::messages::ToolCall;
 
 /// Output tokens served when neither a directive nor the request's max tokens say otherwise.
 pub const DEFAULT_OUTPUT_TOKENS: u64 = 32;
 /// Default number of content delta events in a stream is min(output tokens, this), at least 1.
 pub const DEFAULT_MAX_EVENTS: u64 = 64;
 
-/// The four Bedrock runtime operations.
+/// The Bedrock runtime operations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Operation {
@@ -24,6 +25,8 @@ pub enum Operation {
     ConverseStream,
     Invoke,
     InvokeWithResponseStream,
+    /// The input tokens of a Converse or InvokeModel request, free of charge.
+    CountTokens,
 }
 
 impl Operation {
@@ -33,6 +36,7 @@ impl Operation {
             "converse-stream" => Self::ConverseStream,
             "invoke" => Self::Invoke,
             "invoke-with-response-stream" => Self::InvokeWithResponseStream,
+            "count-tokens" => Self::CountTokens,
             _ => return None,
         })
     }
@@ -43,6 +47,7 @@ impl Operation {
             Self::ConverseStream => "converse-stream",
             Self::Invoke => "invoke",
             Self::InvokeWithResponseStream => "invoke-with-response-stream",
+            Self::CountTokens => "count-tokens",
         }
     }
 
@@ -94,6 +99,8 @@ pub struct Plan {
     pub reported_output: Option<ReportedOutput>,
     /// The request's guardrail, echoed in the answer (see `guardrails`).
     pub guardrail: Option<GuardrailEcho>,
+    /// The tool the answer calls after its text (Anthropic and Converse answers).
+    pub tool: Option<ToolCall>,
 }
 
 impl Plan {
@@ -154,6 +161,7 @@ impl Plan {
                 .unwrap_or_else(|| default_stop.to_string()),
             reported_output: d.reported_output,
             guardrail: None,
+            tool: None,
         }
     }
 
@@ -181,6 +189,15 @@ impl Plan {
 
     fn blocked(&self) -> bool {
         self.guardrail.as_ref().is_some_and(|g| g.intervened)
+    }
+
+    /// The answer ends by calling `tool` (stop reason `tool_use` unless a directive says
+    /// otherwise).
+    pub fn call(&mut self, tool: Option<ToolCall>, d: &Directives) {
+        if tool.is_some() && d.stop_reason.is_none() {
+            self.stop_reason = "tool_use".into();
+        }
+        self.tool = tool;
     }
 
     /// Applies `reported-output` to the output count `key` of a final usage object.
@@ -281,8 +298,14 @@ fn converse_usage(u: &Usage) -> Value {
 
 /// The Converse answer.
 pub fn converse_body(plan: &Plan, latency_ms: u64) -> Vec<u8> {
+    let mut content = vec![json!({ "text": plan.full_text() })];
+    if let Some(t) = &plan.tool {
+        content.push(
+            json!({ "toolUse": { "toolUseId": t.id, "name": t.name, "input": tool_input(t) } }),
+        );
+    }
     let mut v = json!({
-        "output": { "message": { "role": "assistant", "content": [ { "text": plan.full_text() } ] } },
+        "output": { "message": { "role": "assistant", "content": content } },
         "stopReason": plan.stop_reason,
         "usage": reported(plan, converse_usage(&plan.usage), "outputTokens"),
         "metrics": { "latencyMs": latency_ms },
@@ -291,6 +314,10 @@ pub fn converse_body(plan: &Plan, latency_ms: u64) -> Vec<u8> {
         v["trace"] = g.converse_trace();
     }
     v.to_string().into_bytes()
+}
+
+fn tool_input(t: &ToolCall) -> Value {
+    serde_json::from_str(&t.input).unwrap_or_else(|_| json!({}))
 }
 
 fn reported(plan: &Plan, mut usage: Value, key: &str) -> Value {
@@ -321,12 +348,18 @@ pub fn invoke_body(family: Family, plan: &Plan, model_id: &str, message_id: &str
 }
 
 fn anthropic_body(plan: &Plan, model_id: &str, message_id: &str) -> Value {
+    let mut content = vec![json!({ "type": "text", "text": plan.full_text() })];
+    if let Some(t) = &plan.tool {
+        content.push(
+            json!({ "type": "tool_use", "id": t.id, "name": t.name, "input": tool_input(t) }),
+        );
+    }
     json!({
         "id": message_id,
         "type": "message",
         "role": "assistant",
         "model": model_id,
-        "content": [ { "type": "text", "text": plan.full_text() } ],
+        "content": content,
         "stop_reason": plan.stop_reason,
         "stop_sequence": null,
         "usage": reported(plan, anthropic_usage(&plan.usage, plan.usage.output_tokens), "output_tokens"),
@@ -384,6 +417,12 @@ pub enum StreamEvent {
     },
     /// `contentBlockStop` / `content_block_stop`.
     BlockStop,
+    /// The tool call's block opens (block 1, after the text).
+    ToolStart,
+    /// The tool call's input, as one JSON delta.
+    ToolInput,
+    /// The tool call's block closes.
+    ToolStop,
     /// Anthropic `message_delta` (stop reason and cumulative output tokens).
     MessageDelta,
     /// `messageStop` / `message_stop` (with the invocation metrics for Anthropic).
@@ -429,7 +468,19 @@ pub fn stream_events(op: Operation, family: Family, plan: &Plan) -> Vec<StreamEv
         });
         return events;
     }
-    events.extend(after);
+    let tool_events = (plan.tool.is_some() && (op.is_converse() || family == Family::Anthropic))
+        .then_some([
+            StreamEvent::ToolStart,
+            StreamEvent::ToolInput,
+            StreamEvent::ToolStop,
+        ]);
+    for (i, e) in after.into_iter().enumerate() {
+        let after_text = e == StreamEvent::BlockStop;
+        events.push(e);
+        if after_text && i == 0 {
+            events.extend(tool_events.clone().into_iter().flatten());
+        }
+    }
     events
 }
 
@@ -472,6 +523,23 @@ pub fn encode_event(
             StreamEvent::BlockStop => (
                 "contentBlockStop",
                 json!({ "contentBlockIndex": 0, "p": p }),
+            ),
+            StreamEvent::ToolStart => {
+                let t = ctx.plan.tool.as_ref();
+                (
+                    "contentBlockStart",
+                    json!({ "contentBlockIndex": 1, "p": p, "start": { "toolUse": {
+                        "toolUseId": t.map(|t| t.id.as_str()), "name": t.map(|t| t.name.as_str()) } } }),
+                )
+            }
+            StreamEvent::ToolInput => (
+                "contentBlockDelta",
+                json!({ "contentBlockIndex": 1, "p": p, "delta": { "toolUse": {
+                    "input": ctx.plan.tool.as_ref().map_or("{}", |t| t.input.as_str()) } } }),
+            ),
+            StreamEvent::ToolStop => (
+                "contentBlockStop",
+                json!({ "contentBlockIndex": 1, "p": p }),
             ),
             StreamEvent::MessageStop | StreamEvent::MessageDelta => (
                 "messageStop",
@@ -556,6 +624,22 @@ fn anthropic_event(ctx: &StreamContext<'_>, event: &StreamEvent, metrics: Value)
             "delta": { "type": "text_delta", "text": text },
         }),
         StreamEvent::BlockStop => json!({ "type": "content_block_stop", "index": 0 }),
+        StreamEvent::ToolStart => {
+            let t = ctx.plan.tool.as_ref();
+            json!({
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": { "type": "tool_use", "id": t.map(|t| t.id.as_str()),
+                                   "name": t.map(|t| t.name.as_str()), "input": {} },
+            })
+        }
+        StreamEvent::ToolInput => json!({
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": { "type": "input_json_delta",
+                       "partial_json": ctx.plan.tool.as_ref().map_or("{}", |t| t.input.as_str()) },
+        }),
+        StreamEvent::ToolStop => json!({ "type": "content_block_stop", "index": 1 }),
         StreamEvent::MessageDelta => json!({
             "type": "message_delta",
             "delta": { "stop_reason": ctx.plan.stop_reason, "stop_sequence": null },

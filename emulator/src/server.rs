@@ -752,8 +752,36 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         body.len(),
         directives.guardrail_intervene,
     );
-    let plan = Plan::new(op, family, &body, Some(&json), &directives)
+    if op == Operation::CountTokens {
+        let answer = match crate::messages::count_tokens(&model_id, &json) {
+            Ok(n) => {
+                // Free of charge: nothing served to bill.
+                pending.entry.usage = Some(crate::responses::Usage::default());
+                Answer {
+                    status: 200,
+                    error: None,
+                    body: json!({ "inputTokens": n }).to_string().into_bytes(),
+                    headers: vec![],
+                    content_type: None,
+                }
+            }
+            Err(why) => Answer::error(400, "ValidationException", why),
+        };
+        return pending.finish(answer);
+    }
+    let conversation = match crate::messages::check(op, &model_id, &json, &directives, ticket.seq) {
+        Ok(c) => c,
+        Err(why) => return pending.finish(Answer::error(400, "ValidationException", why)),
+    };
+    pending.entry.tool_results = conversation.tool_results;
+    pending.entry.request_images = conversation.images;
+    pending.entry.tool_call = conversation.tool_call.as_ref().map(|t| t.name.clone());
+    let mut plan = Plan::new(op, family, &body, Some(&json), &directives)
         .with_guardrail(guardrail, op.is_converse());
+    // A guardrail that intervened answers in the model's place: no tool is called.
+    if !plan.guardrail.as_ref().is_some_and(|g| g.intervened) {
+        plan.call(conversation.tool_call, &directives);
+    }
     let msg_id = message_id(ticket.seq);
     pending.entry.usage = Some(plan.usage);
     pending.entry.guardrail = plan.guardrail.clone();

@@ -715,7 +715,8 @@ async fn fail_after_ends_the_stream_with_an_exception() {
     let r = call(
         addr,
         "invoke-with-response-stream",
-        &json!({"max_tokens": 3, "m": "[[emu:fail-after=0]]"}),
+        &json!({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 3,
+                "messages": [{"role": "user", "content": "[[emu:fail-after=0]]"}]}),
     )
     .await;
     let frames = decode_all(&r.body).unwrap();

@@ -10,7 +10,9 @@ use tollgate_core::config::{Config, UpstreamAuth};
 use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Level, Verdict};
+use tollgate_core::exchange::{
+    self, Admission, Callers, Effect, Exchange, Level, Outbound, ResponseHead, Verdict,
+};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::upstream::host_reply;
 use tollgate_core::upstream::request::UpstreamRequest;
@@ -59,9 +61,10 @@ impl Http {
         Action::Pause
     }
 
-    /// Refuses the request; every refusal goes through here.
+    /// Refuses the request in its exchange's dialect; every refusal goes through here.
     fn reject(&mut self, e: &GatewayError, key_id: Option<&str>) -> Action {
-        self.reject_in(e, key_id, Dialect::Bedrock)
+        let dialect = self.exchange().map_or(Dialect::Bedrock, |ex| ex.dialect);
+        self.reject_in(e, key_id, dialect)
     }
 
     fn reject_in(&mut self, e: &GatewayError, key_id: Option<&str>, dialect: Dialect) -> Action {
@@ -99,7 +102,7 @@ impl Http {
         let trap = ex.test_trap_after_admission();
         drop(ex);
         match signed {
-            Ok(up) => {
+            Ok(Outbound::Upstream(up)) => {
                 if trap {
                     host::trap();
                 }
@@ -113,6 +116,7 @@ impl Http {
                     Err(e) => self.reject(&e, None),
                 }
             }
+            Ok(Outbound::Reply(r)) => self.reply(&r),
             Err(e) => self.reject(&e, None),
         }
     }
@@ -183,16 +187,39 @@ fn apply(up: &UpstreamRequest, body_size: usize) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// Changes the response head on its way to the client, as the exchange's dialect says.
+fn apply_head(head: &ResponseHead) {
+    let map = MapType::HttpResponseHeaders;
+    if let Some(status) = head.status {
+        host::set_header(map, ":status", &status.to_string());
+    }
+    for name in &head.remove {
+        host::remove_header(map, name);
+    }
+    for (name, value) in &head.set {
+        host::set_header(map, name, value);
+    }
+}
+
 impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let headers = host::headers(MapType::HttpRequestHeaders);
         let config = match &self.config {
             Ok(c) => c.clone(),
             // The reason was logged when the configuration was loaded.
-            Err(_) => return self.reject(&GatewayError::not_configured(), None),
+            Err(_) => {
+                let path = host::header(&headers, ":path").unwrap_or("");
+                let pairs: Vec<(&str, &str)> = headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str()))
+                    .collect();
+                let e = GatewayError::not_configured();
+                metrics::on_refusal(&e, None);
+                return self.reply(&GatewayError::not_configured_reply(path, &pairs));
+            }
         };
-        let headers = host::headers(MapType::HttpRequestHeaders);
         let method = host::header(&headers, ":method").unwrap_or("");
         let path = host::header(&headers, ":path").unwrap_or("");
         let pairs: Vec<(&str, &str)> = headers
@@ -294,29 +321,45 @@ impl HttpContext for Http {
                         host_reply::envoy_reply_may_have_reached_upstream(&details),
                     );
                 }
-                _ => ex.on_response_headers(
-                    status,
-                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-                ),
+                _ => {
+                    let head = ex.on_response_headers(
+                        status,
+                        headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    );
+                    apply_head(&head);
+                }
             }
         }
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.local_reply || body_size == 0 {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_reply || (body_size == 0 && !end_of_stream) {
             return Action::Continue;
         }
         let Some(mut ex) = self.exchange() else {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-        let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+        let chunk = if body_size == 0 {
+            Vec::new()
+        } else {
+            host::buffer(BufferType::HttpResponseBody, body_size)
+        };
         leases::renew(&mut ex, host::now_ms(host::now()));
         let relayed = ex.on_response_body(&chunk);
         match relayed.verdict {
-            Verdict::Pass => {}
-            Verdict::Replace => host::replace_response_body(body_size, &relayed.bytes),
+            Verdict::Pass | Verdict::Replace => {
+                // The upstream body ends here: the client's dialect may have bytes held back.
+                let tail = if end_of_stream {
+                    ex.on_response_end()
+                } else {
+                    Vec::new()
+                };
+                if relayed.verdict == Verdict::Replace || !tail.is_empty() {
+                    host::replace_response_body(body_size, &[&relayed.bytes[..], &tail].concat());
+                }
+            }
             Verdict::End { reset_upstream } => {
                 host::replace_response_body(body_size, &relayed.bytes);
                 if reset_upstream {

@@ -28,6 +28,10 @@ pub const STATS_TAGS: &[(&str, &str)] = &[
         r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;status=([^;]*))",
     ),
     (
+        "dialect",
+        r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;dialect=([^;]*))",
+    ),
+    (
         "kind",
         r"^wasmcustom\.tollgate_[a-z_]+(?:;[a-z_]+=[^;]*)*?(;kind=([^;]*))",
     ),
@@ -95,6 +99,7 @@ mod tests {
             model: "claude-fast".into(),
             model_id: HAIKU.into(),
             operation: Operation::Converse,
+            dialect: tollgate_core::dialect::Dialect::Bedrock,
             streamed: false,
             forwarded: true,
             status,
@@ -111,6 +116,7 @@ mod tests {
             guardrail: None,
             attempts: Vec::new(),
             skipped: Vec::new(),
+            dropped: Vec::new(),
             exception: None,
             problem: None,
             request_bytes: 90,
@@ -171,7 +177,8 @@ mod tests {
                 vec![
                     ("key".into(), "k%3Bey%3D1".into()),
                     ("model".into(), "m%3D%3B".into()),
-                    ("status".into(), "0".into())
+                    ("status".into(), "0".into()),
+                    ("dialect".into(), "bedrock".into())
                 ]
             )
         );
@@ -187,7 +194,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "tollgate_requests_total;key=team-a;model=claude-fast;status=200",
+                "tollgate_requests_total;key=team-a;model=claude-fast;status=200;dialect=bedrock",
                 "tollgate_tokens_total;key=team-a;model=claude-fast;kind=input",
                 "tollgate_tokens_total;key=team-a;model=claude-fast;kind=cache_read",
                 "tollgate_cost_micro_usd_total;key=team-a;model=claude-fast",

@@ -28,7 +28,7 @@ use tollgate_core::admin::keys::{RuntimeKeys, StoredKeys};
 use tollgate_core::config::{Config, UpstreamAuth, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Verdict};
+use tollgate_core::exchange::{self, Admission, Callers, Effect, Exchange, Outbound, Verdict};
 use tollgate_core::quota::counters::IncrementCounters;
 use tollgate_core::quota::settlement::ATTEMPTS_WITHIN_A_REQUEST;
 use tollgate_core::quota::{Retried, Unsettled};
@@ -61,7 +61,13 @@ async fn handle(request: Request) -> Response<BoxBody> {
                 "tollgate: {why}; answering every request with 500"
             ));
             drain(body.stream()).await;
-            return reply(&GatewayError::not_configured().to_bedrock_reply());
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let pairs: Vec<(&str, &str)> = parts
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("")))
+                .collect();
+            return reply(&GatewayError::not_configured_reply(path, &pairs));
         }
     };
     // Spin's own `spin-*` request metadata (full URL, client address...) stays here: it is not
@@ -189,7 +195,7 @@ struct Flight {
 impl Flight {
     /// Answers the request itself (an error after admission) and ends the exchange.
     fn refuse(mut self, error: &GatewayError) -> Response<BoxBody> {
-        let r = error.to_bedrock_reply();
+        let r = error.to_reply(self.ex.dialect);
         self.ex.replied_locally(r.status);
         self.finish();
         reply(&r)
@@ -198,7 +204,7 @@ impl Flight {
     /// Answers in Bedrock's place once the request was on its way, and ends the exchange:
     /// `reached` says whether Bedrock may have run it (then its estimate is billed).
     fn upstream_failed(mut self, error: &GatewayError, reached: bool) -> Response<BoxBody> {
-        let r = error.to_bedrock_reply();
+        let r = error.to_reply(self.ex.dialect);
         self.ex.upstream_failed(r.status, reached);
         self.finish();
         reply(&r)
@@ -313,7 +319,11 @@ async fn forward(
         SystemTime::now(),
         fetched.as_ref(),
     ) {
-        Ok(up) => up,
+        Ok(Outbound::Upstream(up)) => up,
+        Ok(Outbound::Reply(r)) => {
+            flight.finish();
+            return reply(&r);
+        }
         Err(e) => return flight.refuse(&e),
     };
     if flight.ex.test_trap_after_admission() {
@@ -377,19 +387,24 @@ async fn forward(
 
     let status = response.status();
     let (parts, upstream) = response.into_parts();
-    flight.ex.on_response_headers(
+    let head = flight.ex.on_response_headers(
         status.as_u16(),
         parts
             .headers
             .iter()
             .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?))),
     );
-    let mut to_client = http::Response::builder().status(status);
+    let mut to_client = http::Response::builder().status(head.status.unwrap_or(status.as_u16()));
     for (name, value) in &parts.headers {
-        // Framing is the host's: the body may change length (budget cut-off).
-        if !is_hop_by_hop(name.as_str()) {
+        // Framing is the host's: the body may change length (budget cut-off, a dialect).
+        let name = name.as_str();
+        let changed = head.remove.contains(&name) || head.set.iter().any(|(n, _)| *n == name);
+        if !is_hop_by_hop(name) && !changed {
             to_client = to_client.header(name, value);
         }
+    }
+    for (name, value) in &head.set {
+        to_client = to_client.header(*name, value.as_str());
     }
     let (tx, rx) = mpsc::channel(RELAY_BUFFER_CHUNKS);
     let (delivered_tx, delivered) = oneshot::channel();
@@ -517,21 +532,28 @@ async fn relay(
                 Either::Right((never, _)) => match never {},
             }
         };
-        let Some(chunk) = next else { break };
         if let Some(line) = flight
             .ex
             .renew(&IncrementCounters(&flight.kv), now_ms(SystemTime::now()))
         {
             log_err(&line);
         }
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
+        let chunk = match next {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
                 log_err(&format!("tollgate: upstream response body failed: {e:?}"));
                 // The client sees the response fail, as with a reset, not a clean end.
                 let _ = client
                     .send(Err(std::io::Error::other(format!("upstream: {e}"))))
                     .await;
+                break;
+            }
+            None => {
+                // The upstream body has ended: what the client's dialect still holds.
+                let tail = flight.ex.on_response_end();
+                if !tail.is_empty() {
+                    let _ = client.send(Ok(Frame::data(Bytes::from(tail)))).await;
+                }
                 break;
             }
         };
@@ -543,7 +565,8 @@ async fn relay(
             // upstream body below stops Bedrock.
             Verdict::End { .. } => (Bytes::from(relayed.bytes.into_owned()), true),
         };
-        if !(last && bytes.is_empty()) && client.send(Ok(Frame::data(bytes))).await.is_err() {
+        // An empty replacement (a dialect holding bytes back) is no frame at all.
+        if !bytes.is_empty() && client.send(Ok(Frame::data(bytes))).await.is_err() {
             break; // the client went away
         }
         if last {

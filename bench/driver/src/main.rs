@@ -11,7 +11,7 @@
 //! tollgate-bench-driver --target http://127.0.0.1:PORT/model/claude-fast/converse
 //!     --header 'authorization: Bearer KEY' [--header ...] --body-file body.json
 //!     (--concurrency N | --rate RPS --connections N)
-//!     --duration SECONDS [--warmup SECONDS] [--requests MAX] [--stream --min-frames N]
+//!     --duration SECONDS [--warmup SECONDS] [--requests MAX] [--stream|--sse --min-frames N]
 //!     [--timeout SECONDS] [--json OUT.json]
 //! ```
 //!
@@ -51,6 +51,8 @@ struct Args {
     warmup: Duration,
     max_requests: u64,
     stream: bool,
+    /// The stream is server-sent events (a translated route), not AWS EventStream.
+    sse: bool,
     min_frames: u64,
     timeout: Duration,
     json: Option<String>,
@@ -61,7 +63,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: tollgate-bench-driver --target http://HOST:PORT/PATH --body-file F \
          (--concurrency N | --rate RPS [--connections N]) --duration S [--warmup S] \
-         [--requests MAX] [--header 'name: value']... [--stream [--min-frames N]] \
+         [--requests MAX] [--header 'name: value']... [--stream|--sse [--min-frames N]] \
          [--timeout S] [--json OUT] [--label TEXT]"
     );
     std::process::exit(2)
@@ -78,6 +80,7 @@ fn parse_args() -> Args {
     let mut warmup = 0.5f64;
     let mut max_requests = u64::MAX;
     let mut stream = false;
+    let mut sse = false;
     let mut min_frames = 0u64;
     let mut timeout = 10.0f64;
     let mut json = None;
@@ -103,6 +106,10 @@ fn parse_args() -> Args {
             "--warmup" => warmup = val().parse().unwrap_or_else(|_| usage()),
             "--requests" => max_requests = val().parse().unwrap_or_else(|_| usage()),
             "--stream" => stream = true,
+            "--sse" => {
+                stream = true;
+                sse = true
+            }
             "--min-frames" => min_frames = val().parse().unwrap_or_else(|_| usage()),
             "--timeout" => timeout = val().parse().unwrap_or_else(|_| usage()),
             "--json" => json = Some(val()),
@@ -143,6 +150,7 @@ fn parse_args() -> Args {
         warmup: Duration::from_secs_f64(warmup),
         max_requests,
         stream,
+        sse,
         min_frames,
         timeout: Duration::from_secs_f64(timeout.clamp(0.1, 600.0)),
         json,
@@ -195,8 +203,9 @@ fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-/// Counts AWS EventStream frames in a byte stream as they complete.
+/// Counts AWS EventStream frames (or server-sent events) in a byte stream as they complete.
 struct Frames {
+    sse: bool,
     pending: Vec<u8>,
     frames: u64,
     exceptions: u64,
@@ -205,8 +214,9 @@ struct Frames {
 }
 
 impl Frames {
-    fn new() -> Self {
+    fn new(sse: bool) -> Self {
         Frames {
+            sse,
             pending: Vec::new(),
             frames: 0,
             exceptions: 0,
@@ -216,6 +226,23 @@ impl Frames {
     }
     fn feed(&mut self, data: &[u8], now: Instant) -> Result<(), String> {
         self.pending.extend_from_slice(data);
+        if self.sse {
+            // One event per blank line; OpenAI's `data: {"error"` and Anthropic's `event: error`
+            // are the stream's exception.
+            let mut off = 0;
+            while let Some(end) = find(&self.pending[off..], b"\n\n") {
+                let event = &self.pending[off..off + end];
+                if event.starts_with(b"data: {\"error\"") || event.starts_with(b"event: error") {
+                    self.exceptions += 1;
+                }
+                self.frames += 1;
+                self.first.get_or_insert(now);
+                self.last = Some(now);
+                off += end + 2;
+            }
+            self.pending.drain(..off);
+            return Ok(());
+        }
         let mut off = 0;
         while self.pending.len() - off >= 12 {
             let p = &self.pending[off..];
@@ -373,7 +400,7 @@ fn one(a: &Args, c: &mut Conn, req: &[u8], origin: Instant) -> Result<Outcome, (
     if matches!(mode, BodyMode::UntilClose) {
         keep_alive = false;
     }
-    let mut frames = Frames::new();
+    let mut frames = Frames::new(a.sse);
     let mut body_bytes = 0u64;
     let mut sink = |data: &[u8], now: Instant| -> Result<(), (String, bool)> {
         body_bytes += data.len() as u64;

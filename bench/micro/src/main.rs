@@ -55,7 +55,17 @@ const BODY_1K: &[u8] = include_bytes!("../data/body-converse-1k.json");
 const BODY_10K: &[u8] = include_bytes!("../data/body-converse-10k.json");
 const BODY_STREAM: &[u8] = include_bytes!("../data/body-stream-64.json");
 const RESP_CONVERSE: &[u8] = include_bytes!("../data/response-converse.json");
+/// OpenAI Chat Completions bodies of the same size and directives as the Converse ones.
+const CHAT_1K: &[u8] = include_bytes!("../data/body-chat-1k.json");
+const CHAT_STREAM: &[u8] = include_bytes!("../data/body-chat-stream-64.json");
 const RESP_STREAM: &[u8] = include_bytes!("../data/response-stream-64.bin");
+/// Claude on InvokeModel: its body, and Anthropic Messages bodies asking the same (bench.py's).
+const INVOKE_1K: &[u8] = include_bytes!("../data/body-invoke-1k.json");
+const INVOKE_STREAM: &[u8] = include_bytes!("../data/body-invoke-stream-64.json");
+const MESSAGES_1K: &[u8] = include_bytes!("../data/body-messages-1k.json");
+const MESSAGES_STREAM: &[u8] = include_bytes!("../data/body-messages-stream-64.json");
+const RESP_INVOKE: &[u8] = include_bytes!("../data/response-invoke.json");
+const RESP_INVOKE_STREAM: &[u8] = include_bytes!("../data/response-invoke-stream-64.bin");
 
 /// The emulator's odd chunk sizes, so frames straddle chunks as they do through Envoy.
 const CHUNKS: &[usize] = &[1, 7, 13, 64, 3, 29, 2, 101, 5, 17, 256, 11, 4096, 37, 1500, 9, 16_384];
@@ -63,6 +73,10 @@ const CHUNKS: &[usize] = &[1, 7, 13, 64, 3, 29, 2, 101, 5, 17, 256, 11, 4096, 37
 const KEY: &str = "tg-bench-key";
 const ALIAS_PATH_1K: &str = "/model/claude-fast/converse";
 const ALIAS_PATH_STREAM: &str = "/model/claude-fast/converse-stream";
+const CHAT_PATH: &str = "/v1/chat/completions";
+const MESSAGES_PATH: &str = "/v1/messages";
+const INVOKE_PATH: &str = "/model/claude-fast/invoke";
+const INVOKE_STREAM_PATH: &str = "/model/claude-fast/invoke-with-response-stream";
 const MODEL_ID: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
 
 fn config() -> Config {
@@ -228,6 +242,8 @@ fn whole(
     } else {
         black_box(ex.on_response_body(resp));
     }
+    // The upstream body's end: a translated answer's last bytes (nothing on Bedrock's routes).
+    black_box(ex.on_response_end());
     end(cfg, store, &mut ex, 1_790_000_000_100);
 }
 
@@ -329,6 +345,14 @@ fn main() {
             );
         });
     }
+    bench(&filter, "admit + upstream_request chat 1 KB (OpenAI)", || {
+        let h = client_headers(CHAT_PATH, CHAT_1K.len());
+        let mut ex = admit(&cfg, &h, CHAT_PATH);
+        black_box(
+            ex.upstream_request(&cfg, &CasCounters(&store), &mut keys, CHAT_1K, now())
+                .unwrap(),
+        );
+    });
     bench(&filter, "response: converse body (meter)", || {
         let mut ex = admit(&cfg, &h1k, ALIAS_PATH_1K);
         ex.on_response_headers(200, [("content-type", "application/json")]);
@@ -347,6 +371,28 @@ fn main() {
         black_box(ex.on_response_body(RESP_STREAM));
         black_box(ex.finish(&cfg, &CasCounters(&store), 1));
     });
+    for (label, body, resp, stream, odd) in [
+        ("chat answer (OpenAI)", CHAT_1K, RESP_CONVERSE, false, false),
+        ("chat stream 64 events, odd chunks (OpenAI)", CHAT_STREAM, RESP_STREAM, true, true),
+        ("chat stream 64 events, one chunk (OpenAI)", CHAT_STREAM, RESP_STREAM, true, false),
+    ] {
+        // The translator is made with the request: admitted and translated outside the loop.
+        let h = client_headers(CHAT_PATH, body.len());
+        let kind = if stream { "application/vnd.amazon.eventstream" } else { "application/json" };
+        bench(&filter, &format!("translated {label}: admit to finish"), || {
+            let mut ex = admit(&cfg, &h, CHAT_PATH);
+            ex.upstream_request(&cfg, &CasCounters(&store), &mut keys, body, now())
+                .unwrap();
+            ex.on_response_headers(200, [("content-type", kind), ("x-amzn-requestid", "rid")]);
+            if odd {
+                feed_chunks(&mut ex, resp);
+            } else {
+                black_box(ex.on_response_body(resp));
+            }
+            black_box(ex.on_response_end());
+            black_box(ex.finish(&cfg, &CasCounters(&store), 1));
+        });
+    }
     bench(&filter, "finish + log_line + totals::add + metrics", || {
         let mut ex = admit(&cfg, &h1k, ALIAS_PATH_1K);
         ex.on_response_headers(200, [("content-type", "application/json")]);
@@ -390,4 +436,22 @@ fn main() {
             println!("store calls per converse, {label:<24} Envoy {envoy:>3}   Spin {spin:>3}");
         }
     }
+    bench(&filter, "WHOLE exchange, chat 1 KB (OpenAI)", || {
+        whole(&cfg, &store, &mut keys, CHAT_1K, CHAT_PATH, RESP_CONVERSE, false)
+    });
+    bench(&filter, "WHOLE exchange, chat stream 64 events (OpenAI)", || {
+        whole(&cfg, &store, &mut keys, CHAT_STREAM, CHAT_PATH, RESP_STREAM, true)
+    });
+    bench(&filter, "WHOLE exchange, invoke 1 KB (Claude)", || {
+        whole(&cfg, &store, &mut keys, INVOKE_1K, INVOKE_PATH, RESP_INVOKE, false)
+    });
+    bench(&filter, "WHOLE exchange, invoke stream 64 events", || {
+        whole(&cfg, &store, &mut keys, INVOKE_STREAM, INVOKE_STREAM_PATH, RESP_INVOKE_STREAM, true)
+    });
+    bench(&filter, "WHOLE exchange, messages 1 KB (Anthropic)", || {
+        whole(&cfg, &store, &mut keys, MESSAGES_1K, MESSAGES_PATH, RESP_INVOKE, false)
+    });
+    bench(&filter, "WHOLE exchange, messages stream 64 (Anthropic)", || {
+        whole(&cfg, &store, &mut keys, MESSAGES_STREAM, MESSAGES_PATH, RESP_INVOKE_STREAM, true)
+    });
 }

@@ -20,7 +20,8 @@ use crate::accounting::money::micro_usd_increment;
 use crate::accounting::record::{UsageRecord, UsageSource};
 use crate::error::GatewayError;
 
-/// Finished exchanges: `{key, model, status}` (`status` 0: the upstream never answered).
+/// Finished exchanges: `{key, model, status, dialect}` (`status` 0: the upstream never
+/// answered; `dialect`: `bedrock`, `anthropic` or `openai`, the API the client spoke).
 pub const REQUESTS: &str = "tollgate_requests_total";
 /// Billed tokens: `{key, model, kind}`, kind = input | output | cache_read | cache_write.
 pub const TOKENS: &str = "tollgate_tokens_total";
@@ -51,7 +52,15 @@ pub const SETTLEMENT_RETRIES: &str = "tollgate_settlement_retries_total";
 pub const SETTLEMENTS_ABANDONED: &str = "tollgate_settlements_abandoned_total";
 
 /// Every label name a series may carry.
-pub const LABEL_NAMES: &[&str] = &["key", "model", "status", "kind", "usage_source", "reason"];
+pub const LABEL_NAMES: &[&str] = &[
+    "key",
+    "model",
+    "status",
+    "dialect",
+    "kind",
+    "usage_source",
+    "reason",
+];
 
 /// The `key` label of a request refused before its key was known.
 pub const NO_KEY: &str = "-";
@@ -110,7 +119,7 @@ impl Metric {
     /// Its label names (of [`LABEL_NAMES`]), `key` first where it has one.
     pub fn label_names(self) -> &'static [&'static str] {
         match self {
-            Self::Requests => &["key", "model", "status"],
+            Self::Requests => &["key", "model", "status", "dialect"],
             Self::Tokens => &["key", "model", "kind"],
             Self::Cost => &["key", "model"],
             Self::UsageSource => &["key", "usage_source"],
@@ -124,7 +133,7 @@ impl Metric {
 }
 
 /// The most labels a series has.
-pub const MAX_LABELS: usize = 3;
+pub const MAX_LABELS: usize = 4;
 
 /// One change to one series: the metric, its label values (in [`Metric::label_names`] order)
 /// and how much. Values borrow from the record they describe; only a response status is
@@ -216,7 +225,12 @@ pub fn record_updates<'a>(
     let (key, model) = (|| Cow::Borrowed(key), || Cow::Borrowed(model));
     out.push(Update::new(
         Metric::Requests,
-        [key(), model(), Cow::Owned(record.status.to_string())],
+        [
+            key(),
+            model(),
+            Cow::Owned(record.status.to_string()),
+            Cow::Borrowed(record.dialect.name()),
+        ],
         1,
     ));
     let tokens = [
@@ -306,6 +320,7 @@ mod tests {
             model: "claude-fast".into(),
             model_id: HAIKU.into(),
             operation: Operation::Converse,
+            dialect: crate::dialect::Dialect::Bedrock,
             streamed: false,
             forwarded: true,
             status,
@@ -322,6 +337,7 @@ mod tests {
             guardrail: None,
             attempts: Vec::new(),
             skipped: Vec::new(),
+            dropped: Vec::new(),
             exception: None,
             problem: None,
             request_bytes: 90,
@@ -472,7 +488,7 @@ mod tests {
             u,
             vec![
                 c(
-                    "tollgate_requests_total;key=team-a;model=claude-fast;status=200",
+                    "tollgate_requests_total;key=team-a;model=claude-fast;status=200;dialect=bedrock",
                     1
                 ),
                 c(
@@ -516,7 +532,7 @@ mod tests {
         assert_eq!(
             names(&r),
             vec![
-                "tollgate_requests_total;key=team-a;model=claude-fast;status=429",
+                "tollgate_requests_total;key=team-a;model=claude-fast;status=429;dialect=bedrock",
                 "tollgate_usage_source_total;key=team-a;usage_source=none",
                 "tollgate_upstream_latency_ms;model=claude-fast",
             ]
@@ -531,7 +547,7 @@ mod tests {
         let u = record_updates(&r, Labels::of(&r), 0);
         assert_eq!(
             shown(&u[0]),
-            "tollgate_requests_total;key=team-a;model=other;status=0"
+            "tollgate_requests_total;key=team-a;model=other;status=0;dialect=bedrock"
         );
         assert!(u
             .iter()

@@ -5,6 +5,7 @@ use serde::Serialize;
 use crate::accounting::guardrail::GuardrailRecord;
 use crate::accounting::pricing::{self, PriceSource, ServiceTier};
 use crate::accounting::usage::Usage;
+use crate::dialect::Dialect;
 use crate::request::guardrail::Guardrail;
 use crate::request::operation::Operation;
 use crate::response::meter::Reading;
@@ -19,7 +20,8 @@ pub enum UsageSource {
     /// A successful response whose final usage never arrived (cut stream, mid-stream exception,
     /// unreadable body): billed from what was seen, never zero.
     Estimated,
-    /// Nothing to bill: the request was refused, locally or by Bedrock.
+    /// Nothing to bill: the request was refused, locally or by Bedrock, or only counted
+    /// tokens (CountTokens is free).
     None,
 }
 
@@ -33,6 +35,8 @@ pub struct UsageRecord {
     /// The Bedrock model ID sent upstream.
     pub model_id: String,
     pub operation: Operation,
+    /// The dialect the client spoke (`bedrock`, `anthropic`, `openai`).
+    pub dialect: Dialect,
     pub streamed: bool,
     /// The request went upstream (it was not refused by the gateway).
     pub forwarded: bool,
@@ -66,6 +70,10 @@ pub struct UsageRecord {
     /// Targets of the alias the request left out without calling them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<SkippedRecord>,
+    /// What the dialect's translation left out of the client's request because Bedrock would
+    /// refuse it: `beta:<flag>`, `field:<name>`, `block:<type>`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,7 +225,8 @@ pub fn billable(
     fallback: &Fallback,
 ) -> (Usage, UsageSource) {
     let unanswered = sent_upstream && (status == 0 || fallback.host_answered);
-    if !(200..300).contains(&status) && !unanswered {
+    // Refused, or answered by the gateway itself (a local answer is never Bedrock's work).
+    if !sent_upstream || (!(200..300).contains(&status) && !unanswered) {
         return (Usage::default(), UsageSource::None);
     }
     // A final usage of zero output for a response that carried text is not believed, unless a
@@ -264,6 +273,7 @@ pub struct Facts<'a> {
     pub model_id: &'a str,
     pub region: &'a str,
     pub operation: Operation,
+    pub dialect: Dialect,
     /// 0 when no response status was seen.
     pub status: u16,
     pub sent_upstream: bool,
@@ -282,13 +292,18 @@ pub fn make(f: Facts<'_>) -> UsageRecord {
 
 /// The record, billed with `fallback` where the response's own usage is missing.
 pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
-    let (usage, usage_source) = billable(
-        f.status,
-        f.sent_upstream,
-        f.reading,
-        f.request_bytes,
-        fallback,
-    );
+    let (usage, usage_source) = if f.operation == Operation::CountTokens {
+        // Bedrock does not bill a token count; its answer's `inputTokens` is not usage.
+        (Usage::default(), UsageSource::None)
+    } else {
+        billable(
+            f.status,
+            f.sent_upstream,
+            f.reading,
+            f.request_bytes,
+            fallback,
+        )
+    };
     let quote = pricing::quote_tier(f.region, f.model_id, f.service_tier)
         .unwrap_or_else(|| pricing::quote(f.region, f.model_id));
     // Guardrail units are billed as reported, on any answer Bedrock bills.
@@ -316,6 +331,7 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         model: f.model.to_string(),
         model_id: f.model_id.to_string(),
         operation: f.operation,
+        dialect: f.dialect,
         streamed: f.operation.is_stream(),
         forwarded: f.sent_upstream,
         status: f.status,
@@ -332,6 +348,7 @@ pub fn make_with(f: Facts<'_>, fallback: &Fallback) -> UsageRecord {
         guardrail,
         attempts: Vec::new(),
         skipped: Vec::new(),
+        dropped: Vec::new(),
         exception: f.reading.exception.clone(),
         problem: f.reading.problem.clone(),
         request_bytes: f.request_bytes,
@@ -360,6 +377,7 @@ mod tests {
             model_id,
             region: "us-east-1",
             operation: Operation::Converse,
+            dialect: Dialect::Bedrock,
             status: 200,
             sent_upstream: true,
             reading: &reading,
@@ -466,6 +484,14 @@ mod tests {
         assert_eq!(
             (src, u.input_tokens, u.output_tokens),
             (UsageSource::Estimated, 5, 10)
+        );
+    }
+
+    #[test]
+    fn what_the_gateway_answered_itself_bills_nothing() {
+        assert_eq!(
+            billable(200, false, &Reading::default(), 400, &Fallback::default()),
+            (Usage::default(), UsageSource::None)
         );
     }
 

@@ -357,6 +357,52 @@ pub trait UsageTotals {
     /// record does), for exact metric increments.
     fn add(&self, key_id: &str, model: &str, delta: &Counts) -> Result<Option<u64>, StoreError>;
     fn read(&self, key_id: &str) -> Result<Lifetime, StoreError>;
+
+    /// Counts one request of `key_id` in the API dialect `dialect` (`/usage` shows requests
+    /// by dialect). Kept apart from the usage record so that its format never changes.
+    fn add_dialect(&self, _key_id: &str, _dialect: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// `key_id`'s requests by dialect, of those named in `dialects`.
+    fn read_dialects(
+        &self,
+        _key_id: &str,
+        _dialects: &[&str],
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        Ok(BTreeMap::new())
+    }
+}
+
+/// The key of `key_id`'s requests by dialect: a CAS record (`name=count,…`), or the prefix of
+/// one counter per dialect.
+fn dialects_key(key_id: &str) -> String {
+    format!("tollgate/totals/{key_id}/dialects")
+}
+
+/// The dialects record before its first count. Never empty: Envoy's shared data reads an empty
+/// value as absent (what a removal leaves), and a CAS on it would never see it exist.
+const NO_DIALECTS: &[u8] = b"-";
+
+/// `name=count,…` as written by [`CasTotals::add_dialect`]; pairs that do not parse are skipped.
+fn decode_dialects(bytes: &[u8]) -> BTreeMap<String, u64> {
+    std::str::from_utf8(bytes)
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|pair| {
+            let (name, n) = pair.split_once('=')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn encode_dialects(counts: &BTreeMap<String, u64>) -> Vec<u8> {
+    counts
+        .iter()
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
 }
 
 /// Totals as one compare-and-swap record per key ([`add`], [`read`]): a request is counted
@@ -369,6 +415,27 @@ impl<S: CasStore + ?Sized> UsageTotals for CasTotals<'_, S> {
     }
     fn read(&self, key_id: &str) -> Result<Lifetime, StoreError> {
         read(self.0, key_id).map(|t| (&t).into())
+    }
+    fn add_dialect(&self, key_id: &str, dialect: &str) -> Result<(), StoreError> {
+        cas_update(self.0, &dialects_key(key_id), NO_DIALECTS, |current| {
+            let mut counts = decode_dialects(current);
+            let n = counts.entry(dialect.to_string()).or_default();
+            *n = n.saturating_add(1);
+            (encode_dialects(&counts), ())
+        })
+    }
+    fn read_dialects(
+        &self,
+        key_id: &str,
+        dialects: &[&str],
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = self
+            .0
+            .get(&dialects_key(key_id))?
+            .map(|(v, _)| decode_dialects(&v))
+            .unwrap_or_default();
+        counts.retain(|name, _| dialects.contains(&name.as_str()));
+        Ok(counts)
     }
 }
 
@@ -542,6 +609,26 @@ impl<S: AtomicStore + ?Sized> UsageTotals for IncrementTotals<'_, S> {
         all?;
         registered?;
         Ok(None)
+    }
+
+    fn add_dialect(&self, key_id: &str, dialect: &str) -> Result<(), StoreError> {
+        let key = format!("{}/{}", dialects_key(key_id), key_segment(dialect));
+        self.0.increment(&key, 1).map(|_| ())
+    }
+
+    fn read_dialects(
+        &self,
+        key_id: &str,
+        dialects: &[&str],
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for name in dialects {
+            let key = format!("{}/{}", dialects_key(key_id), key_segment(name));
+            if let Some(n) = read_integer(self.0, &key)? {
+                counts.insert(name.to_string(), u64::try_from(n).unwrap_or(0));
+            }
+        }
+        Ok(counts)
     }
 
     /// Also adds what versions before the counters wrote: one CAS record per key, which no
@@ -902,6 +989,7 @@ mod tests {
             model_id: "us.anthropic.claude-haiku-4-5-20251001-v1:0",
             region: "us-east-1",
             operation: crate::Operation::Converse,
+            dialect: crate::dialect::Dialect::Bedrock,
             status,
             sent_upstream,
             reading: &reading,

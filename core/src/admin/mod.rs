@@ -373,8 +373,13 @@ fn with_usage(
     lease: Lease,
 ) -> Result<serde_json::Value, GatewayError> {
     let totals = state.totals.read(&key.id).map_err(keys::store_failed)?;
+    let names = crate::dialect::Dialect::ALL.map(|d| d.name());
+    let dialects = state
+        .totals
+        .read_dialects(&key.id, &names)
+        .map_err(keys::store_failed)?;
     let mut usage: BTreeMap<String, serde_json::Value> = serde_json::from_slice(
-        &endpoints::usage_reply(key, &totals, state.counters, now_ms, lease).body,
+        &endpoints::usage_reply(key, &totals, &dialects, state.counters, now_ms, lease).body,
     )
     .unwrap_or_default();
     usage.remove("key_id");

@@ -70,6 +70,8 @@ struct Document {
     lease_seconds: Option<u64>,
     #[serde(default)]
     test_hooks: bool,
+    #[serde(default)]
+    anthropic_betas: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +165,10 @@ pub struct Config {
     /// Lets tests set the quota clock with `x-tollgate-test-now-ms` and inject faults with
     /// `x-tollgate-test-fault`. Never in production.
     pub test_hooks: bool,
+    /// The `anthropic-beta` flags forwarded to Bedrock on `/v1/messages` (Claude models);
+    /// others are dropped. Default: the flags Bedrock documents
+    /// ([`crate::dialect::anthropic::BEDROCK_BETAS`]).
+    pub anthropic_betas: Vec<String>,
 }
 
 impl Config {
@@ -357,6 +363,29 @@ impl Config {
             ));
         }
 
+        let anthropic_betas = match doc.anthropic_betas {
+            None => crate::dialect::anthropic::BEDROCK_BETAS
+                .iter()
+                .map(|b| b.to_string())
+                .collect(),
+            Some(list) => {
+                for (i, flag) in list.iter().enumerate() {
+                    let ok = !flag.is_empty()
+                        && flag.len() <= 128
+                        && flag
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                    if !ok {
+                        return Err(ConfigError::new(
+                            format!("anthropic_betas[{i}]"),
+                            "a beta flag: letters, digits, `-`, `_` and `.`",
+                        ));
+                    }
+                }
+                list
+            }
+        };
+
         Ok(Self {
             region: doc.region,
             upstream_host,
@@ -370,6 +399,7 @@ impl Config {
             max_request_body_bytes,
             lease: Lease::new(lease_seconds),
             test_hooks: doc.test_hooks,
+            anthropic_betas,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Admission: what a request is, from its head alone. Its route, its key entry (by API key or
-//! by the caller's identity, `request::identity`), its model (an alias resolved, an ID put in
-//! its one spelling), whether the key may use that model; then either a local answer or an
-//! [`Exchange`] to forward.
+//! by the caller's identity, `request::identity`), and — where the path names it — its model
+//! (an alias resolved, an ID put in its one spelling) and whether the key may use it; then
+//! either a local answer or an [`Exchange`] to forward. A translated route's model is in its
+//! body: [`resolve_model`] runs once the body is in.
 
 use std::sync::Arc;
 
@@ -12,14 +13,16 @@ use crate::dialect::bedrock::PassThrough;
 use crate::dialect::Dialect;
 use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::quota::Reservation;
+use crate::request::encoding::ContentEncoding;
 use crate::request::headers as request_headers;
 use crate::request::identity::{self, Callers};
 use crate::request::model_id;
+use crate::request::operation::Operation;
 use crate::request::options::HeaderOptions;
 use crate::request::route::{self, Route};
 use crate::response::meter::UsageMeter;
 use crate::response::relay::Relay;
-use crate::routing::targets;
+use crate::routing::targets::{self, Targets};
 
 use super::Exchange;
 
@@ -96,27 +99,33 @@ pub fn admit_with(
     callers: Callers<'_>,
     now_ms: u64,
 ) -> Admission {
-    let authenticated = route::route(method, path).and_then(|route| {
-        let key = identity::authenticate(config, headers, callers)?;
-        Ok((route, key))
+    let dialect = Dialect::of_request(path, headers);
+    let authenticated = route::route(method, path).and_then(|route| match route {
+        // A connectivity probe needs no key: it learns nothing but that the gateway is up.
+        Route::Probe => Ok((route, None)),
+        _ => Ok((
+            route,
+            Some(identity::authenticate(config, headers, callers)?),
+        )),
     });
     let (route, key) = match authenticated {
-        Ok(found) => found,
+        Ok((_, None)) => return Admission::Reply(crate::endpoints::probe_reply()),
+        Ok((route, Some(key))) => (route, key),
         Err(error) => {
             return Admission::Refused {
                 error,
                 key_id: None,
-                dialect: Dialect::for_path(path),
+                dialect,
             }
         }
     };
     let key_id = key.id.clone();
-    match admit_key(config, route, key, headers, now_ms) {
+    match admit_key(config, route, key, headers, dialect, now_ms) {
         Ok(a) => a,
         Err(error) => Admission::Refused {
             error,
             key_id: Some(key_id),
-            dialect: Dialect::for_path(path),
+            dialect,
         },
     }
 }
@@ -126,6 +135,7 @@ fn admit_key(
     route: Route<'_>,
     key: Arc<ApiKey>,
     headers: &[(&str, &str)],
+    dialect: Dialect,
     now_ms: u64,
 ) -> Result<Admission, GatewayError> {
     let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
@@ -139,7 +149,7 @@ fn admit_key(
     let test_fault = header(TEST_FAULT_HEADER)
         .filter(|_| config.test_hooks)
         .and_then(TestFault::parse);
-    let (label, operation) = match route {
+    let (resolved, operation, api) = match route {
         Route::Usage => {
             return Ok(Admission::Usage {
                 key,
@@ -151,74 +161,38 @@ fn admit_key(
                 config, &key,
             )))
         }
-        Route::Model { label, operation } => (label, operation),
-    };
-    let model = model_id::decode_path_label(label).ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::BadRequest,
-            "the model ID in the path is not valid",
-        )
-    })?;
-    // Aliases resolve to canonical IDs (at load); a raw ID is canonicalised here, so every
-    // allowlist, limit and price lookup sees one spelling per model. `model` (records, totals,
-    // metrics) is the alias, or that one spelling. An alias of several targets is a model of
-    // its own for allowlists and limits (`scope`); its targets are planned once the body is in.
-    let several = config.targets.get(&model);
-    let scope = several.map(|_| targets::key_of(&model));
-    let (model, model_id) = match config.aliases.get(&model) {
-        Some(target) => (model, target.clone()),
-        None if several.is_some() => {
-            let first = several
-                .and_then(|t| t.targets().first())
-                .map(|t| t.model_id.clone())
-                .unwrap_or_default();
-            (model, first)
-        }
-        None if model_id::is_model_id(&model) => {
-            let id = model_id::canonical(&model, &config.region)
-                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
-            (id.clone(), id)
-        }
-        None => {
-            return Err(GatewayError::new(
-                ErrorKind::UnknownModel,
-                format!("`{model}` is not a configured model alias or a Bedrock model ID"),
+        Route::InferenceProfiles => {
+            return Ok(Admission::Reply(
+                crate::endpoints::inference_profiles_reply(config, &key),
             ))
         }
+        Route::Probe => return Ok(Admission::Reply(crate::endpoints::probe_reply())),
+        Route::Model { label, operation } => {
+            let model = model_id::decode_path_label(label).ok_or_else(|| {
+                GatewayError::new(
+                    ErrorKind::BadRequest,
+                    "the model ID in the path is not valid",
+                )
+            })?;
+            (Some(resolve_model(config, &key, &model)?), operation, None)
+        }
+        // The model is in the body: resolved once it is read.
+        Route::Translated(api) => (None, Operation::Invoke, Some(api)),
     };
-    let scope = scope.unwrap_or_else(|| model_id.clone());
-    if !key.may_use(&scope) {
-        return Err(GatewayError::new(
-            ErrorKind::ModelNotAllowed,
-            format!("API key `{}` is not allowed to use model `{model}`", key.id),
-        ));
-    }
-    if let Some(encoding) = header("content-encoding")
-        .map(str::trim)
-        .filter(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
-    {
-        // Tollgate reads the body (output limit, options) and Bedrock takes it uncompressed.
-        return Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            format!("request bodies must not be compressed (content-encoding: {encoding})"),
-        ));
-    }
-    let every_target: Vec<&str> = match several {
-        Some(t) => t.targets().iter().map(|t| t.model_id.as_str()).collect(),
-        None => vec![model_id.as_str()],
-    };
-    if let Some(unpriced) = every_target
-        .iter()
-        .find(|id| pricing::quote(&config.region, id).unpriced_images(id))
-    {
-        return Err(GatewayError::new(
-            ErrorKind::BadRequest,
-            format!(
-                "`{unpriced}` is an image model this gateway has no per-image price for; \
-                 it cannot be billed, so it is refused"
-            ),
-        ));
-    }
+    let content_encoding = ContentEncoding::of_header(header("content-encoding"))?;
+    let Resolved {
+        model,
+        model_id,
+        scope,
+        targets: several,
+    } = resolved.unwrap_or_default();
+    let kept_headers = api.map_or_else(Vec::new, |api| {
+        headers
+            .iter()
+            .filter(|(n, _)| api.reads_headers().contains(n))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    });
     let strip_headers = request_headers::to_remove(headers.iter().map(|(n, _)| *n));
     let header_options = HeaderOptions::read(headers);
     let request_id = header("x-request-id").map(|v| v.chars().take(128).collect());
@@ -230,9 +204,14 @@ fn admit_key(
         model,
         model_id,
         scope,
-        alias_targets: several.cloned(),
+        alias_targets: several,
         route: None,
         operation,
+        dialect,
+        api,
+        kept_headers,
+        content_encoding,
+        dropped: Vec::new(),
         started_ms: now_ms,
         quota_now_ms,
         reservation: Reservation::default(),
@@ -258,4 +237,83 @@ fn admit_key(
         unsettled: None,
         lapse_reported: false,
     })))
+}
+
+/// A model as a request names it, resolved.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    /// As records name it: the alias, or the model ID in its one spelling.
+    pub(crate) model: String,
+    /// The Bedrock model ID (for an alias of several targets, its first in list order).
+    pub(crate) model_id: String,
+    /// What allowlists and per-model limits know it by: the model ID, or an alias of several
+    /// targets (`routing::targets::key_of`).
+    pub(crate) scope: String,
+    /// The targets of an alias of several; planned once the body is in.
+    pub(crate) targets: Option<Targets>,
+}
+
+/// The model a request names (`model`, decoded): aliases resolve to canonical IDs (at load); a
+/// raw ID is canonicalised here, so every allowlist, limit and price lookup sees one spelling
+/// per model. Refused when it is neither, when `key` may not use it, or when it (or any target
+/// of its alias) is an image model without a per-image price.
+pub(crate) fn resolve_model(
+    config: &Config,
+    key: &ApiKey,
+    model: &str,
+) -> Result<Resolved, GatewayError> {
+    let several = config.targets.get(model);
+    let (model, model_id) = match config.aliases.get(model) {
+        Some(target) => (model.to_string(), target.clone()),
+        None if several.is_some() => {
+            let first = several
+                .and_then(|t| t.targets().first())
+                .map(|t| t.model_id.clone())
+                .unwrap_or_default();
+            (model.to_string(), first)
+        }
+        None if model_id::is_model_id(model) => {
+            let id = model_id::canonical(model, &config.region)
+                .map_err(|why| GatewayError::new(ErrorKind::BadRequest, why))?;
+            (id.clone(), id)
+        }
+        None => {
+            return Err(GatewayError::new(
+                ErrorKind::UnknownModel,
+                format!("`{model}` is not a configured model alias or a Bedrock model ID"),
+            ))
+        }
+    };
+    let scope = match several {
+        Some(_) => targets::key_of(&model),
+        None => model_id.clone(),
+    };
+    if !key.may_use(&scope) {
+        return Err(GatewayError::new(
+            ErrorKind::ModelNotAllowed,
+            format!("API key `{}` is not allowed to use model `{model}`", key.id),
+        ));
+    }
+    let every_target: Vec<&str> = match several {
+        Some(t) => t.targets().iter().map(|t| t.model_id.as_str()).collect(),
+        None => vec![model_id.as_str()],
+    };
+    if let Some(unpriced) = every_target
+        .iter()
+        .find(|id| pricing::quote(&config.region, id).unpriced_images(id))
+    {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!(
+                "`{unpriced}` is an image model this gateway has no per-image price for; \
+                 it cannot be billed, so it is refused"
+            ),
+        ));
+    }
+    Ok(Resolved {
+        model,
+        model_id,
+        scope,
+        targets: several.cloned(),
+    })
 }

@@ -44,6 +44,8 @@ pub struct Ending {
     reclaimed: Vec<Reclaimed>,
     /// The settlement's writes the store failed, for the host to retry.
     unsettled: Option<Unsettled>,
+    /// Counting its request under its dialect (`/usage`'s `dialects`).
+    by_dialect: Result<(), StoreError>,
 }
 
 /// Adds `record` (settled already) to its key's totals, then says what to log and measure.
@@ -54,11 +56,17 @@ pub(crate) fn count(
     unsettled: Option<Unsettled>,
 ) -> Ending {
     let counted = totals::add_record(totals, &record);
+    let by_dialect = if record.forwarded {
+        totals.add_dialect(&record.key_id, record.dialect.name())
+    } else {
+        Ok(())
+    };
     Ending {
         record,
         counted,
         reclaimed,
         unsettled,
+        by_dialect,
     }
 }
 
@@ -75,8 +83,9 @@ impl Ending {
     }
 
     /// In order: the record's line; a warning when it was billed at a fallback price; a
-    /// critical line when its usage could not be added to the totals; a warning for each
-    /// expired lease its admission reclaimed; the metric updates.
+    /// critical line when its usage could not be added to the totals; a warning when its
+    /// request could not be counted under its dialect; a warning for each expired lease its
+    /// admission reclaimed; the metric updates.
     pub fn effects(&self) -> impl Iterator<Item = Effect<'_>> {
         let record = &self.record;
         let warning = record
@@ -97,6 +106,16 @@ impl Ending {
             ),
         };
         let updates = metrics::record_updates(record, Labels::of(record), cost_before);
+        let by_dialect = self.by_dialect.as_ref().err().map(|e| {
+            Effect::Log(
+                Level::Warn,
+                format!(
+                    "tollgate: a request of key `{}` was not counted under dialect `{}`: {e}",
+                    record.key_id,
+                    record.dialect.name()
+                ),
+            )
+        });
         let reclaimed = self
             .reclaimed
             .iter()
@@ -105,6 +124,7 @@ impl Ending {
         std::iter::once(Effect::Record(record.log_line()))
             .chain(warning)
             .chain(uncounted)
+            .chain(by_dialect)
             .chain(reclaimed)
             .chain(
                 updates
@@ -256,6 +276,12 @@ mod tests {
             );
             assert!(ex.end(&config, counters, totals, NOW + 6).is_none());
             assert_eq!(totals.read("a").unwrap().all.requests, 1, "counted once");
+            assert_eq!(
+                totals
+                    .read_dialects("a", &["bedrock", "anthropic"])
+                    .unwrap(),
+                std::collections::BTreeMap::from([("bedrock".to_string(), 1)])
+            );
         }
     }
 

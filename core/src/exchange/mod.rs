@@ -2,15 +2,19 @@
 //! machine. Hosts feed it headers, body bytes and time, and do what it says:
 //!
 //! 1. [`admit`] the request head: a local answer, or an [`Exchange`] to forward;
-//! 2. [`Exchange::upstream_request`] once the body is in: admitted against the key's limits,
-//!    rewritten and signed;
-//! 3. [`Exchange::on_response_headers`], then [`Exchange::on_response_body`] for each chunk;
+//! 2. [`Exchange::upstream_request`] once the body is in: decompressed, translated from the
+//!    client's dialect (its model resolved from the body), admitted against the key's limits,
+//!    rewritten and signed — or answered locally ([`Outbound::Reply`]);
+//! 3. [`Exchange::on_response_headers`] (what changes in the client's response head), then
+//!    [`Exchange::on_response_body`] for each chunk and [`Exchange::on_response_end`] when the
+//!    upstream body has ended;
 //! 4. [`Exchange::end`] on every path: settled, counted, then logged ([`end`]).
 
 mod admission;
 pub mod end;
 mod route;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -21,10 +25,12 @@ use crate::accounting::totals::UsageTotals;
 use crate::accounting::usage::Usage;
 use crate::config::{ApiKey, Config};
 use crate::dialect::bedrock::CUT_OFF_EXCEPTION;
-use crate::error::{ErrorKind, GatewayError};
+use crate::dialect::{Api, Dialect, Target, Translation};
+use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::quota::counters::Counters;
 use crate::quota::{self, Notes, Renewal, Reservation, Unsettled};
 use crate::request::body::{self as request_body, BodyOptions};
+use crate::request::encoding::ContentEncoding;
 use crate::request::guardrail::{self as key_guardrail, Guardrail};
 use crate::request::images;
 use crate::request::model_family;
@@ -40,6 +46,7 @@ use crate::upstream::credentials::{Fetched, Signer};
 use crate::upstream::request::UpstreamRequest;
 use crate::upstream::signing::SigningKeyCache;
 
+pub use crate::dialect::ResponseHead;
 pub use crate::request::identity::{Caller, Callers, VerifiedToken};
 pub use crate::response::relay::{Relayed, Verdict};
 pub use admission::{
@@ -57,7 +64,8 @@ pub struct Exchange {
     /// The entry admitted: the document's (kept for the request, whatever updates come) or one
     /// created at runtime.
     key: Arc<ApiKey>,
-    /// The model as the client named it.
+    /// The model as the client named it. A translated route's is known once its body is read
+    /// (empty until then).
     pub model: String,
     /// The Bedrock model ID sent upstream: for an alias of several targets, the target being
     /// tried, and once one answers, that one (the one billed).
@@ -69,7 +77,17 @@ pub struct Exchange {
     alias_targets: Option<Targets>,
     /// The targets planned and the attempts made, once the body is in.
     route: Option<route::Route>,
+    /// The Bedrock operation (a translated route's is decided with its body).
     pub operation: Operation,
+    /// The dialect the client speaks: its errors and its responses are in it.
+    pub dialect: Dialect,
+    /// The translated route, if the client does not speak Bedrock's own dialect.
+    api: Option<Api>,
+    /// The request headers the translation reads ([`Api::reads_headers`]).
+    kept_headers: Vec<(String, String)>,
+    content_encoding: ContentEncoding,
+    /// What the translation left out of the client's request (for the record).
+    dropped: Vec<String>,
     started_ms: u64,
     /// The clock quota windows and periods are read from.
     quota_now_ms: u64,
@@ -109,6 +127,25 @@ pub struct Exchange {
     lapse_reported: bool,
 }
 
+/// What follows the request body: the request to Bedrock, or the gateway's own answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outbound {
+    /// Rewrite the request into this and let it go upstream.
+    Upstream(UpstreamRequest),
+    /// Answer with this; nothing goes upstream (a token count estimated locally).
+    Reply(Reply),
+}
+
+impl Outbound {
+    /// The upstream request (tests, and hosts that have no local answers to give).
+    pub fn upstream(self) -> Option<UpstreamRequest> {
+        match self {
+            Self::Upstream(up) => Some(up),
+            Self::Reply(_) => None,
+        }
+    }
+}
+
 impl Exchange {
     /// Whether the host is to stop dead now that the request is admitted
     /// ([`TestFault::TrapAfterAdmission`], `test_hooks` only): its reservation is taken and
@@ -146,7 +183,7 @@ impl Exchange {
 
     /// The upstream request for the complete `body`, signed at `now` (with the host's kept
     /// signing key, `signing_keys`), once the request is admitted against its key's limits
-    /// (its estimated cost reserved in `counters`).
+    /// (its estimated cost reserved in `counters`), or the answer the gateway gives itself.
     pub fn upstream_request(
         &mut self,
         config: &Config,
@@ -154,13 +191,16 @@ impl Exchange {
         signing_keys: &mut SigningKeyCache,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    ) -> Result<Outbound, GatewayError> {
         self.upstream_request_with(config, counters, signing_keys, body, now, None)
     }
 
     /// [`Exchange::upstream_request`], signed with the credentials the host `fetched` when the
     /// configuration's come from an endpoint ([`Fetched`]). Without usable ones the request is
     /// refused with 503 before anything is reserved.
+    ///
+    /// A refusal here (`Err`, or a local [`Outbound::Reply`]) is already recorded as the
+    /// exchange's status; hosts answer with [`GatewayError::to_reply`] in [`Exchange::dialect`].
     pub fn upstream_request_with(
         &mut self,
         config: &Config,
@@ -169,20 +209,85 @@ impl Exchange {
         body: &[u8],
         now: SystemTime,
         fetched: Option<&Fetched>,
-    ) -> Result<UpstreamRequest, GatewayError> {
+    ) -> Result<Outbound, GatewayError> {
+        let prepared = self.prepare(config, counters, signing_keys, body, now, fetched);
+        if let Err(e) = &prepared {
+            self.status.get_or_insert(e.kind.status());
+        }
+        prepared
+    }
+
+    fn prepare(
+        &mut self,
+        config: &Config,
+        counters: &dyn Counters,
+        signing_keys: &mut SigningKeyCache,
+        body: &[u8],
+        now: SystemTime,
+        fetched: Option<&Fetched>,
+    ) -> Result<Outbound, GatewayError> {
         self.request_bytes = body.len() as u64;
         self.check_body_size(self.request_bytes)?;
         let now_ms = now
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)
-            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        let signer = Signer::for_request(&config.upstream_auth, fetched, now_ms)?;
         let key = self.key.clone();
-        let read = request_body::scan(body, self.operation)
-            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        // What Bedrock gets: the body decompressed, then translated from the client's dialect.
+        let mut body: Cow<'_, [u8]> = self.content_encoding.decode(body, self.body_limit)?;
+        let mut attempt_headers: Vec<(String, String)> = Vec::new();
+        if let Some(api) = self.api {
+            let translated = {
+                let request = api.read(&body)?;
+                let resolved = admission::resolve_model(config, &key, request.model())?;
+                self.model = resolved.model;
+                // The translation is for the first target this request tries.
+                self.model_id = match &resolved.targets {
+                    Some(targets) => targets
+                        .order(self.request_id.as_deref())
+                        .first()
+                        .and_then(|&i| targets.targets().get(i))
+                        .map_or(resolved.model_id, |t| t.model_id.clone()),
+                    None => resolved.model_id,
+                };
+                self.scope = resolved.scope;
+                self.alias_targets = resolved.targets;
+                request.translate(&Target {
+                    config,
+                    model_id: &self.model_id,
+                    headers: &self.kept_headers,
+                    now_ms,
+                })?
+            };
+            match translated {
+                Translation::Reply { reply, operation } => {
+                    self.operation = operation;
+                    self.status = Some(reply.status);
+                    return Ok(Outbound::Reply(reply));
+                }
+                Translation::Bedrock(b) => {
+                    self.operation = b.operation;
+                    self.meter = UsageMeter::new(b.operation);
+                    self.relay = Relay::new(b.response);
+                    attempt_headers = b
+                        .headers
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect();
+                    self.dropped = b.dropped;
+                    body = Cow::Owned(b.body);
+                }
+            }
+        }
+        self.request_bytes = body.len() as u64;
+        self.check_body_size(self.request_bytes)?;
+        // A token count is free of charge and asks for no output: no cap, option, guardrail or
+        // estimate applies to it.
+        let counting = self.operation == Operation::CountTokens;
+        let read = request_body::scan(&body, self.operation)?;
         // A key's guardrail replaces the client's, so the client's is no option to price or
         // refuse: it is not sent.
-        self.guardrail = key.guardrail.clone();
+        self.guardrail = key.guardrail.clone().filter(|_| !counting);
         let (header_options, body_options) = match &self.guardrail {
             Some(_) => (HeaderOptions::default(), BodyOptions::default()),
             None => (self.header_options.clone(), read.options.clone()),
@@ -191,19 +296,17 @@ impl Exchange {
             self.operation,
             Operation::Invoke | Operation::InvokeWithResponseStream
         );
-        let mut attempt_headers = Vec::new();
         let guarded: Option<Vec<u8>> = match &self.guardrail {
-            Some(g) if converse => Some(read.with_guardrail(body, &g.converse_config())),
+            Some(g) if converse => Some(read.with_guardrail(&body, &g.converse_config())),
             Some(g) => {
-                attempt_headers = g.invoke_headers();
+                attempt_headers.extend(g.invoke_headers());
                 None
             }
             None => None,
         };
-        let prepared: &[u8] = guarded.as_deref().unwrap_or(body);
+        let prepared: &[u8] = guarded.as_deref().unwrap_or(&body);
         let read = match &guarded {
-            Some(b) => request_body::scan(b, self.operation)
-                .inspect_err(|e| self.status = Some(e.kind.status()))?,
+            Some(b) => request_body::scan(b, self.operation)?,
             None => read,
         };
 
@@ -238,15 +341,21 @@ impl Exchange {
                     .map(u64::from);
                 cap = [cap, own, model_max].into_iter().flatten().min();
             }
+            if counting {
+                cap = None;
+            }
             let limit = read.output_limit(prepared, &id, cap);
-            let decided = options::decide(
-                &header_options,
-                &body_options,
-                &key.limits.unpriced_options,
-                &config.region,
-                &id,
-            )
-            .inspect_err(|e| self.status = Some(e.kind.status()))?;
+            let decided = if counting {
+                options::Decided::default()
+            } else {
+                options::decide(
+                    &header_options,
+                    &body_options,
+                    &key.limits.unpriced_options,
+                    &config.region,
+                    &id,
+                )?
+            };
             let quote = pricing::quote_tier(&config.region, &id, decided.tier)
                 .unwrap_or_else(|| pricing::quote(&config.region, &id));
             let sent = limit.rewritten.as_deref().unwrap_or(prepared);
@@ -255,8 +364,11 @@ impl Exchange {
             } else {
                 0
             };
-            let mut estimate =
-                quota::estimate(sent.len() as u64, limit.max_output_tokens, images, &quote);
+            let mut estimate = if counting {
+                quota::Estimate::default()
+            } else {
+                quota::estimate(sent.len() as u64, limit.max_output_tokens, images, &quote)
+            };
             if self.guardrail.is_some() {
                 let units = guardrail::estimate_cost_pico_usd(
                     sent.len() as u64,
@@ -303,7 +415,7 @@ impl Exchange {
                     .targets
                     .iter()
                     .all(|t| model_family::invoke_stream_is_metered(&t.model_id)),
-                Operation::Converse | Operation::Invoke => false,
+                Operation::Converse | Operation::Invoke | Operation::CountTokens => false,
             };
         self.reservation = quota::reserve(
             counters,
@@ -314,12 +426,10 @@ impl Exchange {
             self.quota_now_ms,
             config.lease,
             &mut self.notes,
-        )
-        .inspect_err(|e| self.status = Some(e.kind.status()))?;
+        )?;
         if may_cut_off {
             self.cut_off_allowance = self.reservation.spend_allowance();
         }
-        let first_rewritten = guarded.is_some() || matches!(first_limit, Some(Some(_)));
         let keep_prepared = plan.targets.len() > 1;
         let built = attempt::build_scanned(
             config,
@@ -332,14 +442,24 @@ impl Exchange {
             signing_keys,
             now,
         )
-        .inspect_err(|_| self.status = Some(ErrorKind::Internal.status()))?;
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, e.message))?;
         let mut attempts = AttemptLog::default();
         attempts.start(0);
-        // The body attempt 1 sends: clamped for its target, else the prepared one if the
-        // guardrail changed it (else the client's, as it came).
+        let kept_prepared = keep_prepared.then(|| prepared.to_vec());
+        // The body the client sent, unless the gateway changed it (decompressed, translated,
+        // guarded): then the prepared one is what every attempt starts from.
+        let changed: Option<Vec<u8>> = match guarded {
+            Some(g) => Some(g),
+            None => match body {
+                Cow::Owned(b) => Some(b),
+                Cow::Borrowed(_) => None,
+            },
+        };
+        let first_rewritten = changed.is_some() || matches!(first_limit, Some(Some(_)));
+        // The body attempt 1 sends: clamped for its target, else the prepared one.
         let mut up = built.request;
         if up.body.is_none() {
-            up.body.clone_from(&guarded);
+            up.body = changed;
         }
         // The client's guardrail headers go, whatever the operation; invoke sets the key's.
         let guardrail_headers: Vec<String> = match self.guardrail {
@@ -361,14 +481,14 @@ impl Exchange {
             priced,
             skipped,
             attempts,
-            prepared: keep_prepared.then(|| prepared.to_vec()),
+            prepared: kept_prepared,
             first_rewritten,
             headers: attempt_headers,
             remove_headers: guardrail_headers,
         });
         self.price_current();
         self.sent_upstream = true;
-        Ok(up)
+        Ok(Outbound::Upstream(up))
     }
 
     /// The quota clock at host time `now_ms`: the test clock moves on with real time from
@@ -390,16 +510,16 @@ impl Exchange {
         match self.reservation.renew(counters, quota_now) {
             Renewal::NotDue | Renewal::Renewed => None,
             Renewal::Failed(e) => Some(format!(
-                "tollgate: could not renew the lease of a request of key `{}` ({e}); tried                  again with the next chunk or tick",
+                "tollgate: could not renew the lease of a request of key `{}` ({e}); tried \
+                 again with the next chunk or tick",
                 self.key_id
             )),
-            Renewal::Lapsed if !std::mem::replace(&mut self.lapse_reported, true) => {
-                Some(format!(
-                    "tollgate: a request of key `{}` outlived its lease without renewing it (its                      host stalled for {} s or more): its concurrency slot counts no more",
-                    self.key_id,
-                    self.reservation.lease().seconds()
-                ))
-            }
+            Renewal::Lapsed if !std::mem::replace(&mut self.lapse_reported, true) => Some(format!(
+                "tollgate: a request of key `{}` outlived its lease without renewing it (its \
+                     host stalled for {} s or more): its concurrency slot counts no more",
+                self.key_id,
+                self.reservation.lease().seconds()
+            )),
             Renewal::Lapsed => None,
         }
     }
@@ -432,11 +552,14 @@ impl Exchange {
         }
     }
 
+    /// Bedrock's response head: metered, then what changes in the head the client gets (its
+    /// dialect's status, content type, no `content-length` where the body changes length).
+    /// Hosts apply it before sending the head on.
     pub fn on_response_headers<'a>(
         &mut self,
         status: u16,
         headers: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) {
+    ) -> ResponseHead {
         self.status.get_or_insert(status);
         if let Some(route) = self.route.as_mut() {
             // The answer's status, unless an upstream filter's log has it already.
@@ -449,7 +572,10 @@ impl Exchange {
                 route.attempts.answered(status);
             }
         }
-        self.meter.on_response_headers(status, headers);
+        let headers: Vec<(&str, &str)> = headers.into_iter().collect();
+        self.meter
+            .on_response_headers(status, headers.iter().copied());
+        self.relay.head(status, &headers)
     }
 
     /// One chunk of the response body, as it arrives: metered, then what the client gets for
@@ -459,6 +585,13 @@ impl Exchange {
         let ok = matches!(self.status, Some(200..=299));
         self.relay
             .chunk(chunk, ok, &mut self.meter, self.request_bytes)
+    }
+
+    /// The upstream body has ended: the last bytes the client gets (what the dialect's
+    /// translator held back: a buffered answer, a stream's closing events). Empty for Bedrock's
+    /// own dialect, and once the gateway has ended the stream itself.
+    pub fn on_response_end(&mut self) -> Vec<u8> {
+        self.relay.end()
     }
 
     /// Ends the exchange, once, on every path (Envoy's `on_log`): [`Exchange::finish`] (the
@@ -508,6 +641,7 @@ impl Exchange {
             model_id: &self.model_id,
             region: &config.region,
             operation: self.operation,
+            dialect: self.dialect,
             status,
             sent_upstream: self.sent_upstream,
             reading: &reading,
@@ -521,6 +655,7 @@ impl Exchange {
         if let Some(route) = self.route.as_ref().filter(|_| self.alias_targets.is_some()) {
             (record.attempts, record.skipped) = route.records();
         }
+        record.dropped = self.dropped.clone();
         if self.relay.was_cut_off() {
             record.exception = Some(CUT_OFF_EXCEPTION.to_string());
         }

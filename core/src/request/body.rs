@@ -125,6 +125,8 @@ pub fn scan(body: &[u8], operation: Operation) -> Result<RequestBody, GatewayErr
     let place = match operation {
         Operation::Converse | Operation::ConverseStream => Place::ConverseTop,
         Operation::Invoke | Operation::InvokeWithResponseStream => Place::InvokeTop,
+        // Not a model's request: nothing in it sets a limit or a cost-raising option.
+        Operation::CountTokens => Place::Plain,
     };
     let has_members = walk(body, Some(&mut found), place).map_err(refused)?;
     if found.bad_inference_config {
@@ -253,6 +255,7 @@ impl RequestBody {
                 let at = self.top.after_brace;
                 Some((at..at, format!(r#""max_tokens":{cap}{}"#, comma(self.top))))
             }
+            Operation::CountTokens => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod encoding;
 pub mod guardrail;
 pub mod headers;
 pub mod identity;

@@ -64,6 +64,19 @@ pub fn provider(model_id: &str) -> Option<&str> {
     provider_and_name(model_id).map(|(provider, _)| provider)
 }
 
+/// A cross-region (system-defined) inference profile ID: `us.anthropic.claude-…`, not an ARN.
+pub fn is_system_inference_profile(model_id: &str) -> bool {
+    !model_id.starts_with("arn:")
+        && model_id
+            .split_once('.')
+            .is_some_and(|(geo, rest)| is_geo_prefix(geo) && rest.contains('.'))
+}
+
+/// The model is Anthropic's (Claude): it speaks the Messages API on InvokeModel.
+pub fn is_anthropic(model_id: &str) -> bool {
+    provider_and_name(model_id).is_some_and(|(provider, _)| provider == "anthropic")
+}
+
 /// The model generates or edits images: Stability AI, Amazon Titan Image Generator, Amazon
 /// Nova Canvas. Bedrock bills these per image.
 pub fn makes_images(model_id: &str) -> bool {

@@ -9,10 +9,13 @@ pub enum Operation {
     ConverseStream,
     Invoke,
     InvokeWithResponseStream,
+    /// CountTokens: the input tokens a request would take, free of charge. Reached through the
+    /// Anthropic dialect only (`/v1/messages/count_tokens`).
+    CountTokens,
 }
 
 impl Operation {
-    /// The last path segment of `/model/{modelId}/{segment}`.
+    /// The operation of Bedrock's own route `/model/{modelId}/{segment}`.
     pub fn from_path_segment(segment: &str) -> Option<Self> {
         Some(match segment {
             "converse" => Self::Converse,
@@ -29,6 +32,7 @@ impl Operation {
             Self::ConverseStream => "converse-stream",
             Self::Invoke => "invoke",
             Self::InvokeWithResponseStream => "invoke-with-response-stream",
+            Self::CountTokens => "count-tokens",
         }
     }
 

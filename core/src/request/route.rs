@@ -1,5 +1,6 @@
 //! Which of Tollgate's routes a request is for.
 
+use crate::dialect::{Api, Dialect};
 use crate::error::{ErrorKind, GatewayError};
 use crate::request::operation::Operation;
 
@@ -10,29 +11,47 @@ pub enum Route<'a> {
         label: &'a str,
         operation: Operation,
     },
+    /// A route in a client's dialect whose body names the model (`POST /v1/messages`…).
+    Translated(Api),
     /// `GET /usage`: the caller's own totals.
     Usage,
-    /// `GET /v1/models`: what the caller may use, in the OpenAI list shape.
+    /// `GET /v1/models`: what the caller may use, in the OpenAI and Anthropic list shapes.
     Models,
+    /// `GET /inference-profiles`: what the caller may use, in Bedrock's ListInferenceProfiles
+    /// shape (Claude Code in Bedrock mode asks at start).
+    InferenceProfiles,
+    /// `HEAD /`: a connectivity probe (Claude Code's), answered 200 without a key.
+    Probe,
 }
 
 /// Routes `method` and `path` (query string included, as hosts give it). Bedrock's runtime
-/// operations take no query parameters, so any query is dropped.
+/// operations take no query parameters, and the translated routes match on the path alone
+/// (Claude Code sends `/v1/messages?beta=true`), so any query is dropped.
 pub fn route<'a>(method: &str, path: &'a str) -> Result<Route<'a>, GatewayError> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let not_found = || {
+        let served = match Dialect::for_path(path) {
+            Dialect::Bedrock => "POST /model/{modelId}/converse, /converse-stream, /invoke, /invoke-with-response-stream, GET /usage, GET /inference-profiles",
+            Dialect::Anthropic => "POST /v1/messages, POST /v1/messages/count_tokens, GET /v1/models",
+            Dialect::OpenAi => "POST /v1/chat/completions, GET /v1/models",
+        };
         GatewayError::new(
             ErrorKind::NotFound,
-            format!("no route for {method} {path}: Tollgate serves POST /model/{{modelId}}/converse, /converse-stream, /invoke, /invoke-with-response-stream, GET /usage and GET /v1/models"),
+            format!("no route for {method} {path}: Tollgate serves {served}"),
         )
     };
     let local = match path {
-        "/usage" => Some(Route::Usage),
-        "/v1/models" => Some(Route::Models),
+        "/usage" => Some(("GET", Route::Usage)),
+        "/v1/models" => Some(("GET", Route::Models)),
+        "/inference-profiles" => Some(("GET", Route::InferenceProfiles)),
+        "/" => Some(("HEAD", Route::Probe)),
+        "/v1/messages" => Some(("POST", Route::Translated(Api::Messages))),
+        "/v1/messages/count_tokens" => Some(("POST", Route::Translated(Api::CountTokens))),
+        "/v1/chat/completions" => Some(("POST", Route::Translated(Api::ChatCompletions))),
         _ => None,
     };
-    if let Some(local) = local {
-        return if method == "GET" {
+    if let Some((only, local)) = local {
+        return if method == only {
             Ok(local)
         } else {
             Err(not_found())
@@ -84,6 +103,23 @@ mod tests {
             }
         );
         assert_eq!(route("GET", "/usage").unwrap(), Route::Usage);
+        assert_eq!(
+            route("POST", "/v1/messages?beta=true").unwrap(),
+            Route::Translated(Api::Messages)
+        );
+        assert_eq!(
+            route("POST", "/v1/messages/count_tokens?beta=true").unwrap(),
+            Route::Translated(Api::CountTokens)
+        );
+        assert_eq!(
+            route("POST", "/v1/chat/completions").unwrap(),
+            Route::Translated(Api::ChatCompletions)
+        );
+        assert_eq!(route("HEAD", "/").unwrap(), Route::Probe);
+        assert_eq!(
+            route("GET", "/inference-profiles?type=SYSTEM_DEFINED").unwrap(),
+            Route::InferenceProfiles
+        );
         assert_eq!(route("GET", "/v1/models?x=1").unwrap(), Route::Models);
         assert_eq!(
             route("POST", "/v1/models").unwrap_err().kind,
@@ -101,6 +137,12 @@ mod tests {
             ("POST", "/usage"),
             ("POST", "/v2/chat"),
             ("POST", "/model/converse"),
+            ("GET", "/v1/messages"),
+            ("POST", "/v1/messages/batches"),
+            ("POST", "/v1/complete"),
+            ("POST", "/v1/embeddings"),
+            ("GET", "/"),
+            ("POST", "/inference-profiles"),
         ] {
             assert_eq!(
                 route(m, p).unwrap_err().kind,

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use crate::accounting::pricing::Quote;
 use crate::accounting::record;
-use crate::dialect::Translator;
+use crate::dialect::{ResponseHead, Translator};
 use crate::response::meter::{Reading, UsageMeter};
 
 /// What the client is told when the gateway ends a stream because its budget ran out.
@@ -77,6 +77,20 @@ impl Relay {
             quote,
             state: CutState::Running,
         });
+    }
+
+    /// What changes in the response head for the client's dialect.
+    pub(crate) fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        self.translator.head(status, headers)
+    }
+
+    /// The upstream body has ended: what the translator still holds, unless the gateway ended
+    /// the stream itself (its end has gone out).
+    pub(crate) fn end(&mut self) -> Vec<u8> {
+        if self.was_cut_off() {
+            return Vec::new();
+        }
+        self.translator.end()
     }
 
     /// The gateway ended this stream.
@@ -184,8 +198,18 @@ mod tests {
     struct Brackets;
 
     impl Translator for Brackets {
+        fn head(&mut self, status: u16, _: &[(&str, &str)]) -> ResponseHead {
+            ResponseHead {
+                status: Some(status + 1),
+                set: vec![("content-type", "text/brackets".into())],
+                remove: vec!["content-length"],
+            }
+        }
         fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
             Cow::Owned([b"[", bedrock, b"]"].concat())
+        }
+        fn end(&mut self) -> Vec<u8> {
+            b"<end>".to_vec()
         }
         fn cut_off(&mut self, message: &str) -> Vec<u8> {
             format!("END({message})").into_bytes()
@@ -261,6 +285,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_dialect_owns_the_head_and_the_end_of_the_body() {
+        let mut relay = Relay::new(Box::new(PassThrough));
+        assert!(relay.head(200, &[("content-length", "5")]).is_empty());
+        assert_eq!(relay.end(), b"");
+        let mut relay = Relay::new(Box::new(Brackets));
+        let head = relay.head(200, &[("content-length", "5")]);
+        assert_eq!(head.status, Some(201));
+        assert_eq!(head.remove, ["content-length"]);
+        let mut meter = stream_meter();
+        relay.chunk(&delta("a"), true, &mut meter, 10);
+        assert_eq!(relay.end(), b"<end>");
+    }
+
+    #[test]
+    fn nothing_follows_the_end_of_a_cut_stream() {
+        let mut relay = Relay::new(Box::new(Brackets));
+        relay.cut_off_at(0, pricing::quote("us-east-1", HAIKU));
+        let mut meter = stream_meter();
+        let chunk = delta("a");
+        let relayed = relay.chunk(&chunk, true, &mut meter, 40);
+        assert!(matches!(relayed.verdict, Verdict::End { .. }));
+        assert_eq!(relay.end(), b"", "the cut-off's end went out already");
     }
 
     #[test]

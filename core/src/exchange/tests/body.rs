@@ -37,7 +37,12 @@ fn send(key: &str, model: &str, op: &str, body: &[u8]) -> Result<Vec<u8>, ErrorK
         body,
         SystemTime::UNIX_EPOCH,
     )
-    .map(|up| up.body.unwrap_or_else(|| body.to_vec()))
+    .map(|out| {
+        out.upstream()
+            .expect("sent upstream")
+            .body
+            .unwrap_or_else(|| body.to_vec())
+    })
     .map_err(|e| e.kind)
 }
 

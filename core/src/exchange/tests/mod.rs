@@ -1,7 +1,9 @@
 //! The exchange from admission to its usage record; each file is one concern.
 
 mod body;
+mod chat_completions;
 mod cut_off;
+mod dialects;
 mod images;
 mod routing;
 mod unanswered;
@@ -77,6 +79,8 @@ fn alias_is_resolved_and_request_rewritten() {
             b"{}",
             SystemTime::UNIX_EPOCH,
         )
+        .unwrap()
+        .upstream()
         .unwrap();
     assert_eq!(
         up.path,
@@ -105,6 +109,8 @@ fn upstream_headers_for_hosts_that_build_the_request() {
             b"{}",
             SystemTime::UNIX_EPOCH,
         )
+        .unwrap()
+        .upstream()
         .unwrap();
     let client = [
         ("Host", "gateway.local"),
@@ -274,7 +280,7 @@ fn a_model_respelt_is_the_same_model_for_allowlists_and_limits() {
                     b"{}",
                     SystemTime::UNIX_EPOCH,
                 )
-                .map(|up| (ex.model_id.clone(), up.path))
+                .map(|out| (ex.model_id.clone(), out.upstream().unwrap().path))
                 .map_err(|e| e.kind),
             Admission::Refused { error, .. } => Err(error.kind),
             _ => panic!("unexpected admission"),
@@ -325,20 +331,53 @@ fn a_model_respelt_is_the_same_model_for_allowlists_and_limits() {
 }
 
 #[test]
-fn compressed_request_bodies_are_refused() {
+fn gzip_bodies_go_upstream_decompressed_within_the_limit() {
+    use std::io::Write;
+    let gzip = |data: &[u8]| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    };
+    let send = |body: &[u8]| {
+        let mut ex = forwarded(admit_as(
+            "key-a",
+            "/model/claude-fast/converse",
+            &[("content-encoding", "gzip")],
+        ));
+        let sent = ex.upstream_request(
+            &config(),
+            &CasCounters(&MemoryStore::default()),
+            &mut SigningKeyCache::default(),
+            body,
+            SystemTime::UNIX_EPOCH,
+        );
+        (ex, sent)
+    };
+    let plain = br#"{"messages":[]}"#;
+    let (ex, sent) = send(&gzip(plain));
+    let up = sent.unwrap().upstream().unwrap();
+    assert_eq!(up.body.as_deref(), Some(&plain[..]));
+    assert!(up.remove_headers.contains(&"content-encoding".to_string()));
+    assert_eq!(ex.request_bytes, plain.len() as u64);
+    // The limit (100 bytes here) counts the decompressed bytes.
+    let big = format!(r#"{{"messages":[],"x":"{}"}}"#, "a".repeat(200));
+    let (mut ex, sent) = send(&gzip(big.as_bytes()));
+    assert!(gzip(big.as_bytes()).len() < 100);
+    assert_eq!(sent.unwrap_err().kind, ErrorKind::BodyTooLarge);
+    let record = ex
+        .finish(&config(), &CasCounters(&MemoryStore::default()), 1_000)
+        .unwrap();
+    assert_eq!((record.status, record.forwarded), (413, false));
+    let (_, sent) = send(b"not gzip");
+    assert_eq!(sent.unwrap_err().kind, ErrorKind::BadRequest);
     assert_eq!(
         reply_of(admit_as(
             "key-a",
             "/model/claude-fast/converse",
-            &[("content-encoding", "gzip")]
+            &[("content-encoding", "br")]
         )),
         (400, "ValidationException".into())
     );
-    forwarded(admit_as(
-        "key-a",
-        "/model/claude-fast/converse",
-        &[("content-encoding", "identity")],
-    ));
 }
 
 #[test]
@@ -381,4 +420,99 @@ fn a_cancelled_exchange_after_sending_is_estimated() {
     );
     assert_eq!(record.input_tokens, 20);
     assert!(record.cost_pico_usd > 0);
+}
+
+#[test]
+fn translated_routes_are_admitted_from_their_head_in_their_dialect() {
+    let ex = forwarded(admit_as(
+        "key-b",
+        "/v1/messages?beta=true",
+        &[
+            ("anthropic-beta", "a,b"),
+            ("anthropic-version", "2023-06-01"),
+        ],
+    ));
+    // The model is in the body: nothing about it is decided yet.
+    assert_eq!((ex.model.as_str(), ex.dialect), ("", Dialect::Anthropic));
+    assert_eq!(
+        ex.kept_headers,
+        [
+            ("anthropic-beta".to_string(), "a,b".to_string()),
+            ("anthropic-version".to_string(), "2023-06-01".to_string())
+        ]
+    );
+    // Refusals before the body are in the route's dialect.
+    let Admission::Refused { error, dialect, .. } = admit(
+        &config(),
+        "POST",
+        "/v1/messages",
+        &[("x-api-key", "nope")],
+        0,
+    ) else {
+        panic!("not refused")
+    };
+    let r = error.to_reply(dialect);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        (r.status, v["error"]["type"].as_str()),
+        (401, Some("authentication_error"))
+    );
+    let Admission::Refused { error, dialect, .. } = admit(
+        &config(),
+        "POST",
+        "/v1/messages/batches",
+        &[("x-api-key", "key-a")],
+        0,
+    ) else {
+        panic!("not refused")
+    };
+    assert_eq!(
+        (error.kind, dialect),
+        (ErrorKind::NotFound, Dialect::Anthropic)
+    );
+}
+
+#[test]
+fn local_endpoints_for_claude_code() {
+    // HEAD / answers without a key.
+    let Admission::Reply(r) = admit(&config(), "HEAD", "/", &[], 0) else {
+        panic!("no reply")
+    };
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    // Bedrock's ListInferenceProfiles: what the key may use.
+    let Admission::Reply(r) = admit(
+        &config(),
+        "GET",
+        "/inference-profiles?type=SYSTEM_DEFINED",
+        &[("authorization", "Bearer key-b")],
+        0,
+    ) else {
+        panic!("no reply")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let profiles = v["inferenceProfileSummaries"].as_array().unwrap();
+    assert_eq!(profiles.len(), 1);
+    assert_eq!(profiles[0]["inferenceProfileId"], HAIKU);
+    assert_eq!(profiles[0]["type"], "SYSTEM_DEFINED");
+    assert_eq!(
+        profiles[0]["models"][0]["modelArn"],
+        "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-haiku-4-5-20251001-v1:0"
+    );
+    // /v1/models in both APIs' list shapes.
+    let Admission::Reply(r) = admit(
+        &config(),
+        "GET",
+        "/v1/models?limit=1000",
+        &[("x-api-key", "key-b"), ("anthropic-version", "2023-06-01")],
+        0,
+    ) else {
+        panic!("no reply")
+    };
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["has_more"], false);
+    assert_eq!(v["first_id"], "claude-fast");
+    assert_eq!(v["data"][0]["type"], "model");
+    assert_eq!(v["data"][0]["id"], "claude-fast");
+    assert_eq!(v["data"][0]["bedrock_model_id"], HAIKU);
 }

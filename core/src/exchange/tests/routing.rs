@@ -64,6 +64,8 @@ fn send(
         SystemTime::UNIX_EPOCH,
     )
     .unwrap()
+    .upstream()
+    .expect("a request for Bedrock")
 }
 
 fn fall_back(config: &Config, ex: &mut Exchange, status: Option<u16>) -> Option<UpstreamRequest> {

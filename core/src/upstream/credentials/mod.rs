@@ -395,6 +395,8 @@ mod tests {
                 now,
                 Some(&valid),
             )
+            .unwrap()
+            .upstream()
             .unwrap();
         let header = |n: &str| {
             up.set_headers
@@ -424,6 +426,8 @@ mod tests {
                 b"{}",
                 std::time::UNIX_EPOCH,
             )
+            .unwrap()
+            .upstream()
             .unwrap();
         assert!(up.set_headers.is_empty(), "{:?}", up.set_headers);
         assert_eq!(up.path, "/model/us.amazon.nova-lite-v1%3A0/converse");

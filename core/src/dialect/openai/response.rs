@@ -1,0 +1,269 @@
+//! Bedrock's answer as a Chat Completions answer: a Converse answer, held until it is whole,
+//! becomes one `chat.completion`; a ConverseStream becomes `chat.completion.chunk` events as
+//! it arrives ([`super::stream`]); a refusal becomes an OpenAI error.
+
+use std::borrow::Cow;
+
+use serde::Serialize;
+
+use super::stream::Chunks;
+use super::{error_body, Refusal};
+use crate::dialect::converse::{self, Answer};
+use crate::dialect::{ResponseHead, Translator};
+
+/// Largest Converse answer held to be translated whole (Bedrock's are far smaller).
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+/// The answer to one Chat Completions request.
+pub(crate) struct ChatResponse {
+    /// The model as the client named it: OpenAI answers carry it.
+    model: String,
+    /// Seconds since the Unix epoch, when the request was translated.
+    created: u64,
+    /// `chatcmpl-` and Bedrock's request ID, once the head is in.
+    id: String,
+    stream: bool,
+    include_usage: bool,
+    state: State,
+}
+
+enum State {
+    /// Before the head.
+    Waiting,
+    /// A Converse answer, held until it is whole.
+    Whole(Vec<u8>),
+    Refused(Refusal),
+    Stream(Box<Chunks>),
+}
+
+impl ChatResponse {
+    pub(crate) fn new(model: &str, created: u64, stream: bool, include_usage: bool) -> Self {
+        Self {
+            model: model.to_string(),
+            created,
+            id: String::new(),
+            stream,
+            include_usage,
+            state: State::Waiting,
+        }
+    }
+}
+
+/// The completion's ID: Bedrock's request ID, so an answer can be traced to Bedrock's logs.
+fn completion_id(headers: &[(&str, &str)]) -> String {
+    let request_id = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
+        .map_or("", |(_, v)| v.trim());
+    format!("chatcmpl-{request_id}")
+}
+
+impl Translator for ChatResponse {
+    fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
+        if !(200..300).contains(&status) {
+            let (refusal, head) = Refusal::new(status, headers);
+            self.state = State::Refused(refusal);
+            return head;
+        }
+        self.id = completion_id(headers);
+        if self.stream {
+            self.state = State::Stream(Box::new(Chunks::new(
+                &self.id,
+                self.created,
+                &self.model,
+                self.include_usage,
+            )));
+            ResponseHead {
+                status: None,
+                set: vec![
+                    ("content-type", "text/event-stream".into()),
+                    ("cache-control", "no-cache".into()),
+                ],
+                remove: vec!["content-length"],
+            }
+        } else {
+            self.state = State::Whole(Vec::new());
+            ResponseHead {
+                status: None,
+                set: vec![("content-type", "application/json".into())],
+                remove: vec!["content-length"],
+            }
+        }
+    }
+
+    fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
+        match &mut self.state {
+            State::Waiting => Cow::Borrowed(bedrock),
+            State::Whole(buf) => {
+                let room = (MAX_ANSWER + 1).saturating_sub(buf.len());
+                buf.extend_from_slice(bedrock.get(..room.min(bedrock.len())).unwrap_or_default());
+                Cow::Owned(Vec::new())
+            }
+            State::Refused(r) => {
+                r.push(bedrock);
+                Cow::Owned(Vec::new())
+            }
+            State::Stream(chunks) => Cow::Owned(chunks.push(bedrock)),
+        }
+    }
+
+    fn end(&mut self) -> Vec<u8> {
+        match &mut self.state {
+            State::Waiting => Vec::new(),
+            State::Whole(buf) => completion(buf, &self.id, self.created, &self.model),
+            State::Refused(r) => r.finish(),
+            State::Stream(chunks) => chunks.finish(),
+        }
+    }
+
+    fn cut_off(&mut self, message: &str) -> Vec<u8> {
+        match &mut self.state {
+            State::Stream(chunks) => chunks.cut_off(message),
+            // Only streams are cut off.
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Converse's stop reason as a Chat Completions `finish_reason`.
+pub(super) fn finish_reason(stop_reason: &str) -> &'static str {
+    match stop_reason {
+        "tool_use" => "tool_calls",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "guardrail_intervened" | "content_filtered" => "content_filter",
+        // end_turn, stop_sequence, and whatever Bedrock adds.
+        _ => "stop",
+    }
+}
+
+/// A Chat Completions `usage`: `prompt_tokens` counts all input, cached included (OpenAI's
+/// sense), where Converse's `inputTokens` leaves cache reads and writes out.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub(super) struct Usage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: PromptDetails,
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+struct PromptDetails {
+    cached_tokens: u64,
+}
+
+impl From<converse::Usage> for Usage {
+    fn from(u: converse::Usage) -> Self {
+        let prompt = u
+            .input_tokens
+            .saturating_add(u.cache_read_input_tokens)
+            .saturating_add(u.cache_write_input_tokens);
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: u.output_tokens,
+            total_tokens: prompt.saturating_add(u.output_tokens),
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: u.cache_read_input_tokens,
+            },
+        }
+    }
+}
+
+/// The whole Converse answer in `buf` as a `chat.completion` (or an OpenAI error body, if it
+/// cannot be read: its head has gone out as a 200 already).
+pub(super) fn completion(buf: &[u8], id: &str, created: u64, model: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Completion<'a> {
+        id: &'a str,
+        object: &'static str,
+        created: u64,
+        model: &'a str,
+        choices: [Choice<'a>; 1],
+        usage: Usage,
+    }
+    #[derive(Serialize)]
+    struct Choice<'a> {
+        index: u32,
+        message: Message<'a>,
+        logprobs: Option<()>,
+        finish_reason: &'static str,
+    }
+    #[derive(Serialize)]
+    struct Message<'a> {
+        role: &'static str,
+        content: Option<String>,
+        refusal: Option<()>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        tool_calls: Vec<ToolCall<'a>>,
+        /// The model's reasoning, where it shows it (as DeepSeek's and LiteLLM's APIs do).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reasoning_content: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct ToolCall<'a> {
+        id: Cow<'a, str>,
+        r#type: &'static str,
+        function: Function<'a>,
+    }
+    #[derive(Serialize)]
+    struct Function<'a> {
+        name: Cow<'a, str>,
+        /// The input object as JSON text.
+        arguments: &'a str,
+    }
+    if buf.len() > MAX_ANSWER {
+        return error_body(
+            "api_error",
+            "upstream_error",
+            "the model's answer is too large to translate",
+        );
+    }
+    let answer: Answer<'_> = match serde_json::from_slice(buf) {
+        Ok(a) => a,
+        Err(e) => {
+            return error_body(
+                "api_error",
+                "upstream_error",
+                &format!("the model's answer could not be read: {e}"),
+            )
+        }
+    };
+    let mut content: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in answer.output.message.content {
+        if let Some(text) = block.text {
+            content.get_or_insert_with(String::new).push_str(&text);
+        } else if let Some(t) = block.tool_use {
+            tool_calls.push(ToolCall {
+                id: t.tool_use_id,
+                r#type: "function",
+                function: Function {
+                    name: t.name,
+                    arguments: t.input.get(),
+                },
+            });
+        } else if let Some(r) = block.reasoning_content.and_then(|r| r.reasoning_text) {
+            reasoning.get_or_insert_with(String::new).push_str(&r.text);
+        }
+    }
+    serde_json::to_vec(&Completion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        choices: [Choice {
+            index: 0,
+            message: Message {
+                role: "assistant",
+                content,
+                refusal: None,
+                tool_calls,
+                reasoning_content: reasoning,
+            },
+            logprobs: None,
+            finish_reason: finish_reason(&answer.stop_reason),
+        }],
+        usage: answer.usage.into(),
+    })
+    .unwrap_or_default()
+}
