@@ -91,6 +91,8 @@ pub struct Plan {
     pub stop_reason: String,
     /// How the final usage misreports its output count, if it does.
     pub reported_output: Option<ReportedOutput>,
+    /// Bytes of `"p"` padding in every stream frame (`[[emu:pad]]`); 0: Bedrock's short padding.
+    pub pad: usize,
 }
 
 impl Plan {
@@ -150,6 +152,7 @@ impl Plan {
                 .clone()
                 .unwrap_or_else(|| default_stop.to_string()),
             reported_output: d.reported_output,
+            pad: d.pad.map_or(0, |n| n as usize),
         }
     }
 
@@ -413,7 +416,13 @@ pub fn encode_event(
     index: u64,
     event: &StreamEvent,
 ) -> Result<Vec<u8>, EncodeError> {
-    let p = padding(ctx.seq, index);
+    let big;
+    let p = if ctx.plan.pad > 0 {
+        big = "p".repeat(ctx.plan.pad);
+        big.as_str()
+    } else {
+        padding(ctx.seq, index)
+    };
     if let StreamEvent::Exception { message } = event {
         let payload = json!({ "message": message }).to_string();
         return exception_frame("modelStreamErrorException", payload.as_bytes());
