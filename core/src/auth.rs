@@ -11,32 +11,49 @@ use crate::error::{ErrorKind, GatewayError};
 /// Anthropic SDK). `headers` names must be lowercase, as both hosts give them.
 pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, GatewayError> {
     let mut saw_sigv4 = false;
+    let mut presented: Option<&'a str> = None;
     for &(name, value) in headers {
-        match name {
+        let key = match name {
             "authorization" => {
                 let value = value.trim();
-                if let Some((scheme, token)) = value.split_once(' ') {
-                    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                        return Ok(token.trim());
+                match value.split_once(' ') {
+                    Some((scheme, token))
+                        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+                    {
+                        token.trim()
                     }
-                    if scheme.starts_with("AWS4-") {
-                        saw_sigv4 = true;
+                    Some((scheme, _)) => {
+                        saw_sigv4 |= scheme.starts_with("AWS4-");
+                        continue;
                     }
+                    None => continue,
                 }
             }
-            "x-api-key" if !value.trim().is_empty() => return Ok(value.trim()),
-            _ => {}
+            "x-api-key" if !value.trim().is_empty() => value.trim(),
+            _ => continue,
+        };
+        // Two different keys: which one would the request be billed to? Neither.
+        match presented {
+            Some(first) if first != key => {
+                return Err(GatewayError::new(
+                    ErrorKind::UnknownKey,
+                    "two different API keys were presented (`Authorization` and `x-api-key`, or one of them twice): send one",
+                ))
+            }
+            _ => presented = Some(key),
         }
     }
-    Err(GatewayError::new(
-        ErrorKind::MissingKey,
-        if saw_sigv4 {
-            "this gateway does not accept AWS SigV4 credentials: send your Tollgate API key as \
-             `Authorization: Bearer <key>` (for boto3, set AWS_BEARER_TOKEN_BEDROCK)"
-        } else {
-            "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
-        },
-    ))
+    presented.ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::MissingKey,
+            if saw_sigv4 {
+                "this gateway does not accept AWS SigV4 credentials: send your Tollgate API key as \
+                 `Authorization: Bearer <key>` (for boto3, set AWS_BEARER_TOKEN_BEDROCK)"
+            } else {
+                "missing API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+            },
+        )
+    })
 }
 
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -96,6 +113,29 @@ mod tests {
                 .unwrap_err()
                 .kind,
             ErrorKind::MissingKey
+        );
+    }
+
+    /// A request that presents two different keys (`authorization` and `x-api-key`, or the
+    /// header twice) is refused: which one would it be billed to? Before, the first one won, so
+    /// a proxy adding its own key after the client's could be bypassed (or the reverse).
+    #[test]
+    fn two_different_keys_are_refused() {
+        for headers in [
+            &[("authorization", "Bearer tg-a"), ("x-api-key", "tg-b")][..],
+            &[("x-api-key", "tg-b"), ("authorization", "Bearer tg-a")][..],
+            &[
+                ("authorization", "Bearer tg-a"),
+                ("authorization", "Bearer tg-b"),
+            ][..],
+        ] {
+            let e = presented_key(headers).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::UnknownKey, "{headers:?}");
+        }
+        // The same key twice is that key.
+        assert_eq!(
+            presented_key(&[("authorization", "Bearer tg-a"), ("x-api-key", " tg-a")]).unwrap(),
+            "tg-a"
         );
     }
 
