@@ -92,6 +92,7 @@ test-integration: build spin-build venv
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate-spin --target wasm32-wasip2 -- -D warnings
