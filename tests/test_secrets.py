@@ -260,6 +260,9 @@ def test_no_secret_in_any_output(secret_gateway, secret_emulator):
     if gw.kind == "envoy":
         # The control: the secret is there to be found, and the scan reads what holds it.
         assert (AWS_SECRET if gw.upstream_auth == "sigv4" else BEDROCK_API_KEY) in config_dump
+        # Client keys exist only as hashes, even in the configuration.
+        for key in (KEY_A, KEY_B):
+            assert key not in config_dump and harness.sha256_hex(key) in config_dump
     for where, text in outputs.items():
         for secret in SECRETS + signatures:
             assert secret not in text, f"{secret[:24]}… appears in {where}"
