@@ -19,7 +19,10 @@ fn secrets(doc: &Value, out: &mut Vec<String>) {
     match doc {
         Value::Object(map) => {
             for (k, v) in map {
-                if matches!(k.as_str(), "secret_access_key" | "session_token" | "api_key") {
+                if matches!(
+                    k.as_str(),
+                    "secret_access_key" | "session_token" | "api_key"
+                ) {
                     if let Some(s) = v.as_str().filter(|s| s.len() >= 8) {
                         out.push(s.to_string());
                     }
@@ -56,7 +59,10 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let shown = format!("{e} {e:?}");
             for s in &planted {
-                assert!(!shown.contains(s.as_str()), "a refusal shows a secret: {shown}");
+                assert!(
+                    !shown.contains(s.as_str()),
+                    "a refusal shows a secret: {shown}"
+                );
             }
         }
         Ok(config) => {
@@ -65,29 +71,50 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!shown.contains(s.as_str()), "Debug shows a secret: {shown}");
             }
             let secret_of_auth = match &config.upstream_auth {
-                UpstreamAuth::SigV4 { secret_access_key, session_token, .. } => {
+                UpstreamAuth::SigV4 {
+                    secret_access_key,
+                    session_token,
+                    ..
+                } => {
                     let mut v = vec![secret_access_key.clone()];
                     v.extend(session_token.clone());
                     v
                 }
                 UpstreamAuth::Bearer(k) => vec![k.clone()],
             };
-            for s in secret_of_auth.iter().filter(|s| s.len() >= 8 && planted.contains(s)) {
-                assert!(!shown.contains(s.as_str()), "Debug shows the upstream credential");
+            for s in secret_of_auth
+                .iter()
+                .filter(|s| s.len() >= 8 && planted.contains(s))
+            {
+                assert!(
+                    !shown.contains(s.as_str()),
+                    "Debug shows the upstream credential"
+                );
             }
             for target in config.aliases.values() {
-                assert_eq!(model_id::canonical(target, &config.region).as_deref(), Ok(target.as_str()), "alias target not canonical");
+                assert_eq!(
+                    model_id::canonical(target, &config.region).as_deref(),
+                    Ok(target.as_str()),
+                    "alias target not canonical"
+                );
             }
             let mut ids = std::collections::BTreeSet::new();
             for key in &config.api_keys {
                 assert!(ids.insert(key.id.clone()), "two keys with id {}", key.id);
                 for m in &key.models {
-                    assert_eq!(model_id::canonical(m, &config.region).as_deref(), Ok(m.as_str()), "allowlisted model not canonical");
+                    assert_eq!(
+                        model_id::canonical(m, &config.region).as_deref(),
+                        Ok(m.as_str()),
+                        "allowlisted model not canonical"
+                    );
                 }
             }
             let host = &config.upstream_host;
             assert!(!host.is_empty());
-            assert!(!host.contains(['/', '@', '?', '#', ' ', '\\']), "upstream host {host:?}");
+            assert!(
+                !host.contains(['/', '@', '?', '#', ' ', '\\']),
+                "upstream host {host:?}"
+            );
             assert!((1..=64 << 20).contains(&config.max_request_body_bytes));
         }
     }

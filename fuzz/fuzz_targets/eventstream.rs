@@ -42,14 +42,20 @@ fn decode(pieces: &[&[u8]]) -> Decoded {
             assert_eq!(m.exception_type(), first(":exception-type"));
             assert_eq!(m.error_code(), first(":error-code"));
             for (name, value) in &headers {
-                assert_eq!(m.header(name).as_ref(), headers.iter().find(|(n, _)| n == name).map(|(_, v)| v));
+                assert_eq!(
+                    m.header(name).as_ref(),
+                    headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+                );
                 let _ = value;
             }
             frames.push((encode_message(headers, m.payload), offset + end));
         });
         if let Err(e) = r {
             // Failed for good: every later push answers the same error.
-            assert_eq!(dec.push(b"more", |_| panic!("a message after an error")), Err(e.clone()));
+            assert_eq!(
+                dec.push(b"more", |_| panic!("a message after an error")),
+                Err(e.clone())
+            );
             error = Some(e);
             break;
         }
@@ -72,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     // The decoded messages are the input's leading bytes, re-encoded exactly.
     let mut at = 0;
     for (frame, end) in &whole.frames {
-        assert_eq!(&bytes[at..*end], frame.as_slice(), "message at {at} does not re-encode to its bytes");
+        assert_eq!(
+            &bytes[at..*end],
+            frame.as_slice(),
+            "message at {at} does not re-encode to its bytes"
+        );
         at = *end;
     }
     if whole.error.is_none() {
@@ -82,8 +92,14 @@ fuzz_target!(|data: &[u8]| {
 
     let pieces = chunks(bytes, &cut_seed, 97);
     let cut = decode(&pieces);
-    assert_eq!(whole.frames.iter().map(|f| &f.0).collect::<Vec<_>>(), cut.frames.iter().map(|f| &f.0).collect::<Vec<_>>());
-    assert_eq!(whole.frames.iter().map(|f| f.1).collect::<Vec<_>>(), cut.frames.iter().map(|f| f.1).collect::<Vec<_>>());
+    assert_eq!(
+        whole.frames.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        cut.frames.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        whole.frames.iter().map(|f| f.1).collect::<Vec<_>>(),
+        cut.frames.iter().map(|f| f.1).collect::<Vec<_>>()
+    );
     assert_eq!(whole.error, cut.error);
     if whole.error.is_none() {
         assert_eq!(whole.buffered, cut.buffered);
@@ -94,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = text.split('\u{1}');
     let payload = parts.next().unwrap_or("").as_bytes();
     let rest: Vec<&str> = parts.collect();
-    let headers: Vec<(&str, &str)> = rest.chunks(2).map(|p| (p[0], *p.get(1).unwrap_or(&""))).collect();
+    let headers: Vec<(&str, &str)> = rest
+        .chunks(2)
+        .map(|p| (p[0], *p.get(1).unwrap_or(&"")))
+        .collect();
     let encoded = eventstream::encode(&headers, payload);
     let mut dec = Decoder::new();
     let mut got = Vec::new();

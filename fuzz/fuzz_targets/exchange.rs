@@ -77,7 +77,7 @@ fuzz_target!(|data: &[u8]| {
     let model = MODELS[usize::from(input.u8()) % MODELS.len()];
     let budget = input.u16();
     let cap_bits = input.u16();
-    let cap = (cap_bits & 1 == 1).then_some(cap_bits >> 1);
+    let cap = (cap_bits & 1 == 1).then_some((cap_bits >> 1).max(1));
     let status = STATUSES[usize::from(input.u8()) % STATUSES.len()];
     let (body_kind, max_tokens) = (input.u8(), input.u16());
     let body = request_body(body_kind, max_tokens, &mut input);
@@ -87,7 +87,11 @@ fuzz_target!(|data: &[u8]| {
     let config = config(budget, cap);
     let store = MemoryStore::default();
     let counters = CasCounters(&store);
-    let path = format!("/model/{}/{}", model_id::encode_path_label(model), op.path_segment());
+    let path = format!(
+        "/model/{}/{}",
+        model_id::encode_path_label(model),
+        op.path_segment()
+    );
     let auth = format!("Bearer {KEY}");
     let len = body.len().to_string();
     let headers = [
@@ -95,7 +99,8 @@ fuzz_target!(|data: &[u8]| {
         ("content-type", "application/json"),
         ("content-length", len.as_str()),
     ];
-    let Admission::Forward(mut ex) = exchange::admit(&config, "POST", &path, &headers, NOW_MS) else {
+    let Admission::Forward(mut ex) = exchange::admit(&config, "POST", &path, &headers, NOW_MS)
+    else {
         return;
     };
     let now = SystemTime::UNIX_EPOCH + Duration::from_millis(NOW_MS);
@@ -105,7 +110,10 @@ fuzz_target!(|data: &[u8]| {
     let mut to_client = Vec::new();
     let mut cut_at = None;
     if forwarded {
-        ex.on_response_headers(status, [("content-type", "application/vnd.amazon.eventstream")]);
+        ex.on_response_headers(
+            status,
+            [("content-type", "application/vnd.amazon.eventstream")],
+        );
         let mut sent = 0;
         for piece in chunks(&upstream_body, &cut_seed, 300) {
             match ex.on_response_body(piece) {
@@ -115,7 +123,9 @@ fuzz_target!(|data: &[u8]| {
                     cut_at = Some(to_client.len());
                     to_client.extend_from_slice(&bytes);
                 }
-                BodyVerdict::Drop => assert!(cut_at.is_some(), "bytes dropped from a stream not cut off"),
+                BodyVerdict::Drop => {
+                    assert!(cut_at.is_some(), "bytes dropped from a stream not cut off")
+                }
             }
             sent += piece.len();
         }
@@ -127,11 +137,17 @@ fuzz_target!(|data: &[u8]| {
     assert!(ex.finish(&config, &counters, NOW_MS + 2).is_none());
     assert_eq!(record.forwarded, forwarded);
     if !forwarded {
-        assert_eq!(record.cost_pico_usd, 0, "billed a request that never went upstream");
+        assert_eq!(
+            record.cost_pico_usd, 0,
+            "billed a request that never went upstream"
+        );
     }
 
     match cut_at {
-        None => assert!(!forwarded || to_client == upstream_body, "the response was altered"),
+        None => assert!(
+            !forwarded || to_client == upstream_body,
+            "the response was altered"
+        ),
         Some(_) => {
             // What the client got decodes cleanly and ends with the terminal frame.
             let mut dec = Decoder::new();
@@ -155,7 +171,10 @@ fuzz_target!(|data: &[u8]| {
     let reply = endpoints::usage(&config, &CasTotals(&store), &counters, "k", NOW_MS + 3);
     assert_eq!(reply.status, 200);
     let usage: Value = serde_json::from_slice(&reply.body).expect("usage is JSON");
-    assert_eq!(usage["concurrent_requests"]["used"], 0, "a slot was not freed: {usage}");
+    assert_eq!(
+        usage["concurrent_requests"]["used"], 0,
+        "a slot was not freed: {usage}"
+    );
     assert_eq!(
         usage["budget"]["spent_pico_usd"].as_u64(),
         Some(record.cost_pico_usd),

@@ -26,9 +26,18 @@ const STATUSES: [u16; 4] = [200, 400, 429, 500];
 fn never_lower(before: &Reading, after: &Reading) {
     let (b, a) = (&before.usage, &after.usage);
     assert!(a.input_tokens >= b.input_tokens, "{before:?} -> {after:?}");
-    assert!(a.output_tokens >= b.output_tokens, "{before:?} -> {after:?}");
-    assert!(a.cache_read_tokens >= b.cache_read_tokens, "{before:?} -> {after:?}");
-    assert!(a.cache_write_tokens >= b.cache_write_tokens, "{before:?} -> {after:?}");
+    assert!(
+        a.output_tokens >= b.output_tokens,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        a.cache_read_tokens >= b.cache_read_tokens,
+        "{before:?} -> {after:?}"
+    );
+    assert!(
+        a.cache_write_tokens >= b.cache_write_tokens,
+        "{before:?} -> {after:?}"
+    );
     assert!(a.images >= b.images, "{before:?} -> {after:?}");
     assert!(after.output_text_bytes >= before.output_text_bytes);
     assert!(after.events >= before.events);
@@ -83,5 +92,9 @@ fuzz_target!(|data: &[u8]| {
 
     let mut whole = meter(op, flags);
     whole.on_body(&body);
-    assert_eq!(whole.finish(), finished, "the reading depends on the chunking");
+    assert_eq!(
+        whole.finish(),
+        finished,
+        "the reading depends on the chunking"
+    );
 });

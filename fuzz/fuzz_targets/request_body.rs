@@ -52,20 +52,24 @@ fn limits(doc: &Value, op: Operation) -> Vec<(String, Value)> {
         }
     };
     // An object's limit members, and those of the objects directly inside it.
-    let two_levels = |obj: &serde_json::Map<String, Value>, at: &str, out: &mut Vec<(String, Value)>| {
-        named(obj, at, out);
-        for (k, v) in obj {
-            if let Some(inner) = v.as_object() {
-                named(inner, &format!("{at}.{k}"), out);
+    let two_levels =
+        |obj: &serde_json::Map<String, Value>, at: &str, out: &mut Vec<(String, Value)>| {
+            named(obj, at, out);
+            for (k, v) in obj {
+                if let Some(inner) = v.as_object() {
+                    named(inner, &format!("{at}.{k}"), out);
+                }
             }
-        }
-    };
+        };
     match op {
         Operation::Converse | Operation::ConverseStream => {
             if let Some(ic) = top.get("inferenceConfig").and_then(Value::as_object) {
                 named(ic, "inferenceConfig", &mut out);
             }
-            if let Some(extra) = top.get("additionalModelRequestFields").and_then(Value::as_object) {
+            if let Some(extra) = top
+                .get("additionalModelRequestFields")
+                .and_then(Value::as_object)
+            {
                 two_levels(extra, "additionalModelRequestFields", &mut out);
             }
         }
@@ -89,25 +93,38 @@ fuzz_target!(|data: &[u8]| {
     let Ok(read) = request_body::scan(body, op) else {
         return;
     };
-    let doc: Value = serde_json::from_slice(body).expect("an accepted body is JSON to other parsers too");
+    let doc: Value =
+        serde_json::from_slice(body).expect("an accepted body is JSON to other parsers too");
     assert!(doc.is_object(), "an accepted body is a JSON object");
 
     let limit = read.output_limit(body, model, cap);
     let Some(cap) = cap else {
-        assert_eq!(limit.rewritten, None, "without a cap the body is sent as it came");
+        assert_eq!(
+            limit.rewritten, None,
+            "without a cap the body is sent as it came"
+        );
         return;
     };
     let sent = limit.rewritten.as_deref().unwrap_or(body);
     let sent_doc: Value = serde_json::from_slice(sent).expect("the clamped body is JSON");
     let found = limits(&sent_doc, op);
     for (at, v) in &found {
-        let n = v.as_u64().unwrap_or_else(|| panic!("{at} = {v} is not a non-negative integer after the cap"));
+        let n = v
+            .as_u64()
+            .unwrap_or_else(|| panic!("{at} = {v} is not a non-negative integer after the cap"));
         assert!(n <= cap, "{at} = {n} is over the cap {cap}");
-        let reserved = limit.max_output_tokens.unwrap_or_else(|| panic!("{at} = {n} but nothing reserved"));
+        let reserved = limit
+            .max_output_tokens
+            .unwrap_or_else(|| panic!("{at} = {n} but nothing reserved"));
         assert!(n <= reserved, "{at} = {n} but only {reserved} reserved");
     }
     if matches!(op, Operation::Converse | Operation::ConverseStream) {
-        assert!(found.iter().any(|(at, _)| at == "inferenceConfig.maxTokens"), "Converse names no maxTokens after the cap");
+        assert!(
+            found
+                .iter()
+                .any(|(at, _)| at == "inferenceConfig.maxTokens"),
+            "Converse names no maxTokens after the cap"
+        );
     }
     assert!(limit.max_output_tokens.is_none_or(|m| m <= cap));
 

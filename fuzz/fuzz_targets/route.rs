@@ -29,7 +29,9 @@ fuzz_target!(|data: &[u8]| {
 
     // Any text survives a round trip through the path encoding.
     let encoded = model_id::encode_path_label(path);
-    assert!(encoded.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
+    assert!(encoded
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
     if !path.is_empty() && path.len() <= model_id::MAX_LEN && !path.chars().any(char::is_control) {
         assert_eq!(model_id::decode_path_label(&encoded).as_deref(), Some(path));
     }
@@ -50,11 +52,23 @@ fuzz_target!(|data: &[u8]| {
     let Ok(id) = model_id::canonical(&model, region) else {
         return;
     };
-    assert_eq!(model_id::canonical(&id, region).as_deref(), Ok(id.as_str()), "`{model}` canonicalises to `{id}`, which is another spelling");
-    assert!(model_id::is_model_id(&id), "`{model}` canonicalises to `{id}`, which is no model ID");
+    assert_eq!(
+        model_id::canonical(&id, region).as_deref(),
+        Ok(id.as_str()),
+        "`{model}` canonicalises to `{id}`, which is another spelling"
+    );
+    assert!(
+        model_id::is_model_id(&id),
+        "`{model}` canonicalises to `{id}`, which is no model ID"
+    );
     assert_eq!(id, id.to_ascii_lowercase());
     let upstream = model_id::encode_path_label(&id);
-    assert!(upstream.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
+    assert!(upstream
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)));
     assert!(upstream != "." && upstream != "..");
-    assert_eq!(model_id::decode_path_label(&upstream).as_deref(), Some(id.as_str()));
+    assert_eq!(
+        model_id::decode_path_label(&upstream).as_deref(),
+        Some(id.as_str())
+    );
 });

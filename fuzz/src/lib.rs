@@ -192,7 +192,10 @@ pub fn response_body(input: &mut Input<'_>) -> Vec<u8> {
             2 => event("metadata", bytes),
             3 => {
                 let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-                event("chunk", format!(r#"{{"bytes":"{b64}","p":"abc"}}"#).as_bytes())
+                event(
+                    "chunk",
+                    format!(r#"{{"bytes":"{b64}","p":"abc"}}"#).as_bytes(),
+                )
             }
             4 => event("chunk", bytes),
             5 => eventstream::encode(
@@ -203,10 +206,7 @@ pub fn response_body(input: &mut Input<'_>) -> Vec<u8> {
                 ],
                 br#"{"message":"fuzz"}"#,
             ),
-            6 => eventstream::encode(
-                &[(":error-code", &text), (":message-type", "error")],
-                b"",
-            ),
+            6 => eventstream::encode(&[(":error-code", &text), (":message-type", "error")], b""),
             _ => event("messageStart", bytes),
         });
     }
