@@ -211,15 +211,20 @@ impl HttpContext for Http {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, _end_of_stream: bool) -> Action {
-        if self.local_reply || body_size == 0 {
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.local_reply {
             return Action::Continue;
         }
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-        match ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size)) {
+        let verdict = if body_size == 0 {
+            BodyVerdict::Pass
+        } else {
+            ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size))
+        };
+        match verdict {
             BodyVerdict::Pass => {}
             BodyVerdict::Replace(bytes) => host::replace_response_body(body_size, &bytes),
             BodyVerdict::Drop => {
@@ -230,6 +235,14 @@ impl HttpContext for Http {
                     host::reset_stream();
                 }
             }
+        }
+        if end_of_stream
+            && ex.upstream_ended_inside_a_message()
+            && !std::mem::replace(&mut self.upstream_reset, true)
+        {
+            // Bedrock's body ended inside a frame: break the client's response rather than
+            // end it cleanly, so its SDK reports an error instead of a short, whole stream.
+            host::reset_stream();
         }
         Action::Continue
     }
