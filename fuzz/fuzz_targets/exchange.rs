@@ -9,7 +9,9 @@
 //!   budget holds exactly the record's cost (nothing when nothing went upstream);
 //! * the response reaches the client byte for byte, unless the budget cuts it off: then the
 //!   client gets a prefix of it that ends at a frame boundary, plus one terminal
-//!   `throttlingException` frame, and nothing after it — a stream that decodes cleanly.
+//!   `throttlingException` frame, and nothing after it — a stream that decodes cleanly;
+//! * a stream body that ends inside a message is flagged for the host to break the client's
+//!   response (`upstream_ended_inside_a_message`), and no other.
 #![no_main]
 
 use std::time::{Duration, SystemTime};
@@ -130,6 +132,15 @@ fuzz_target!(|data: &[u8]| {
             sent += piece.len();
         }
         assert_eq!(sent, upstream_body.len());
+    }
+    if forwarded && cut_at.is_none() {
+        // A body that ends inside a message is flagged, so the host breaks the client's
+        // response instead of ending it cleanly; any other end is not.
+        let mut dec = Decoder::new();
+        let decoded = dec.push(&upstream_body, |_| {}).is_ok();
+        let expected =
+            op.is_stream() && (200..300).contains(&status) && decoded && dec.buffered() > 0;
+        assert_eq!(ex.upstream_ended_inside_a_message(), expected);
     }
     let record = ex
         .finish(&config, &counters, NOW_MS + 1)
