@@ -201,6 +201,12 @@ def main():
     write("config", "environment", json.dumps({**base, "credentials": {"type": "environment"}}).encode())
     write("config", "bedrock-api-key", json.dumps({**base, "credentials": {"type": "bedrock_api_key",
                                                                             "api_key": "ABSKQmVkcm9ja0FQSUtleS1zZWNyZXQ="}}).encode())
+    write("config", "instance-metadata", json.dumps({**base, "credentials": {
+        "type": "instance_metadata", "endpoint": "http://127.0.0.1:9100", "cluster": "imds"}}).encode())
+    write("config", "container", json.dumps({**base, "credentials": {
+        "type": "container", "endpoint": "http://127.0.0.1:9100/v2/credentials/fuzz",
+        "authorization_token": "container-authorization-token-0123"}}).encode())
+    write("config", "envoy", json.dumps({**base, "credentials": {"type": "envoy"}}).encode())
     write("config", "minimal", json.dumps({"region": "eu-west-1", "api_keys": [{"id": "a", "sha256": "01" * 32, "models": ["*"]}],
                                            "credentials": {"type": "environment"}}).encode())
 

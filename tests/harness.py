@@ -547,3 +547,47 @@ class RedisConnection:
         text = self.command("INFO", "stats").decode()
         return {k: int(v) for k, v in (l.split(":", 1) for l in text.splitlines() if ":" in l)
                 if v.strip().isdigit()}
+
+
+def shipped_envoy_config(name: str, upstream_port: int, tls_dir: Path, document=None) -> dict:
+    """envoy/<name> as shipped, changed only where a test must: every listener and the admin on
+    a free port, the dev certificate and the module from this build, and every cluster pointed at
+    the emulator on `upstream_port` (plain HTTP): Bedrock, and the AWS credentials endpoints whose
+    addresses (169.254.169.254, 169.254.170.2) no test may reach. Requests keep the `:authority`
+    Tollgate gives them, so signatures cover the real Bedrock host name. `document`: a function
+    given the plugin's configuration document (a dict) to change (test keys, limits)."""
+    cfg = copy.deepcopy(yaml.safe_load((ROOT / "envoy" / name).read_text()))
+    res = cfg["static_resources"]
+    for listener in res["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = 0
+        for chain in listener["filter_chains"]:
+            hcm = chain["filters"][0]["typed_config"]
+            wasm = hcm["http_filters"][0]["typed_config"]["config"]
+            wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+            if document is not None:
+                doc = json.loads(wasm["configuration"]["value"])
+                document(doc)
+                wasm["configuration"]["value"] = json.dumps(doc)
+            ts = chain.get("transport_socket")
+            if ts:
+                certs = ts["typed_config"]["common_tls_context"]["tls_certificates"][0]
+                certs["certificate_chain"]["filename"] = str(tls_dir / "cert.pem")
+                certs["private_key"]["filename"] = str(tls_dir / "key.pem")
+    for cluster in res["clusters"]:
+        cluster["type"] = "STATIC"
+        cluster.pop("dns_lookup_family", None)
+        cluster.pop("transport_socket", None)
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": upstream_port}
+    cfg["admin"]["address"]["socket_address"]["port_value"] = 0
+    text = json.dumps(cfg)
+    assert "169.254." not in json.dumps(res["clusters"]), "a test would reach an AWS address"
+    return json.loads(text)
+
+
+def plugin_document(name: str) -> dict:
+    """The Tollgate configuration document in envoy/<name>."""
+    cfg = yaml.safe_load((ROOT / "envoy" / name).read_text())
+    chain = cfg["static_resources"]["listeners"][0]["filter_chains"][0]
+    wasm = chain["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+    return json.loads(wasm["configuration"]["value"])

@@ -140,11 +140,12 @@ def test_missing_configuration_fails_closed_on_spin(workdir, emulator, tls_dir):
         gw.stop()
 
 def test_shipped_envoy_configs_validate(workdir, tls_dir):
-    """Both shipped Envoy configurations load in Envoy 1.40 as written (only the dev
+    """The shipped Envoy configurations load in Envoy 1.40 as written (only the dev
     certificate paths are pointed at this run's certificates)."""
     import subprocess
 
-    for name in ("envoy-emulator.yaml", "envoy-bedrock.yaml"):
+    for name in ("envoy-emulator.yaml", "envoy-bedrock.yaml", "envoy-ec2.yaml", "envoy-ecs.yaml",
+                 "envoy-eks.yaml"):
         text = (harness.ROOT / "envoy" / name).read_text()
         text = text.replace(".run/tls/", f"{tls_dir}/").replace(
             "target/wasm32-wasip1/release/tollgate_filter.wasm", str(harness.WASM)
@@ -154,7 +155,9 @@ def test_shipped_envoy_configs_validate(workdir, tls_dir):
         out = subprocess.run(
             [str(harness.ENVOY), "--mode", "validate", "-c", str(path)],
             capture_output=True, text=True, timeout=60,
-            env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin"},
+            # Instance metadata off: envoy-eks.yaml's signer must never look for 169.254.169.254.
+            env={"AWS_ACCESS_KEY_ID": "AKIDVALIDATE", "AWS_SECRET_ACCESS_KEY": "validate", "PATH": "/usr/bin:/bin",
+                 "AWS_EC2_METADATA_DISABLED": "true"},
         )
         assert out.returncode == 0, f"{name}: {out.stdout[-2000:]} {out.stderr[-2000:]}"
 
@@ -175,15 +178,17 @@ def test_spin_manifest_matches_the_component():
     assert (harness.ROOT / "host-spin" / component["source"]).resolve() == harness.SPIN_COMPONENT.resolve()
     assert component["key_value_stores"] == ["default"]
     assert set(component["allowed_outbound_hosts"]) == {
-        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}"}
-    # Unset, the extra origin names nothing that resolves (RFC 2606 `.invalid`).
+        "https://bedrock-runtime.{{ aws_region }}.amazonaws.com", "{{ upstream_origin }}",
+        "{{ credentials_origin }}"}
+    # Unset, the extra origins name nothing that resolves (RFC 2606 `.invalid`).
     assert manifest["variables"]["upstream_origin"]["default"].endswith(".invalid")
-    core_config = (harness.ROOT / "core/src/config.rs").read_text()
+    assert manifest["variables"]["credentials_origin"]["default"].endswith(".invalid")
+    core_config = (harness.ROOT / "core/src/config/mod.rs").read_text()
     block = re.search(r"pub const ENVIRONMENT_NAMES: &\[&str\] = &\[(.*?)\];", core_config, re.S).group(1)
-    expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z_]+)"', block)}
-    assert len(expected) == 5
+    expected = {"tollgate_config"} | {name.lower() for name in re.findall(r'"([A-Z0-9_]+)"', block)}
+    assert len(expected) == 10
     assert set(component["variables"]) == expected
-    assert set(manifest["variables"]) == expected | {"aws_region", "upstream_origin"}
+    assert set(manifest["variables"]) == expected | {"aws_region", "upstream_origin", "credentials_origin"}
     declared = manifest["variables"]
     for name in expected:
         assert component["variables"][name] == "{{ %s }}" % name

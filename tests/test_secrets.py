@@ -1,5 +1,6 @@
 """Secrets, on every host. Distinctive secrets are planted — two client API keys, an AWS secret
-access key and session token, a Bedrock API key — and traffic of every kind is sent (served,
+access key and session token, a Bedrock API key, a container endpoint's authorization token and
+the rotating credentials it hands out (a new set every 3 s) — and traffic of every kind is sent (served,
 streamed, refused, failed upstream, `/usage`, `/v1/models`). Then every output the gateway
 produces is scanned for them: each response body and header, the gateway's log (Envoy's log;
 `spin up`'s output and log directory), Envoy's `/stats` and `/stats/prometheus`, and the names of
@@ -36,7 +37,8 @@ AWS_SECRET = f"planted-aws-secret-{TAG}"
 SESSION_TOKEN = f"planted-session-token-{TAG}"
 BEDROCK_API_KEY = f"planted-bedrock-api-key-{TAG}"
 CLIENT_SECRET = f"planted-client-credential-{TAG}"  # what a client sends in headers it should not
-SECRETS = [KEY_A, KEY_B, AWS_SECRET, SESSION_TOKEN, BEDROCK_API_KEY, CLIENT_SECRET]
+CONTAINER_TOKEN = f"planted-container-token-{TAG}"
+SECRETS = [KEY_A, KEY_B, AWS_SECRET, SESSION_TOKEN, BEDROCK_API_KEY, CLIENT_SECRET, CONTAINER_TOKEN]
 
 
 class Canary:
@@ -71,8 +73,12 @@ class Canary:
 
 @pytest.fixture(scope="module")
 def secret_emulator(workdir):
+    # Also a container credentials endpoint: a new set every 3 s, each valid 9 s, handed out only
+    # for CONTAINER_TOKEN.
     emu = harness.Emulator(workdir / "secrets-emulator", "--session-token", SESSION_TOKEN,
                            "--bearer-token", BEDROCK_API_KEY, "--log",
+                           "--credentials-rotate-ms", "3000", "--credentials-lifetime-ms", "9000",
+                           "--container-token", CONTAINER_TOKEN,
                            access_key_id=ACCESS_KEY_ID, secret_access_key=AWS_SECRET)
     yield emu
     emu.stop()
@@ -94,13 +100,39 @@ SIGV4 = {"type": "inline", "access_key_id": ACCESS_KEY_ID, "secret_access_key": 
 API_KEY = {"type": "bedrock_api_key", "api_key": BEDROCK_API_KEY}
 
 
-@pytest.fixture(scope="module", params=["sigv4", "bedrock-api-key"])
+def rotating_credentials(emu) -> dict:
+    """The emulator's container endpoint; on Envoy fetched through the `bedrock` cluster (it
+    reaches the emulator)."""
+    return {"type": "container", "endpoint": f"{emu.url}/v1/credentials",
+            "authorization_token": CONTAINER_TOKEN, "cluster": "bedrock"}
+
+
+def issued_secrets(emu) -> list[str]:
+    """Every secret key and session token the credentials endpoint has handed out so far."""
+    issued = harness.http_json(f"{emu.url}/_emulator/credentials")["issued"]
+    return [s[k] for s in issued for k in ("secret_access_key", "session_token")]
+
+
+@pytest.fixture(scope="module", params=["sigv4", "bedrock-api-key", "rotating"])
 def secret_gateway(request, workdir, secret_emulator, tls_dir, host_kind):
-    creds = SIGV4 if request.param == "sigv4" else API_KEY
+    creds = {"sigv4": SIGV4, "bedrock-api-key": API_KEY,
+             "rotating": rotating_credentials(secret_emulator)}[request.param]
+    kw = {}
+    if request.param == "rotating" and host_kind != "envoy":
+        kw["variables"] = {"credentials_origin": secret_emulator.url}
     gw = harness.start_gateway(host_kind, workdir / host_kind / f"secrets-{request.param}",
                                secret_config(secret_emulator.port, creds), secret_emulator.port, tls_dir,
-                               concurrency=1, name=f"secrets-{request.param}", redis=redis_for(request, host_kind))
+                               concurrency=1, name=f"secrets-{request.param}", redis=redis_for(request, host_kind),
+                               **kw)
     gw.upstream_auth = request.param
+    if request.param == "rotating":
+        # Until the first credentials are fetched (a 503 before then is expected).
+        def serving():
+            body = converse()
+            status, _, out = raw(gw, request_head("/model/claude-fast/converse", KEY_B, body), body)
+            assert status in (200, 503), (status, out[:200])
+            return status == 200
+        harness.wait_until(serving, 20, "the first rotating credentials", interval_s=0.2)
     yield gw
     gw.stop()
 
@@ -224,15 +256,19 @@ def test_no_secret_in_any_output(secret_gateway, secret_emulator):
     finally:
         canary.stop()
 
+    rotated = issued_secrets(secret_emulator)
     # The upstream host is the configuration's, whatever the request said.
     assert canary.connections == 0, "the gateway connected to a host a request named"
     signatures = []
     for e in entries:
         headers = dict(e["headers"])
         assert headers["host"] == f"127.0.0.1:{secret_emulator.port}", headers["host"]
-        if gw.upstream_auth == "sigv4":
+        if gw.upstream_auth in ("sigv4", "rotating"):
             assert e["auth"] == "sigv4" and e["signature_valid"] is True, e
-            assert headers["x-amz-security-token"] == SESSION_TOKEN
+            if gw.upstream_auth == "sigv4":
+                assert headers["x-amz-security-token"] == SESSION_TOKEN
+            else:
+                assert headers["x-amz-security-token"] in rotated, "not a rotating set's token"
             signatures.append(headers["authorization"].rsplit("Signature=", 1)[1])
         else:
             assert e["auth"] == "bearer" and e["signature_valid"] is True, e
@@ -259,12 +295,13 @@ def test_no_secret_in_any_output(secret_gateway, secret_emulator):
     config_dump = outputs.pop("admin/config_dump?include_eds", None)
     if gw.kind == "envoy":
         # The control: the secret is there to be found, and the scan reads what holds it.
-        assert (AWS_SECRET if gw.upstream_auth == "sigv4" else BEDROCK_API_KEY) in config_dump
+        assert {"sigv4": AWS_SECRET, "bedrock-api-key": BEDROCK_API_KEY,
+                "rotating": CONTAINER_TOKEN}[gw.upstream_auth] in config_dump
         # Client keys exist only as hashes, even in the configuration.
         for key in (KEY_A, KEY_B):
             assert key not in config_dump and harness.sha256_hex(key) in config_dump
     for where, text in outputs.items():
-        for secret in SECRETS + signatures:
+        for secret in SECRETS + rotated + signatures:
             assert secret not in text, f"{secret[:24]}… appears in {where}"
     # The log does record the exchanges (the scan looked at something real).
     assert len(gw.usage_records()) >= 4

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::accounting::money::PicoUsd;
+use crate::accounting::totals::{Lifetime, Sums, UsageTotals};
 use crate::config::{ApiKey, Config};
-use crate::counters::Counters;
 use crate::error::{ErrorKind, GatewayError, Reply};
-use crate::limits::Scope;
-use crate::period;
 use crate::quota::counter_name;
-use crate::totals::{Lifetime, Sums, UsageTotals};
+use crate::quota::counters::Counters;
+use crate::quota::limits::Scope;
+use crate::quota::period;
 
 #[derive(Serialize)]
 struct CountsView {
@@ -34,7 +35,7 @@ impl From<&Sums> for CountsView {
             cache_read_tokens: c.cache_read_tokens,
             cache_write_tokens: c.cache_write_tokens,
             cost_pico_usd: c.cost_pico_usd,
-            cost_usd: format_usd(c.cost_pico_usd),
+            cost_usd: PicoUsd(c.cost_pico_usd).to_string(),
         }
     }
 }
@@ -100,9 +101,9 @@ pub fn usage_reply(key: &ApiKey, totals: &Lifetime, counters: &dyn Counters, now
                 period::Period::Total => "total",
             },
             current: b.period.label(now_ms),
-            limit_usd: format_usd(b.pico_usd.into()),
-            spent_usd: format_usd(spent.into()),
-            remaining_usd: format_usd(remaining.into()),
+            limit_usd: PicoUsd::from(b.pico_usd).to_string(),
+            spent_usd: PicoUsd::from(spent).to_string(),
+            remaining_usd: PicoUsd::from(remaining).to_string(),
             spent_pico_usd: spent,
             remaining_pico_usd: remaining,
             resets_in_s: b
@@ -203,40 +204,13 @@ pub fn usage(
     }
 }
 
-/// Exact decimal rendering of pico-USD: `1_500_000` → `"0.0000015"`.
-pub fn format_usd(pico: u128) -> String {
-    const SCALE: u128 = 1_000_000_000_000;
-    let (whole, frac) = (pico / SCALE, pico % SCALE);
-    if frac == 0 {
-        return format!("{whole}.00");
-    }
-    let digits = format!("{frac:012}");
-    let digits = digits.trim_end_matches('0');
-    format!("{whole}.{digits:0<2}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::CasCounters;
-    use crate::limits::{Budget, KeyLimits, Limits};
-    use crate::period::Period;
+    use crate::quota::counters::CasCounters;
+    use crate::quota::limits::{Budget, KeyLimits, Limits};
+    use crate::quota::period::Period;
     use crate::store::memory::MemoryStore;
-
-    #[test]
-    fn usd_is_exact() {
-        assert_eq!(format_usd(0), "0.00");
-        assert_eq!(format_usd(1), "0.000000000001");
-        assert_eq!(format_usd(1_500_000), "0.0000015");
-        assert_eq!(format_usd(12_340_000_000_000), "12.34");
-        assert_eq!(format_usd(12_300_000_000_000), "12.30");
-        assert_eq!(format_usd(3_000_000_000_000), "3.00");
-        assert_eq!(format_usd(u64::MAX.into()), "18446744.073709551615");
-        assert_eq!(
-            format_usd(u128::from(u64::MAX) * 3 + 2),
-            "55340232.221128654847"
-        );
-    }
 
     #[test]
     fn usage_reply_shows_the_key_its_models_and_its_budget() {

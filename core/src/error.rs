@@ -1,10 +1,9 @@
-//! Gateway errors and the envelopes they travel in, in the client's own dialect.
-//!
-//! Bedrock's runtime API is restJson1: the error class travels in `x-amzn-ErrorType` and the
-//! body is `{"message": …}`. botocore reads that header to pick the exception class, so a boto3
-//! caller gets `client.exceptions.AccessDeniedException` and friends, as from Bedrock itself.
+//! Gateway errors, in the gateway's own words. How a client sees one depends on the dialect it
+//! speaks: `crate::dialect::bedrock` and `crate::dialect::openai` write the envelopes.
 
 use serde::Serialize;
+
+use crate::dialect::Dialect;
 
 /// A response the gateway answers itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +60,9 @@ pub enum ErrorKind {
     /// The key-value store that holds quota counters and totals failed: the request cannot be
     /// admitted against its limits.
     StateUnavailable,
+    /// Credentials fetched from an endpoint have expired (or none were fetched yet) and the
+    /// refresh has not succeeded: a request signed now would be refused by AWS.
+    CredentialsUnavailable,
 }
 
 impl ErrorKind {
@@ -76,23 +78,9 @@ impl ErrorKind {
             | Self::BudgetExhausted => 429,
             Self::NotFound => 404,
             Self::NotConfigured | Self::Internal => 500,
-            Self::UpstreamUnavailable | Self::StateUnavailable => 503,
-        }
-    }
-
-    /// The Bedrock error class (`x-amzn-ErrorType`).
-    pub fn bedrock_type(self) -> &'static str {
-        match self {
-            Self::MissingKey | Self::UnknownKey => "UnrecognizedClientException",
-            Self::ModelNotAllowed => "AccessDeniedException",
-            Self::UnknownModel | Self::BadRequest | Self::BodyTooLarge => "ValidationException",
-            Self::NotFound => "UnknownOperationException",
-            Self::RequestRateLimited | Self::TokenRateLimited | Self::ConcurrencyLimited => {
-                "ThrottlingException"
+            Self::UpstreamUnavailable | Self::StateUnavailable | Self::CredentialsUnavailable => {
+                503
             }
-            Self::BudgetExhausted => "ServiceQuotaExceededException",
-            Self::NotConfigured | Self::Internal => "InternalServerException",
-            Self::UpstreamUnavailable | Self::StateUnavailable => "ServiceUnavailableException",
         }
     }
 }
@@ -116,26 +104,7 @@ impl ErrorKind {
             Self::Internal => "internal",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::StateUnavailable => "state_unavailable",
-        }
-    }
-}
-
-/// The error shape a client expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    /// Bedrock runtime (restJson1): `{"message"}` + `x-amzn-ErrorType`.
-    Bedrock,
-    /// OpenAI: `{"error": {"message", "type", "code"}}`.
-    OpenAi,
-}
-
-impl Dialect {
-    /// OpenAI-compatible routes live under `/v1/`; everything else speaks Bedrock.
-    pub fn for_path(path: &str) -> Self {
-        if path.starts_with("/v1/") {
-            Self::OpenAi
-        } else {
-            Self::Bedrock
+            Self::CredentialsUnavailable => "credentials_unavailable",
         }
     }
 }
@@ -177,63 +146,6 @@ impl GatewayError {
             Dialect::Bedrock => self.to_bedrock_reply(),
             Dialect::OpenAi => self.to_openai_reply(),
         }
-    }
-
-    /// The error as the OpenAI API shapes it; the SDKs pick their exception by status.
-    pub fn to_openai_reply(&self) -> Reply {
-        #[derive(Serialize)]
-        struct Inner<'a> {
-            message: &'a str,
-            r#type: &'static str,
-            code: &'static str,
-        }
-        #[derive(Serialize)]
-        struct Body<'a> {
-            error: Inner<'a>,
-        }
-        let r#type = match self.kind.status() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            404 => "not_found_error",
-            429 => "rate_limit_error",
-            500..=599 => "api_error",
-            _ => "invalid_request_error",
-        };
-        let mut reply = Reply::json(
-            self.kind.status(),
-            &Body {
-                error: Inner {
-                    message: &self.message,
-                    r#type,
-                    code: self.kind.name(),
-                },
-            },
-        );
-        if let Some(s) = self.retry_after_s {
-            reply.headers.push(("retry-after", s.to_string()));
-        }
-        reply
-    }
-
-    /// The error as Bedrock would send it.
-    pub fn to_bedrock_reply(&self) -> Reply {
-        #[derive(Serialize)]
-        struct Body<'a> {
-            message: &'a str,
-        }
-        let mut reply = Reply::json(
-            self.kind.status(),
-            &Body {
-                message: &self.message,
-            },
-        );
-        reply
-            .headers
-            .push(("x-amzn-errortype", self.kind.bedrock_type().to_string()));
-        if let Some(s) = self.retry_after_s {
-            reply.headers.push(("retry-after", s.to_string()));
-        }
-        reply
     }
 }
 

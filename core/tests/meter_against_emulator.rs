@@ -4,7 +4,7 @@
 //! metrics complete the reading.
 
 use serde_json::Value;
-use tollgate_core::meter::UsageMeter;
+use tollgate_core::response::meter::UsageMeter;
 use tollgate_core::Operation;
 use tollgate_emulator::directives::Directives;
 use tollgate_emulator::families::Family;

@@ -4,7 +4,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tollgate_core::request_body;
+use tollgate_core::request::body as request_body;
 use tollgate_core::Operation;
 
 struct Counting;

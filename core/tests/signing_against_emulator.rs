@@ -4,8 +4,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tollgate_core::config::UpstreamAuth;
-use tollgate_core::model_id::encode_path_label;
-use tollgate_core::signing::upstream_auth_headers;
+use tollgate_core::request::model_id::encode_path_label;
+use tollgate_core::upstream::signing::{upstream_auth_headers, SigningKeyCache};
 use tollgate_emulator::sigv4_verify::{verify, Credentials};
 
 const REGION: &str = "eu-west-1";
@@ -39,7 +39,8 @@ fn signed(auth: &UpstreamAuth, host: &str, path: &str, body: &[u8]) -> Vec<(Stri
         // Added by Envoy after signing; unsigned, so harmless.
         ("x-forwarded-proto".to_string(), "https".to_string()),
     ];
-    headers.extend(upstream_auth_headers(auth, REGION, host, path, body, now()).unwrap());
+    let keys = &mut SigningKeyCache::default();
+    headers.extend(upstream_auth_headers(keys, auth, REGION, host, path, body, now()).unwrap());
     headers
 }
 

@@ -66,6 +66,9 @@ pub struct Entry {
     pub event_sent_at_ms: Option<Vec<u64>>,
     /// When the entry was recorded (the answer, or the stream, finished).
     pub completed_at_ms: u64,
+    /// The rotating credential set (`credentials::Rotation`) the request was signed with, when
+    /// it named one.
+    pub credentials_generation: Option<u64>,
 }
 
 /// A ticket taken when a request arrives; recording with it after a reset is a no-op.

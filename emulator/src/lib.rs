@@ -7,10 +7,15 @@
 //! served. Its behaviour is deterministic and steered by [`directives`] embedded in the request
 //! body (`[[emu:output=5]]`, `[[emu:throttle]]`, …).
 //!
+//! With a [`credentials::Rotation`] it also serves rotating credentials as EC2's instance
+//! metadata service and the container credentials endpoint do, and accepts each set only while
+//! it is valid.
+//!
 //! Only [`server`] (behind the default `server` feature) needs tokio and hyper; the other
 //! modules are plain sans-IO code that other crates can use as a dev-dependency with
 //! `default-features = false`.
 
+pub mod credentials;
 pub mod directives;
 pub mod eventstream_encode;
 pub mod families;

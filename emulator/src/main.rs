@@ -2,8 +2,12 @@
 //!
 //! ```text
 //! tollgate-emulator --listen 127.0.0.1:0 --region us-east-1 --access-key-id AKID \
-//!     --secret-access-key SECRET [--session-token TOKEN] [--bearer-token KEY] [--log]
+//!     --secret-access-key SECRET [--session-token TOKEN] [--bearer-token KEY] [--log] \
+//!     [--credentials-rotate-ms N --credentials-lifetime-ms M [--container-token TOKEN]]
 //! ```
+//!
+//! With `--credentials-rotate-ms`, it also serves rotating credentials (a new set every N ms,
+//! each valid M ms) as instance metadata and as the container endpoint.
 //!
 //! Prints exactly one line, `listening on IP:PORT`, to stdout once it accepts connections.
 
@@ -16,7 +20,8 @@ use tollgate_emulator::sigv4_verify::Credentials;
 
 const USAGE: &str = "usage: tollgate-emulator --access-key-id AKID --secret-access-key SECRET \
 [--listen 127.0.0.1:0] [--region us-east-1] [--session-token TOKEN] [--bearer-token BEDROCK_API_KEY] \
-[--max-body-bytes N] [--log]";
+[--max-body-bytes N] [--log] [--credentials-rotate-ms N --credentials-lifetime-ms M \
+[--container-token TOKEN]]";
 
 struct Args {
     listen: SocketAddr,
@@ -31,6 +36,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut session_token = None;
     let mut bearer_token = None;
     let mut max_body_bytes = None;
+    let mut rotate_ms = None;
+    let mut lifetime_ms = None;
+    let mut container_token = None;
     let mut log = false;
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -53,6 +61,9 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--session-token" => &mut session_token,
             "--bearer-token" => &mut bearer_token,
             "--max-body-bytes" => &mut max_body_bytes,
+            "--credentials-rotate-ms" => &mut rotate_ms,
+            "--credentials-lifetime-ms" => &mut lifetime_ms,
+            "--container-token" => &mut container_token,
             _ => return Err(format!("unknown argument '{arg}'")),
         };
         let value = match inline {
@@ -81,6 +92,26 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
             .parse()
             .map_err(|e| format!("--max-body-bytes '{n}': {e}"))?;
     }
+    let number = |name: &str, v: String| -> Result<u64, String> {
+        v.parse().map_err(|e| format!("{name} '{v}': {e}"))
+    };
+    match (rotate_ms, lifetime_ms) {
+        (Some(every), Some(lifetime)) => {
+            let every = number("--credentials-rotate-ms", every)?;
+            let lifetime = number("--credentials-lifetime-ms", lifetime)?;
+            if every == 0 || lifetime < every {
+                return Err("credentials must rotate (N > 0) before they expire (M >= N)".into());
+            }
+            config.rotation = Some(tollgate_emulator::credentials::Rotation::new(
+                every, lifetime,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err("--credentials-rotate-ms and --credentials-lifetime-ms go together".into())
+        }
+    }
+    config.container_token = container_token.filter(|t| !t.is_empty());
     Ok(Args { listen, config })
 }
 

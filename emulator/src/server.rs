@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::credentials::{self as rotating, Rotation};
 use crate::directives::Directives;
 use crate::families::Family;
 use crate::ledger::{now_ms, Entry, Ledger, Ticket};
@@ -33,6 +34,9 @@ use crate::responses::{
     stream_events, Operation, Plan, StreamContext, StreamEvent,
 };
 use crate::sigv4_verify::{self, Credentials, VerifyError};
+
+#[path = "credentials_server.rs"]
+mod rotating_server;
 
 /// Bedrock's SigV4 signing name (the runtime endpoint signs as `bedrock`).
 pub const SIGNING_NAME: &str = "bedrock";
@@ -80,6 +84,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// One line per model API request on stderr.
     pub log: bool,
+    /// Rotating credentials, served on the instance metadata and container paths and accepted
+    /// (besides `credentials`) while valid.
+    pub rotation: Option<Rotation>,
+    /// The `Authorization` value the container credentials paths require, if any.
+    pub container_token: Option<String>,
 }
 
 impl Config {
@@ -91,6 +100,8 @@ impl Config {
             bearer_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             log: false,
+            rotation: None,
+            container_token: None,
         }
     }
 }
@@ -98,6 +109,7 @@ impl Config {
 struct State {
     config: Config,
     ledger: Ledger,
+    endpoints: rotating_server::Endpoints,
 }
 
 /// The emulator: cheap to clone (shared state).
@@ -119,6 +131,7 @@ impl Emulator {
             state: Arc::new(State {
                 config,
                 ledger: Ledger::new(),
+                endpoints: rotating_server::Endpoints::default(),
             }),
         }
     }
@@ -242,6 +255,24 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, HangUp> {
     let path = req.uri().path();
+    if let Some(rotation) = &state.config.rotation {
+        if rotating_server::is_credentials_path(path) {
+            return Ok(rotating_server::answer(
+                &state.endpoints,
+                rotation,
+                state.config.container_token.as_deref(),
+                &req,
+            ));
+        }
+    }
+    if let Some(control) = path.strip_prefix("/_emulator/credentials") {
+        return Ok(rotating_server::control(
+            &state.endpoints,
+            state.config.rotation.as_ref(),
+            req.method().as_str(),
+            control,
+        ));
+    }
     if let Some(control) = path.strip_prefix("/_emulator/") {
         return Ok(match (req.method().as_str(), control) {
             ("GET", "health") => json_response(StatusCode::OK, &json!({ "status": "ok" })),
@@ -339,7 +370,7 @@ fn parse_route(method: &str, path: &str) -> (Option<String>, Option<Operation>) 
     }
 }
 
-/// The outcome of authentication: (auth kind, error if rejected).
+/// The outcome of authentication: (auth kind, error if rejected, rotating set used).
 fn authenticate(
     config: &Config,
     method: &str,
@@ -347,6 +378,56 @@ fn authenticate(
     raw_query: &str,
     headers: &[(String, String)],
     body: &[u8],
+) -> (&'static str, Option<Answer>, Option<u64>) {
+    // A rotating set is accepted only while valid; any other key is the configured one's.
+    let now = SystemTime::now();
+    let rotating = config.rotation.as_ref().and_then(|rotation| {
+        let authorization = headers.iter().find(|(n, _)| n == "authorization")?;
+        let key = sigv4_verify::parse_authorization(authorization.1.trim())
+            .ok()?
+            .access_key_id;
+        key.starts_with(rotating::KEY_PREFIX)
+            .then(|| rotation.valid(&key, rotating::ms(now)))
+    });
+    let set = match rotating {
+        None => None,
+        Some(Some(set)) => Some(set),
+        Some(None) => {
+            return (
+                "sigv4",
+                Some(Answer::error(
+                    403,
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                )),
+                None,
+            )
+        }
+    };
+    let credentials = set.as_ref().map_or(&config.credentials, |s| &s.credentials);
+    let (auth, rejection) = authenticate_with(
+        config,
+        credentials,
+        method,
+        raw_path,
+        raw_query,
+        headers,
+        body,
+        now,
+    );
+    (auth, rejection, set.map(|s| s.generation))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn authenticate_with(
+    config: &Config,
+    credentials: &Credentials,
+    method: &str,
+    raw_path: &str,
+    raw_query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    now: SystemTime,
 ) -> (&'static str, Option<Answer>) {
     let authorization = headers
         .iter()
@@ -384,10 +465,10 @@ fn authenticate(
         raw_query,
         headers,
         body,
-        &config.credentials,
+        credentials,
         &config.region,
         &config.service,
-        SystemTime::now(),
+        now,
     ) {
         Ok(()) => ("sigv4", None),
         Err(e) => (
@@ -520,7 +601,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
     entry.body_sha256 = hex::encode(Sha256::digest(&body));
     entry.directives = directives.seen.clone();
 
-    let (auth, rejection) = authenticate(
+    let (auth, rejection, generation) = authenticate(
         &state.config,
         &method,
         &raw_path,
@@ -529,6 +610,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         &body,
     );
     entry.auth = auth.to_string();
+    entry.credentials_generation = generation;
     entry.signature_valid = rejection.is_none();
     if let Some(answer) = rejection {
         return pending.finish(answer);

@@ -1066,3 +1066,113 @@ async fn pad_and_trickle() {
     assert_eq!(r.json()["usage"]["outputTokens"], 2);
     assert!(r.chunks.unwrap().iter().all(|c| c.len() == 1));
 }
+
+/// Rotating credentials: the sets the endpoints hand out are accepted while valid (and the
+/// ledger says which set signed), refused once expired or before they are issued; the static
+/// credentials still work; an outage makes every credentials path answer 503.
+#[tokio::test]
+async fn rotating_credentials_are_accepted_only_while_valid() {
+    use tollgate_emulator::credentials::Rotation;
+    let now = tollgate_emulator::ledger::now_ms();
+    // Set n issued at start + n·2 s, valid 4 s: set 0 expired a while ago, set 4 is newest.
+    let rotation = Rotation::with_seed(2_000, 4_000, now / 1000 * 1000 - 9_000, [3; 32]);
+    let mut config = Config::new(REGION, creds());
+    config.rotation = Some(rotation.clone());
+    config.container_token = Some("pod-token".into());
+    let addr = Emulator::new(config)
+        .start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .addr;
+    let host = [("host".to_string(), addr.to_string())];
+    let denied = raw_request(addr, "GET", "/v1/credentials", &host, b"").await;
+    assert_eq!(denied.status, 401);
+    let mut with_token = host.to_vec();
+    with_token.push(("authorization".into(), "pod-token".into()));
+    let doc = raw_request(addr, "GET", "/v1/credentials", &with_token, b"")
+        .await
+        .json();
+    let newest = rotation.set(rotation.generation_at(tollgate_emulator::ledger::now_ms()));
+    assert_eq!(
+        doc["AccessKeyId"],
+        newest.credentials.access_key_id.as_str()
+    );
+    assert_eq!(
+        doc["SecretAccessKey"],
+        newest.credentials.secret_access_key.as_str()
+    );
+
+    let path = format!("/model/{MODEL_LABEL}/converse");
+    let body = converse_body("hi").to_string().into_bytes();
+    let send = |c: Credentials| {
+        let headers = signed_headers(addr, &path, &body, &c);
+        let path = path.clone();
+        let body = body.clone();
+        async move { raw_request(addr, "POST", &path, &headers, &body).await }
+    };
+    assert_eq!(send(newest.credentials.clone()).await.status, 200);
+    assert_eq!(send(creds()).await.status, 200);
+    let expired = send(rotation.set(0).credentials).await;
+    assert_eq!(expired.status, 403);
+    assert_eq!(
+        expired.header("x-amzn-errortype"),
+        Some("ExpiredTokenException")
+    );
+    let future = send(rotation.set(newest.generation + 3).credentials).await;
+    assert_eq!(future.status, 403);
+    // A valid set's key with another set's secret is still a bad signature.
+    let mut forged = newest.credentials.clone();
+    forged.secret_access_key = rotation.set(0).credentials.secret_access_key;
+    assert_eq!(send(forged).await.status, 403);
+    let generations: Vec<Value> = ledger(addr)
+        .await
+        .iter()
+        .map(|e| e["credentials_generation"].clone())
+        .collect();
+    assert_eq!(generations[0], json!(newest.generation));
+    assert_eq!(generations[1], Value::Null);
+
+    let down = raw_request(addr, "POST", "/_emulator/credentials/down", &host, b"").await;
+    assert_eq!(down.json()["down"], true);
+    let refused = raw_request(addr, "GET", "/v1/credentials", &with_token, b"").await;
+    assert_eq!(refused.status, 503);
+    raw_request(addr, "POST", "/_emulator/credentials/up", &host, b"").await;
+    // IMDSv2 only: no token, no credentials.
+    let v1 = raw_request(
+        addr,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+        &host,
+        b"",
+    )
+    .await;
+    assert_eq!(v1.status, 401);
+    let mut ttl = host.to_vec();
+    ttl.push(("x-aws-ec2-metadata-token-ttl-seconds".into(), "60".into()));
+    let token = raw_request(addr, "PUT", "/latest/api/token", &ttl, b"").await;
+    assert_eq!(token.status, 200);
+    let mut with_imds = host.to_vec();
+    with_imds.push((
+        "x-aws-ec2-metadata-token".into(),
+        String::from_utf8(token.body).unwrap(),
+    ));
+    let role = raw_request(
+        addr,
+        "GET",
+        "/latest/meta-data/iam/security-credentials/",
+        &with_imds,
+        b"",
+    )
+    .await;
+    let role = String::from_utf8(role.body).unwrap();
+    let doc = raw_request(
+        addr,
+        "GET",
+        &format!("/latest/meta-data/iam/security-credentials/{role}"),
+        &with_imds,
+        b"",
+    )
+    .await
+    .json();
+    assert_eq!(doc["Code"], "Success");
+}

@@ -1,37 +1,44 @@
 //! The per-request HTTP context.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
-use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
+use tollgate_core::accounting::totals::CasTotals;
+use tollgate_core::config::{Config, UpstreamAuth};
+use tollgate_core::dialect::Dialect;
 use tollgate_core::endpoints;
-use tollgate_core::error::{Dialect, ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange, UpstreamRequest};
-use tollgate_core::host_reply;
-use tollgate_core::totals::{self, CasTotals};
+use tollgate_core::error::{ErrorKind, GatewayError, Reply};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange, Level, Verdict};
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::upstream::host_reply;
+use tollgate_core::upstream::request::UpstreamRequest;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 use crate::host::{self, SharedData};
 use crate::metrics;
 
 pub struct Http {
     config: Result<Rc<Config>, Rc<str>>,
+    /// The VM's signing key, kept for the day (shared by every request of the VM).
+    signing_keys: Rc<RefCell<SigningKeyCache>>,
     exchange: Option<Box<Exchange>>,
     /// Envoy runs a local reply (this filter's, or Envoy's own) through this filter's own
     /// response callbacks: they must not mistake it for Bedrock's answer.
     local_reply: bool,
-    /// The stream was reset after a budget cut-off.
-    upstream_reset: bool,
 }
 
 impl Http {
-    pub fn new(config: Result<Rc<Config>, Rc<str>>) -> Self {
+    pub fn new(
+        config: Result<Rc<Config>, Rc<str>>,
+        signing_keys: Rc<RefCell<SigningKeyCache>>,
+    ) -> Self {
         Self {
             config,
+            signing_keys,
             exchange: None,
             local_reply: false,
-            upstream_reset: false,
         }
     }
 
@@ -60,7 +67,28 @@ impl Http {
         let Some(ex) = self.exchange.as_mut() else {
             return Action::Continue;
         };
-        match ex.upstream_request(config, &CasCounters(&SharedData), body, host::now()) {
+        let fetched = match &config.upstream_auth {
+            UpstreamAuth::Fetched(source) => crate::credentials::current(source),
+            _ => None,
+        };
+        let signed = {
+            // Never borrowed elsewhere while a request signs; a fresh key if it somehow were.
+            let mut kept = self.signing_keys.try_borrow_mut();
+            let mut spare = SigningKeyCache::default();
+            let keys = match kept.as_deref_mut() {
+                Ok(keys) => keys,
+                Err(_) => &mut spare,
+            };
+            ex.upstream_request_with(
+                config,
+                &CasCounters(&SharedData),
+                keys,
+                body,
+                host::now(),
+                fetched.as_ref(),
+            )
+        };
+        match signed {
             Ok(up) => match apply(&up, body.len()) {
                 Ok(()) => Action::Continue,
                 Err(e) => self.reject(&e, None),
@@ -219,27 +247,22 @@ impl HttpContext for Http {
             return Action::Continue;
         };
         // With Continue, the buffer holds exactly this chunk: inspect a copy, pass it on.
-        let verdict = if body_size == 0 {
-            BodyVerdict::Pass
-        } else {
-            ex.on_response_body(&host::buffer(BufferType::HttpResponseBody, body_size))
-        };
-        match verdict {
-            BodyVerdict::Pass => {}
-            BodyVerdict::Replace(bytes) => host::replace_response_body(body_size, &bytes),
-            BodyVerdict::Drop => {
-                host::replace_response_body(body_size, &[]);
-                if !std::mem::replace(&mut self.upstream_reset, true) {
-                    // The terminal frame went out with an earlier chunk: stop Bedrock
-                    // generating (and billing) what nobody will read.
-                    host::reset_stream();
+        if body_size > 0 {
+            let chunk = host::buffer(BufferType::HttpResponseBody, body_size);
+            let relayed = ex.on_response_body(&chunk);
+            match relayed.verdict {
+                Verdict::Pass => {}
+                Verdict::Replace => host::replace_response_body(body_size, &relayed.bytes),
+                Verdict::End { reset_upstream } => {
+                    host::replace_response_body(body_size, &relayed.bytes);
+                    if reset_upstream {
+                        // A reset ends the client's side too: only once the end has gone out.
+                        host::reset_stream();
+                    }
                 }
             }
         }
-        if end_of_stream
-            && ex.upstream_ended_inside_a_message()
-            && !std::mem::replace(&mut self.upstream_reset, true)
-        {
+        if end_of_stream && ex.upstream_ended_inside_a_message() {
             // Bedrock's body ended inside a frame: break the client's response rather than
             // end it cleanly, so its SDK reports an error instead of a short, whole stream.
             host::reset_stream();
@@ -251,27 +274,24 @@ impl HttpContext for Http {
         let (Ok(config), Some(ex)) = (&self.config, self.exchange.as_mut()) else {
             return;
         };
-        let Some(record) = ex.finish(config, &CasCounters(&SharedData), host::now_ms(host::now()))
-        else {
+        let now_ms = host::now_ms(host::now());
+        let Some(ending) = ex.end(
+            config,
+            &CasCounters(&SharedData),
+            &CasTotals(&SharedData),
+            now_ms,
+        ) else {
             return;
         };
-        host::log(LogLevel::Info, &record.log_line());
-        if let Some(warning) = record.price_warning() {
-            host::log(LogLevel::Warn, &warning);
-        }
-        let cost_before = match totals::add_record(&CasTotals(&SharedData), &record) {
-            Ok(before) => before.unwrap_or(0),
-            Err(e) => {
-                host::log(
-                    LogLevel::Critical,
-                    &format!(
-                        "tollgate: usage of key `{}` NOT added to totals: {e}",
-                        record.key_id
-                    ),
-                );
-                0
+        // Settled and counted already: what is left is to say so, in core's order.
+        let mut name = String::new();
+        for effect in ending.effects() {
+            match effect {
+                Effect::Record(line) => host::log(LogLevel::Info, &line),
+                Effect::Log(Level::Warn, line) => host::log(LogLevel::Warn, &line),
+                Effect::Log(Level::Critical, line) => host::log(LogLevel::Critical, &line),
+                Effect::Metric(update) => metrics::apply(&update, &mut name),
             }
-        };
-        metrics::on_record(&record, cost_before);
+        }
     }
 }

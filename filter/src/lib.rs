@@ -1,21 +1,31 @@
 //! Tollgate as a proxy-wasm HTTP filter: adapts Envoy's callbacks to `tollgate_core`.
 
 mod configuration;
+mod credentials;
 mod host;
 mod http;
 mod metrics;
+pub mod stats;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType, LogLevel};
-use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
-use tollgate_core::{quota, totals};
+use tollgate_core::accounting::totals;
+use tollgate_core::config::{Config, UpstreamAuth};
+use tollgate_core::quota;
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: Err(not_configured()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root {
+        config: Err(not_configured()),
+        signing_keys: Rc::default(),
+        refresher: None,
+    }) });
 }}
 
 fn not_configured() -> Rc<str> {
@@ -25,9 +35,25 @@ fn not_configured() -> Rc<str> {
 struct Root {
     /// The validated configuration, or why there is none (then every request gets a 500).
     config: Result<Rc<Config>, Rc<str>>,
+    /// The signing key derived for the day, kept for every request of this VM.
+    signing_keys: Rc<RefCell<SigningKeyCache>>,
+    /// Keeps fetched credentials fresh, when the configuration's come from an endpoint.
+    refresher: Option<credentials::Refresher>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(r) = self.refresher.as_mut() {
+            r.on_response(token_id, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
@@ -37,6 +63,18 @@ impl RootContext for Root {
         match Config::parse(&bytes, &env) {
             Ok(c) => {
                 prepare_state(&c);
+                self.refresher = match &c.upstream_auth {
+                    UpstreamAuth::Fetched(source) => {
+                        Some(credentials::Refresher::new(source.clone()))
+                    }
+                    _ => None,
+                };
+                let tick = if self.refresher.is_some() {
+                    credentials::FIRST_TICK
+                } else {
+                    std::time::Duration::ZERO
+                };
+                let _ = hostcalls::set_tick_period(tick);
                 self.config = Ok(Rc::new(c));
                 true
             }
@@ -66,8 +104,17 @@ impl RootContext for Root {
         }
     }
 
+    fn on_tick(&mut self) {
+        if let Some(r) = self.refresher.as_mut() {
+            r.on_tick();
+        }
+    }
+
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(http::Http::new(self.config.clone())))
+        Some(Box::new(http::Http::new(
+            self.config.clone(),
+            self.signing_keys.clone(),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,5 +1,6 @@
-//! Envoy stats for Tollgate: `tollgate_core::metrics` decides what moves; this module defines
-//! the stats (once per VM and name) and applies the updates.
+//! Envoy stats for Tollgate: `tollgate_core::accounting::metrics` decides which series move
+//! and by how much; this module names them for Envoy (`stats`), defines each stat once per VM
+//! and applies the updates.
 //!
 //! Only `Result`-returning host calls: a refused definition or increment is logged once per
 //! VM and otherwise ignored — metrics never fail a request nor trap the VM.
@@ -9,11 +10,11 @@ use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{LogLevel, MetricType};
+use tollgate_core::accounting::metrics::{self as core_metrics, MetricKind, Update};
 use tollgate_core::error::GatewayError;
-use tollgate_core::metrics::{self as core_metrics, Labels, MetricKind, Update};
-use tollgate_core::record::UsageRecord;
 
 use crate::host;
+use crate::stats;
 
 thread_local! {
     /// Metric id by stat name, `None` if Envoy refused to define it (not retried). Label values
@@ -25,37 +26,38 @@ thread_local! {
 
 /// A request refused by the gateway itself. `key_id` is `None` before authentication.
 pub fn on_refusal(error: &GatewayError, key_id: Option<&str>) {
-    apply(&core_metrics::refusal_updates(error, key_id));
+    let mut name = String::new();
+    for update in core_metrics::refusal_updates(error, key_id) {
+        apply(&update, &mut name);
+    }
 }
 
-/// A finished exchange's record. `cost_before_pico`: the running pico-USD total of the
-/// record's (key, model label) series just before this record's cost was added — what
-/// `totals::add` returns as `model_cost_before_pico_usd`; 0 if that failed (the cost counter
-/// is then off by at most one micro-USD).
-pub fn on_record(record: &UsageRecord, cost_before_pico: u64) {
-    apply(&core_metrics::record_updates(
-        record,
-        Labels::of(record),
-        cost_before_pico,
-    ));
+/// A fetch of credentials ended (`tollgate_core::upstream::credentials::refresh_update`).
+pub fn on_credential_refresh(succeeded: bool) {
+    let mut name = String::new();
+    apply(
+        &tollgate_core::upstream::credentials::refresh_update(succeeded),
+        &mut name,
+    );
 }
 
-fn apply(updates: &[Update]) {
-    for u in updates {
-        let Some(id) = metric_id(&u.name, u.kind) else {
-            continue;
-        };
-        let result = match u.kind {
-            // Envoy refuses a zero increment (BadArgument); core never makes one.
-            MetricKind::Counter if u.value == 0 => Ok(()),
-            MetricKind::Counter => {
-                hostcalls::increment_metric(id, i64::try_from(u.value).unwrap_or(i64::MAX))
-            }
-            MetricKind::Histogram => hostcalls::record_metric(id, u.value),
-        };
-        if let Err(e) = result {
-            warn_once(&format!("could not update metric `{}`: {e:?}", u.name));
+/// Applies one of core's metric updates (a refusal's, or one an ended exchange makes).
+/// `name` is scratch space for the stat name, reused across updates.
+pub fn apply(update: &Update<'_>, name: &mut String) {
+    stats::write_name(update, name);
+    let Some(id) = metric_id(name, update.kind()) else {
+        return;
+    };
+    let result = match update.kind() {
+        // Envoy refuses a zero increment (BadArgument); core never makes one.
+        MetricKind::Counter if update.value == 0 => Ok(()),
+        MetricKind::Counter => {
+            hostcalls::increment_metric(id, i64::try_from(update.value).unwrap_or(i64::MAX))
         }
+        MetricKind::Histogram => hostcalls::record_metric(id, update.value),
+    };
+    if let Err(e) = result {
+        warn_once(&format!("could not update metric `{name}`: {e:?}"));
     }
 }
 

@@ -4,14 +4,16 @@
 //! * an accepted document is internally consistent: every alias and allowlisted model is in
 //!   its one canonical spelling (canonicalising it again changes nothing), the upstream host
 //!   is a bare host (no scheme, path, user info), the body limit is in range, key ids unique;
-//! * no secret of the document (secret access key, session token, Bedrock API key) appears in
-//!   the parsed configuration's `Debug` output or in a refusal's message: both reach logs.
+//! * no secret of the document (secret access key, session token, Bedrock API key, container
+//!   authorization token) appears in the parsed configuration's `Debug` output or in a
+//!   refusal's message: both reach logs.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use tollgate_core::config::{Config, UpstreamAuth};
-use tollgate_core::model_id;
+use tollgate_core::request::model_id;
+use tollgate_core::upstream::credentials::SourceKind;
 
 /// String values under secret-bearing fields, long enough that finding one by chance in an
 /// unrelated message is not a leak.
@@ -21,7 +23,7 @@ fn secrets(doc: &Value, out: &mut Vec<String>) {
             for (k, v) in map {
                 if matches!(
                     k.as_str(),
-                    "secret_access_key" | "session_token" | "api_key"
+                    "secret_access_key" | "session_token" | "api_key" | "authorization_token"
                 ) {
                     if let Some(s) = v.as_str().filter(|s| s.len() >= 8) {
                         out.push(s.to_string());
@@ -41,12 +43,14 @@ fuzz_target!(|data: &[u8]| {
         "AWS_SECRET_ACCESS_KEY" => Some("env-secret-access-key-0123".to_string()),
         "AWS_SESSION_TOKEN" => Some("env-session-token-0123456".to_string()),
         "AWS_BEARER_TOKEN_BEDROCK" => Some("env-bedrock-api-key-0123".to_string()),
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN" => Some("env-container-token-0123".to_string()),
         _ => None,
     };
     let mut planted = vec![
         "env-secret-access-key-0123".to_string(),
         "env-session-token-0123456".to_string(),
         "env-bedrock-api-key-0123".to_string(),
+        "env-container-token-0123".to_string(),
     ];
     if let Ok(doc) = serde_json::from_slice::<Value>(data) {
         let mut found = Vec::new();
@@ -81,6 +85,13 @@ fuzz_target!(|data: &[u8]| {
                     v
                 }
                 UpstreamAuth::Bearer(k) => vec![k.clone()],
+                UpstreamAuth::Fetched(source) => match &source.kind {
+                    SourceKind::Container {
+                        authorization_token,
+                    } => authorization_token.iter().cloned().collect(),
+                    SourceKind::InstanceMetadata => Vec::new(),
+                },
+                UpstreamAuth::Envoy => Vec::new(),
             };
             for s in secret_of_auth
                 .iter()

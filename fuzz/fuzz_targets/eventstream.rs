@@ -11,7 +11,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_core::eventstream::{self, DecodeError, Decoder, HeaderValue, MAX_MESSAGE_LEN};
+use tollgate_core::response::eventstream::{
+    self, DecodeError, Decoder, HeaderValue, MAX_MESSAGE_LEN,
+};
 use tollgate_fuzz::{chunks, encode_message, Input};
 
 #[derive(Debug, PartialEq)]

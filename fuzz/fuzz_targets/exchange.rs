@@ -1,12 +1,13 @@
 //! One whole exchange through core, as a host drives it (`exchange::admit`,
-//! `Exchange::upstream_request`, `on_response_headers`, `on_response_body`, `finish`) against
+//! `Exchange::upstream_request`, `on_response_headers`, `on_response_body`, `end`) against
 //! an in-memory store with Envoy shared data's semantics: any request body, model and output
 //! cap, any upstream status and response body (framed as in the `meter` target) cut anywhere,
 //! for a key with a total budget that cuts streams off.
 //!
 //! Properties:
-//! * the reservation is settled exactly: afterwards the key has no request in flight and its
-//!   budget holds exactly the record's cost (nothing when nothing went upstream);
+//! * the reservation is settled exactly: afterwards the key has no request in flight, its
+//!   budget holds exactly the record's cost (nothing when nothing went upstream), and its
+//!   totals hold the request once at that cost (a refusal not at all);
 //! * the response reaches the client byte for byte, unless the budget cuts it off: then the
 //!   client gets a prefix of it that ends at a frame boundary, plus one terminal
 //!   `throttlingException` frame, and nothing after it — a stream that decodes cleanly;
@@ -18,15 +19,17 @@ use std::time::{Duration, SystemTime};
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tollgate_core::auth::hash_key;
+use tollgate_core::accounting::totals::CasTotals;
 use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
+use tollgate_core::dialect::bedrock::CUT_OFF_EXCEPTION;
 use tollgate_core::endpoints;
-use tollgate_core::eventstream::Decoder;
-use tollgate_core::exchange::{self, Admission, BodyVerdict, CUT_OFF_EXCEPTION};
-use tollgate_core::model_id;
+use tollgate_core::exchange::{self, Admission, Verdict};
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::request::auth::hash_key;
+use tollgate_core::request::model_id;
+use tollgate_core::response::eventstream::Decoder;
 use tollgate_core::store::memory::MemoryStore;
-use tollgate_core::totals::CasTotals;
+use tollgate_core::upstream::signing::SigningKeyCache;
 use tollgate_fuzz::{chunks, response_body, Input, OPERATIONS};
 
 const KEY: &str = "tg-fuzz-key";
@@ -107,7 +110,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = SystemTime::UNIX_EPOCH + Duration::from_millis(NOW_MS);
     let forwarded = ex.check_declared_body_size().is_ok()
-        && ex.upstream_request(&config, &counters, &body, now).is_ok();
+        && ex
+            .upstream_request(
+                &config,
+                &counters,
+                &mut SigningKeyCache::default(),
+                &body,
+                now,
+            )
+            .is_ok();
 
     let mut to_client = Vec::new();
     let mut cut_at = None;
@@ -117,20 +128,30 @@ fuzz_target!(|data: &[u8]| {
             [("content-type", "application/vnd.amazon.eventstream")],
         );
         let mut sent = 0;
+        let mut resets = 0;
         for piece in chunks(&upstream_body, &cut_seed, 300) {
-            match ex.on_response_body(piece) {
-                BodyVerdict::Pass => to_client.extend_from_slice(piece),
-                BodyVerdict::Replace(bytes) => {
-                    assert!(cut_at.is_none(), "a stream cut off twice");
-                    cut_at = Some(to_client.len());
-                    to_client.extend_from_slice(&bytes);
+            let relayed = ex.on_response_body(piece);
+            match relayed.verdict {
+                Verdict::Pass => {
+                    assert!(cut_at.is_none(), "bytes passed after the end");
+                    assert_eq!(&relayed.bytes[..], piece);
+                    to_client.extend_from_slice(piece);
                 }
-                BodyVerdict::Drop => {
-                    assert!(cut_at.is_some(), "bytes dropped from a stream not cut off")
+                // Bedrock's dialect passes Bedrock's answer unchanged.
+                Verdict::Replace => panic!("the Bedrock dialect replaced a chunk"),
+                Verdict::End { reset_upstream } => {
+                    if cut_at.is_none() {
+                        cut_at = Some(to_client.len());
+                        to_client.extend_from_slice(&relayed.bytes);
+                    } else {
+                        assert!(relayed.bytes.is_empty(), "bytes after the end");
+                    }
+                    resets += usize::from(reset_upstream);
                 }
             }
             sent += piece.len();
         }
+        assert!(resets <= 1, "the upstream reset {resets} times");
         assert_eq!(sent, upstream_body.len());
     }
     if forwarded && cut_at.is_none() {
@@ -142,10 +163,13 @@ fuzz_target!(|data: &[u8]| {
             op.is_stream() && (200..300).contains(&status) && decoded && dec.buffered() > 0;
         assert_eq!(ex.upstream_ended_inside_a_message(), expected);
     }
+    let totals = CasTotals(&store);
     let record = ex
-        .finish(&config, &counters, NOW_MS + 1)
-        .expect("the first finish makes the record");
-    assert!(ex.finish(&config, &counters, NOW_MS + 2).is_none());
+        .end(&config, &counters, &totals, NOW_MS + 1)
+        .expect("the first end makes the record")
+        .record()
+        .clone();
+    assert!(ex.end(&config, &counters, &totals, NOW_MS + 2).is_none());
     assert_eq!(record.forwarded, forwarded);
     if !forwarded {
         assert_eq!(
@@ -179,7 +203,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The reservation became the bill, and the slot is free.
-    let reply = endpoints::usage(&config, &CasTotals(&store), &counters, "k", NOW_MS + 3);
+    let reply = endpoints::usage(&config, &totals, &counters, "k", NOW_MS + 3);
     assert_eq!(reply.status, 200);
     let usage: Value = serde_json::from_slice(&reply.body).expect("usage is JSON");
     assert_eq!(
@@ -190,5 +214,12 @@ fuzz_target!(|data: &[u8]| {
         usage["budget"]["spent_pico_usd"].as_u64(),
         Some(record.cost_pico_usd),
         "budget spent differs from the record: {usage} vs {record:?}"
+    );
+    // The totals hold the request once, at the record's cost (a refusal is not counted).
+    assert_eq!(usage["requests"].as_u64(), Some(u64::from(forwarded)));
+    assert_eq!(
+        usage["cost_pico_usd"].as_u64(),
+        Some(record.cost_pico_usd),
+        "totals differ from the record: {usage} vs {record:?}"
     );
 });

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_core::meter::{Reading, UsageMeter};
+use tollgate_core::response::meter::{Reading, UsageMeter};
 use tollgate_fuzz::{chunks, response_body, Input, OPERATIONS};
 
 const CONTENT_TYPES: [&str; 4] = [

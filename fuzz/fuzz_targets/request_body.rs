@@ -13,7 +13,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use tollgate_core::request_body;
+use tollgate_core::request::body as request_body;
 use tollgate_core::Operation;
 use tollgate_fuzz::{Input, OPERATIONS};
 
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     let body = input.rest();
 
     // Reading the images a request asks for never fails.
-    assert!(tollgate_core::images::requested(body) >= 1);
+    assert!(tollgate_core::request::images::requested(body) >= 1);
 
     let Ok(read) = request_body::scan(body, op) else {
         return;

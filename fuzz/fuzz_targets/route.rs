@@ -12,8 +12,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_core::model_id;
-use tollgate_core::route::{self, Route};
+use tollgate_core::request::model_id;
+use tollgate_core::request::route::{self, Route};
 use tollgate_fuzz::Input;
 
 const METHODS: [&str; 4] = ["POST", "GET", "PUT", "post"];

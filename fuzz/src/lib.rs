@@ -5,7 +5,7 @@
 //! The targets assert properties, not just "no panic": see each file in `fuzz_targets/` and
 //! the README's "Fuzzing" section.
 
-use tollgate_core::eventstream::{self, HeaderValue};
+use tollgate_core::response::eventstream::{self, HeaderValue};
 use tollgate_core::Operation;
 
 /// A cursor over the fuzzer's bytes; reads past the end give zeros / empty slices.

@@ -6,6 +6,7 @@
 //! the key-value store (label `default`): quota counters and usage totals, all of them atomic
 //! increments (see `kv`).
 
+mod credentials;
 mod kv;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,12 +19,14 @@ use spin_sdk::http::body::IncomingBodyExt;
 use spin_sdk::http::{box_body, BoxBody, FullBody, Request, Response};
 use spin_sdk::wasip3::http::types::ErrorCode;
 use spin_sdk::wasip3::http_compat::{IncomingRequestBody, IncomingResponseBody};
-use tollgate_core::config::{Config, ENVIRONMENT_NAMES};
-use tollgate_core::counters::IncrementCounters;
+use tollgate_core::accounting::totals::IncrementTotals;
+use tollgate_core::config::{Config, UpstreamAuth, ENVIRONMENT_NAMES};
 use tollgate_core::endpoints;
 use tollgate_core::error::{ErrorKind, GatewayError, Reply};
-use tollgate_core::exchange::{self, Admission, BodyVerdict, Exchange};
-use tollgate_core::totals::{self, IncrementTotals};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange, Verdict};
+use tollgate_core::quota::counters::IncrementCounters;
+use tollgate_core::upstream::request::is_hop_by_hop;
+use tollgate_core::upstream::signing::SigningKeyCache;
 
 use kv::Kv;
 
@@ -120,7 +123,6 @@ async fn handle(request: Request) -> Response<BoxBody> {
                 config,
                 ex,
                 kv: Kv::open(STORE_LABEL),
-                finished: false,
             };
             forward(flight, parts.method.clone(), &pairs, &original, body).await
         }
@@ -146,7 +148,11 @@ async fn load_config() -> Result<Config, String> {
         .filter_map(|(name, value)| Some((*name, value.ok()?)))
         .collect();
     let lookup = |name: &str| env.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
-    Config::parse(doc.as_bytes(), &lookup).map_err(|e| e.to_string())
+    let config = Config::parse(doc.as_bytes(), &lookup).map_err(|e| e.to_string())?;
+    if config.upstream_auth == UpstreamAuth::Envoy {
+        return Err(tollgate_core::upstream::credentials::envoy_signing_unavailable().to_string());
+    }
+    Ok(config)
 }
 
 /// One admitted exchange and what it needs to end: [`Flight::finish`] runs on every path (the
@@ -155,7 +161,6 @@ struct Flight {
     config: Config,
     ex: Box<Exchange>,
     kv: Kv,
-    finished: bool,
 }
 
 impl Flight {
@@ -176,30 +181,25 @@ impl Flight {
         reply(&r)
     }
 
-    /// Produces the usage record: settles the reservation, adds the usage to the key's totals
-    /// (before the record is logged, so a logged record is always counted), logs the record.
+    /// Ends the exchange (core settles the reservation and adds the usage to the key's
+    /// totals), then writes what core returns: the record to stdout, warnings to stderr.
     fn finish(&mut self) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        let counters = IncrementCounters(&self.kv);
-        let Some(record) = self
-            .ex
-            .finish(&self.config, &counters, now_ms(SystemTime::now()))
-        else {
+        // `None` once it has ended: an exchange ends once, whichever path gets here first.
+        let Some(ending) = self.ex.end(
+            &self.config,
+            &IncrementCounters(&self.kv),
+            &IncrementTotals(&self.kv),
+            now_ms(SystemTime::now()),
+        ) else {
             return;
         };
-        // Totals before the log line, so a record anyone sees is also counted.
-        let added = totals::add_record(&IncrementTotals(&self.kv), &record);
-        log_out(&record.log_line());
-        if let Some(warning) = record.price_warning() {
-            log_err(&warning);
-        }
-        if let Err(e) = added {
-            log_err(&format!(
-                "tollgate: usage of key `{}` NOT added to totals: {e}",
-                record.key_id
-            ));
+        for effect in ending.effects() {
+            match effect {
+                Effect::Record(line) => log_out(&line),
+                Effect::Log(_, line) => log_err(&line),
+                // No metrics on Spin: the records are its usage data.
+                Effect::Metric(_) => {}
+            }
         }
     }
 }
@@ -231,15 +231,24 @@ async fn forward(
             return flight.refuse(&e);
         }
     };
+    let fetched = match &flight.config.upstream_auth {
+        UpstreamAuth::Fetched(source) => credentials::current(&flight.kv, source).await,
+        _ => None,
+    };
     let counters = IncrementCounters(&flight.kv);
-    let mut up =
-        match flight
-            .ex
-            .upstream_request(&flight.config, &counters, &body, SystemTime::now())
-        {
-            Ok(up) => up,
-            Err(e) => return flight.refuse(&e),
-        };
+    // An instance serves one request: a key derived now is not asked for again.
+    let keys = &mut SigningKeyCache::default();
+    let mut up = match flight.ex.upstream_request_with(
+        &flight.config,
+        &counters,
+        keys,
+        &body,
+        SystemTime::now(),
+        fetched.as_ref(),
+    ) {
+        Ok(up) => up,
+        Err(e) => return flight.refuse(&e),
+    };
     let url = format!(
         "{}://{}{}",
         flight.config.upstream_scheme, up.authority, up.path
@@ -294,7 +303,7 @@ async fn forward(
     let mut to_client = http::Response::builder().status(status);
     for (name, value) in &parts.headers {
         // Framing is the host's: the body may change length (budget cut-off).
-        if !exchange::is_hop_by_hop(name.as_str()) {
+        if !is_hop_by_hop(name.as_str()) {
             to_client = to_client.header(name, value);
         }
     }
@@ -416,13 +425,15 @@ async fn relay(
                 break;
             }
         };
-        let (bytes, last) = match flight.ex.on_response_body(&chunk) {
-            BodyVerdict::Pass => (chunk, false),
-            // Budget cut-off: the terminal frame goes out, nothing after it is read.
-            BodyVerdict::Replace(bytes) => (Bytes::from(bytes), true),
-            BodyVerdict::Drop => break,
+        let relayed = flight.ex.on_response_body(&chunk);
+        let (bytes, last) = match relayed.verdict {
+            Verdict::Pass => (chunk.clone(), false),
+            Verdict::Replace => (Bytes::from(relayed.bytes.into_owned()), false),
+            // The response ends here (a budget cut-off's terminal frame); dropping the
+            // upstream body below stops Bedrock.
+            Verdict::End { .. } => (Bytes::from(relayed.bytes.into_owned()), true),
         };
-        if client.send(Ok(Frame::data(bytes))).await.is_err() {
+        if !(last && bytes.is_empty()) && client.send(Ok(Frame::data(bytes))).await.is_err() {
             break; // the client went away
         }
         sent += 1;

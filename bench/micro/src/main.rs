@@ -11,11 +11,20 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tollgate_core::accounting::totals::CasTotals;
+use tollgate_core::accounting::{pricing, totals};
 use tollgate_core::config::Config;
-use tollgate_core::counters::CasCounters;
-use tollgate_core::exchange::{self, Admission, Exchange};
+use tollgate_core::exchange::{self, Admission, Effect, Exchange};
+use tollgate_core::quota::counters::CasCounters;
+use tollgate_core::request::{auth, body as request_body};
 use tollgate_core::store::memory::MemoryStore;
-use tollgate_core::{auth, metrics, pricing, request_body, signing, totals, Operation};
+use tollgate_core::upstream::signing::{self, SigningKeyCache};
+use tollgate_core::Operation;
+
+/// The filter's own stat naming, so the end of an exchange costs what it costs in the filter.
+#[allow(dead_code)]
+#[path = "../../../filter/src/stats.rs"]
+mod stats;
 
 struct Counting;
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
@@ -107,13 +116,42 @@ fn feed_chunks(ex: &mut Exchange, bytes: &[u8]) {
     }
 }
 
+/// The end of an exchange as the filter's `on_log` executes it (minus host calls): settled,
+/// counted, then the log line and the metrics, each stat named as the filter names it.
+fn end(cfg: &Config, store: &MemoryStore, ex: &mut Exchange, now_ms: u64) {
+    let ending = ex
+        .end(cfg, &CasCounters(store), &CasTotals(store), now_ms)
+        .expect("record");
+    let mut name = String::new();
+    for effect in ending.effects() {
+        match effect {
+            Effect::Record(line) | Effect::Log(_, line) => {
+                black_box(line);
+            }
+            Effect::Metric(update) => {
+                stats::write_name(&update, &mut name);
+                black_box(&name);
+            }
+        }
+    }
+}
+
 /// One whole exchange as the filter drives it (minus host calls): admit, sign, observe the
 /// answer, finish, log line, totals, metric updates.
-fn whole(cfg: &Config, store: &MemoryStore, body: &[u8], path: &str, resp: &[u8], stream: bool) {
+#[allow(clippy::too_many_arguments)]
+fn whole(
+    cfg: &Config,
+    store: &MemoryStore,
+    keys: &mut SigningKeyCache,
+    body: &[u8],
+    path: &str,
+    resp: &[u8],
+    stream: bool,
+) {
     let h = client_headers(path, body.len());
     let mut ex = admit(cfg, &h, path);
     let up = ex
-        .upstream_request(cfg, &CasCounters(store), body, now())
+        .upstream_request(cfg, &CasCounters(store), keys, body, now())
         .expect("signed");
     black_box(&up);
     ex.on_response_headers(
@@ -128,32 +166,32 @@ fn whole(cfg: &Config, store: &MemoryStore, body: &[u8], path: &str, resp: &[u8]
     } else {
         black_box(ex.on_response_body(resp));
     }
-    let rec = ex.finish(cfg, &CasCounters(store), 1_790_000_000_100).expect("record");
-    black_box(rec.log_line());
-    let delta = totals::Counts::of_request(&rec.usage(), rec.cost_pico_usd);
-    let added = totals::add(store, &rec.key_id, rec.model_label(), &delta).expect("totals");
-    black_box(metrics::record_updates(
-        &rec,
-        metrics::Labels::of(&rec),
-        added.model_cost_before_pico_usd,
-    ));
+    end(cfg, store, &mut ex, 1_790_000_000_100);
 }
 
 fn bench(filter: &str, name: &str, mut f: impl FnMut()) {
     if !name.contains(filter) {
         return;
     }
-    for _ in 0..200 {
-        f();
-    }
-    // About 0.3 s per case, at least 200 iterations.
-    let t = Instant::now();
-    let mut probe = 0u64;
-    while t.elapsed() < Duration::from_millis(30) {
-        f();
-        probe += 1;
-    }
-    let iters = (probe * 10).max(200);
+    // BENCH_ITERS: exactly that many iterations, no warm-up (for instruction counts under
+    // valgrind, which timing on a shared machine cannot replace).
+    let fixed = std::env::var("BENCH_ITERS").ok().and_then(|n| n.parse::<u64>().ok());
+    let iters = match fixed {
+        Some(n) => n,
+        None => {
+            for _ in 0..200 {
+                f();
+            }
+            // About 0.3 s per case, at least 200 iterations.
+            let t = Instant::now();
+            let mut probe = 0u64;
+            while t.elapsed() < Duration::from_millis(30) {
+                f();
+                probe += 1;
+            }
+            (probe * 10).max(200)
+        }
+    };
     let a0 = ALLOCS.load(Ordering::Relaxed);
     let b0 = BYTES.load(Ordering::Relaxed);
     let t = Instant::now();
@@ -170,6 +208,8 @@ fn main() {
     let filter = std::env::args().nth(1).unwrap_or_default();
     let cfg = config();
     let store = MemoryStore::default();
+    // Kept across requests, as the filter keeps one per VM.
+    let mut keys = SigningKeyCache::default();
     totals::ensure(&store, ["bench"]).unwrap();
     let h1k = client_headers(ALIAS_PATH_1K, BODY_1K.len());
     let hstream = client_headers(ALIAS_PATH_STREAM, BODY_STREAM.len());
@@ -188,10 +228,16 @@ fn main() {
         black_box(admit(&cfg, &h1k, ALIAS_PATH_1K));
     });
     bench(&filter, "request_body::output_limit 1 KB (JSON parse)", || {
-        black_box(request_body::output_limit(BODY_1K, Operation::Converse, MODEL_ID, None));
+        let _ = black_box(
+            request_body::scan(BODY_1K, Operation::Converse)
+                .map(|r| r.output_limit(BODY_1K, MODEL_ID, None)),
+        );
     });
     bench(&filter, "request_body::output_limit 10 KB", || {
-        black_box(request_body::output_limit(BODY_10K, Operation::Converse, MODEL_ID, None));
+        let _ = black_box(
+            request_body::scan(BODY_10K, Operation::Converse)
+                .map(|r| r.output_limit(BODY_10K, MODEL_ID, None)),
+        );
     });
     bench(&filter, "pricing::quote", || {
         black_box(pricing::quote("us-east-1", MODEL_ID));
@@ -200,6 +246,7 @@ fn main() {
         bench(&filter, &format!("signing::upstream_auth_headers {label}"), || {
             black_box(
                 signing::upstream_auth_headers(
+                    &mut keys,
                     &cfg.upstream_auth,
                     "us-east-1",
                     "127.0.0.1:9100",
@@ -214,7 +261,10 @@ fn main() {
     for (label, body) in [("1 KB", BODY_1K), ("10 KB", BODY_10K)] {
         bench(&filter, &format!("admit + upstream_request {label}"), || {
             let mut ex = admit(&cfg, &h1k, ALIAS_PATH_1K);
-            black_box(ex.upstream_request(&cfg, &CasCounters(&store), body, now()).unwrap());
+            black_box(
+                ex.upstream_request(&cfg, &CasCounters(&store), &mut keys, body, now())
+                    .unwrap(),
+            );
         });
     }
     bench(&filter, "response: converse body (meter)", || {
@@ -239,11 +289,7 @@ fn main() {
         let mut ex = admit(&cfg, &h1k, ALIAS_PATH_1K);
         ex.on_response_headers(200, [("content-type", "application/json")]);
         black_box(ex.on_response_body(RESP_CONVERSE));
-        let rec = ex.finish(&cfg, &CasCounters(&store), 1).unwrap();
-        black_box(rec.log_line());
-        let delta = totals::Counts::of_request(&rec.usage(), rec.cost_pico_usd);
-        let added = totals::add(&store, &rec.key_id, rec.model_label(), &delta).unwrap();
-        black_box(metrics::record_updates(&rec, metrics::Labels::of(&rec), added.model_cost_before_pico_usd));
+        end(&cfg, &store, &mut ex, 1);
     });
     bench(&filter, "  of which admit + meter + finish only", || {
         let mut ex = admit(&cfg, &h1k, ALIAS_PATH_1K);
@@ -252,12 +298,12 @@ fn main() {
         black_box(ex.finish(&cfg, &CasCounters(&store), 1).unwrap());
     });
     bench(&filter, "WHOLE exchange, converse 1 KB", || {
-        whole(&cfg, &store, BODY_1K, ALIAS_PATH_1K, RESP_CONVERSE, false)
+        whole(&cfg, &store, &mut keys, BODY_1K, ALIAS_PATH_1K, RESP_CONVERSE, false)
     });
     bench(&filter, "WHOLE exchange, converse 10 KB", || {
-        whole(&cfg, &store, BODY_10K, ALIAS_PATH_1K, RESP_CONVERSE, false)
+        whole(&cfg, &store, &mut keys, BODY_10K, ALIAS_PATH_1K, RESP_CONVERSE, false)
     });
     bench(&filter, "WHOLE exchange, stream 64 events", || {
-        whole(&cfg, &store, BODY_STREAM, ALIAS_PATH_STREAM, RESP_STREAM, true)
+        whole(&cfg, &store, &mut keys, BODY_STREAM, ALIAS_PATH_STREAM, RESP_STREAM, true)
     });
 }
