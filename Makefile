@@ -33,6 +33,8 @@ help:
 	@echo "                RUNTIME_CONFIG=host-spin/runtime-config.redis.toml for Redis)"
 	@echo "make spin-build the Spin component ($(SPIN_WASM))"
 	@echo "make lint       rustfmt --check and clippy -D warnings (native and wasm32)"
+	@echo "make fuzz       every cargo-fuzz target for FUZZ_SECONDS each (default 60; nightly + cargo-fuzz)"
+	@echo "make soak       10 minutes of mixed load through Envoy and Spin: memory, keys, the books"
 	@echo "make pricing    refresh pricing/ from the litellm wheel on PyPI (LITELLM_VERSION=x.y.z to pin)"
 	@echo "make hash-key KEY=...   print the sha256 to put in a key's \"sha256\" field"
 	@echo "make claude-code  the Claude Code CLI (npm, pinned) into .run/npm, for its tests"
@@ -95,7 +97,7 @@ istio-manifests: oci
 spin-up: spin-build emulator certs
 	@bash tests/spin-up.sh
 
-test: test-rust test-integration bench-smoke
+test: test-rust test-integration bench-smoke soak-smoke
 
 test-rust:
 	cargo test --workspace
@@ -107,6 +109,7 @@ test-integration: build spin-build venv
 
 lint:
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p tollgate-filter --target wasm32-wasip1 -- -D warnings
 	cargo clippy -p tollgate-spin --target wasm32-wasip2 -- -D warnings
@@ -136,3 +139,40 @@ bench: build venv
 bench-smoke: build venv
 	bash bench/setup.sh smoke
 	bench/.venv/bin/python bench/bench.py --smoke
+
+# Fuzzing (README "Fuzzing"): each target of fuzz/ for FUZZ_SECONDS, from the committed seeds
+# (fuzz/seeds/<target>) plus the corpus it grows (fuzz/corpus/<target>, not committed), with
+# debug assertions (overflow checks) on. A crash stops the run; its input is in fuzz/artifacts/.
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
+# Translator targets (OpenAI / Anthropic dialects) join FUZZ_TARGETS when the translators land.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= eventstream meter request_body config route exchange
+.PHONY: fuzz fuzz-seeds
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 2; }
+	@mkdir -p target/fuzz
+	@for t in $(FUZZ_TARGETS); do \
+	  mkdir -p fuzz/corpus/$$t; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  cargo +nightly fuzz run -a $$t fuzz/corpus/$$t fuzz/seeds/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -rss_limit_mb=4096 2>&1 \
+	    | tee target/fuzz/$$t.log | grep -E "^(Done|stat::number_of_executed_units|==[0-9]+== ERROR|SUMMARY)" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
+
+# Rewrites fuzz/seeds from fuzz/seeds.py (after a target's input format changed).
+fuzz-seeds:
+	python3 fuzz/seeds.py
+
+# Soak (tests/soak.py): mixed load through Envoy and Spin (on Redis), sampling memory and store
+# keys, then the books against the emulator's ledger; fails if anything grows or a count is off.
+# The report is target/soak/report.{json,md}. `make soak-smoke` runs it for 30 s (in `make test`).
+SOAK_SECONDS ?= 600
+.PHONY: soak soak-smoke
+soak: build spin-build venv
+	@bash tests/find-spin.sh >/dev/null
+	$(PY) tests/soak.py --seconds $(SOAK_SECONDS) --out target/soak
+
+soak-smoke: build spin-build venv
+	@bash tests/find-spin.sh >/dev/null
+	$(PY) tests/soak.py --seconds 30 --out target/soak-smoke

@@ -75,7 +75,8 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10):
 
 
 class Emulator:
-    def __init__(self, workdir: Path, *extra_args: str):
+    def __init__(self, workdir: Path, *extra_args: str, access_key_id: str = ACCESS_KEY_ID,
+                 secret_access_key: str = SECRET_ACCESS_KEY):
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / "emulator.log"
         self.proc = subprocess.Popen(
@@ -83,8 +84,8 @@ class Emulator:
                 str(EMULATOR),
                 "--listen", "127.0.0.1:0",
                 "--region", REGION,
-                "--access-key-id", ACCESS_KEY_ID,
-                "--secret-access-key", SECRET_ACCESS_KEY,
+                "--access-key-id", access_key_id,
+                "--secret-access-key", secret_access_key,
                 *extra_args,
             ],
             stdout=subprocess.PIPE,

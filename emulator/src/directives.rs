@@ -15,6 +15,11 @@ pub const MAX_SLOW_MS: u64 = 10_000;
 pub const MAX_EVENTS: u32 = 10_000;
 /// Cap on `images`.
 pub const MAX_IMAGES: u64 = 100;
+/// Cap on `trickle`, in milliseconds between bytes.
+pub const MAX_TRICKLE_MS: u64 = 1_000;
+/// Cap on `pad`: bytes of padding per frame (or per non-stream body); a frame stays under the
+/// EventStream limit of 16 MiB.
+pub const MAX_PAD_BYTES: u64 = 16_000_000;
 
 const OPEN: &[u8] = b"[[emu:";
 const CLOSE: &[u8] = b"]]";
@@ -134,6 +139,28 @@ pub struct Directives {
     /// output-token-count header) omits its output count, or reports -1. What is served (and
     /// the ledger) is unchanged.
     pub reported_output: Option<ReportedOutput>,
+    /// `[[emu:reset-after=N]]`: the connection is reset (aborted, no clean end of the body)
+    /// before a stream's content delta N+1 (before its closing events if it has N or fewer),
+    /// or after N bytes of a non-stream body.
+    pub reset_after: Option<u64>,
+    /// `[[emu:corrupt-crc=N]]`: stream frame N (0-based, every frame counted) goes out with a
+    /// wrong message CRC; the stream goes on after it, as a broken middlebox would send it.
+    pub corrupt_crc: Option<u32>,
+    /// `[[emu:truncate=N]]`: only the first half of stream frame N goes out, then the body ends
+    /// cleanly.
+    pub truncate: Option<u32>,
+    /// `[[emu:stall=MS]]`: a stream stops for MS (capped at [`MAX_SLOW_MS`]) before content
+    /// delta `stall-after` (default 1), then goes on.
+    pub stall_ms: Option<u64>,
+    /// `[[emu:stall-after=N]]`: see `stall`.
+    pub stall_after: Option<u32>,
+    /// `[[emu:trickle=MS]]`: the response body (stream or not) goes out one byte at a time,
+    /// MS apart (capped at [`MAX_TRICKLE_MS`]).
+    pub trickle_ms: Option<u64>,
+    /// `[[emu:pad=N]]`: N bytes of padding (capped at [`MAX_PAD_BYTES`]) in every stream
+    /// frame's `"p"` member, or in a non-stream JSON body's top-level `"p"`: responses larger
+    /// than any buffer on the way.
+    pub pad: Option<u64>,
     /// Every directive recognised, as written (`output=5`), in body order.
     pub seen: Vec<String>,
 }
@@ -248,6 +275,34 @@ impl Directives {
                 }
                 self.content_type = Some(v.to_string());
             }
+            ("reset-after", Some(_)) => match number(u64::MAX) {
+                Some(n) => self.reset_after = Some(n),
+                None => return false,
+            },
+            ("corrupt-crc", Some(_)) => match number(u64::from(MAX_EVENTS)) {
+                Some(n) => self.corrupt_crc = Some(n as u32),
+                None => return false,
+            },
+            ("truncate", Some(_)) => match number(u64::from(MAX_EVENTS)) {
+                Some(n) => self.truncate = Some(n as u32),
+                None => return false,
+            },
+            ("stall", Some(_)) => match number(MAX_SLOW_MS) {
+                Some(n) => self.stall_ms = Some(n),
+                None => return false,
+            },
+            ("stall-after", Some(_)) => match number(u64::from(MAX_EVENTS)) {
+                Some(n) => self.stall_after = Some(n as u32),
+                None => return false,
+            },
+            ("trickle", Some(_)) => match number(MAX_TRICKLE_MS) {
+                Some(n) => self.trickle_ms = Some(n),
+                None => return false,
+            },
+            ("pad", Some(_)) => match number(MAX_PAD_BYTES) {
+                Some(n) => self.pad = Some(n),
+                None => return false,
+            },
             ("reported-output", Some("none")) => {
                 self.reported_output = Some(ReportedOutput::Omitted)
             }
@@ -322,6 +377,22 @@ mod tests {
         );
         assert_eq!(d.reported_output, Some(ReportedOutput::Omitted));
         assert_eq!(d.content_type, None);
+    }
+
+    #[test]
+    fn parses_the_fault_directives() {
+        let d = Directives::parse(
+            b"[[emu:reset-after=3]] [[emu:corrupt-crc=2]] [[emu:truncate=4]] [[emu:stall=999999]] \
+              [[emu:stall-after=2]] [[emu:trickle=5]] [[emu:pad=99999999999]] [[emu:trickle=x]]",
+        );
+        assert_eq!(d.reset_after, Some(3));
+        assert_eq!(d.corrupt_crc, Some(2));
+        assert_eq!(d.truncate, Some(4));
+        assert_eq!(d.stall_ms, Some(MAX_SLOW_MS));
+        assert_eq!(d.stall_after, Some(2));
+        assert_eq!(d.trickle_ms, Some(5));
+        assert_eq!(d.pad, Some(MAX_PAD_BYTES));
+        assert_eq!(d.seen.len(), 7);
     }
 
     #[test]

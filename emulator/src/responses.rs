@@ -101,6 +101,8 @@ pub struct Plan {
     pub guardrail: Option<GuardrailEcho>,
     /// The tool the answer calls after its text (Anthropic and Converse answers).
     pub tool: Option<ToolCall>,
+    /// Bytes of `"p"` padding in every stream frame (`[[emu:pad]]`); 0: Bedrock's short padding.
+    pub pad: usize,
 }
 
 impl Plan {
@@ -162,6 +164,7 @@ impl Plan {
             reported_output: d.reported_output,
             guardrail: None,
             tool: None,
+            pad: d.pad.map_or(0, |n| n as usize),
         }
     }
 
@@ -506,7 +509,13 @@ pub fn encode_event(
     index: u64,
     event: &StreamEvent,
 ) -> Result<Vec<u8>, EncodeError> {
-    let p = padding(ctx.seq, index);
+    let big;
+    let p = if ctx.plan.pad > 0 {
+        big = "p".repeat(ctx.plan.pad);
+        big.as_str()
+    } else {
+        padding(ctx.seq, index)
+    };
     if let StreamEvent::Exception { message } = event {
         let payload = json!({ "message": message }).to_string();
         return exception_frame("modelStreamErrorException", payload.as_bytes());

@@ -55,8 +55,23 @@ const CHUNK_SIZES: &[usize] = &[
 /// reading (or goes away) is noticed promptly.
 const STREAM_CHANNEL_CAPACITY: usize = 2;
 
-/// A response body; an error from it closes the connection under the response (a reset).
-pub type ResponseBody = BoxBody<Bytes, io::Error>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// A body chunk, or the error that aborts the connection mid-body (`[[emu:reset-after]]`).
+type BodyItem = Result<Bytes, BoxError>;
+
+/// The connection is aborted mid-body, as an upstream that resets (`[[emu:reset-after]]`).
+#[derive(Clone, Copy, Debug)]
+pub struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the emulator reset the connection mid-body ([[emu:reset-after]])")
+    }
+}
+
+impl std::error::Error for Reset {}
 
 /// What the emulator accepts.
 #[derive(Clone, Debug)]
@@ -200,6 +215,49 @@ fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
+}
+
+/// A non-stream body delivered with faults: one byte at a time `trickle` apart, and/or cut
+/// off by a reset after `reset_after` bytes.
+fn faulty_body(body: Bytes, trickle: Option<Duration>, reset_after: Option<u64>) -> ResponseBody {
+    let (tx, rx) = mpsc::channel::<BodyItem>(STREAM_CHANNEL_CAPACITY);
+    tokio::spawn(async move {
+        let keep = reset_after.map_or(body.len(), |n| body.len().min(n as usize));
+        let step = if trickle.is_some() { 1 } else { keep.max(1) };
+        let mut at = 0;
+        while at < keep {
+            let end = (at + step).min(keep);
+            if tx.send(Ok(body.slice(at..end))).await.is_err() {
+                return;
+            }
+            at = end;
+            if let Some(d) = trickle {
+                tokio::time::sleep(d).await;
+            }
+        }
+        if reset_after.is_some() {
+            let _ = tx.send(Err(Box::new(Reset))).await;
+        }
+    });
+    ChannelBody { rx }.boxed()
+}
+
+/// Adds `"p":"ppp…"` (`n` bytes of padding) as the first member of a JSON object body.
+fn pad_json(body: &[u8], n: usize) -> Vec<u8> {
+    match body.split_first() {
+        Some((b'{', rest)) => {
+            let mut out = Vec::with_capacity(body.len() + n + 8);
+            out.extend_from_slice(b"{\"p\":\"");
+            out.resize(out.len() + n, b'p');
+            out.extend_from_slice(b"\"");
+            if rest.first() != Some(&b'}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            out
+        }
+        _ => body.to_vec(),
+    }
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
@@ -677,7 +735,8 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         }
         Some(Fault::ResetAfter(_)) | None => {}
     }
-    let reset_after = match fault {
+    // `fail=reset-after-N@MODEL`: N content events of a stream, half a non-stream body.
+    let model_reset_after = match fault {
         Some(Fault::ResetAfter(n)) => Some(n),
         _ => None,
     };
@@ -800,7 +859,7 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
                 msg_id,
                 received,
                 slow,
-                reset_after,
+                faults: StreamFaults::of(&directives).with_reset_after(model_reset_after),
             },
         );
     }
@@ -808,6 +867,11 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
     if let Some(d) = slow {
         tokio::time::sleep(d).await;
     }
+    let trickle = directives
+        .trickle_ms
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis);
+    let reset_after = directives.reset_after;
     let latency_ms = received.elapsed().as_millis() as u64;
     let answer = match op {
         Operation::Converse => Answer {
@@ -831,15 +895,24 @@ async fn api(state: Arc<State>, req: Request<Incoming>) -> Response<ResponseBody
         },
     };
     pending.entry.output_text = Some(plan.full_text());
-    if reset_after.is_some() {
-        // Generated whole (and billed by Bedrock), but the connection fails mid-body.
-        pending.entry.error = Some("connection reset mid-body ([[emu:fail=reset-after]])".into());
-        let bytes = answer.body.clone();
-        let mut response = pending.finish(answer);
-        *response.body_mut() = half_then_reset(bytes);
-        return response;
+    let mut answer = answer;
+    // Generated whole (and billed by Bedrock), but the connection fails mid-body.
+    let reset_after = reset_after.or(model_reset_after.map(|_| answer.body.len() as u64 / 2));
+    if let Some(n) = directives.pad.filter(|&n| n > 0) {
+        answer.body = pad_json(&answer.body, n as usize);
     }
-    pending.finish(answer)
+    if let Some(n) = reset_after {
+        pending.entry.error = Some(format!(
+            "connection reset after {n} body bytes ([[emu:reset-after={n}]])"
+        ));
+        pending.entry.error_type = Some("Reset".into());
+    }
+    let body = Bytes::from(answer.body.clone());
+    let mut response = pending.finish(answer);
+    if trickle.is_some() || reset_after.is_some() {
+        *response.body_mut() = faulty_body(body, trickle, reset_after);
+    }
+    response
 }
 
 fn log(state: &State, e: &Entry) {
@@ -862,37 +935,52 @@ fn log(state: &State, e: &Entry) {
 /// A response body fed by a channel: each message is one HTTP chunk; an error closes the
 /// connection under the response.
 struct ChannelBody {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
+    rx: mpsc::Receiver<BodyItem>,
 }
 
 impl Body for ChannelBody {
     type Data = Bytes;
-    type Error = io::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.rx
             .poll_recv(cx)
-            .map(|chunk| chunk.map(|b| b.map(Frame::data)))
+            .map(|chunk| chunk.map(|item| item.map(Frame::data)))
     }
 }
 
-/// A body that sends the first half of `bytes`, then fails: a non-stream answer cut by a reset.
-fn half_then_reset(bytes: Vec<u8>) -> ResponseBody {
-    let (tx, rx) = mpsc::channel(2);
-    tokio::spawn(async move {
-        let bytes = Bytes::from(bytes);
-        let half = bytes.slice(..bytes.len() / 2);
-        let _ = tx.send(Ok(half)).await;
-        let _ = tx
-            .send(Err(io::Error::other(
-                "emulated reset ([[emu:fail=reset-after]])",
-            )))
-            .await;
-    });
-    ChannelBody { rx }.boxed()
+/// How a stream goes wrong (`[[emu:reset-after]]`, `corrupt-crc`, `truncate`, `stall`,
+/// `trickle`).
+#[derive(Clone, Copy, Debug, Default)]
+struct StreamFaults {
+    reset_after: Option<u64>,
+    corrupt_crc: Option<u32>,
+    truncate: Option<u32>,
+    stall: Option<Duration>,
+    stall_after: u32,
+    trickle: Option<Duration>,
+}
+
+impl StreamFaults {
+    fn of(d: &Directives) -> Self {
+        Self {
+            reset_after: d.reset_after,
+            corrupt_crc: d.corrupt_crc,
+            truncate: d.truncate,
+            stall: d.stall_ms.filter(|&ms| ms > 0).map(Duration::from_millis),
+            stall_after: d.stall_after.unwrap_or(1),
+            trickle: d.trickle_ms.filter(|&ms| ms > 0).map(Duration::from_millis),
+        }
+    }
+
+    /// A model's `fail=reset-after-N` fault, where no directive says otherwise.
+    fn with_reset_after(mut self, deltas: Option<u32>) -> Self {
+        self.reset_after = self.reset_after.or(deltas.map(u64::from));
+        self
+    }
 }
 
 struct StreamJob {
@@ -904,8 +992,7 @@ struct StreamJob {
     msg_id: String,
     received: Instant,
     slow: Option<Duration>,
-    /// `fail=reset-after-N`: the connection is closed under the stream after N content events.
-    reset_after: Option<u32>,
+    faults: StreamFaults,
 }
 
 fn start_stream(
@@ -944,7 +1031,9 @@ struct Closed;
 /// Cuts the stream's bytes into chunks of [`CHUNK_SIZES`] and keeps track of which frames have
 /// been wholly handed to the connection, and when.
 struct Chunker {
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<BodyItem>,
+    /// One byte per chunk, this far apart (`[[emu:trickle]]`).
+    trickle: Option<Duration>,
     buf: BytesMut,
     next_size: usize,
     pushed: u64,
@@ -956,9 +1045,10 @@ struct Chunker {
 }
 
 impl Chunker {
-    fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
+    fn new(tx: mpsc::Sender<BodyItem>, trickle: Option<Duration>) -> Self {
         Chunker {
             tx,
+            trickle,
             buf: BytesMut::new(),
             next_size: 0,
             pushed: 0,
@@ -978,7 +1068,10 @@ impl Chunker {
     async fn send(&mut self, flush: bool) -> Result<(), Closed> {
         // Each pass sends at least one byte, so this ends within buf.len() passes.
         while !self.buf.is_empty() {
-            let size = CHUNK_SIZES[self.next_size % CHUNK_SIZES.len()];
+            let size = match self.trickle {
+                Some(_) => 1,
+                None => CHUNK_SIZES[self.next_size % CHUNK_SIZES.len()],
+            };
             let n = if self.buf.len() >= size {
                 self.next_size += 1;
                 size
@@ -989,6 +1082,12 @@ impl Chunker {
             };
             let chunk = self.buf.split_to(n).freeze();
             self.tx.send(Ok(chunk)).await.map_err(|_| Closed)?;
+            if let Some(d) = self.trickle {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = self.tx.closed() => return Err(Closed),
+                }
+            }
             self.sent += n as u64;
             let at = now_ms();
             while let Some(&(end, index)) = self.pending.front() {
@@ -1008,12 +1107,13 @@ async fn run_stream(
     ticket: Ticket,
     mut entry: Entry,
     job: StreamJob,
-    tx: mpsc::Sender<io::Result<Bytes>>,
+    tx: mpsc::Sender<BodyItem>,
 ) {
     let events = stream_events(job.op, job.family, &job.plan);
-    let mut deltas = 0u32;
-    let mut reset = false;
-    let mut chunker = Chunker::new(tx);
+    let faults = job.faults;
+    let mut chunker = Chunker::new(tx, faults.trickle);
+    let mut deltas_pushed = 0u64;
+    let mut fault = None;
     let mut first_byte_latency_ms = None;
     let mut disconnected = false;
     let mut encode_error = None;
@@ -1025,6 +1125,33 @@ async fn run_stream(
                     _ = chunker.tx.closed() => { disconnected = true; break; }
                 }
             }
+        }
+        let is_delta = matches!(event, StreamEvent::Delta { .. });
+        let preamble = matches!(event, StreamEvent::MessageStart | StreamEvent::BlockStart);
+        if let (Some(d), StreamEvent::Delta { index, .. }) = (faults.stall, event) {
+            if *index == faults.stall_after {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = chunker.tx.closed() => { disconnected = true; break; }
+                }
+            }
+        }
+        if faults.reset_after == Some(deltas_pushed) && !preamble {
+            // Everything before goes out, then the connection is aborted.
+            if chunker.send(true).await.is_err() {
+                disconnected = true;
+                break;
+            }
+            // The events went out before the peer fails, as they would from Bedrock: give the
+            // gateway time to relay them (a host may drop its own unflushed writes when the
+            // body it relays fails at once).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = chunker.tx.send(Err(Box::new(Reset))).await;
+            fault = Some((
+                "Reset",
+                format!("connection reset after {deltas_pushed} content deltas ([[emu:reset-after={deltas_pushed}]])"),
+            ));
+            break;
         }
         let latency_ms = job.received.elapsed().as_millis() as u64;
         let ctx = StreamContext {
@@ -1044,31 +1171,39 @@ async fn run_stream(
                 break;
             }
         };
-        chunker.push(&frame, i);
-        if matches!(event, StreamEvent::Delta { .. }) {
-            deltas += 1;
+        let mut frame = frame;
+        if faults.corrupt_crc == Some(i as u32) {
+            if let Some(last) = frame.last_mut() {
+                *last ^= 0xff;
+            }
+            fault = Some((
+                "CorruptCrc",
+                format!("frame {i} sent with a wrong message CRC ([[emu:corrupt-crc={i}]])"),
+            ));
         }
-        let reset_now = job.reset_after.is_some_and(|n| deltas >= n);
-        // With `slow`, each event goes out whole at its own time; without, bytes are held
-        // until the next chunk size is reached, so several frames can share a chunk.
-        let flush = job.slow.is_some() || i + 1 == events.len() || reset_now;
-        if chunker.send(flush).await.is_err() {
-            disconnected = true;
+        if faults.truncate == Some(i as u32) {
+            // Half the frame, then a clean end of the body.
+            frame.truncate(frame.len() / 2);
+            chunker.buf.extend_from_slice(&frame);
+            if chunker.send(true).await.is_err() {
+                disconnected = true;
+            }
+            fault = Some((
+                "TruncatedFrame",
+                format!(
+                    "frame {i} cut after {} bytes, then the body ended ([[emu:truncate={i}]])",
+                    frame.len()
+                ),
+            ));
             break;
         }
-        if reset_now {
-            // The events went out before the peer fails, as they would from Bedrock: give the
-            // gateway time to relay them (a host may drop its own unflushed writes when the
-            // body it relays fails at once).
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            // An error from the body makes the server drop the connection mid-response.
-            let _ = chunker
-                .tx
-                .send(Err(io::Error::other(
-                    "emulated reset ([[emu:fail=reset-after]])",
-                )))
-                .await;
-            reset = true;
+        chunker.push(&frame, i);
+        deltas_pushed += u64::from(is_delta);
+        // With `slow`, each event goes out whole at its own time; without, bytes are held
+        // until the next chunk size is reached, so several frames can share a chunk.
+        let flush = job.slow.is_some() || faults.stall.is_some() || i + 1 == events.len();
+        if chunker.send(flush).await.is_err() {
+            disconnected = true;
             break;
         }
     }
@@ -1099,7 +1234,7 @@ async fn run_stream(
     entry.content_events_sent = Some(content_events);
     entry.output_tokens_sent = Some(tokens_sent);
     entry.stream_completed =
-        Some(all_sent && exception.is_none() && encode_error.is_none() && !reset);
+        Some(all_sent && exception.is_none() && encode_error.is_none() && fault.is_none());
     entry.client_disconnected = Some(disconnected);
     entry.first_event_at_ms = times.first().copied();
     entry.last_event_at_ms = times.last().copied();
@@ -1107,10 +1242,9 @@ async fn run_stream(
     if let Some(message) = exception {
         entry.error = Some(format!("modelStreamErrorException: {message}"));
         entry.error_type = Some("modelStreamErrorException".into());
-    } else if reset {
-        entry.error = Some(format!(
-            "connection reset after {deltas} content events ([[emu:fail=reset-after-{deltas}]])"
-        ));
+    } else if let Some((kind, message)) = fault {
+        entry.error = Some(message);
+        entry.error_type = Some(kind.into());
     } else if disconnected {
         entry.error = Some("client disconnected mid-stream".into());
     } else if let Some(e) = encode_error {

@@ -956,6 +956,118 @@ async fn hang_up_closes_the_connection_without_an_answer() {
     assert_eq!(entry["signature_valid"], true);
 }
 
+/// One request whose response may be cut off: the raw bytes read until the server closes.
+async fn call_raw(addr: SocketAddr, op: &str, body: &Value) -> Vec<u8> {
+    let path = format!("/model/{MODEL_LABEL}/{op}");
+    let body = body.to_string().into_bytes();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("POST {path} HTTP/1.1\r\n");
+    for (n, v) in signed_headers(addr, &path, &body, &creds()) {
+        req.push_str(&format!("{n}: {v}\r\n"));
+    }
+    req.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    stream.write_all(req.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw)).await;
+    raw
+}
+
+#[tokio::test]
+async fn reset_after_aborts_the_body_mid_way() {
+    let addr = start(None).await;
+    let raw = call_raw(
+        addr,
+        "converse-stream",
+        &converse_body("[[emu:output=6]] [[emu:events=6]] [[emu:reset-after=2]]"),
+    )
+    .await;
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !raw.ends_with(b"0\r\n\r\n"),
+        "a reset body has no clean chunked end"
+    );
+    let raw = call_raw(
+        addr,
+        "converse",
+        &converse_body("[[emu:output=6]] [[emu:reset-after=10]]"),
+    )
+    .await;
+    assert!(raw.starts_with(b"HTTP/1.1 200"));
+    assert!(!raw.ends_with(b"0\r\n\r\n"));
+    let entries = ledger(addr).await;
+    assert_eq!(entries[0]["error_type"], "Reset");
+    assert_eq!(entries[0]["content_events_sent"], 2);
+    assert_eq!(entries[0]["stream_completed"], false);
+    assert_eq!(entries[1]["error_type"], "Reset");
+}
+
+#[tokio::test]
+async fn corrupt_crc_and_truncate_break_one_frame() {
+    let addr = start(None).await;
+    let r = call(
+        addr,
+        "converse-stream",
+        &converse_body("[[emu:output=4]] [[emu:events=4]] [[emu:corrupt-crc=2]]"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(decode_all(&r.body).is_err(), "frame 2's CRC is wrong");
+    let first_two: usize = (0..2)
+        .scan(&r.body[..], |rest, _| {
+            let (_, used) = decode_frame(rest).unwrap();
+            *rest = &rest[used..];
+            Some(used)
+        })
+        .sum();
+    assert!(decode_frame(&r.body[first_two..]).is_err());
+    let r = call(
+        addr,
+        "converse-stream",
+        &converse_body("[[emu:output=4]] [[emu:events=4]] [[emu:truncate=3]]"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "the body ends cleanly, inside a frame");
+    assert!(decode_all(&r.body).is_err());
+    let entries = ledger(addr).await;
+    assert_eq!(entries[0]["error_type"], "CorruptCrc");
+    assert_eq!(entries[1]["error_type"], "TruncatedFrame");
+    assert_eq!(entries[1]["content_events_sent"], 2);
+}
+
+#[tokio::test]
+async fn pad_and_trickle() {
+    let addr = start(None).await;
+    let r = call(
+        addr,
+        "converse",
+        &converse_body("[[emu:output=3]] [[emu:pad=100000]]"),
+    )
+    .await;
+    let v = r.json();
+    assert_eq!(v["p"].as_str().unwrap().len(), 100_000);
+    assert_eq!(v["usage"]["outputTokens"], 3);
+    let r = call(
+        addr,
+        "converse-stream",
+        &converse_body("[[emu:output=2]] [[emu:events=2]] [[emu:pad=300000]] [[emu:trickle=0]]"),
+    )
+    .await;
+    let frames = decode_all(&r.body).unwrap();
+    assert!(frames.iter().all(|f| f.payload.len() > 300_000));
+    let r = call(
+        addr,
+        "converse",
+        &converse_body("[[emu:output=2]] [[emu:trickle=1]]"),
+    )
+    .await;
+    assert_eq!(r.json()["usage"]["outputTokens"], 2);
+    assert!(r.chunks.unwrap().iter().all(|c| c.len() == 1));
+}
+
 /// Rotating credentials: the sets the endpoints hand out are accepted while valid (and the
 /// ledger says which set signed), refused once expired or before they are issued; the static
 /// credentials still work; an outage makes every credentials path answer 503.

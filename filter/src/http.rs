@@ -350,6 +350,16 @@ impl HttpContext for Http {
         let relayed = ex.on_response_body(&chunk);
         match relayed.verdict {
             Verdict::Pass | Verdict::Replace => {
+                if end_of_stream && ex.upstream_ended_inside_a_message() {
+                    // Bedrock's body ended inside a frame: break the client's response rather
+                    // than end it cleanly (nor with a dialect's closing events), so its SDK
+                    // reports an error instead of a short, whole stream.
+                    if relayed.verdict == Verdict::Replace {
+                        host::replace_response_body(body_size, &relayed.bytes);
+                    }
+                    host::reset_stream();
+                    return Action::Continue;
+                }
                 // The upstream body ends here: the client's dialect may have bytes held back.
                 let tail = if end_of_stream {
                     ex.on_response_end()

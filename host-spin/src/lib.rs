@@ -408,13 +408,15 @@ async fn forward(
     }
     let (tx, rx) = mpsc::channel(RELAY_BUFFER_CHUNKS);
     let (delivered_tx, delivered) = oneshot::channel();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let body = ClientBody {
         frames: http_body_util::StreamBody::new(rx),
+        taken: taken.clone(),
         _delivered: delivered_tx,
     };
     match to_client.body(box_body(body)) {
         Ok(resp) => {
-            spin_sdk::wasip3::spawn(relay(flight, upstream, tx, delivered));
+            spin_sdk::wasip3::spawn(relay(flight, upstream, tx, delivered, taken));
             resp
         }
         Err(e) => flight.refuse(&GatewayError::new(
@@ -498,6 +500,8 @@ type ClientFrame = Result<Frame<Bytes>, std::io::Error>;
 /// drops `_delivered`: the relay learns the client has everything.
 struct ClientBody {
     frames: http_body_util::StreamBody<mpsc::Receiver<ClientFrame>>,
+    /// Frames the SDK has taken from the relay.
+    taken: std::sync::Arc<std::sync::atomic::AtomicU64>,
     _delivered: oneshot::Sender<()>,
 }
 
@@ -509,7 +513,13 @@ impl http_body::Body for ClientBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<ClientFrame>> {
-        std::pin::Pin::new(&mut self.get_mut().frames).poll_frame(cx)
+        let this = self.get_mut();
+        let frame = std::pin::Pin::new(&mut this.frames).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &frame {
+            this.taken
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        frame
     }
 }
 
@@ -521,8 +531,11 @@ async fn relay(
     upstream: IncomingResponseBody,
     mut client: mpsc::Sender<ClientFrame>,
     delivered: oneshot::Receiver<()>,
+    taken: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     let mut upstream = upstream.stream();
+    let mut upstream_ended = false;
+    let mut sent = 0u64;
     loop {
         // The lease is renewed between chunks too, however long Bedrock pauses.
         let next = {
@@ -549,11 +562,7 @@ async fn relay(
                 break;
             }
             None => {
-                // The upstream body has ended: what the client's dialect still holds.
-                let tail = flight.ex.on_response_end();
-                if !tail.is_empty() {
-                    let _ = client.send(Ok(Frame::data(Bytes::from(tail)))).await;
-                }
+                upstream_ended = true;
                 break;
             }
         };
@@ -566,11 +575,39 @@ async fn relay(
             Verdict::End { .. } => (Bytes::from(relayed.bytes.into_owned()), true),
         };
         // An empty replacement (a dialect holding bytes back) is no frame at all.
-        if !bytes.is_empty() && client.send(Ok(Frame::data(bytes))).await.is_err() {
-            break; // the client went away
+        if !bytes.is_empty() {
+            if client.send(Ok(Frame::data(bytes))).await.is_err() {
+                break; // the client went away
+            }
+            sent += 1;
         }
         if last {
             break;
+        }
+    }
+    if upstream_ended && flight.ex.upstream_ended_inside_a_message() {
+        // Bedrock's body ended inside a frame: fail the client's response rather than end it
+        // cleanly, so its SDK reports an error instead of a short, whole stream.
+        log_err("tollgate: the upstream response ended inside an EventStream message");
+        // The error ends the response at once, and Spin drops what it has not written yet:
+        // first let the SDK take the whole frames sent (bounded, for a client that stopped
+        // reading). Best effort: the last of them can still be lost to the client.
+        for _ in 0..200 {
+            if taken.load(std::sync::atomic::Ordering::Relaxed) >= sent {
+                break;
+            }
+            spin_sdk::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let _ = client
+            .send(Err(std::io::Error::other(
+                "the upstream response ended inside an EventStream message",
+            )))
+            .await;
+    } else if upstream_ended {
+        // The upstream body has ended: what the client's dialect still holds.
+        let tail = flight.ex.on_response_end();
+        if !tail.is_empty() {
+            let _ = client.send(Ok(Frame::data(Bytes::from(tail)))).await;
         }
     }
     // Dropping the upstream body closes its connection if it was not finished (Bedrock stops

@@ -125,7 +125,7 @@ fn authenticate(config: &Config, headers: &[(&str, &str)]) -> Result<String, Gat
             "the admin API is off: the configuration has no `admin_keys`",
         ));
     }
-    let Some(key) = auth::presented(headers).key else {
+    let Some(key) = auth::presented(headers)?.key else {
         return Err(GatewayError::new(
             ErrorKind::MissingKey,
             "the admin API needs an admin key: `Authorization: Bearer <admin key>` or `x-api-key`",

@@ -594,6 +594,14 @@ impl Exchange {
         self.relay.end()
     }
 
+    /// The upstream body has ended: `true` when it ended inside an EventStream message. The
+    /// host must then fail the client's response (Envoy: reset the stream; Spin: end the body
+    /// with an error) rather than end it cleanly: an SDK takes a cleanly ended stream for a
+    /// whole one (boto3 stops iterating without an error, and without the usage).
+    pub fn upstream_ended_inside_a_message(&self) -> bool {
+        !self.relay.was_cut_off() && self.meter.inside_a_message()
+    }
+
     /// Ends the exchange, once, on every path (Envoy's `on_log`): [`Exchange::finish`] (the
     /// record; the reservation settled in `counters`), then the usage added to `totals`, then
     /// what the host logs and measures ([`Ending::effects`]). `None` if it had ended already.

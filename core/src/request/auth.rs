@@ -20,35 +20,45 @@ pub struct Presented<'a> {
 }
 
 /// Reads the caller's key, if any, from `headers` (lowercase names, as both hosts give them).
-pub fn presented<'a>(headers: &[(&'a str, &'a str)]) -> Presented<'a> {
+/// Two different keys are refused: which one would the request be billed to? Neither.
+pub fn presented<'a>(headers: &[(&'a str, &'a str)]) -> Result<Presented<'a>, GatewayError> {
     let mut out = Presented::default();
     for &(name, value) in headers {
-        match name {
+        let key = match name {
             "authorization" => {
                 let value = value.trim();
-                if let Some((scheme, token)) = value.split_once(' ') {
-                    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
-                        out.key = Some(token.trim());
-                        return out;
+                match value.split_once(' ') {
+                    Some((scheme, token))
+                        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+                    {
+                        token.trim()
                     }
-                    if scheme.starts_with("AWS4-") {
-                        out.sigv4 = true;
+                    Some((scheme, _)) => {
+                        out.sigv4 |= scheme.starts_with("AWS4-");
+                        continue;
                     }
+                    None => continue,
                 }
             }
-            "x-api-key" if !value.trim().is_empty() => {
-                out.key = Some(value.trim());
-                return out;
+            "x-api-key" if !value.trim().is_empty() => value.trim(),
+            _ => continue,
+        };
+        match out.key {
+            Some(first) if first != key => {
+                return Err(GatewayError::new(
+                    ErrorKind::UnknownKey,
+                    "two different API keys were presented (`Authorization` and `x-api-key`, or one of them twice): send one",
+                ))
             }
-            _ => {}
+            _ => out.key = Some(key),
         }
     }
-    out
+    Ok(out)
 }
 
 /// The key the client presented, or why there is none.
 pub fn presented_key<'a>(headers: &[(&'a str, &'a str)]) -> Result<&'a str, GatewayError> {
-    let found = presented(headers);
+    let found = presented(headers)?;
     found.key.ok_or_else(|| missing_key(found.sigv4))
 }
 
@@ -137,6 +147,29 @@ mod tests {
                 .unwrap_err()
                 .kind,
             ErrorKind::MissingKey
+        );
+    }
+
+    /// A request that presents two different keys (`authorization` and `x-api-key`, or the
+    /// header twice) is refused: which one would it be billed to? Before, the first one won, so
+    /// a proxy adding its own key after the client's could be bypassed (or the reverse).
+    #[test]
+    fn two_different_keys_are_refused() {
+        for headers in [
+            &[("authorization", "Bearer tg-a"), ("x-api-key", "tg-b")][..],
+            &[("x-api-key", "tg-b"), ("authorization", "Bearer tg-a")][..],
+            &[
+                ("authorization", "Bearer tg-a"),
+                ("authorization", "Bearer tg-b"),
+            ][..],
+        ] {
+            let e = presented_key(headers).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::UnknownKey, "{headers:?}");
+        }
+        // The same key twice is that key.
+        assert_eq!(
+            presented_key(&[("authorization", "Bearer tg-a"), ("x-api-key", " tg-a")]).unwrap(),
+            "tg-a"
         );
     }
 

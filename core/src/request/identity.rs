@@ -67,7 +67,7 @@ pub fn authenticate(
 ) -> Result<Arc<ApiKey>, GatewayError> {
     let nobody = Caller::default();
     let caller = callers.caller.unwrap_or(&nobody);
-    let presented = auth::presented(headers);
+    let presented = auth::presented(headers)?;
     let refused = caller.token_refused.as_deref();
     if let Some(key) = presented.key {
         let digest = auth::hash_key(key);

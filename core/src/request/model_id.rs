@@ -87,8 +87,15 @@ pub fn canonical(id: &str, region: &str) -> Result<String, String> {
         ));
     }
     match resource.split_once('/') {
-        Some(("foundation-model" | "inference-profile", model)) if !model.is_empty() => {
+        // The model inside must be a plain model ID: another ARN (or a `/`) would be a second
+        // spelling of a model, past its allowlist and per-model limits.
+        Some(("foundation-model" | "inference-profile", model))
+            if is_model_id(model) && !model.starts_with("arn:") =>
+        {
             Ok(model.to_string())
+        }
+        Some(("foundation-model" | "inference-profile", _)) => {
+            Err(format!("`{id}` does not name a Bedrock model ID"))
         }
         Some((_, name)) if !name.is_empty() => Ok(id),
         _ => Err(format!("`{id}` names no Bedrock resource")),
@@ -204,6 +211,30 @@ mod tests {
             "arn:aws:bedrock:us-east-1:1:inference-profile",
         ] {
             assert!(canonical(bad, "us-east-1").is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the `route` fuzz target: a model inside an ARN that is itself an ARN (or has a
+    /// `/`) was another spelling of a model, escaping its allowlist and per-model limits.
+    #[test]
+    fn an_arn_names_a_model_id_not_another_arn() {
+        const HAIKU: &str = "us.anthropic.claude-haiku-4-5-20251001-v1:0";
+        let profile = format!("arn:aws:bedrock:us-east-1:1:inference-profile/{HAIKU}");
+        for nested in [
+            format!("arn:aws:bedrock:us-east-1:1:inference-profile/{profile}"),
+            format!("arn:aws:bedrock:us-east-1::foundation-model/{profile}"),
+            "arn:aws:bedrock:us-east-1::foundation-model/anthropic/anthropic.claude-3-haiku-20240307-v1:0".to_string(),
+            "arn:aws:bedrock:us-east-1::foundation-model/.x".to_string(),
+        ] {
+            assert!(is_model_id(&nested), "{nested}");
+            let got = canonical(&nested, "us-east-1");
+            assert!(got.is_err(), "{nested} -> {got:?}");
+        }
+        // Whatever is accepted is its own one spelling.
+        for id in [HAIKU, profile.as_str()] {
+            let once = canonical(id, "us-east-1").unwrap();
+            assert_eq!(canonical(&once, "us-east-1").as_deref(), Ok(once.as_str()));
+            assert!(is_model_id(&once));
         }
     }
 

@@ -209,3 +209,45 @@ fn the_stream_ends_with_one_clean_exception_frame_at_any_chunking() {
         );
     }
 }
+
+/// A stream whose body ends inside a message must not end cleanly at the client; one that ends
+/// between messages, or after the gateway's own terminal frame, ends as it is.
+#[test]
+fn an_upstream_body_that_ends_inside_a_message_is_flagged() {
+    let config = config();
+    let path = "/model/us.anthropic.claude-haiku-4-5-20251001-v1%3A0/converse-stream";
+    let flagged = |body: &[u8], budget_cut: bool| {
+        let store = MemoryStore::default();
+        let counters = CasCounters(&store);
+        let Admission::Forward(mut ex) =
+            admit(&config, "POST", path, &[("authorization", "Bearer k")], 0)
+        else {
+            panic!("not admitted")
+        };
+        let request: &[u8] = if budget_cut {
+            br#"{"inferenceConfig":{"maxTokens":1000}}"#
+        } else {
+            br#"{"inferenceConfig":{"maxTokens":1}}"#
+        };
+        ex.upstream_request(
+            &config,
+            &counters,
+            &mut SigningKeyCache::default(),
+            request,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
+        ex.on_response_headers(200, []);
+        for piece in body.chunks(7) {
+            ex.on_response_body(piece);
+        }
+        ex.upstream_ended_inside_a_message()
+    };
+    let whole: Vec<u8> = (0..3).flat_map(|i| delta(&format!("{i}"))).collect();
+    assert!(!flagged(&whole, false));
+    assert!(flagged(&whole[..whole.len() - 5], false));
+    assert!(flagged(&whole[..3], false), "inside the prelude");
+    // Cut off by the budget: the client got a terminal frame; what follows is dropped.
+    let long: Vec<u8> = (0..40).flat_map(|i| delta(&format!("{i:019}"))).collect();
+    assert!(!flagged(&long[..long.len() - 5], true));
+}

@@ -168,6 +168,12 @@ impl UsageMeter {
         }
     }
 
+    /// A streamed body holds the start of an EventStream message it has not finished: if the
+    /// body ends now, it ends inside a message (a cut stream, not a whole one).
+    pub fn inside_a_message(&self) -> bool {
+        self.mode == Some(Mode::Stream) && self.stream.buffered() > 0
+    }
+
     /// What is known so far; callable at any time.
     #[must_use]
     pub fn reading(&self) -> Reading {

@@ -59,6 +59,11 @@ impl StreamReader {
         stopped_at
     }
 
+    /// Bytes of a message begun but not finished.
+    pub(super) fn buffered(&self) -> usize {
+        self.decoder.buffered()
+    }
+
     /// The body has ended: a message cut short is a problem worth recording.
     pub(super) fn finish(&self, reading: &mut Reading) {
         let buffered = self.decoder.buffered();
