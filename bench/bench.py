@@ -1281,15 +1281,16 @@ def main() -> int:
                 if not v["ok"]:
                     failures.append(f"litellm: ledger check failed: {v['problems'][:3]}")
                 # One longer round, paired with an emulator run, for added latency.
-                c1_dur = 1.0 if smoke else 8.0
+                # (Smoke: a few requests each; LiteLLM spends 20-60 ms on one.)
+                c1_dur = 0.5 if smoke else 8.0
                 for m, *_ in MIX:
                     if targets[0].serves(m):
                         runner.drive(targets[0], m, concurrency=1, duration=c1_dur, warmup=0.5,
-                                     requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
+                                     requests=8 if smoke else None, phase="c1-ll", extra={"round": 100})
                     runner.drive(lt, m, concurrency=1, duration=c1_dur, warmup=0.5,
-                                 requests=20 if smoke else None, phase="c1-ll", extra={"round": 100})
-                c16(runner, lt, duration=1.0 if smoke else 5.0, requests=40 if smoke else None)
-                sweep(runner, lt, c16_base(runner, lt), duration=1.0 if smoke else 4.0,
+                                 requests=8 if smoke else None, phase="c1-ll", extra={"round": 100})
+                c16(runner, lt, duration=0.5 if smoke else 5.0, requests=16 if smoke else None)
+                sweep(runner, lt, c16_base(runner, lt), duration=0.5 if smoke else 4.0,
                       fractions=[0.5] if smoke else [0.05, 0.1, 0.25, 0.5, 0.7, 0.85, 1.0, 1.15])
                 meta["rss_kb"]["litellm"] = rss_kb(ll.p.pid)
                 ll.p.stop()
