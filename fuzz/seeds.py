@@ -180,6 +180,9 @@ def main():
         raw = json.dumps(body).encode()
         write("request_body", f"body-{i}", bytes([op, i]) + cap + raw)
         write("request_body", f"body-{i}-uncapped", bytes([op, i]) + b"\x00\x00\x00\x00" + raw)
+    write("request_body", "count-tokens", bytes([4, 0]) + cap
+          + json.dumps({"input": {"converse": {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                                                "inferenceConfig": {"maxTokens": 9000}}}}).encode())
     write("request_body", "escaped-names", bytes([0, 0]) + cap
           + b'{"inferenceConfig":{"max\\u0054okens":9000},"messages":[]}')
 
@@ -207,6 +210,19 @@ def main():
         "type": "container", "endpoint": "http://127.0.0.1:9100/v2/credentials/fuzz",
         "authorization_token": "container-authorization-token-0123"}}).encode())
     write("config", "envoy", json.dumps({**base, "credentials": {"type": "envoy"}}).encode())
+    write("config", "routing-identity-lease", json.dumps({
+        **base,
+        "aliases": {**base["aliases"],
+                    "claude": ["us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                               "global.anthropic.claude-sonnet-4-5-20250929-v1:0"],
+                    "claude-canary": [{"model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "weight": 90},
+                                      {"model": "us.anthropic.claude-opus-4-5-20251101-v1:0", "weight": 10},
+                                      "us.anthropic.claude-haiku-4-5-20251001-v1:0"]},
+        "api_keys": [key, {"id": "agent", "principals": ["spiffe://t/ns/a/sa/agent"], "models": ["claude"]},
+                     {"id": "alice", "jwt": [{"issuer": "https://idp", "email": "a@x"}], "models": ["*"]}],
+        "admin_keys": [{"id": "ops", "sha256": "ef" * 32}],
+        "lease_seconds": 30,
+        "anthropic_betas": ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]}).encode())
     write("config", "minimal", json.dumps({"region": "eu-west-1", "api_keys": [{"id": "a", "sha256": "01" * 32, "models": ["*"]}],
                                            "credentials": {"type": "environment"}}).encode())
 
@@ -221,6 +237,11 @@ def main():
         "/model/a%2F..%2Fb/converse",
         "/usage",
         "/v1/models",
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/messages?beta=true",
+        "/",
     ]
     for i, p in enumerate(paths):
         write("route", f"path-{i}", bytes([0, 0]) + p.encode())
