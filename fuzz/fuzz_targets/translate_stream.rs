@@ -228,8 +228,10 @@ fuzz_target!(|data: &[u8]| {
             let terminal = is_terminal(route.0, e.event.as_deref(), &e.data);
             let last = i + 1 == events.len();
             assert_eq!(
-                terminal, last,
-                "terminal event not last (or last not terminal): {e:?}"
+                terminal,
+                last,
+                "terminal event not last (or last not terminal): {e:?} in {}",
+                String::from_utf8_lossy(out)
             );
             if route.0 == Api::ChatCompletions && !include_usage {
                 let v: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
