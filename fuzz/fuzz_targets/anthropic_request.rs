@@ -7,7 +7,9 @@
 //! * `/v1/messages` on a Claude model becomes InvokeModel (InvokeModelWithResponseStream
 //!   exactly when `"stream": true`): one strict JSON object the gateway's body reader accepts,
 //!   `anthropic_version` `bedrock-2023-05-31`, no `model` or `stream`, and an
-//!   `anthropic_beta` list (if any) of flags the configuration allows only, each once;
+//!   `anthropic_beta` list (if any) of flags the configuration allows only, each once — or,
+//!   if a value copied through names a member twice (`system[0]` with `text` twice), a body
+//!   that reader refuses with 400, so Bedrock never sees it;
 //! * on any other model it becomes Converse / ConverseStream: one strict JSON object with
 //!   `messages`, without `model` or `stream`;
 //! * a token count is Bedrock's CountTokens (a strict JSON object carrying a complete
@@ -117,7 +119,9 @@ fuzz_target!(|data: &[u8]| {
                 (_, false, true) => Operation::ConverseStream,
             };
             assert_eq!(b.operation, want, "stream: {}", client["stream"]);
-            let doc = check_bedrock_body(b.operation, &b.body);
+            let Some(doc) = check_bedrock_body(b.operation, &b.body) else {
+                return;
+            };
             for name in ["model", "stream"] {
                 assert!(!doc.contains_key(name), "`{name}` sent to Bedrock");
             }
@@ -145,7 +149,9 @@ fuzz_target!(|data: &[u8]| {
                     .as_str()
                     .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
                     .expect("CountTokens carries a base64 InvokeModel body");
-                let inner = check_bedrock_body(Operation::Invoke, &inner);
+                let Some(inner) = check_bedrock_body(Operation::Invoke, &inner) else {
+                    return;
+                };
                 assert_eq!(inner["anthropic_version"], "bedrock-2023-05-31");
                 assert!(!inner.contains_key("model") && !inner.contains_key("stream"));
             }

@@ -399,29 +399,40 @@ pub const TRANSLATED_MODELS: [&str; 6] = [
 ];
 
 /// What every translation to Bedrock must be, whatever the client sent: a body that is one
-/// strict JSON object which the gateway's own body reader accepts for the operation (it is
-/// read again for the output cap and the estimate). Returns the body's JSON.
+/// strict JSON object which the gateway's own body reader accepts for the operation (the
+/// exchange reads it again for the output cap and the estimate). A body that is not strict (a
+/// member twice deep inside a value the translation copies through as the client wrote it)
+/// must be refused by that reader: the client then gets a 400, and Bedrock never sees it.
+/// Returns the body's JSON, `None` for such a refused body.
 pub fn check_bedrock_body(
     operation: tollgate_core::Operation,
     body: &[u8],
-) -> serde_json::Map<String, serde_json::Value> {
-    let doc = strict_json(body).unwrap_or_else(|e| {
-        panic!(
-            "the Bedrock body is not one strict JSON value ({e}): {}",
-            String::from_utf8_lossy(body)
-        )
-    });
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let scanned = tollgate_core::request::body::scan(body, operation);
+    let doc = match strict_json(body) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let refused = scanned.err().unwrap_or_else(|| {
+                panic!(
+                    "a body that is not one strict JSON value ({e}) would go to Bedrock: {}",
+                    String::from_utf8_lossy(body)
+                )
+            });
+            assert_eq!(refused.kind.status(), 400, "{}", refused.message);
+            return None;
+        }
+    };
     let serde_json::Value::Object(doc) = doc else {
         panic!("the Bedrock body is not a JSON object: {doc}");
     };
-    if let Err(e) = tollgate_core::request::body::scan(body, operation) {
+    if let Err(e) = scanned {
         panic!(
             "the gateway refuses its own translation ({}): {}",
             e.message,
             String::from_utf8_lossy(body)
         );
     }
-    doc
+    Some(doc)
 }
 
 /// A refusal of a translated request: a client error (4xx), and its reply in the client's
