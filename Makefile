@@ -144,9 +144,9 @@ bench-smoke: build venv
 # (fuzz/seeds/<target>) plus the corpus it grows (fuzz/corpus/<target>, not committed), with
 # debug assertions (overflow checks) on. A crash stops the run; its input is in fuzz/artifacts/.
 # Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`).
-# Translator targets (OpenAI / Anthropic dialects) join FUZZ_TARGETS when the translators land.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= eventstream meter request_body config route exchange
+FUZZ_TARGETS ?= eventstream meter request_body config route exchange \
+  openai_request anthropic_request translate_stream
 .PHONY: fuzz fuzz-seeds
 fuzz:
 	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 2; }

@@ -180,6 +180,9 @@ def main():
         raw = json.dumps(body).encode()
         write("request_body", f"body-{i}", bytes([op, i]) + cap + raw)
         write("request_body", f"body-{i}-uncapped", bytes([op, i]) + b"\x00\x00\x00\x00" + raw)
+    write("request_body", "count-tokens", bytes([4, 0]) + cap
+          + json.dumps({"input": {"converse": {"messages": [{"role": "user", "content": [{"text": "hi"}]}],
+                                                "inferenceConfig": {"maxTokens": 9000}}}}).encode())
     write("request_body", "escaped-names", bytes([0, 0]) + cap
           + b'{"inferenceConfig":{"max\\u0054okens":9000},"messages":[]}')
 
@@ -207,6 +210,19 @@ def main():
         "type": "container", "endpoint": "http://127.0.0.1:9100/v2/credentials/fuzz",
         "authorization_token": "container-authorization-token-0123"}}).encode())
     write("config", "envoy", json.dumps({**base, "credentials": {"type": "envoy"}}).encode())
+    write("config", "routing-identity-lease", json.dumps({
+        **base,
+        "aliases": {**base["aliases"],
+                    "claude": ["us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                               "global.anthropic.claude-sonnet-4-5-20250929-v1:0"],
+                    "claude-canary": [{"model": "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "weight": 90},
+                                      {"model": "us.anthropic.claude-opus-4-5-20251101-v1:0", "weight": 10},
+                                      "us.anthropic.claude-haiku-4-5-20251001-v1:0"]},
+        "api_keys": [key, {"id": "agent", "principals": ["spiffe://t/ns/a/sa/agent"], "models": ["claude"]},
+                     {"id": "alice", "jwt": [{"issuer": "https://idp", "email": "a@x"}], "models": ["*"]}],
+        "admin_keys": [{"id": "ops", "sha256": "ef" * 32}],
+        "lease_seconds": 30,
+        "anthropic_betas": ["context-1m-2025-08-07", "interleaved-thinking-2025-05-14"]}).encode())
     write("config", "minimal", json.dumps({"region": "eu-west-1", "api_keys": [{"id": "a", "sha256": "01" * 32, "models": ["*"]}],
                                            "credentials": {"type": "environment"}}).encode())
 
@@ -221,6 +237,11 @@ def main():
         "/model/a%2F..%2Fb/converse",
         "/usage",
         "/v1/models",
+        "/v1/chat/completions",
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/v1/messages?beta=true",
+        "/",
     ]
     for i, p in enumerate(paths):
         write("route", f"path-{i}", bytes([0, 0]) + p.encode())
@@ -240,6 +261,94 @@ def main():
         for budget in (50, 5000):
             write("exchange", f"{name}-{budget}", bytes([op, model]) + struct.pack("<HH", budget, (40 << 1) | 1)
                   + bytes([0, 0 if op < 2 else 1]) + struct.pack("<H", 100) + CUTS + records)
+
+    translator_seeds()
+
+
+CHAT = {"model": "claude-fast", "messages": [
+    {"role": "system", "content": "be brief"},
+    {"role": "user", "content": [{"type": "text", "text": "what is in it?"},
+                                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "look", "arguments": "{\"q\":\"x\"}"}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "found"}],
+    "tools": [{"type": "function", "function": {"name": "look", "description": "d",
+                                                 "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}],
+    "tool_choice": "auto", "max_completion_tokens": 100, "temperature": 0.5, "top_p": 0.9, "stop": ["END"],
+    "user": "u", "n": 1}
+
+MESSAGES = {"model": "claude-fast", "max_tokens": 64, "temperature": 0.5, "top_k": 5, "stop_sequences": ["END"],
+            "metadata": {"user_id": "u"},
+            "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "what is in it?"},
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hi"}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "hm", "signature": "s"},
+                    {"type": "tool_use", "id": "t1", "name": "look", "input": {"q": "x"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": "found", "is_error": True}]},
+                {"role": "user", "content": "plain"}],
+            "tools": [{"name": "look", "description": "d", "input_schema": {"type": "object"}}],
+            "tool_choice": {"type": "tool", "name": "look"},
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "anthropic_beta": ["interleaved-thinking-2025-05-14"]}
+
+# A ConverseStream with a tool call and reasoning, for the translators.
+CONVERSE_STREAM_FULL = [
+    ("messageStart", {"role": "assistant", "p": "abc"}),
+    ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "hmm"}}}),
+    ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "sig"}}}),
+    ("contentBlockStop", {"contentBlockIndex": 0}),
+    ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "w0 w1"}}),
+    ("contentBlockStop", {"contentBlockIndex": 1}),
+    ("contentBlockStart", {"contentBlockIndex": 2, "start": {"toolUse": {"toolUseId": "t1", "name": "look"}}}),
+    ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"toolUse": {"input": "{\"q\":"}}}),
+    ("contentBlockDelta", {"contentBlockIndex": 2, "delta": {"toolUse": {"input": "\"x\"}"}}}),
+    ("contentBlockStop", {"contentBlockIndex": 2}),
+    ("messageStop", {"stopReason": "tool_use"}),
+    ("metadata", {"usage": {"inputTokens": 11, "outputTokens": 4, "totalTokens": 15,
+                            "cacheReadInputTokens": 2, "cacheWriteInputTokens": 1},
+                  "metrics": {"latencyMs": 12}}),
+]
+CONVERSE_KINDS = {name: i + 1 for i, name in enumerate(
+    ["messageStart", "contentBlockStart", "contentBlockDelta", "contentBlockStop", "messageStop", "metadata"])}
+
+
+def translator_seeds():
+    # openai_request: model, body.
+    for i, extra in enumerate([{}, {"stream": True, "stream_options": {"include_usage": True}},
+                               {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+                               {"reasoning_effort": "low", "max_tokens": 10, "seed": 1, "logprobs": False}]):
+        write("openai_request", f"chat-{i}", bytes([i]) + json.dumps({**CHAT, **extra}).encode())
+    write("openai_request", "simplest", bytes([1]) + b'{"model":"m","messages":[{"role":"user","content":"hi"}]}')
+    # anthropic_request: selector (bit 0 count tokens, rest the model), beta choice, body.
+    for i, extra in enumerate([{}, {"stream": True}, {"service_tier": "auto", "container": "c"}]):
+        for model in (0, 1):
+            body = json.dumps({**MESSAGES, **extra}).encode()
+            write("anthropic_request", f"messages-{i}-model-{model}", bytes([model << 1, i]) + body)
+            write("anthropic_request", f"count-{i}-model-{model}", bytes([(model << 1) | 1, i]) + body)
+    write("anthropic_request", "own-beta-header", bytes([0, 0x80, 20]) + b"context-1m-2025-08-07"[:20]
+          + b'{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}')
+    # translate_stream: selector (route, 0x10 stream, 0x20 include_usage, 0x40 cut), status,
+    # error type, cuts, records (fuzz/src/lib.rs `translator_body`).
+    converse_stream = b"".join(record(CONVERSE_KINDS[k], p) for k, p in CONVERSE_STREAM_FULL)
+    claude_stream = b"".join(record(7, e) for e in FAMILIES["anthropic"])
+    for route in (0, 2):
+        for flags in (0x10, 0x30, 0x70):
+            write("translate_stream", f"converse-stream-{route}-{flags:x}", bytes([route | flags, 0, 0]) + CUTS + converse_stream)
+        write("translate_stream", f"converse-stream-exception-{route}", bytes([route | 0x10, 0, 0]) + CUTS
+              + converse_stream[:120] + record(8, b"modelStreamErrorException"))
+        write("translate_stream", f"converse-{route}", bytes([route, 0, 0]) + CUTS + record(0, JSON_BODIES["converse"]))
+        write("translate_stream", f"refused-{route}", bytes([route | 0x10, 6, 2]) + CUTS + record(0, JSON_BODIES["error"]))
+    write("translate_stream", "invoke-stream", bytes([1 | 0x10, 0, 0]) + CUTS + claude_stream)
+    write("translate_stream", "invoke-stream-cut", bytes([1 | 0x50, 0, 0]) + CUTS + claude_stream)
+    write("translate_stream", "invoke-stream-error", bytes([1 | 0x10, 0, 0]) + CUTS + claude_stream[:80]
+          + record(7, FAMILIES["error"][0]))
+    write("translate_stream", "invoke", bytes([1, 0, 0]) + CUTS + record(0, JSON_BODIES["anthropic"]))
+    write("translate_stream", "refused-invoke", bytes([1, 5, 0]) + CUTS + record(0, JSON_BODIES["error"]))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ use tollgate_core::accounting::totals::CasTotals;
 use tollgate_core::config::Config;
 use tollgate_core::dialect::bedrock::CUT_OFF_EXCEPTION;
 use tollgate_core::endpoints;
-use tollgate_core::exchange::{self, Admission, Verdict};
+use tollgate_core::exchange::{self, Admission, Outbound, Verdict};
 use tollgate_core::quota::counters::CasCounters;
 use tollgate_core::request::auth::hash_key;
 use tollgate_core::request::model_id;
@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
                 &body,
                 now,
             )
-            .is_ok();
+            .is_ok_and(|out| matches!(out, Outbound::Upstream(_)));
 
     let mut to_client = Vec::new();
     let mut cut_at = None;
@@ -203,7 +203,13 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The reservation became the bill, and the slot is free.
-    let reply = endpoints::usage(&config, &totals, &counters, "k", NOW_MS + 3);
+    let reply = endpoints::usage(
+        &totals,
+        &counters,
+        &config.api_keys[0],
+        NOW_MS + 3,
+        config.lease,
+    );
     assert_eq!(reply.status, 200);
     let usage: Value = serde_json::from_slice(&reply.body).expect("usage is JSON");
     assert_eq!(

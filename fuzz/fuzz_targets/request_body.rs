@@ -8,7 +8,8 @@
 //!   the body as sent, is a non-negative integer at most the cap; Converse always names one;
 //!   the reservation (`max_output_tokens`) covers every one of them;
 //! * the body as sent is accepted again and a second clamp changes nothing (idempotent);
-//! * without a cap the body is sent as it came.
+//! * without a cap the body is sent as it came;
+//! * a CountTokens body is never rewritten and reserves no output.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,6 +17,15 @@ use serde_json::Value;
 use tollgate_core::request::body as request_body;
 use tollgate_core::Operation;
 use tollgate_fuzz::{Input, OPERATIONS};
+
+/// Bedrock's four operations, and CountTokens (the Anthropic dialect's token count).
+const OPERATIONS_AND_COUNT: [Operation; 5] = [
+    OPERATIONS[0],
+    OPERATIONS[1],
+    OPERATIONS[2],
+    OPERATIONS[3],
+    Operation::CountTokens,
+];
 
 /// The README's list of members that set the output limit.
 const LIMIT_NAMES: &[&str] = &[
@@ -74,13 +84,15 @@ fn limits(doc: &Value, op: Operation) -> Vec<(String, Value)> {
             }
         }
         Operation::Invoke | Operation::InvokeWithResponseStream => two_levels(top, "", &mut out),
+        // Not a model's request: nothing in it sets an output limit.
+        Operation::CountTokens => {}
     }
     out
 }
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let op = OPERATIONS[usize::from(input.u8()) % 4];
+    let op = OPERATIONS_AND_COUNT[usize::from(input.u8()) % OPERATIONS_AND_COUNT.len()];
     let model = MODELS[usize::from(input.u8()) % MODELS.len()];
     let cap_bytes = input.u32();
     // Caps from 0 up, and none.
@@ -98,6 +110,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(doc.is_object(), "an accepted body is a JSON object");
 
     let limit = read.output_limit(body, model, cap);
+    if op == Operation::CountTokens {
+        assert_eq!(limit.rewritten, None, "a token count's body was rewritten");
+        assert_eq!(
+            limit.max_output_tokens, None,
+            "a token count reserved output"
+        );
+        return;
+    }
     let Some(cap) = cap else {
         assert_eq!(
             limit.rewritten, None,

@@ -212,3 +212,251 @@ pub fn response_body(input: &mut Input<'_>) -> Vec<u8> {
     }
     body
 }
+
+/// A configuration for the translator targets: one key, default `anthropic_betas`.
+pub fn translator_config() -> tollgate_core::config::Config {
+    let hash: String = tollgate_core::request::auth::hash_key("tg-fuzz-key")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let doc = format!(
+        r#"{{"region":"us-east-1","api_keys":[{{"id":"k","sha256":"{hash}","models":["*"]}}],
+            "credentials":{{"type":"inline","access_key_id":"AKID","secret_access_key":"fuzz-secret"}}}}"#
+    );
+    tollgate_core::config::Config::parse(doc.as_bytes(), &|_| None)
+        .expect("the fuzz configuration is valid")
+}
+
+/// Parses `bytes` as exactly one JSON value in which no object names a member twice, at any
+/// depth (a second `model` or `messages` is read differently by different parsers). The
+/// value, or why not.
+pub fn strict_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct NoDuplicates;
+    impl<'de> Deserialize<'de> for NoDuplicates {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(NoDuplicates)
+        }
+    }
+    impl<'de> Visitor<'de> for NoDuplicates {
+        type Value = NoDuplicates;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_unit<E>(self) -> Result<Self, E> {
+            Ok(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+            while seq.next_element::<NoDuplicates>()?.is_some() {}
+            Ok(self)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+            let mut names = std::collections::BTreeSet::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if !names.insert(name.clone()) {
+                    return Err(serde::de::Error::custom(format!("`{name}` twice")));
+                }
+                map.next_value::<NoDuplicates>()?;
+            }
+            Ok(self)
+        }
+    }
+    serde_json::from_slice::<NoDuplicates>(bytes).map_err(|e| e.to_string())?;
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// One server-sent event as the gateway writes them: an optional `event:` line, then one
+/// `data:` line.
+#[derive(Debug)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Reads a stream of server-sent events the way a client's parser splits it: events end with
+/// a blank line; each is `event: <name>` (optional) then `data: <text>`, and nothing else (an
+/// extra line would be a field injected into the client's stream).
+pub fn sse_events(bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    if text.contains('\r') {
+        return Err("a carriage return (a line break to SSE parsers)".into());
+    }
+    let Some(body) = text.strip_suffix("\n\n") else {
+        return if text.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(format!("does not end with a blank line: {text:?}"))
+        };
+    };
+    body.split("\n\n")
+        .map(|block| {
+            let mut lines = block.split('\n');
+            let first = lines.next().unwrap_or("");
+            let (event, data_line) = match first.strip_prefix("event: ") {
+                Some(name) => (Some(name.to_string()), lines.next()),
+                None => (None, Some(first)),
+            };
+            let data = data_line
+                .and_then(|l| l.strip_prefix("data: "))
+                .ok_or_else(|| format!("an event without its data line: {block:?}"))?;
+            if lines.next().is_some() {
+                return Err(format!("an event of more than its two lines: {block:?}"));
+            }
+            Ok(SseEvent {
+                event,
+                data: data.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The ConverseStream event types, in the order a stream has them.
+pub const CONVERSE_EVENTS: [&str; 6] = [
+    "messageStart",
+    "contentBlockStart",
+    "contentBlockDelta",
+    "contentBlockStop",
+    "messageStop",
+    "metadata",
+];
+
+/// A Bedrock response body for the translators, as records: `kind: u8`, `len: u16`
+/// (little-endian), `len` bytes.
+///
+/// | kind % 10 | bytes become |
+/// |---|---|
+/// | 0 | raw bytes, unframed |
+/// | 1..=6 | a ConverseStream event of type `CONVERSE_EVENTS[kind - 1]` with the bytes as payload |
+/// | 7 | `chunk` event whose payload is `{"bytes":"<base64 of the bytes>"}` (InvokeModelWithResponseStream) |
+/// | 8 | exception message, `:exception-type` the bytes |
+/// | 9 | error message, `:error-code` the bytes |
+pub fn translator_body(input: &mut Input<'_>) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut body = Vec::new();
+    while !input.is_empty() {
+        let kind = usize::from(input.u8() % 10);
+        let len = usize::from(input.u16());
+        let bytes = input.bytes(len);
+        let text = String::from_utf8_lossy(bytes);
+        let event = |t: &str, payload: &[u8]| {
+            eventstream::encode(
+                &[
+                    (":event-type", t),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
+                payload,
+            )
+        };
+        body.extend(match kind {
+            0 => bytes.to_vec(),
+            1..=6 => event(CONVERSE_EVENTS[kind - 1], bytes),
+            7 => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+                event(
+                    "chunk",
+                    format!(r#"{{"bytes":"{b64}","p":"ab"}}"#).as_bytes(),
+                )
+            }
+            8 => eventstream::encode(
+                &[
+                    (":exception-type", &text),
+                    (":content-type", "application/json"),
+                    (":message-type", "exception"),
+                ],
+                br#"{"message":"fuzz"}"#,
+            ),
+            _ => eventstream::encode(&[(":error-code", &text), (":message-type", "error")], b""),
+        });
+    }
+    body
+}
+
+/// Model IDs a translated request may resolve to: Claude (InvokeModel for the Anthropic
+/// dialect), other chat families (Converse), and an image model (not a chat model).
+pub const TRANSLATED_MODELS: [&str; 6] = [
+    "us.anthropic.claude-haiku-4-5-20251001-v1:0",
+    "us.amazon.nova-lite-v1:0",
+    "meta.llama3-8b-instruct-v1:0",
+    "mistral.mistral-large-2402-v1:0",
+    "amazon.nova-canvas-v1:0",
+    "anthropic.claude-3-haiku-20240307-v1:0",
+];
+
+/// What every translation to Bedrock must be, whatever the client sent: a body that is one
+/// strict JSON object which the gateway's own body reader accepts for the operation (the
+/// exchange reads it again for the output cap and the estimate). A body that is not strict (a
+/// member twice deep inside a value the translation copies through as the client wrote it)
+/// must be refused by that reader: the client then gets a 400, and Bedrock never sees it.
+/// Returns the body's JSON, `None` for such a refused body.
+pub fn check_bedrock_body(
+    operation: tollgate_core::Operation,
+    body: &[u8],
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let scanned = tollgate_core::request::body::scan(body, operation);
+    let doc = match strict_json(body) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let refused = scanned.err().unwrap_or_else(|| {
+                panic!(
+                    "a body that is not one strict JSON value ({e}) would go to Bedrock: {}",
+                    String::from_utf8_lossy(body)
+                )
+            });
+            assert_eq!(refused.kind.status(), 400, "{}", refused.message);
+            return None;
+        }
+    };
+    let serde_json::Value::Object(doc) = doc else {
+        panic!("the Bedrock body is not a JSON object: {doc}");
+    };
+    if let Err(e) = scanned {
+        panic!(
+            "the gateway refuses its own translation ({}): {}",
+            e.message,
+            String::from_utf8_lossy(body)
+        );
+    }
+    Some(doc)
+}
+
+/// A refusal of a translated request: a client error (4xx), and its reply in the client's
+/// dialect is a JSON object carrying the message.
+pub fn check_refusal(
+    e: &tollgate_core::error::GatewayError,
+    dialect: tollgate_core::dialect::Dialect,
+) {
+    let status = e.kind.status();
+    assert!(
+        (400..500).contains(&status),
+        "a translation refused with {status}: {}",
+        e.message
+    );
+    assert!(!e.message.is_empty(), "a refusal without a message");
+    let reply = e.to_reply(dialect);
+    assert_eq!(reply.status, status);
+    let v = strict_json(&reply.body).expect("the refusal is JSON");
+    let message = match dialect {
+        tollgate_core::dialect::Dialect::Anthropic => {
+            assert_eq!(v["type"], "error");
+            &v["error"]["message"]
+        }
+        _ => &v["error"]["message"],
+    };
+    assert_eq!(message.as_str(), Some(e.message.as_str()));
+}

@@ -541,7 +541,10 @@ impl Translator for ConverseResponse {
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
         if let State::Events(e) = &mut self.state {
-            e.ended = true;
+            // A stream that has ended (`message_stop`, an error) takes nothing more.
+            if std::mem::replace(&mut e.ended, true) {
+                return out;
+            }
         }
         sse::error(&mut out, "rate_limit_error", message);
         out
@@ -1174,6 +1177,21 @@ mod tests {
                 v
             })
             .collect()
+    }
+
+    /// Found by `fuzz/translate_stream`: a stream cut off after its `message_stop` got an
+    /// error event after it.
+    #[test]
+    fn a_cut_off_after_the_end_adds_nothing() {
+        let mut t = ConverseResponse::new("nova-lite".into(), true);
+        t.head(200, &[]);
+        let out = String::from_utf8(t.body(&stream()).into_owned()).unwrap();
+        assert!(out.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        assert_eq!(
+            String::from_utf8(t.cut_off("budget gone")).unwrap(),
+            "",
+            "an event after message_stop"
+        );
     }
 
     #[test]

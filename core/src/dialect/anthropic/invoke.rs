@@ -174,7 +174,10 @@ impl Translator for InvokeResponse {
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
         if let State::Events(e) = &mut self.state {
-            e.ended = true;
+            // A stream that has ended (`message_stop`, an error) takes nothing more.
+            if std::mem::replace(&mut e.ended, true) {
+                return out;
+            }
         }
         sse::error(&mut out, "rate_limit_error", message);
         out
@@ -429,6 +432,22 @@ mod tests {
         }
         out.extend_from_slice(&t.end());
         String::from_utf8(out).unwrap()
+    }
+
+    /// Found by `fuzz/translate_stream`: a stream cut off after its `message_stop` got an
+    /// error event after it.
+    #[test]
+    fn a_cut_off_after_the_end_adds_nothing() {
+        let stream: Vec<u8> = EVENTS.iter().flat_map(|e| chunk(e)).collect();
+        let mut t = InvokeResponse::new(true);
+        t.head(200, &[]);
+        let out = t.body(&stream).into_owned();
+        assert_eq!(String::from_utf8(out).unwrap(), expected_sse());
+        assert_eq!(
+            String::from_utf8(t.cut_off("budget gone")).unwrap(),
+            "",
+            "an event after message_stop"
+        );
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl Chunks {
         let mut decoder = std::mem::take(&mut self.decoder);
         let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
         self.decoder = decoder;
-        if let Err(e) = pushed {
+        // An unreadable frame after the stream's last event changes nothing: it has ended.
+        if let (Err(e), false) = (pushed, self.ended) {
             self.error(
                 &mut out,
                 "api_error",

@@ -987,3 +987,21 @@ fn a_cut_off_stream_ends_with_the_budget_error() {
     );
     assert!(t.body(&frames[5]).is_empty(), "nothing after the cut");
 }
+
+/// Found by `fuzz/translate_stream`: bytes that are not EventStream after the metadata, in the
+/// same piece, put an error event after `[DONE]` (and only when they came in that piece).
+#[test]
+fn nothing_follows_done_whatever_follows_the_stream() {
+    let frames = converse_stream();
+    let mut body = frames.concat();
+    body.extend_from_slice(b"\0\0\0\x20not an eventstream frame at all!");
+    let whole = run(&mut streaming(true), &[&body]);
+    let events = events(&whole);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{events:?}");
+    let split_at = frames.concat().len();
+    let split = run(
+        &mut streaming(true),
+        &[&body[..split_at], &body[split_at..]],
+    );
+    assert_eq!(whole, split);
+}
