@@ -359,13 +359,6 @@ pub struct Metadata {
     pub usage: Usage,
 }
 
-/// An exception's payload (`{"message"}`; some services spell it `Message`).
-#[derive(Deserialize)]
-pub struct ExceptionBody<'a> {
-    #[serde(borrow, alias = "Message")]
-    pub message: Cow<'a, str>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,10 +22,12 @@ use crate::config::Config;
 use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::request::operation::Operation;
 
+mod answer;
 pub mod anthropic;
 pub mod bedrock;
 pub mod converse;
 pub mod openai;
+mod refusal;
 
 /// The API family a client speaks: its routes, its error envelope, its streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

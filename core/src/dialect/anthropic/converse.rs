@@ -9,7 +9,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{bad, betas, member, sse, MessagesRequest, Refusal, Target, Translation};
+use super::{bad, betas, member, sse, MessagesRequest, Target, Translation, ENVELOPE};
+use crate::dialect::answer::{read_whole, Answer, Stream};
+use crate::dialect::refusal::exception_kind;
 use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
 use crate::error::GatewayError;
 use crate::request::operation::Operation;
@@ -458,23 +460,13 @@ pub(super) fn translate(
 
 // ---- The answer -----------------------------------------------------------------------------
 
-/// Largest Converse answer buffered to be translated whole.
-const MAX_ANSWER: usize = 8 * 1024 * 1024;
-
 /// A Converse (or ConverseStream) answer for an Anthropic client.
 pub(crate) struct ConverseResponse {
     /// The model as the client named it: Anthropic answers carry it.
     model: String,
     stream: bool,
     id: String,
-    state: State,
-}
-
-enum State {
-    Waiting,
-    Answer(Vec<u8>),
-    Refused(Refusal),
-    Events(Box<Events>),
+    answer: Answer<Box<Events>>,
 }
 
 impl ConverseResponse {
@@ -483,7 +475,7 @@ impl ConverseResponse {
             model,
             stream,
             id: String::new(),
-            state: State::Waiting,
+            answer: Answer::Pass,
         }
     }
 }
@@ -495,52 +487,28 @@ impl Translator for ConverseResponse {
             .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
             .map_or("", |(_, v)| *v);
         self.id = format!("msg_bdrk_{}", request_id.replace('-', ""));
-        if !(200..300).contains(&status) {
-            let (refusal, head) = Refusal::new(status, headers);
-            self.state = State::Refused(refusal);
+        if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }
-        if self.stream {
-            self.state = State::Events(Box::new(Events::new(&self.model, &self.id)));
-            sse::head()
-        } else {
-            self.state = State::Answer(Vec::new());
-            ResponseHead {
-                status: None,
-                set: vec![("content-type", "application/json".into())],
-                remove: vec!["content-length"],
-            }
+        if !self.stream {
+            return self.answer.hold();
         }
+        self.answer = Answer::Stream(Box::new(Events::new(&self.model, &self.id)));
+        sse::head()
     }
 
     fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
-        match &mut self.state {
-            State::Waiting => Cow::Borrowed(bedrock),
-            State::Answer(buf) => {
-                let room = (MAX_ANSWER + 1).saturating_sub(buf.len());
-                buf.extend_from_slice(bedrock.get(..room.min(bedrock.len())).unwrap_or_default());
-                Cow::Owned(Vec::new())
-            }
-            State::Refused(r) => {
-                r.push(bedrock);
-                Cow::Owned(Vec::new())
-            }
-            State::Events(e) => Cow::Owned(e.push(bedrock)),
-        }
+        self.answer.body(bedrock)
     }
 
     fn end(&mut self) -> Vec<u8> {
-        match &mut self.state {
-            State::Waiting => Vec::new(),
-            State::Answer(buf) => message(buf, &self.model, &self.id),
-            State::Refused(r) => r.finish(),
-            State::Events(e) => e.finish(),
-        }
+        let (model, id) = (&self.model, &self.id);
+        self.answer.end(|buf| message(buf, model, id))
     }
 
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        if let State::Events(e) = &mut self.state {
+        if let Answer::Stream(e) = &mut self.answer {
             e.ended = true;
         }
         sse::error(&mut out, "rate_limit_error", message);
@@ -593,7 +561,7 @@ fn stop_reason(converse: &str) -> &str {
 fn message(buf: &[u8], model: &str, id: &str) -> Vec<u8> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Answer {
+    struct Whole {
         output: Output,
         stop_reason: String,
         #[serde(default)]
@@ -658,17 +626,9 @@ fn message(buf: &[u8], model: &str, id: &str) -> Vec<u8> {
         stop_sequence: Option<()>,
         usage: Usage,
     }
-    if buf.len() > MAX_ANSWER {
-        return super::error_body("api_error", "the model's answer is too large to translate");
-    }
-    let answer: Answer = match serde_json::from_slice(buf) {
+    let answer: Whole = match read_whole(buf) {
         Ok(a) => a,
-        Err(e) => {
-            return super::error_body(
-                "api_error",
-                &format!("the model's answer could not be read: {e}"),
-            )
-        }
+        Err(why) => return super::error_body("api_error", &why),
     };
     let content = answer
         .output
@@ -727,19 +687,7 @@ pub(crate) struct Events {
     ended: bool,
 }
 
-impl Events {
-    fn new(model: &str, id: &str) -> Self {
-        Self {
-            decoder: Decoder::default(),
-            model: model.to_string(),
-            id: id.to_string(),
-            started: false,
-            blocks: Vec::new(),
-            stop_reason: None,
-            ended: false,
-        }
-    }
-
+impl Stream for Events {
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         if self.ended {
@@ -777,6 +725,20 @@ impl Events {
         }
         self.ended = true;
         out
+    }
+}
+
+impl Events {
+    fn new(model: &str, id: &str) -> Self {
+        Self {
+            decoder: Decoder::default(),
+            model: model.to_string(),
+            id: id.to_string(),
+            started: false,
+            blocks: Vec::new(),
+            stop_reason: None,
+            ended: false,
+        }
     }
 
     fn message_start(&mut self, out: &mut Vec<u8>) {
@@ -840,8 +802,7 @@ impl Events {
         if self.ended {
             return;
         }
-        if m.message_type() != Some("event") {
-            let kind = m.exception_type().or(m.error_code()).unwrap_or("");
+        if let Some(kind) = exception_kind(&m) {
             super::invoke::stream_exception(out, kind, m.payload);
             self.ended = true;
             return;

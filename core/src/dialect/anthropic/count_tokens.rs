@@ -10,8 +10,9 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{invoke, MessagesRequest, Refusal, Target, Translation};
+use super::{invoke, MessagesRequest, Target, Translation, ENVELOPE};
 use crate::accounting::record::estimate_tokens;
+use crate::dialect::refusal::Refusal;
 use crate::dialect::{BedrockRequest, ResponseHead, Translator};
 use crate::error::{GatewayError, Reply};
 use crate::request::model_family;
@@ -140,7 +141,7 @@ impl Translator for CountResponse {
                 remove: vec!["content-length", "x-amzn-errortype"],
             }
         } else {
-            let (refusal, head) = Refusal::new(status, headers);
+            let (refusal, head) = Refusal::new(&ENVELOPE, status, headers);
             self.state = State::Refused(refusal);
             head
         }

@@ -17,8 +17,10 @@
 use serde::Serialize;
 
 use super::response::{finish_reason, Usage};
-use super::{error_body, from_bedrock};
-use crate::dialect::converse::{BlockDelta, BlockStart, ExceptionBody, MessageStop, Metadata};
+use super::{error_body, ENVELOPE};
+use crate::dialect::answer::Stream;
+use crate::dialect::converse::{BlockDelta, BlockStart, MessageStop, Metadata};
+use crate::dialect::refusal::{exception_body, exception_kind};
 use crate::response::eventstream::{Decoder, Message};
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -38,6 +40,49 @@ pub(crate) struct Chunks {
     stopped: bool,
     /// The stream's last event went out (`[DONE]`, or an error).
     ended: bool,
+}
+
+impl Stream for Chunks {
+    /// The events for a piece of Bedrock's stream.
+    fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        let mut decoder = std::mem::take(&mut self.decoder);
+        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
+        self.decoder = decoder;
+        if let Err(e) = pushed {
+            self.error(
+                &mut out,
+                "api_error",
+                "upstream_error",
+                &format!("the model's stream could not be read: {e}"),
+            );
+        }
+        out
+    }
+
+    /// Bedrock's stream has ended: `[DONE]` if its message ended and the usage did not come,
+    /// an error if the message never ended.
+    fn finish(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.ended {
+            return out;
+        }
+        if self.stopped && self.decoder.buffered() == 0 {
+            out.extend_from_slice(DONE);
+            self.ended = true;
+        } else {
+            self.error(
+                &mut out,
+                "api_error",
+                "upstream_error",
+                "the model's stream ended before its end of message",
+            );
+        }
+        out
+    }
 }
 
 impl Chunks {
@@ -60,47 +105,6 @@ impl Chunks {
         }
     }
 
-    /// The events for a piece of Bedrock's stream.
-    pub(crate) fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
-        self.decoder = decoder;
-        if let Err(e) = pushed {
-            self.error(
-                &mut out,
-                "api_error",
-                "upstream_error",
-                &format!("the model's stream could not be read: {e}"),
-            );
-        }
-        out
-    }
-
-    /// Bedrock's stream has ended: `[DONE]` if its message ended and the usage did not come,
-    /// an error if the message never ended.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        if self.stopped && self.decoder.buffered() == 0 {
-            out.extend_from_slice(DONE);
-            self.ended = true;
-        } else {
-            self.error(
-                &mut out,
-                "api_error",
-                "upstream_error",
-                "the model's stream ended before its end of message",
-            );
-        }
-        out
-    }
-
     /// The gateway ends the stream: its budget ran out.
     pub(crate) fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
@@ -111,8 +115,13 @@ impl Chunks {
     }
 
     fn error(&mut self, out: &mut Vec<u8>, r#type: &str, code: &str, message: &str) {
+        self.data(out, &error_body(r#type, code, message));
+    }
+
+    /// The stream's last event: an error body.
+    fn data(&mut self, out: &mut Vec<u8>, error: &[u8]) {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&error_body(r#type, code, message));
+        out.extend_from_slice(error);
         out.extend_from_slice(b"\n\n");
         self.ended = true;
     }
@@ -121,18 +130,8 @@ impl Chunks {
         if self.ended {
             return;
         }
-        if m.message_type() != Some("event") {
-            let kind = m.exception_type().or(m.error_code()).unwrap_or("");
-            let (_, r#type) = from_bedrock(kind, 0);
-            let message = serde_json::from_slice::<ExceptionBody<'_>>(m.payload)
-                .map(|b| b.message.into_owned())
-                .unwrap_or_else(|_| format!("the model's stream failed: {kind}"));
-            let code = if kind.is_empty() {
-                "upstream_error"
-            } else {
-                kind
-            };
-            self.error(out, r#type, code, &message);
+        if let Some(kind) = exception_kind(&m) {
+            self.data(out, &exception_body(&ENVELOPE, kind, m.payload));
             return;
         }
         match m.event_type() {

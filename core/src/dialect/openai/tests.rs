@@ -6,6 +6,7 @@ use super::request::read;
 use super::response::ChatResponse;
 use super::*;
 use crate::config::Config;
+use crate::dialect::refusal::Refusal;
 use crate::dialect::{Target, Translation, Translator};
 use crate::request::auth::hash_key;
 use crate::request::operation::Operation;
@@ -127,6 +128,7 @@ fn bedrock_errors_in_openais_words() {
 #[test]
 fn a_refusal_keeps_bedrocks_message_and_class() {
     let (mut r, head) = Refusal::new(
+        &ENVELOPE,
         408,
         &[
             (
@@ -146,7 +148,7 @@ fn a_refusal_keeps_bedrocks_message_and_class() {
         json!({"error": {"message": "Model has timed out", "type": "api_error", "param": null,
                          "code": "ModelTimeoutException"}})
     );
-    let (mut r, head) = Refusal::new(400, &[]);
+    let (mut r, head) = Refusal::new(&ENVELOPE, 400, &[]);
     assert_eq!(head.status, None);
     r.push(b"not json");
     let v: Value = serde_json::from_slice(&r.finish()).unwrap();
