@@ -173,6 +173,33 @@ pub struct BedrockRequest {
     pub dropped: Vec<String>,
 }
 
+impl BedrockRequest {
+    /// A translated request: a JSON body for `operation`, whose answer is an EventStream if
+    /// the operation streams, else JSON.
+    pub(crate) fn json(
+        operation: Operation,
+        body: Vec<u8>,
+        response: Box<dyn Translator>,
+        dropped: Vec<String>,
+    ) -> Translation {
+        let accept = if operation.is_stream() {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        };
+        Translation::Bedrock(Self {
+            operation,
+            body,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("accept", accept.into()),
+            ],
+            response,
+            dropped,
+        })
+    }
+}
+
 /// Changes to the response head, as the client gets it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -271,6 +298,44 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_translated_request_accepts_what_its_operation_answers() {
+        for (operation, accept) in [
+            (Operation::Converse, "application/json"),
+            (
+                Operation::ConverseStream,
+                "application/vnd.amazon.eventstream",
+            ),
+            (Operation::Invoke, "application/json"),
+            (
+                Operation::InvokeWithResponseStream,
+                "application/vnd.amazon.eventstream",
+            ),
+            (Operation::CountTokens, "application/json"),
+        ] {
+            let Translation::Bedrock(r) = BedrockRequest::json(
+                operation,
+                b"{}".to_vec(),
+                Box::new(bedrock::PassThrough),
+                vec!["field:x".into()],
+            ) else {
+                panic!("a Bedrock request")
+            };
+            assert_eq!(r.operation, operation);
+            assert_eq!(
+                r.headers,
+                [
+                    ("content-type", "application/json".to_string()),
+                    ("accept", accept.to_string())
+                ]
+            );
+            assert_eq!(
+                (r.body.as_slice(), r.dropped.as_slice()),
+                (&b"{}"[..], &["field:x".to_string()][..])
+            );
+        }
+    }
 
     #[test]
     fn members_of_one_strict_object() {

@@ -438,24 +438,18 @@ pub(super) fn translate(
     // Beta flags mean nothing to other models: each is noted as left out.
     betas::forwarded(target.header("anthropic-beta"), &[], &[], &mut dropped);
     let body = body(req, &mut dropped)?;
-    let (operation, accept) = if req.stream {
-        (
-            Operation::ConverseStream,
-            "application/vnd.amazon.eventstream",
-        )
+    let operation = if req.stream {
+        Operation::ConverseStream
     } else {
-        (Operation::Converse, "application/json")
+        Operation::Converse
     };
-    Ok(Translation::Bedrock(BedrockRequest {
+    let response = ConverseResponse::new(req.model.clone(), req.stream);
+    Ok(BedrockRequest::json(
         operation,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", accept.into()),
-        ],
-        response: Box::new(ConverseResponse::new(req.model.clone(), req.stream)),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
 // ---- The answer -----------------------------------------------------------------------------

@@ -81,16 +81,13 @@ pub(super) fn translate(
         },
     })
     .unwrap_or_default();
-    Ok(Translation::Bedrock(BedrockRequest {
-        operation: Operation::CountTokens,
+    let response = CountResponse::new(estimate(req));
+    Ok(BedrockRequest::json(
+        Operation::CountTokens,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", "application/json".into()),
-        ],
-        response: Box::new(CountResponse::new(estimate(req))),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
 /// Largest CountTokens answer read.

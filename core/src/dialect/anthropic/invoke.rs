@@ -94,24 +94,18 @@ pub(super) fn translate(
 ) -> Result<Translation, GatewayError> {
     let mut dropped = Vec::new();
     let body = body(req, target, None, &mut dropped)?;
-    let (operation, accept) = if req.stream {
-        (
-            Operation::InvokeWithResponseStream,
-            "application/vnd.amazon.eventstream",
-        )
+    let operation = if req.stream {
+        Operation::InvokeWithResponseStream
     } else {
-        (Operation::Invoke, "application/json")
+        Operation::Invoke
     };
-    Ok(Translation::Bedrock(BedrockRequest {
+    let response = InvokeResponse::new(req.stream);
+    Ok(BedrockRequest::json(
         operation,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", accept.into()),
-        ],
-        response: Box::new(InvokeResponse::new(req.stream)),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
 /// The answer of InvokeModel (or its stream) for an Anthropic client: a 2xx answer is

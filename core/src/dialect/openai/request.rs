@@ -201,29 +201,23 @@ impl ClientRequest for ChatRequest<'_> {
         }
         let body = serde_json::to_vec(&self.converse)
             .map_err(|e| bad(format!("the request could not be translated: {e}")))?;
-        let (operation, accept) = if self.stream {
-            (
-                Operation::ConverseStream,
-                "application/vnd.amazon.eventstream",
-            )
+        let operation = if self.stream {
+            Operation::ConverseStream
         } else {
-            (Operation::Converse, "application/json")
+            Operation::Converse
         };
-        Ok(Translation::Bedrock(BedrockRequest {
+        let response = ChatResponse::new(
+            &self.model,
+            target.now_ms / 1000,
+            self.stream,
+            self.include_usage,
+        );
+        Ok(BedrockRequest::json(
             operation,
             body,
-            headers: vec![
-                ("content-type", "application/json".into()),
-                ("accept", accept.into()),
-            ],
-            response: Box::new(ChatResponse::new(
-                &self.model,
-                target.now_ms / 1000,
-                self.stream,
-                self.include_usage,
-            )),
-            dropped: self.dropped.clone(),
-        }))
+            Box::new(response),
+            self.dropped.clone(),
+        ))
     }
 }
 
