@@ -65,6 +65,17 @@ impl Block<'_> {
     }
 }
 
+/// The `ImageBlock` format of an image's media type: Converse reads png, jpeg, gif and webp.
+pub fn image_format(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpeg"),
+        "image/gif" => Some("gif"),
+        "image/webp" => Some("webp"),
+        _ => None,
+    }
+}
+
 /// An `ImageBlock` with its bytes inline (base64 in JSON, as the service model's blobs are).
 #[derive(Serialize)]
 pub struct Image<'a> {
@@ -453,6 +464,22 @@ mod tests {
         );
         let empty = serde_json::to_string(&Request::default()).unwrap();
         assert_eq!(empty, r#"{"messages":[]}"#);
+    }
+
+    #[test]
+    fn images_are_the_four_formats_converse_reads() {
+        for (media, format) in [
+            ("image/png", Some("png")),
+            ("image/jpeg", Some("jpeg")),
+            ("image/jpg", Some("jpeg")),
+            ("image/gif", Some("gif")),
+            ("image/webp", Some("webp")),
+            ("image/tiff", None),
+            ("IMAGE/PNG", None),
+            ("", None),
+        ] {
+            assert_eq!(image_format(media), format, "{media}");
+        }
     }
 
     #[test]

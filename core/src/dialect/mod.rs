@@ -293,6 +293,21 @@ impl GatewayError {
             Dialect::Anthropic => self.to_anthropic_reply(),
         }
     }
+
+    /// The error as a JSON reply: its status, the dialect's body for it (`body` of the
+    /// status), and when to retry.
+    fn json_reply(&self, body: impl FnOnce(u16) -> Vec<u8>) -> Reply {
+        let status = self.kind.status();
+        let mut reply = Reply {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body(status),
+        };
+        if let Some(s) = self.retry_after_s {
+            reply.headers.push(("retry-after", s.to_string()));
+        }
+        reply
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 
 use super::{bad, betas, member, sse, MessagesRequest, Target, Translation, ENVELOPE};
 use crate::dialect::answer::{read_whole, Answer, Stream};
+use crate::dialect::converse::image_format;
 use crate::dialect::refusal::exception_kind;
 use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
 use crate::error::GatewayError;
@@ -286,17 +287,11 @@ fn base64_source<'a>(
 
 fn image<'a>(b: &Members<'a>, at: &str) -> Result<Image<'a>, GatewayError> {
     let (media, data) = base64_source(b, at)?;
-    let format = match media.as_ref() {
-        "image/png" => "png",
-        "image/jpeg" | "image/jpg" => "jpeg",
-        "image/gif" => "gif",
-        "image/webp" => "webp",
-        other => {
-            return Err(bad(format!(
-                "`{at}.source.media_type` `{other}`: images are png, jpeg, gif or webp"
-            )))
-        }
-    };
+    let format = image_format(&media).ok_or_else(|| {
+        bad(format!(
+            "`{at}.source.media_type` `{media}`: images are png, jpeg, gif or webp"
+        ))
+    })?;
     Ok(Image {
         format,
         source: Bytes { bytes: data },

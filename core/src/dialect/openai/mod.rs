@@ -60,16 +60,7 @@ pub fn error_body(r#type: &str, code: &str, message: &str) -> Vec<u8> {
 impl GatewayError {
     /// The error as the OpenAI API shapes it; the SDKs pick their exception by status.
     pub fn to_openai_reply(&self) -> Reply {
-        let status = self.kind.status();
-        let mut reply = Reply {
-            status,
-            headers: vec![("content-type", "application/json".into())],
-            body: error_body(error_type(status), self.kind.name(), &self.message),
-        };
-        if let Some(s) = self.retry_after_s {
-            reply.headers.push(("retry-after", s.to_string()));
-        }
-        reply
+        self.json_reply(|status| error_body(error_type(status), self.kind.name(), &self.message))
     }
 }
 

@@ -728,17 +728,11 @@ fn data_url_image<'a>(url: Cow<'a, str>, at: &str) -> Result<Image<'a>, GatewayE
             "`{at}.image_url.url` must be base64 (`data:image/png;base64,…`)"
         )));
     }
-    let format = match media.as_str() {
-        "image/png" => "png",
-        "image/jpeg" | "image/jpg" => "jpeg",
-        "image/gif" => "gif",
-        "image/webp" => "webp",
-        other => {
-            return Err(bad(format!(
-                "`{at}.image_url.url`: `{other}` images are not served: png, jpeg, gif or webp"
-            )))
-        }
-    };
+    let format = converse::image_format(&media).ok_or_else(|| {
+        bad(format!(
+            "`{at}.image_url.url`: `{media}` images are not served: png, jpeg, gif or webp"
+        ))
+    })?;
     let start = url.len() - data.len();
     let bytes = match url {
         Cow::Borrowed(s) => Cow::Borrowed(s.get(start..).unwrap_or_default()),
