@@ -11,7 +11,10 @@ use serde_json::value::RawValue;
 
 use super::{bad, betas, member, sse, MessagesRequest, Target, Translation, ENVELOPE};
 use crate::dialect::answer::{read_whole, Answer, Stream};
-use crate::dialect::converse::image_format;
+use crate::dialect::converse::{
+    image_format, Block, Bytes, Document, Empty, Image, InputSchema, Tool, ToolChoice, ToolConfig,
+    ToolResult, ToolSpec, ToolUse, CACHE_POINT,
+};
 use crate::dialect::refusal::exception_kind;
 use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
 use crate::error::GatewayError;
@@ -20,6 +23,8 @@ use crate::response::eventstream::{Decoder, Message};
 
 // ---- The request ----------------------------------------------------------------------------
 
+/// The Converse body of a Messages request. Its turns' roles and its numbers go as the
+/// client wrote them (Bedrock judges them); the blocks are Converse's shared shapes.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ConverseRequest<'a> {
@@ -38,65 +43,6 @@ struct Turn<'a> {
 }
 
 #[derive(Serialize)]
-enum Block<'a> {
-    #[serde(rename = "text")]
-    Text(Cow<'a, str>),
-    #[serde(rename = "image")]
-    Image(Image<'a>),
-    #[serde(rename = "document")]
-    Document(Document<'a>),
-    #[serde(rename = "toolUse")]
-    ToolUse(ToolUse<'a>),
-    #[serde(rename = "toolResult")]
-    ToolResult(ToolResult<'a>),
-    #[serde(rename = "cachePoint")]
-    CachePoint(CachePoint),
-}
-
-#[derive(Serialize)]
-struct Image<'a> {
-    format: &'static str,
-    source: Bytes<'a>,
-}
-
-#[derive(Serialize)]
-struct Document<'a> {
-    format: &'static str,
-    name: String,
-    source: Bytes<'a>,
-}
-
-/// Converse's binary source: base64 in JSON.
-#[derive(Serialize)]
-struct Bytes<'a> {
-    bytes: Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolUse<'a> {
-    tool_use_id: Cow<'a, str>,
-    name: Cow<'a, str>,
-    input: &'a RawValue,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolResult<'a> {
-    tool_use_id: Cow<'a, str>,
-    content: Vec<Block<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct CachePoint {
-    r#type: &'static str,
-}
-
-const CACHE_POINT: Block<'static> = Block::CachePoint(CachePoint { r#type: "default" });
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct InferenceConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,49 +53,6 @@ struct InferenceConfig<'a> {
     top_p: Option<&'a RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop_sequences: Option<&'a RawValue>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolConfig<'a> {
-    tools: Vec<Tool<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoice<'a>>,
-}
-
-#[derive(Serialize)]
-enum Tool<'a> {
-    #[serde(rename = "toolSpec")]
-    Spec(ToolSpec<'a>),
-    #[serde(rename = "cachePoint")]
-    CachePoint(CachePoint),
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolSpec<'a> {
-    name: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Cow<'a, str>>,
-    input_schema: Schema<'a>,
-}
-
-#[derive(Serialize)]
-struct Schema<'a> {
-    json: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct Empty {}
-
-#[derive(Serialize)]
-enum ToolChoice<'a> {
-    #[serde(rename = "auto")]
-    Auto(Empty),
-    #[serde(rename = "any")]
-    Any(Empty),
-    #[serde(rename = "tool")]
-    Tool { name: Cow<'a, str> },
 }
 
 /// A JSON string, borrowed from the body where it has no escapes.
@@ -214,7 +117,7 @@ fn content<'a>(
             "tool_use" => out.push(Block::ToolUse(ToolUse {
                 tool_use_id: string(required(&b, "id", &at)?, &format!("{at}.id"))?,
                 name: string(required(&b, "name", &at)?, &format!("{at}.name"))?,
-                input: required(&b, "input", &at)?,
+                input: Cow::Borrowed(required(&b, "input", &at)?),
             })),
             "tool_result" => {
                 let result = match member(&b, "content") {
@@ -243,7 +146,7 @@ fn content<'a>(
             }
         }
         if member(&b, "cache_control").is_some() {
-            out.push(CACHE_POINT);
+            out.push(Block::CachePoint(CACHE_POINT));
         }
     }
     Ok(out)
@@ -338,12 +241,12 @@ fn tools(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
             description: member(&t, "description")
                 .map(|d| string(d, &format!("{at}.description")))
                 .transpose()?,
-            input_schema: Schema {
+            input_schema: InputSchema {
                 json: required(&t, "input_schema", &at)?,
             },
         }));
         if member(&t, "cache_control").is_some() {
-            out.push(Tool::CachePoint(CachePoint { r#type: "default" }));
+            out.push(Tool::CachePoint(CACHE_POINT));
         }
     }
     Ok(out)

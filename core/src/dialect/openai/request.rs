@@ -506,14 +506,12 @@ fn tool_list(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
             Some(p) if p.get().starts_with('{') => p,
             Some(_) => return Err(bad(format!("`{at}.function.parameters` must be an object"))),
         };
-        out.push(Tool {
-            spec: ToolSpec {
-                name: f.name,
-                // Converse's description may not be empty.
-                description: f.description.filter(|d| !d.is_empty()),
-                input_schema: InputSchema { json },
-            },
-        });
+        out.push(Tool::Spec(ToolSpec {
+            name: f.name,
+            // Converse's description may not be empty.
+            description: f.description.filter(|d| !d.is_empty()),
+            input_schema: InputSchema { json },
+        }));
     }
     Ok(out)
 }
@@ -613,6 +611,7 @@ fn turns(raw: &RawValue) -> Result<Turns<'_>, GatewayError> {
                     vec![Block::ToolResult(ToolResult {
                         tool_use_id: id,
                         content,
+                        status: None,
                     })],
                 )
             }
@@ -763,7 +762,7 @@ fn assistant_content<'a>(m: InMessage<'a>, at: &str) -> Result<Vec<Block<'a>>, G
         out.push(Block::ToolUse(ToolUse {
             tool_use_id: call.id,
             name: f.name,
-            input: arguments(f.arguments.as_deref().unwrap_or(""), &here)?,
+            input: Cow::Owned(arguments(f.arguments.as_deref().unwrap_or(""), &here)?),
         }));
     }
     // Converse refuses blank text blocks; an assistant turn of tool calls often has one.
