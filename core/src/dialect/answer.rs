@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::refusal::{Envelope, Refusal};
 use super::ResponseHead;
+use crate::response::eventstream::{Decoder, Message};
 
 /// Largest answer held to be translated whole (Bedrock's are far smaller).
 pub(crate) const MAX_ANSWER: usize = 8 * 1024 * 1024;
@@ -27,6 +28,39 @@ impl<S: Stream> Stream for Box<S> {
     fn finish(&mut self) -> Vec<u8> {
         S::finish(self)
     }
+}
+
+/// A stream translated from Bedrock's EventStream one message at a time.
+pub(crate) trait Frames {
+    fn decoder(&mut self) -> &mut Decoder;
+    /// The client's stream is complete (its last event, or an error, went out).
+    fn ended(&self) -> bool;
+    /// One message, translated into `out`.
+    fn event(&mut self, m: Message<'_>, out: &mut Vec<u8>);
+    /// Bedrock's stream cannot be read: the error, saying `why`, that ends the client's.
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str);
+}
+
+/// What the client gets for a piece of Bedrock's EventStream: each whole message translated;
+/// an unreadable stream ends in an error. Nothing follows the end of the client's stream.
+pub(crate) fn decode(frames: &mut impl Frames, bedrock: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    if frames.ended() {
+        return out;
+    }
+    // Taken out for the while: each message is translated by `frames` itself.
+    let mut decoder = std::mem::take(frames.decoder());
+    let pushed = decoder.push(bedrock, |m| frames.event(m, &mut out));
+    *frames.decoder() = decoder;
+    if let Err(e) = pushed {
+        if !frames.ended() {
+            frames.unreadable(
+                &mut out,
+                &format!("the model's stream could not be read: {e}"),
+            );
+        }
+    }
+    out
 }
 
 /// What a translator does with Bedrock's body.

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{bad, betas, member, sse, MessagesRequest, Target, Translation, ENVELOPE};
-use crate::dialect::answer::{read_whole, Answer, Stream};
+use crate::dialect::answer::{decode, read_whole, Answer, Frames, Stream};
 use crate::dialect::converse::{
-    image_format, Block, Bytes, Document, Empty, Image, InputSchema, Tool, ToolChoice, ToolConfig,
-    ToolResult, ToolSpec, ToolUse, CACHE_POINT,
+    self, image_format, Block, Bytes, Document, Empty, Image, InputSchema, Tool, ToolChoice,
+    ToolConfig, ToolResult, ToolSpec, ToolUse, CACHE_POINT,
 };
 use crate::dialect::refusal::exception_kind;
 use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
@@ -408,19 +408,6 @@ impl Translator for ConverseResponse {
     }
 }
 
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "camelCase")]
-struct ConverseUsage {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    cache_read_input_tokens: u64,
-    #[serde(default)]
-    cache_write_input_tokens: u64,
-}
-
 /// Anthropic's usage object.
 #[derive(Serialize)]
 struct Usage {
@@ -430,8 +417,8 @@ struct Usage {
     cache_read_input_tokens: u64,
 }
 
-impl From<ConverseUsage> for Usage {
-    fn from(u: ConverseUsage) -> Self {
+impl From<converse::Usage> for Usage {
+    fn from(u: converse::Usage) -> Self {
         Self {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
@@ -457,7 +444,7 @@ fn message(buf: &[u8], model: &str, id: &str) -> Vec<u8> {
         output: Output,
         stop_reason: String,
         #[serde(default)]
-        usage: ConverseUsage,
+        usage: converse::Usage,
     }
     #[derive(Deserialize)]
     struct Output {
@@ -581,24 +568,7 @@ pub(crate) struct Events {
 
 impl Stream for Events {
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
-        self.decoder = decoder;
-        if let Err(e) = pushed {
-            if !self.ended {
-                sse::error(
-                    &mut out,
-                    "api_error",
-                    &format!("the model's stream could not be read: {e}"),
-                );
-                self.ended = true;
-            }
-        }
-        out
+        decode(self, bedrock)
     }
 
     fn finish(&mut self) -> Vec<u8> {
@@ -608,7 +578,7 @@ impl Stream for Events {
         }
         match self.stop_reason.take() {
             // The usage never came: the stream still ends as Anthropic's do.
-            Some(reason) => self.stop(&mut out, &reason, ConverseUsage::default()),
+            Some(reason) => self.stop(&mut out, &reason, converse::Usage::default()),
             None => sse::error(
                 &mut out,
                 "api_error",
@@ -620,73 +590,17 @@ impl Stream for Events {
     }
 }
 
-impl Events {
-    fn new(model: &str, id: &str) -> Self {
-        Self {
-            decoder: Decoder::default(),
-            model: model.to_string(),
-            id: id.to_string(),
-            started: false,
-            blocks: Vec::new(),
-            stop_reason: None,
-            ended: false,
-        }
+impl Frames for Events {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    fn message_start(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.started, true) {
-            return;
-        }
-        sse::json_event(
-            out,
-            "message_start",
-            &serde_json::json!({
-                "type": "message_start",
-                "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            }),
-        );
+    fn ended(&self) -> bool {
+        self.ended
     }
 
-    /// Opens block `index` as `kind` unless it is open.
-    fn open(&mut self, out: &mut Vec<u8>, index: u64, kind: Kind) {
-        if self.blocks.iter().any(|(i, _)| *i == index) {
-            return;
-        }
-        self.blocks.push((index, kind));
-        let block = match kind {
-            Kind::Text => serde_json::json!({"type": "text", "text": ""}),
-            Kind::Thinking => {
-                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""})
-            }
-            // Tool blocks are opened by their own start event (`tool_start`).
-            Kind::ToolUse => return,
-        };
-        sse::json_event(
-            out,
-            "content_block_start",
-            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": block}),
-        );
-    }
-
-    fn stop(&mut self, out: &mut Vec<u8>, reason: &str, usage: ConverseUsage) {
-        sse::json_event(
-            out,
-            "message_delta",
-            &serde_json::json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
-                "usage": Usage::from(usage),
-            }),
-        );
-        sse::json_event(
-            out,
-            "message_stop",
-            &serde_json::json!({"type": "message_stop"}),
-        );
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        sse::error(out, "api_error", why);
         self.ended = true;
     }
 
@@ -706,7 +620,7 @@ impl Events {
             start: Option<Start>,
             delta: Option<Delta>,
             stop_reason: Option<String>,
-            usage: Option<ConverseUsage>,
+            usage: Option<converse::Usage>,
         }
         #[derive(Deserialize, Default)]
         #[serde(rename_all = "camelCase")]
@@ -809,6 +723,77 @@ impl Events {
             }
             _ => {}
         }
+    }
+}
+
+impl Events {
+    fn new(model: &str, id: &str) -> Self {
+        Self {
+            decoder: Decoder::default(),
+            model: model.to_string(),
+            id: id.to_string(),
+            started: false,
+            blocks: Vec::new(),
+            stop_reason: None,
+            ended: false,
+        }
+    }
+
+    fn message_start(&mut self, out: &mut Vec<u8>) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        sse::json_event(
+            out,
+            "message_start",
+            &serde_json::json!({
+                "type": "message_start",
+                "message": {
+                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            }),
+        );
+    }
+
+    /// Opens block `index` as `kind` unless it is open.
+    fn open(&mut self, out: &mut Vec<u8>, index: u64, kind: Kind) {
+        if self.blocks.iter().any(|(i, _)| *i == index) {
+            return;
+        }
+        self.blocks.push((index, kind));
+        let block = match kind {
+            Kind::Text => serde_json::json!({"type": "text", "text": ""}),
+            Kind::Thinking => {
+                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""})
+            }
+            // Tool blocks are opened by their own start event (`tool_start`).
+            Kind::ToolUse => return,
+        };
+        sse::json_event(
+            out,
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+    }
+
+    fn stop(&mut self, out: &mut Vec<u8>, reason: &str, usage: converse::Usage) {
+        sse::json_event(
+            out,
+            "message_delta",
+            &serde_json::json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                "usage": Usage::from(usage),
+            }),
+        );
+        sse::json_event(
+            out,
+            "message_stop",
+            &serde_json::json!({"type": "message_stop"}),
+        );
+        self.ended = true;
     }
 }
 

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use super::{betas, json_string, sse, MessagesRequest, Target, Translation, ENVELOPE};
-use crate::dialect::answer::{Answer, Stream};
+use crate::dialect::answer::{decode, Answer, Frames, Stream};
 use crate::dialect::refusal::exception_body;
 use crate::dialect::{BedrockRequest, ResponseHead, Translator};
 use crate::error::GatewayError;
@@ -165,23 +165,7 @@ pub(crate) struct Events {
 
 impl Stream for Events {
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let ended = &mut self.ended;
-        let pushed = self.decoder.push(bedrock, |m| event(m, &mut out, ended));
-        if let Err(e) = pushed {
-            if !*ended {
-                sse::error(
-                    &mut out,
-                    "api_error",
-                    &format!("the model's stream could not be read: {e}"),
-                );
-                *ended = true;
-            }
-        }
-        out
+        decode(self, bedrock)
     }
 
     /// The upstream body ended: a stream that stopped before `message_stop` fails visibly.
@@ -196,6 +180,25 @@ impl Stream for Events {
             self.ended = true;
         }
         out
+    }
+}
+
+impl Frames for Events {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn event(&mut self, m: Message<'_>, out: &mut Vec<u8>) {
+        event(m, out, &mut self.ended);
+    }
+
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        sse::error(out, "api_error", why);
+        self.ended = true;
     }
 }
 

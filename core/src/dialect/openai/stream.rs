@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::response::{finish_reason, Usage};
 use super::{error_body, ENVELOPE};
-use crate::dialect::answer::Stream;
+use crate::dialect::answer::{decode, Frames, Stream};
 use crate::dialect::converse::{BlockDelta, BlockStart, MessageStop, Metadata};
 use crate::dialect::refusal::{exception_body, exception_kind};
 use crate::response::eventstream::{Decoder, Message};
@@ -45,22 +45,7 @@ pub(crate) struct Chunks {
 impl Stream for Chunks {
     /// The events for a piece of Bedrock's stream.
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
-        self.decoder = decoder;
-        if let Err(e) = pushed {
-            self.error(
-                &mut out,
-                "api_error",
-                "upstream_error",
-                &format!("the model's stream could not be read: {e}"),
-            );
-        }
-        out
+        decode(self, bedrock)
     }
 
     /// Bedrock's stream has ended: `[DONE]` if its message ended and the usage did not come,
@@ -85,45 +70,17 @@ impl Stream for Chunks {
     }
 }
 
-impl Chunks {
-    pub(crate) fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
-        let mut head = b"data: {\"id\":".to_vec();
-        write_json(&mut head, id);
-        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        head.extend_from_slice(created.to_string().as_bytes());
-        head.extend_from_slice(b",\"model\":");
-        write_json(&mut head, model);
-        head.push(b',');
-        Self {
-            decoder: Decoder::default(),
-            head,
-            include_usage,
-            started: false,
-            tools: Vec::new(),
-            stopped: false,
-            ended: false,
-        }
+impl Frames for Chunks {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    /// The gateway ends the stream: its budget ran out.
-    pub(crate) fn cut_off(&mut self, message: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        if !self.ended {
-            self.error(&mut out, "rate_limit_error", "budget_exhausted", message);
-        }
-        out
+    fn ended(&self) -> bool {
+        self.ended
     }
 
-    fn error(&mut self, out: &mut Vec<u8>, r#type: &str, code: &str, message: &str) {
-        self.data(out, &error_body(r#type, code, message));
-    }
-
-    /// The stream's last event: an error body.
-    fn data(&mut self, out: &mut Vec<u8>, error: &[u8]) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(error);
-        out.extend_from_slice(b"\n\n");
-        self.ended = true;
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        self.error(out, "api_error", "upstream_error", why);
     }
 
     fn event(&mut self, m: Message<'_>, out: &mut Vec<u8>) {
@@ -212,6 +169,48 @@ impl Chunks {
             // contentBlockStop, and events Bedrock may add.
             _ => {}
         }
+    }
+}
+
+impl Chunks {
+    pub(crate) fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
+        let mut head = b"data: {\"id\":".to_vec();
+        write_json(&mut head, id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        write_json(&mut head, model);
+        head.push(b',');
+        Self {
+            decoder: Decoder::default(),
+            head,
+            include_usage,
+            started: false,
+            tools: Vec::new(),
+            stopped: false,
+            ended: false,
+        }
+    }
+
+    /// The gateway ends the stream: its budget ran out.
+    pub(crate) fn cut_off(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.ended {
+            self.error(&mut out, "rate_limit_error", "budget_exhausted", message);
+        }
+        out
+    }
+
+    fn error(&mut self, out: &mut Vec<u8>, r#type: &str, code: &str, message: &str) {
+        self.data(out, &error_body(r#type, code, message));
+    }
+
+    /// The stream's last event: an error body.
+    fn data(&mut self, out: &mut Vec<u8>, error: &[u8]) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(error);
+        out.extend_from_slice(b"\n\n");
+        self.ended = true;
     }
 
     /// The role chunk, once, before anything else.

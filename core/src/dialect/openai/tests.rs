@@ -989,3 +989,23 @@ fn a_cut_off_stream_ends_with_the_budget_error() {
     );
     assert!(t.body(&frames[5]).is_empty(), "nothing after the cut");
 }
+
+#[test]
+fn nothing_follows_the_end_of_a_stream_not_even_an_unreadable_frame() {
+    let frames = converse_stream();
+    // Garbage in the same piece as the stream's last frame: a prelude whose CRC is wrong.
+    let garbage = [0u8, 0, 0, 16, 0, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0];
+    let mut body = frames.concat();
+    body.extend_from_slice(&garbage);
+    let done = events_of(&body);
+    assert_eq!(done.last().unwrap(), &json!("[DONE]"), "{done:?}");
+    let mut body = frames[..5].concat();
+    body.extend_from_slice(&exception("throttlingException", "slow down"));
+    body.extend_from_slice(&garbage);
+    let failed = events_of(&body);
+    assert_eq!(
+        failed.last().unwrap()["error"]["message"],
+        "slow down",
+        "{failed:?}"
+    );
+}
