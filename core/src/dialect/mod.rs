@@ -285,6 +285,27 @@ pub(crate) fn member<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawVal
     members.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
+/// A client's request its translation refuses (400).
+pub(crate) fn bad(message: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, message)
+}
+
+/// A JSON string, borrowed from the body where it has no escapes.
+#[derive(Deserialize)]
+pub(crate) struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// The string `raw`, or a refusal naming `what`.
+pub(crate) fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
+    serde_json::from_str::<Str<'a>>(raw.get())
+        .map(|s| s.0)
+        .map_err(|_| bad(format!("`{what}` must be a string")))
+}
+
+/// The array `raw`, its items unread, or a refusal naming `what`.
+pub(crate) fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
+    serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be an array")))
+}
+
 impl GatewayError {
     pub fn to_reply(&self, dialect: Dialect) -> Reply {
         match dialect {
@@ -313,6 +334,27 @@ impl GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_and_arrays_of_a_body_or_a_refusal_naming_them() {
+        let raw = |text: &str| RawValue::from_string(text.into()).unwrap();
+        let plain = raw(r#""ab""#);
+        assert!(matches!(string(&plain, "x"), Ok(Cow::Borrowed("ab"))));
+        let escaped = raw(r#""a\nb""#);
+        assert_eq!(string(&escaped, "x").unwrap(), "a\nb");
+        let e = string(&raw("5"), "m.role").unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::BadRequest, "`m.role` must be a string")
+        );
+        let list = raw(r#"[1, {"a": 2}]"#);
+        let items: Vec<&str> = array(&list, "x").unwrap().iter().map(|v| v.get()).collect();
+        assert_eq!(items, ["1", r#"{"a": 2}"#]);
+        assert_eq!(
+            array(&raw("{}"), "tools").unwrap_err().message,
+            "`tools` must be an array"
+        );
+    }
 
     #[test]
     fn a_translated_request_accepts_what_its_operation_answers() {

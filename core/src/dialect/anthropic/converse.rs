@@ -16,7 +16,9 @@ use crate::dialect::converse::{
     ToolConfig, ToolResult, ToolSpec, ToolUse, CACHE_POINT,
 };
 use crate::dialect::refusal::exception_kind;
-use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
+use crate::dialect::{
+    array, json_members, string, BedrockRequest, Members, ResponseHead, Translator,
+};
 use crate::error::GatewayError;
 use crate::request::operation::Operation;
 use crate::response::eventstream::{Decoder, Message};
@@ -55,23 +57,8 @@ struct InferenceConfig<'a> {
     stop_sequences: Option<&'a RawValue>,
 }
 
-/// A JSON string, borrowed from the body where it has no escapes.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
-    serde_json::from_slice::<Str<'a>>(raw.get().as_bytes())
-        .map(|s| s.0)
-        .map_err(|_| bad(format!("`{what}` must be a string")))
-}
-
 fn object<'a>(raw: &'a RawValue, what: &str) -> Result<Members<'a>, GatewayError> {
     json_members(raw.get().as_bytes()).map_err(|_| bad(format!("`{what}` must be an object")))
-}
-
-fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
-    serde_json::from_slice(raw.get().as_bytes())
-        .map_err(|_| bad(format!("`{what}` must be an array")))
 }
 
 fn required<'a>(m: &Members<'a>, name: &str, of: &str) -> Result<&'a RawValue, GatewayError> {

@@ -21,9 +21,10 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
+use super::bad;
 use super::refusal::{Class, Envelope};
 use super::{json_members, member, ClientRequest, Members, Target, Translation};
-use crate::error::{ErrorKind, GatewayError, Reply};
+use crate::error::{GatewayError, Reply};
 use crate::request::model_family;
 
 pub use betas::{BEDROCK_BETAS, BETA_FIELDS};
@@ -120,10 +121,6 @@ pub(crate) fn read_count_tokens(body: &[u8]) -> Result<Box<dyn ClientRequest + '
     Ok(Box::new(read(body, true)?))
 }
 
-fn bad(message: impl Into<String>) -> GatewayError {
-    GatewayError::new(ErrorKind::BadRequest, message)
-}
-
 fn read(body: &[u8], count_tokens: bool) -> Result<MessagesRequest<'_>, GatewayError> {
     let members = json_members(body)?;
     let model = member(&members, "model")
@@ -176,6 +173,7 @@ fn json_string(name: &str) -> Cow<'static, str> {
 mod tests {
     use super::*;
     use crate::dialect::refusal::Refusal;
+    use crate::error::ErrorKind;
 
     #[test]
     fn envelope_and_the_types_the_sdk_maps() {

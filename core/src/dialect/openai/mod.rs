@@ -17,9 +17,10 @@ mod stream;
 
 use serde::Serialize;
 
+use super::bad;
 use super::refusal::{Class, Envelope};
 use super::ClientRequest;
-use crate::error::{ErrorKind, GatewayError, Reply};
+use crate::error::{GatewayError, Reply};
 
 /// The OpenAI error type of a status, as the gateway's own errors name them.
 pub fn error_type(status: u16) -> &'static str {
@@ -105,10 +106,6 @@ pub(crate) fn read_chat_completions(
     body: &[u8],
 ) -> Result<Box<dyn ClientRequest + '_>, GatewayError> {
     Ok(Box::new(request::read(body)?))
-}
-
-fn bad(message: impl Into<String>) -> GatewayError {
-    GatewayError::new(ErrorKind::BadRequest, message)
 }
 
 #[cfg(test)]

@@ -39,7 +39,9 @@ use crate::dialect::converse::{
     Structure, SystemBlock, TextFormat, Tool, ToolChoice, ToolConfig, ToolResult, ToolSpec,
     ToolUse,
 };
-use crate::dialect::{json_members, BedrockRequest, ClientRequest, Target, Translation};
+use crate::dialect::{
+    array, json_members, string, BedrockRequest, ClientRequest, Str, Target, Translation,
+};
 use crate::error::GatewayError;
 use crate::request::model_family;
 use crate::request::operation::Operation;
@@ -285,16 +287,6 @@ fn why(e: &serde_json::Error) -> String {
     }
 }
 
-/// A JSON string, borrowed from the body where it has no escapes.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
-    serde_json::from_str::<Str<'a>>(raw.get())
-        .map(|s| s.0)
-        .map_err(|_| bad(format!("`{what}` must be a string")))
-}
-
 fn boolean(raw: &RawValue, what: &str) -> Result<bool, GatewayError> {
     serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be a boolean")))
 }
@@ -314,10 +306,6 @@ fn number<'a>(raw: &'a RawValue, what: &str) -> Result<&'a RawValue, GatewayErro
 
 fn is_empty_object(raw: &RawValue) -> bool {
     json_members(raw.get().as_bytes()).is_ok_and(|m| m.is_empty())
-}
-
-fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
-    serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be an array")))
 }
 
 fn stop(raw: &RawValue) -> Result<Vec<Cow<'_, str>>, GatewayError> {
@@ -445,19 +433,7 @@ fn tool_choice(raw: &RawValue) -> Result<Choice<'_>, GatewayError> {
             other => Err(bad(format!("`tool_choice` `{other}` is unknown"))),
         };
     }
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow)]
-        r#type: Cow<'a, str>,
-        #[serde(borrow, default)]
-        function: Option<Function<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-    }
-    let named: Named<'_> =
+    let named: InTool<'_> =
         serde_json::from_str(raw.get()).map_err(|e| bad(format!("`tool_choice`: {}", why(&e))))?;
     match (named.r#type.as_ref(), named.function) {
         ("function", Some(f)) => Ok(Choice::Function(f.name)),
@@ -469,23 +445,26 @@ fn tool_choice(raw: &RawValue) -> Result<Choice<'_>, GatewayError> {
     }
 }
 
+/// A tool, or a tool choice that names one: `{"type": "function", "function": {"name", …}}`.
+#[derive(Deserialize)]
+struct InTool<'a> {
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    function: Option<InFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InFunction<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
+}
+
 fn tool_list(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
-    #[derive(Deserialize)]
-    struct InTool<'a> {
-        #[serde(borrow)]
-        r#type: Cow<'a, str>,
-        #[serde(borrow, default)]
-        function: Option<InFunction<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct InFunction<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[serde(borrow, default)]
-        description: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        parameters: Option<&'a RawValue>,
-    }
     let mut out = Vec::new();
     for (i, tool) in array(raw, "tools")?.into_iter().enumerate() {
         let at = format!("tools[{i}]");

@@ -8,6 +8,7 @@ use super::*;
 use crate::config::Config;
 use crate::dialect::refusal::Refusal;
 use crate::dialect::{Target, Translation, Translator};
+use crate::error::ErrorKind;
 use crate::request::auth::hash_key;
 use crate::request::operation::Operation;
 use crate::response::eventstream;
