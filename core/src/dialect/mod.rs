@@ -200,6 +200,15 @@ impl BedrockRequest {
     }
 }
 
+/// Bedrock's request ID in a response head (`x-amzn-requestid`): translated answers carry it
+/// in their IDs, so that an answer can be traced to Bedrock's logs.
+pub(crate) fn request_id<'h>(headers: &[(&str, &'h str)]) -> &'h str {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
+        .map_or("", |(_, v)| v.trim())
+}
+
 /// Changes to the response head, as the client gets it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseHead {

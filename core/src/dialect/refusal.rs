@@ -56,6 +56,15 @@ impl Class {
     }
 }
 
+/// Bedrock's error class in a response head (`x-amzn-errortype`, its namespace suffix
+/// dropped), empty if it names none.
+pub(crate) fn error_type<'h>(headers: &[(&str, &'h str)]) -> &'h str {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
+        .map_or("", |(_, v)| v.split(':').next().unwrap_or("").trim())
+}
+
 /// How a dialect tells Bedrock's errors.
 pub(crate) struct Envelope {
     /// A Bedrock error class and HTTP status → the client's status and error type.
@@ -121,11 +130,7 @@ impl Refusal {
         status: u16,
         headers: &[(&str, &str)],
     ) -> (Self, ResponseHead) {
-        let kind = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
-            .map(|(_, v)| v.split(':').next().unwrap_or("").trim().to_string())
-            .unwrap_or_default();
+        let kind = error_type(headers).to_string();
         let (to, r#type) = (envelope.from_bedrock)(&kind, status);
         let head = ResponseHead {
             status: (to != status).then_some(to),

@@ -17,7 +17,7 @@ use crate::dialect::converse::{
 };
 use crate::dialect::refusal::exception_kind;
 use crate::dialect::{
-    array, json_members, string, BedrockRequest, Members, ResponseHead, Translator,
+    array, json_members, request_id, string, BedrockRequest, Members, ResponseHead, Translator,
 };
 use crate::error::GatewayError;
 use crate::request::operation::Operation;
@@ -361,11 +361,7 @@ impl ConverseResponse {
 
 impl Translator for ConverseResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        let request_id = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
-            .map_or("", |(_, v)| *v);
-        self.id = format!("msg_bdrk_{}", request_id.replace('-', ""));
+        self.id = format!("msg_bdrk_{}", request_id(headers).replace('-', ""));
         if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{invoke, MessagesRequest, Target, Translation, ENVELOPE};
 use crate::accounting::record::estimate_tokens;
-use crate::dialect::refusal::Refusal;
+use crate::dialect::refusal::{error_type, Class, Refusal};
 use crate::dialect::{BedrockRequest, ResponseHead, Translator};
 use crate::error::{GatewayError, Reply};
 use crate::request::model_family;
@@ -117,10 +117,7 @@ impl CountResponse {
 
 impl Translator for CountResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        let kind = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
-            .map_or("", |(_, v)| v.split(':').next().unwrap_or(""));
+        let kind = Class::of(error_type(headers));
         let json = ("content-type", "application/json".to_string());
         if (200..300).contains(&status) {
             self.state = State::Count(Vec::new());
@@ -129,7 +126,7 @@ impl Translator for CountResponse {
                 set: vec![json],
                 remove: vec!["content-length"],
             }
-        } else if status == 400 && kind.eq_ignore_ascii_case("ValidationException") {
+        } else if status == 400 && kind == Class::Validation {
             // "The provided model doesn't support counting tokens": estimate instead.
             self.state = State::Estimate;
             ResponseHead {

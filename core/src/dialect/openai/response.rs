@@ -10,7 +10,7 @@ use super::stream::Chunks;
 use super::{error_body, ENVELOPE};
 use crate::dialect::answer::{read_whole, Answer};
 use crate::dialect::converse;
-use crate::dialect::{ResponseHead, Translator};
+use crate::dialect::{request_id, ResponseHead, Translator};
 
 /// The answer to one Chat Completions request.
 pub(crate) struct ChatResponse {
@@ -38,21 +38,12 @@ impl ChatResponse {
     }
 }
 
-/// The completion's ID: Bedrock's request ID, so an answer can be traced to Bedrock's logs.
-fn completion_id(headers: &[(&str, &str)]) -> String {
-    let request_id = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
-        .map_or("", |(_, v)| v.trim());
-    format!("chatcmpl-{request_id}")
-}
-
 impl Translator for ChatResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
         if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }
-        self.id = completion_id(headers);
+        self.id = format!("chatcmpl-{}", request_id(headers));
         if !self.stream {
             return self.answer.hold();
         }
