@@ -57,11 +57,36 @@ pub enum Block<'a> {
     ToolUse(ToolUse<'a>),
     #[serde(rename = "toolResult")]
     ToolResult(ToolResult<'a>),
+    #[serde(rename = "document")]
+    Document(Document<'a>),
+    /// Where a prompt cache ends.
+    #[serde(rename = "cachePoint")]
+    CachePoint(CachePoint),
 }
+
+/// A `CachePointBlock`: the prompt before it may be cached.
+#[derive(Serialize)]
+pub struct CachePoint {
+    pub r#type: &'static str,
+}
+
+/// The only cache point there is.
+pub const CACHE_POINT: CachePoint = CachePoint { r#type: "default" };
 
 impl Block<'_> {
     pub fn is_tool_block(&self) -> bool {
         matches!(self, Self::ToolUse(_) | Self::ToolResult(_))
+    }
+}
+
+/// The `ImageBlock` format of an image's media type: Converse reads png, jpeg, gif and webp.
+pub fn image_format(media_type: &str) -> Option<&'static str> {
+    match media_type {
+        "image/png" => Some("png"),
+        "image/jpeg" | "image/jpg" => Some("jpeg"),
+        "image/gif" => Some("gif"),
+        "image/webp" => Some("webp"),
+        _ => None,
     }
 }
 
@@ -70,6 +95,16 @@ impl Block<'_> {
 pub struct Image<'a> {
     /// `png`, `jpeg`, `gif` or `webp`.
     pub format: &'static str,
+    pub source: Bytes<'a>,
+}
+
+/// A `DocumentBlock` with its bytes inline.
+#[derive(Serialize)]
+pub struct Document<'a> {
+    /// `pdf`, `txt`, `csv`, `html`, `md`, …
+    pub format: &'static str,
+    /// Letters, digits, spaces and hyphens; one per document of a request.
+    pub name: String,
     pub source: Bytes<'a>,
 }
 
@@ -85,7 +120,7 @@ pub struct ToolUse<'a> {
     pub tool_use_id: Cow<'a, str>,
     pub name: Cow<'a, str>,
     /// A JSON object.
-    pub input: Box<RawValue>,
+    pub input: Cow<'a, RawValue>,
 }
 
 #[derive(Serialize)]
@@ -94,6 +129,9 @@ pub struct ToolResult<'a> {
     pub tool_use_id: Cow<'a, str>,
     /// `ToolResultContentBlock`s: text here.
     pub content: Vec<Block<'a>>,
+    /// `error` for a failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
 }
 
 #[derive(Serialize, Default)]
@@ -127,11 +165,14 @@ pub struct ToolConfig<'a> {
     pub tool_choice: Option<ToolChoice<'a>>,
 }
 
-/// A `Tool` union's `toolSpec`.
+/// A `Tool` union.
 #[derive(Serialize)]
-pub struct Tool<'a> {
+pub enum Tool<'a> {
     #[serde(rename = "toolSpec")]
-    pub spec: ToolSpec<'a>,
+    Spec(ToolSpec<'a>),
+    /// Where a prompt cache of the tools ends.
+    #[serde(rename = "cachePoint")]
+    CachePoint(CachePoint),
 }
 
 #[derive(Serialize)]
@@ -359,13 +400,6 @@ pub struct Metadata {
     pub usage: Usage,
 }
 
-/// An exception's payload (`{"message"}`; some services spell it `Message`).
-#[derive(Deserialize)]
-pub struct ExceptionBody<'a> {
-    #[serde(borrow, alias = "Message")]
-    pub message: Cow<'a, str>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +420,14 @@ mod tests {
                                 bytes: "iVBO".into(),
                             },
                         }),
+                        Block::Document(Document {
+                            format: "txt",
+                            name: "document-2".into(),
+                            source: Bytes {
+                                bytes: "aGk=".into(),
+                            },
+                        }),
+                        Block::CachePoint(CACHE_POINT),
                     ],
                 },
                 Message {
@@ -393,7 +435,7 @@ mod tests {
                     content: vec![Block::ToolUse(ToolUse {
                         tool_use_id: "t1".into(),
                         name: "f".into(),
-                        input: RawValue::from_string("{}".into()).unwrap(),
+                        input: Cow::Owned(RawValue::from_string("{}".into()).unwrap()),
                     })],
                 },
                 Message {
@@ -401,6 +443,7 @@ mod tests {
                     content: vec![Block::ToolResult(ToolResult {
                         tool_use_id: "t1".into(),
                         content: vec![Block::Text("42".into())],
+                        status: Some("error"),
                     })],
                 },
             ],
@@ -412,13 +455,14 @@ mod tests {
                 stop_sequences: vec!["x".into()],
             },
             tool_config: Some(ToolConfig {
-                tools: vec![Tool {
-                    spec: ToolSpec {
+                tools: vec![
+                    Tool::Spec(ToolSpec {
                         name: "f".into(),
                         description: None,
                         input_schema: InputSchema { json: &schema },
-                    },
-                }],
+                    }),
+                    Tool::CachePoint(CACHE_POINT),
+                ],
                 tool_choice: Some(ToolChoice::Any(Empty {})),
             }),
             output_config: Some(OutputConfig {
@@ -441,16 +485,19 @@ mod tests {
             serde_json::json!({
                 "messages": [
                     {"role": "user", "content": [
-                        {"text": "hi"}, {"image": {"format": "png", "source": {"bytes": "iVBO"}}}]},
+                        {"text": "hi"}, {"image": {"format": "png", "source": {"bytes": "iVBO"}}},
+                        {"document": {"format": "txt", "name": "document-2", "source": {"bytes": "aGk="}}},
+                        {"cachePoint": {"type": "default"}}]},
                     {"role": "assistant", "content": [
                         {"toolUse": {"toolUseId": "t1", "name": "f", "input": {}}}]},
                     {"role": "user", "content": [
-                        {"toolResult": {"toolUseId": "t1", "content": [{"text": "42"}]}}]},
+                        {"toolResult": {"toolUseId": "t1", "content": [{"text": "42"}], "status": "error"}}]},
                 ],
                 "system": [{"text": "be"}],
                 "inferenceConfig": {"maxTokens": 5, "temperature": 0.5, "stopSequences": ["x"]},
                 "toolConfig": {
-                    "tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}],
+                    "tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}},
+                              {"cachePoint": {"type": "default"}}],
                     "toolChoice": {"any": {}},
                 },
                 "outputConfig": {"textFormat": {"type": "json_schema", "structure": {
@@ -460,6 +507,22 @@ mod tests {
         );
         let empty = serde_json::to_string(&Request::default()).unwrap();
         assert_eq!(empty, r#"{"messages":[]}"#);
+    }
+
+    #[test]
+    fn images_are_the_four_formats_converse_reads() {
+        for (media, format) in [
+            ("image/png", Some("png")),
+            ("image/jpeg", Some("jpeg")),
+            ("image/jpg", Some("jpeg")),
+            ("image/gif", Some("gif")),
+            ("image/webp", Some("webp")),
+            ("image/tiff", None),
+            ("IMAGE/PNG", None),
+            ("", None),
+        ] {
+            assert_eq!(image_format(media), format, "{media}");
+        }
     }
 
     #[test]

@@ -22,10 +22,12 @@ use crate::config::Config;
 use crate::error::{ErrorKind, GatewayError, Reply};
 use crate::request::operation::Operation;
 
+mod answer;
 pub mod anthropic;
 pub mod bedrock;
 pub mod converse;
 pub mod openai;
+mod refusal;
 
 /// The API family a client speaks: its routes, its error envelope, its streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -171,6 +173,42 @@ pub struct BedrockRequest {
     pub dropped: Vec<String>,
 }
 
+impl BedrockRequest {
+    /// A translated request: a JSON body for `operation`, whose answer is an EventStream if
+    /// the operation streams, else JSON.
+    pub(crate) fn json(
+        operation: Operation,
+        body: Vec<u8>,
+        response: Box<dyn Translator>,
+        dropped: Vec<String>,
+    ) -> Translation {
+        let accept = if operation.is_stream() {
+            "application/vnd.amazon.eventstream"
+        } else {
+            "application/json"
+        };
+        Translation::Bedrock(Self {
+            operation,
+            body,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("accept", accept.into()),
+            ],
+            response,
+            dropped,
+        })
+    }
+}
+
+/// Bedrock's request ID in a response head (`x-amzn-requestid`): translated answers carry it
+/// in their IDs, so that an answer can be traced to Bedrock's logs.
+pub(crate) fn request_id<'h>(headers: &[(&str, &'h str)]) -> &'h str {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
+        .map_or("", |(_, v)| v.trim())
+}
+
 /// Changes to the response head, as the client gets it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResponseHead {
@@ -256,6 +294,27 @@ pub(crate) fn member<'a>(members: &Members<'a>, name: &str) -> Option<&'a RawVal
     members.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
 
+/// A client's request its translation refuses (400).
+pub(crate) fn bad(message: impl Into<String>) -> GatewayError {
+    GatewayError::new(ErrorKind::BadRequest, message)
+}
+
+/// A JSON string, borrowed from the body where it has no escapes.
+#[derive(Deserialize)]
+pub(crate) struct Str<'a>(#[serde(borrow)] pub Cow<'a, str>);
+
+/// The string `raw`, or a refusal naming `what`.
+pub(crate) fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
+    serde_json::from_str::<Str<'a>>(raw.get())
+        .map(|s| s.0)
+        .map_err(|_| bad(format!("`{what}` must be a string")))
+}
+
+/// The array `raw`, its items unread, or a refusal naming `what`.
+pub(crate) fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
+    serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be an array")))
+}
+
 impl GatewayError {
     pub fn to_reply(&self, dialect: Dialect) -> Reply {
         match dialect {
@@ -264,11 +323,85 @@ impl GatewayError {
             Dialect::Anthropic => self.to_anthropic_reply(),
         }
     }
+
+    /// The error as a JSON reply: its status, the dialect's body for it (`body` of the
+    /// status), and when to retry.
+    fn json_reply(&self, body: impl FnOnce(u16) -> Vec<u8>) -> Reply {
+        let status = self.kind.status();
+        let mut reply = Reply {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body(status),
+        };
+        if let Some(s) = self.retry_after_s {
+            reply.headers.push(("retry-after", s.to_string()));
+        }
+        reply
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_and_arrays_of_a_body_or_a_refusal_naming_them() {
+        let raw = |text: &str| RawValue::from_string(text.into()).unwrap();
+        let plain = raw(r#""ab""#);
+        assert!(matches!(string(&plain, "x"), Ok(Cow::Borrowed("ab"))));
+        let escaped = raw(r#""a\nb""#);
+        assert_eq!(string(&escaped, "x").unwrap(), "a\nb");
+        let e = string(&raw("5"), "m.role").unwrap_err();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::BadRequest, "`m.role` must be a string")
+        );
+        let list = raw(r#"[1, {"a": 2}]"#);
+        let items: Vec<&str> = array(&list, "x").unwrap().iter().map(|v| v.get()).collect();
+        assert_eq!(items, ["1", r#"{"a": 2}"#]);
+        assert_eq!(
+            array(&raw("{}"), "tools").unwrap_err().message,
+            "`tools` must be an array"
+        );
+    }
+
+    #[test]
+    fn a_translated_request_accepts_what_its_operation_answers() {
+        for (operation, accept) in [
+            (Operation::Converse, "application/json"),
+            (
+                Operation::ConverseStream,
+                "application/vnd.amazon.eventstream",
+            ),
+            (Operation::Invoke, "application/json"),
+            (
+                Operation::InvokeWithResponseStream,
+                "application/vnd.amazon.eventstream",
+            ),
+            (Operation::CountTokens, "application/json"),
+        ] {
+            let Translation::Bedrock(r) = BedrockRequest::json(
+                operation,
+                b"{}".to_vec(),
+                Box::new(bedrock::PassThrough),
+                vec!["field:x".into()],
+            ) else {
+                panic!("a Bedrock request")
+            };
+            assert_eq!(r.operation, operation);
+            assert_eq!(
+                r.headers,
+                [
+                    ("content-type", "application/json".to_string()),
+                    ("accept", accept.to_string())
+                ]
+            );
+            assert_eq!(
+                (r.body.as_slice(), r.dropped.as_slice()),
+                (&b"{}"[..], &["field:x".to_string()][..])
+            );
+        }
+    }
 
     #[test]
     fn members_of_one_strict_object() {

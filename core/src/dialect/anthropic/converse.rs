@@ -9,14 +9,24 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{bad, betas, member, sse, MessagesRequest, Refusal, Target, Translation};
-use crate::dialect::{json_members, BedrockRequest, Members, ResponseHead, Translator};
+use super::{bad, betas, member, sse, MessagesRequest, Target, Translation, ENVELOPE};
+use crate::dialect::answer::{decode, read_whole, Answer, Frames, Stream};
+use crate::dialect::converse::{
+    self, image_format, Block, Bytes, Document, Empty, Image, InputSchema, Tool, ToolChoice,
+    ToolConfig, ToolResult, ToolSpec, ToolUse, CACHE_POINT,
+};
+use crate::dialect::refusal::exception_kind;
+use crate::dialect::{
+    array, json_members, request_id, string, BedrockRequest, Members, ResponseHead, Translator,
+};
 use crate::error::GatewayError;
 use crate::request::operation::Operation;
 use crate::response::eventstream::{Decoder, Message};
 
 // ---- The request ----------------------------------------------------------------------------
 
+/// The Converse body of a Messages request. Its turns' roles and its numbers go as the
+/// client wrote them (Bedrock judges them); the blocks are Converse's shared shapes.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ConverseRequest<'a> {
@@ -35,65 +45,6 @@ struct Turn<'a> {
 }
 
 #[derive(Serialize)]
-enum Block<'a> {
-    #[serde(rename = "text")]
-    Text(Cow<'a, str>),
-    #[serde(rename = "image")]
-    Image(Image<'a>),
-    #[serde(rename = "document")]
-    Document(Document<'a>),
-    #[serde(rename = "toolUse")]
-    ToolUse(ToolUse<'a>),
-    #[serde(rename = "toolResult")]
-    ToolResult(ToolResult<'a>),
-    #[serde(rename = "cachePoint")]
-    CachePoint(CachePoint),
-}
-
-#[derive(Serialize)]
-struct Image<'a> {
-    format: &'static str,
-    source: Bytes<'a>,
-}
-
-#[derive(Serialize)]
-struct Document<'a> {
-    format: &'static str,
-    name: String,
-    source: Bytes<'a>,
-}
-
-/// Converse's binary source: base64 in JSON.
-#[derive(Serialize)]
-struct Bytes<'a> {
-    bytes: Cow<'a, str>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolUse<'a> {
-    tool_use_id: Cow<'a, str>,
-    name: Cow<'a, str>,
-    input: &'a RawValue,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolResult<'a> {
-    tool_use_id: Cow<'a, str>,
-    content: Vec<Block<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<&'static str>,
-}
-
-#[derive(Serialize)]
-struct CachePoint {
-    r#type: &'static str,
-}
-
-const CACHE_POINT: Block<'static> = Block::CachePoint(CachePoint { r#type: "default" });
-
-#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct InferenceConfig<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,66 +57,8 @@ struct InferenceConfig<'a> {
     stop_sequences: Option<&'a RawValue>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolConfig<'a> {
-    tools: Vec<Tool<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tool_choice: Option<ToolChoice<'a>>,
-}
-
-#[derive(Serialize)]
-enum Tool<'a> {
-    #[serde(rename = "toolSpec")]
-    Spec(ToolSpec<'a>),
-    #[serde(rename = "cachePoint")]
-    CachePoint(CachePoint),
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ToolSpec<'a> {
-    name: Cow<'a, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    description: Option<Cow<'a, str>>,
-    input_schema: Schema<'a>,
-}
-
-#[derive(Serialize)]
-struct Schema<'a> {
-    json: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct Empty {}
-
-#[derive(Serialize)]
-enum ToolChoice<'a> {
-    #[serde(rename = "auto")]
-    Auto(Empty),
-    #[serde(rename = "any")]
-    Any(Empty),
-    #[serde(rename = "tool")]
-    Tool { name: Cow<'a, str> },
-}
-
-/// A JSON string, borrowed from the body where it has no escapes.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
-    serde_json::from_slice::<Str<'a>>(raw.get().as_bytes())
-        .map(|s| s.0)
-        .map_err(|_| bad(format!("`{what}` must be a string")))
-}
-
 fn object<'a>(raw: &'a RawValue, what: &str) -> Result<Members<'a>, GatewayError> {
     json_members(raw.get().as_bytes()).map_err(|_| bad(format!("`{what}` must be an object")))
-}
-
-fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
-    serde_json::from_slice(raw.get().as_bytes())
-        .map_err(|_| bad(format!("`{what}` must be an array")))
 }
 
 fn required<'a>(m: &Members<'a>, name: &str, of: &str) -> Result<&'a RawValue, GatewayError> {
@@ -211,7 +104,7 @@ fn content<'a>(
             "tool_use" => out.push(Block::ToolUse(ToolUse {
                 tool_use_id: string(required(&b, "id", &at)?, &format!("{at}.id"))?,
                 name: string(required(&b, "name", &at)?, &format!("{at}.name"))?,
-                input: required(&b, "input", &at)?,
+                input: Cow::Borrowed(required(&b, "input", &at)?),
             })),
             "tool_result" => {
                 let result = match member(&b, "content") {
@@ -240,7 +133,7 @@ fn content<'a>(
             }
         }
         if member(&b, "cache_control").is_some() {
-            out.push(CACHE_POINT);
+            out.push(Block::CachePoint(CACHE_POINT));
         }
     }
     Ok(out)
@@ -284,17 +177,11 @@ fn base64_source<'a>(
 
 fn image<'a>(b: &Members<'a>, at: &str) -> Result<Image<'a>, GatewayError> {
     let (media, data) = base64_source(b, at)?;
-    let format = match media.as_ref() {
-        "image/png" => "png",
-        "image/jpeg" | "image/jpg" => "jpeg",
-        "image/gif" => "gif",
-        "image/webp" => "webp",
-        other => {
-            return Err(bad(format!(
-                "`{at}.source.media_type` `{other}`: images are png, jpeg, gif or webp"
-            )))
-        }
-    };
+    let format = image_format(&media).ok_or_else(|| {
+        bad(format!(
+            "`{at}.source.media_type` `{media}`: images are png, jpeg, gif or webp"
+        ))
+    })?;
     Ok(Image {
         format,
         source: Bytes { bytes: data },
@@ -341,12 +228,12 @@ fn tools(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
             description: member(&t, "description")
                 .map(|d| string(d, &format!("{at}.description")))
                 .transpose()?,
-            input_schema: Schema {
+            input_schema: InputSchema {
                 json: required(&t, "input_schema", &at)?,
             },
         }));
         if member(&t, "cache_control").is_some() {
-            out.push(Tool::CachePoint(CachePoint { r#type: "default" }));
+            out.push(Tool::CachePoint(CACHE_POINT));
         }
     }
     Ok(out)
@@ -436,30 +323,21 @@ pub(super) fn translate(
     // Beta flags mean nothing to other models: each is noted as left out.
     betas::forwarded(target.header("anthropic-beta"), &[], &[], &mut dropped);
     let body = body(req, &mut dropped)?;
-    let (operation, accept) = if req.stream {
-        (
-            Operation::ConverseStream,
-            "application/vnd.amazon.eventstream",
-        )
+    let operation = if req.stream {
+        Operation::ConverseStream
     } else {
-        (Operation::Converse, "application/json")
+        Operation::Converse
     };
-    Ok(Translation::Bedrock(BedrockRequest {
+    let response = ConverseResponse::new(req.model.clone(), req.stream);
+    Ok(BedrockRequest::json(
         operation,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", accept.into()),
-        ],
-        response: Box::new(ConverseResponse::new(req.model.clone(), req.stream)),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
 // ---- The answer -----------------------------------------------------------------------------
-
-/// Largest Converse answer buffered to be translated whole.
-const MAX_ANSWER: usize = 8 * 1024 * 1024;
 
 /// A Converse (or ConverseStream) answer for an Anthropic client.
 pub(crate) struct ConverseResponse {
@@ -467,14 +345,7 @@ pub(crate) struct ConverseResponse {
     model: String,
     stream: bool,
     id: String,
-    state: State,
-}
-
-enum State {
-    Waiting,
-    Answer(Vec<u8>),
-    Refused(Refusal),
-    Events(Box<Events>),
+    answer: Answer<Box<Events>>,
 }
 
 impl ConverseResponse {
@@ -483,64 +354,36 @@ impl ConverseResponse {
             model,
             stream,
             id: String::new(),
-            state: State::Waiting,
+            answer: Answer::Pass,
         }
     }
 }
 
 impl Translator for ConverseResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        let request_id = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
-            .map_or("", |(_, v)| *v);
-        self.id = format!("msg_bdrk_{}", request_id.replace('-', ""));
-        if !(200..300).contains(&status) {
-            let (refusal, head) = Refusal::new(status, headers);
-            self.state = State::Refused(refusal);
+        self.id = format!("msg_bdrk_{}", request_id(headers).replace('-', ""));
+        if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }
-        if self.stream {
-            self.state = State::Events(Box::new(Events::new(&self.model, &self.id)));
-            sse::head()
-        } else {
-            self.state = State::Answer(Vec::new());
-            ResponseHead {
-                status: None,
-                set: vec![("content-type", "application/json".into())],
-                remove: vec!["content-length"],
-            }
+        if !self.stream {
+            return self.answer.hold();
         }
+        self.answer = Answer::Stream(Box::new(Events::new(&self.model, &self.id)));
+        sse::head()
     }
 
     fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
-        match &mut self.state {
-            State::Waiting => Cow::Borrowed(bedrock),
-            State::Answer(buf) => {
-                let room = (MAX_ANSWER + 1).saturating_sub(buf.len());
-                buf.extend_from_slice(bedrock.get(..room.min(bedrock.len())).unwrap_or_default());
-                Cow::Owned(Vec::new())
-            }
-            State::Refused(r) => {
-                r.push(bedrock);
-                Cow::Owned(Vec::new())
-            }
-            State::Events(e) => Cow::Owned(e.push(bedrock)),
-        }
+        self.answer.body(bedrock)
     }
 
     fn end(&mut self) -> Vec<u8> {
-        match &mut self.state {
-            State::Waiting => Vec::new(),
-            State::Answer(buf) => message(buf, &self.model, &self.id),
-            State::Refused(r) => r.finish(),
-            State::Events(e) => e.finish(),
-        }
+        let (model, id) = (&self.model, &self.id);
+        self.answer.end(|buf| message(buf, model, id))
     }
 
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        if let State::Events(e) = &mut self.state {
+        if let Answer::Stream(e) = &mut self.answer {
             // A stream that has ended (`message_stop`, an error) takes nothing more.
             if std::mem::replace(&mut e.ended, true) {
                 return out;
@@ -549,19 +392,6 @@ impl Translator for ConverseResponse {
         sse::error(&mut out, "rate_limit_error", message);
         out
     }
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-#[serde(rename_all = "camelCase")]
-struct ConverseUsage {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    cache_read_input_tokens: u64,
-    #[serde(default)]
-    cache_write_input_tokens: u64,
 }
 
 /// Anthropic's usage object.
@@ -573,8 +403,8 @@ struct Usage {
     cache_read_input_tokens: u64,
 }
 
-impl From<ConverseUsage> for Usage {
-    fn from(u: ConverseUsage) -> Self {
+impl From<converse::Usage> for Usage {
+    fn from(u: converse::Usage) -> Self {
         Self {
             input_tokens: u.input_tokens,
             output_tokens: u.output_tokens,
@@ -596,11 +426,11 @@ fn stop_reason(converse: &str) -> &str {
 fn message(buf: &[u8], model: &str, id: &str) -> Vec<u8> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Answer {
+    struct Whole {
         output: Output,
         stop_reason: String,
         #[serde(default)]
-        usage: ConverseUsage,
+        usage: converse::Usage,
     }
     #[derive(Deserialize)]
     struct Output {
@@ -661,17 +491,9 @@ fn message(buf: &[u8], model: &str, id: &str) -> Vec<u8> {
         stop_sequence: Option<()>,
         usage: Usage,
     }
-    if buf.len() > MAX_ANSWER {
-        return super::error_body("api_error", "the model's answer is too large to translate");
-    }
-    let answer: Answer = match serde_json::from_slice(buf) {
+    let answer: Whole = match read_whole(buf) {
         Ok(a) => a,
-        Err(e) => {
-            return super::error_body(
-                "api_error",
-                &format!("the model's answer could not be read: {e}"),
-            )
-        }
+        Err(why) => return super::error_body("api_error", &why),
     };
     let content = answer
         .output
@@ -730,38 +552,9 @@ pub(crate) struct Events {
     ended: bool,
 }
 
-impl Events {
-    fn new(model: &str, id: &str) -> Self {
-        Self {
-            decoder: Decoder::default(),
-            model: model.to_string(),
-            id: id.to_string(),
-            started: false,
-            blocks: Vec::new(),
-            stop_reason: None,
-            ended: false,
-        }
-    }
-
+impl Stream for Events {
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
-        self.decoder = decoder;
-        if let Err(e) = pushed {
-            if !self.ended {
-                sse::error(
-                    &mut out,
-                    "api_error",
-                    &format!("the model's stream could not be read: {e}"),
-                );
-                self.ended = true;
-            }
-        }
-        out
+        decode(self, bedrock)
     }
 
     fn finish(&mut self) -> Vec<u8> {
@@ -771,7 +564,7 @@ impl Events {
         }
         match self.stop_reason.take() {
             // The usage never came: the stream still ends as Anthropic's do.
-            Some(reason) => self.stop(&mut out, &reason, ConverseUsage::default()),
+            Some(reason) => self.stop(&mut out, &reason, converse::Usage::default()),
             None => sse::error(
                 &mut out,
                 "api_error",
@@ -781,61 +574,19 @@ impl Events {
         self.ended = true;
         out
     }
+}
 
-    fn message_start(&mut self, out: &mut Vec<u8>) {
-        if std::mem::replace(&mut self.started, true) {
-            return;
-        }
-        sse::json_event(
-            out,
-            "message_start",
-            &serde_json::json!({
-                "type": "message_start",
-                "message": {
-                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
-                    "content": [], "stop_reason": null, "stop_sequence": null,
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            }),
-        );
+impl Frames for Events {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    /// Opens block `index` as `kind` unless it is open.
-    fn open(&mut self, out: &mut Vec<u8>, index: u64, kind: Kind) {
-        if self.blocks.iter().any(|(i, _)| *i == index) {
-            return;
-        }
-        self.blocks.push((index, kind));
-        let block = match kind {
-            Kind::Text => serde_json::json!({"type": "text", "text": ""}),
-            Kind::Thinking => {
-                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""})
-            }
-            // Tool blocks are opened by their own start event (`tool_start`).
-            Kind::ToolUse => return,
-        };
-        sse::json_event(
-            out,
-            "content_block_start",
-            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": block}),
-        );
+    fn ended(&self) -> bool {
+        self.ended
     }
 
-    fn stop(&mut self, out: &mut Vec<u8>, reason: &str, usage: ConverseUsage) {
-        sse::json_event(
-            out,
-            "message_delta",
-            &serde_json::json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
-                "usage": Usage::from(usage),
-            }),
-        );
-        sse::json_event(
-            out,
-            "message_stop",
-            &serde_json::json!({"type": "message_stop"}),
-        );
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        sse::error(out, "api_error", why);
         self.ended = true;
     }
 
@@ -843,8 +594,7 @@ impl Events {
         if self.ended {
             return;
         }
-        if m.message_type() != Some("event") {
-            let kind = m.exception_type().or(m.error_code()).unwrap_or("");
+        if let Some(kind) = exception_kind(&m) {
             super::invoke::stream_exception(out, kind, m.payload);
             self.ended = true;
             return;
@@ -856,7 +606,7 @@ impl Events {
             start: Option<Start>,
             delta: Option<Delta>,
             stop_reason: Option<String>,
-            usage: Option<ConverseUsage>,
+            usage: Option<converse::Usage>,
         }
         #[derive(Deserialize, Default)]
         #[serde(rename_all = "camelCase")]
@@ -959,6 +709,77 @@ impl Events {
             }
             _ => {}
         }
+    }
+}
+
+impl Events {
+    fn new(model: &str, id: &str) -> Self {
+        Self {
+            decoder: Decoder::default(),
+            model: model.to_string(),
+            id: id.to_string(),
+            started: false,
+            blocks: Vec::new(),
+            stop_reason: None,
+            ended: false,
+        }
+    }
+
+    fn message_start(&mut self, out: &mut Vec<u8>) {
+        if std::mem::replace(&mut self.started, true) {
+            return;
+        }
+        sse::json_event(
+            out,
+            "message_start",
+            &serde_json::json!({
+                "type": "message_start",
+                "message": {
+                    "id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                    "content": [], "stop_reason": null, "stop_sequence": null,
+                    "usage": {"input_tokens": 0, "output_tokens": 0},
+                },
+            }),
+        );
+    }
+
+    /// Opens block `index` as `kind` unless it is open.
+    fn open(&mut self, out: &mut Vec<u8>, index: u64, kind: Kind) {
+        if self.blocks.iter().any(|(i, _)| *i == index) {
+            return;
+        }
+        self.blocks.push((index, kind));
+        let block = match kind {
+            Kind::Text => serde_json::json!({"type": "text", "text": ""}),
+            Kind::Thinking => {
+                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""})
+            }
+            // Tool blocks are opened by their own start event (`tool_start`).
+            Kind::ToolUse => return,
+        };
+        sse::json_event(
+            out,
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": block}),
+        );
+    }
+
+    fn stop(&mut self, out: &mut Vec<u8>, reason: &str, usage: converse::Usage) {
+        sse::json_event(
+            out,
+            "message_delta",
+            &serde_json::json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                "usage": Usage::from(usage),
+            }),
+        );
+        sse::json_event(
+            out,
+            "message_stop",
+            &serde_json::json!({"type": "message_stop"}),
+        );
+        self.ended = true;
     }
 }
 

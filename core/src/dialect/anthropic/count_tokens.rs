@@ -10,8 +10,9 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::{invoke, MessagesRequest, Refusal, Target, Translation};
+use super::{invoke, MessagesRequest, Target, Translation, ENVELOPE};
 use crate::accounting::record::estimate_tokens;
+use crate::dialect::refusal::{error_type, Class, Refusal};
 use crate::dialect::{BedrockRequest, ResponseHead, Translator};
 use crate::error::{GatewayError, Reply};
 use crate::request::model_family;
@@ -80,16 +81,13 @@ pub(super) fn translate(
         },
     })
     .unwrap_or_default();
-    Ok(Translation::Bedrock(BedrockRequest {
-        operation: Operation::CountTokens,
+    let response = CountResponse::new(estimate(req));
+    Ok(BedrockRequest::json(
+        Operation::CountTokens,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", "application/json".into()),
-        ],
-        response: Box::new(CountResponse::new(estimate(req))),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
 /// Largest CountTokens answer read.
@@ -119,10 +117,7 @@ impl CountResponse {
 
 impl Translator for CountResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        let kind = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
-            .map_or("", |(_, v)| v.split(':').next().unwrap_or(""));
+        let kind = Class::of(error_type(headers));
         let json = ("content-type", "application/json".to_string());
         if (200..300).contains(&status) {
             self.state = State::Count(Vec::new());
@@ -131,7 +126,7 @@ impl Translator for CountResponse {
                 set: vec![json],
                 remove: vec!["content-length"],
             }
-        } else if status == 400 && kind.eq_ignore_ascii_case("ValidationException") {
+        } else if status == 400 && kind == Class::Validation {
             // "The provided model doesn't support counting tokens": estimate instead.
             self.state = State::Estimate;
             ResponseHead {
@@ -140,7 +135,7 @@ impl Translator for CountResponse {
                 remove: vec!["content-length", "x-amzn-errortype"],
             }
         } else {
-            let (refusal, head) = Refusal::new(status, headers);
+            let (refusal, head) = Refusal::new(&ENVELOPE, status, headers);
             self.state = State::Refused(refusal);
             head
         }

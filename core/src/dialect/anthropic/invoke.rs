@@ -10,7 +10,9 @@ use std::borrow::Cow;
 use base64::Engine as _;
 use serde::Deserialize;
 
-use super::{betas, json_string, sse, MessagesRequest, Refusal, Target, Translation};
+use super::{betas, json_string, sse, MessagesRequest, Target, Translation, ENVELOPE};
+use crate::dialect::answer::{decode, Answer, Frames, Stream};
+use crate::dialect::refusal::exception_body;
 use crate::dialect::{BedrockRequest, ResponseHead, Translator};
 use crate::error::GatewayError;
 use crate::request::operation::Operation;
@@ -92,88 +94,60 @@ pub(super) fn translate(
 ) -> Result<Translation, GatewayError> {
     let mut dropped = Vec::new();
     let body = body(req, target, None, &mut dropped)?;
-    let (operation, accept) = if req.stream {
-        (
-            Operation::InvokeWithResponseStream,
-            "application/vnd.amazon.eventstream",
-        )
+    let operation = if req.stream {
+        Operation::InvokeWithResponseStream
     } else {
-        (Operation::Invoke, "application/json")
+        Operation::Invoke
     };
-    Ok(Translation::Bedrock(BedrockRequest {
+    let response = InvokeResponse::new(req.stream);
+    Ok(BedrockRequest::json(
         operation,
         body,
-        headers: vec![
-            ("content-type", "application/json".into()),
-            ("accept", accept.into()),
-        ],
-        response: Box::new(InvokeResponse::new(req.stream)),
+        Box::new(response),
         dropped,
-    }))
+    ))
 }
 
-/// The answer of InvokeModel (or its stream) for an Anthropic client.
+/// The answer of InvokeModel (or its stream) for an Anthropic client: a 2xx answer is
+/// already the Messages API's.
 pub(crate) struct InvokeResponse {
     stream: bool,
-    state: State,
-}
-
-enum State {
-    /// Before the head.
-    Waiting,
-    /// InvokeModel's 2xx answer: already the Messages API's.
-    Pass,
-    Refused(Refusal),
-    Events(Events),
+    answer: Answer<Events>,
 }
 
 impl InvokeResponse {
     pub(crate) fn new(stream: bool) -> Self {
         Self {
             stream,
-            state: State::Waiting,
+            answer: Answer::Pass,
         }
     }
 }
 
 impl Translator for InvokeResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        if !(200..300).contains(&status) {
-            let (refusal, head) = Refusal::new(status, headers);
-            self.state = State::Refused(refusal);
+        if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }
-        if self.stream {
-            self.state = State::Events(Events::default());
-            sse::head()
-        } else {
-            self.state = State::Pass;
-            ResponseHead::default()
+        if !self.stream {
+            return ResponseHead::default();
         }
+        self.answer = Answer::Stream(Events::default());
+        sse::head()
     }
 
     fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
-        match &mut self.state {
-            State::Waiting | State::Pass => Cow::Borrowed(bedrock),
-            State::Refused(r) => {
-                r.push(bedrock);
-                Cow::Owned(Vec::new())
-            }
-            State::Events(e) => Cow::Owned(e.push(bedrock)),
-        }
+        self.answer.body(bedrock)
     }
 
     fn end(&mut self) -> Vec<u8> {
-        match &mut self.state {
-            State::Waiting | State::Pass => Vec::new(),
-            State::Refused(r) => r.finish(),
-            State::Events(e) => e.finish(),
-        }
+        // Never held whole: a 2xx answer passes.
+        self.answer.end(|_| Vec::new())
     }
 
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
         let mut out = Vec::new();
-        if let State::Events(e) = &mut self.state {
+        if let Answer::Stream(e) = &mut self.answer {
             // A stream that has ended (`message_stop`, an error) takes nothing more.
             if std::mem::replace(&mut e.ended, true) {
                 return out;
@@ -192,25 +166,9 @@ pub(crate) struct Events {
     ended: bool,
 }
 
-impl Events {
+impl Stream for Events {
     fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let ended = &mut self.ended;
-        let pushed = self.decoder.push(bedrock, |m| event(m, &mut out, ended));
-        if let Err(e) = pushed {
-            if !*ended {
-                sse::error(
-                    &mut out,
-                    "api_error",
-                    &format!("the model's stream could not be read: {e}"),
-                );
-                *ended = true;
-            }
-        }
-        out
+        decode(self, bedrock)
     }
 
     /// The upstream body ended: a stream that stopped before `message_stop` fails visibly.
@@ -225,6 +183,25 @@ impl Events {
             self.ended = true;
         }
         out
+    }
+}
+
+impl Frames for Events {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
+    }
+
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn event(&mut self, m: Message<'_>, out: &mut Vec<u8>) {
+        event(m, out, &mut self.ended);
+    }
+
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        sse::error(out, "api_error", why);
+        self.ended = true;
     }
 }
 
@@ -282,16 +259,7 @@ fn event(m: Message<'_>, out: &mut Vec<u8>, ended: &mut bool) {
 
 /// A Bedrock stream exception frame as Anthropic's `error` event.
 pub(super) fn stream_exception(out: &mut Vec<u8>, kind: &str, payload: &[u8]) {
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(alias = "Message")]
-        message: String,
-    }
-    let (_, r#type) = super::from_bedrock(kind, 0);
-    let message = serde_json::from_slice::<Body>(payload)
-        .map(|b| b.message)
-        .unwrap_or_else(|_| format!("the model's stream failed: {kind}"));
-    sse::error(out, r#type, &message);
+    sse::event(out, "error", &exception_body(&ENVELOPE, kind, payload));
 }
 
 #[cfg(test)]

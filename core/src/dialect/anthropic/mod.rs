@@ -21,8 +21,10 @@ use std::borrow::Cow;
 
 use serde::Serialize;
 
-use super::{json_members, member, ClientRequest, Members, ResponseHead, Target, Translation};
-use crate::error::{ErrorKind, GatewayError, Reply};
+use super::bad;
+use super::refusal::{Class, Envelope};
+use super::{json_members, member, ClientRequest, Members, Target, Translation};
+use crate::error::{GatewayError, Reply};
 use crate::request::model_family;
 
 pub use betas::{BEDROCK_BETAS, BETA_FIELDS};
@@ -68,16 +70,7 @@ pub fn error_body(r#type: &str, message: &str) -> Vec<u8> {
 impl GatewayError {
     /// The error as Anthropic's API shapes it.
     pub fn to_anthropic_reply(&self) -> Reply {
-        let status = self.kind.status();
-        let mut reply = Reply {
-            status,
-            headers: vec![("content-type", "application/json".into())],
-            body: error_body(error_type(status), &self.message),
-        };
-        if let Some(s) = self.retry_after_s {
-            reply.headers.push(("retry-after", s.to_string()));
-        }
-        reply
+        self.json_reply(|status| error_body(error_type(status), &self.message))
     }
 }
 
@@ -87,99 +80,28 @@ impl GatewayError {
 /// refusal of the gateway's own AWS credentials is the gateway's failure (500), never the
 /// client's `authentication_error`.
 pub fn from_bedrock(kind: &str, status: u16) -> (u16, &'static str) {
-    let kind = kind.split(':').next().unwrap_or("").trim();
-    let is = |name: &str| kind.eq_ignore_ascii_case(name);
-    if is("ValidationException") {
-        (400, "invalid_request_error")
-    } else if is("AccessDeniedException") {
-        (403, "permission_error")
-    } else if is("ResourceNotFoundException") {
-        (404, "not_found_error")
-    } else if is("ThrottlingException") || is("ServiceQuotaExceededException") {
-        (429, "rate_limit_error")
-    } else if is("ServiceUnavailableException") || is("ModelNotReadyException") {
-        (529, "overloaded_error")
-    } else if is("ModelTimeoutException") {
-        (504, "timeout_error")
-    } else if is("ModelErrorException")
-        || is("ModelStreamErrorException")
-        || is("InternalServerException")
-    {
-        (500, "api_error")
-    } else {
-        match status {
+    match Class::of(kind) {
+        Class::Validation => (400, "invalid_request_error"),
+        Class::AccessDenied => (403, "permission_error"),
+        Class::NotFound => (404, "not_found_error"),
+        Class::Throttling => (429, "rate_limit_error"),
+        Class::Unavailable => (529, "overloaded_error"),
+        Class::Timeout => (504, "timeout_error"),
+        Class::Failed => (500, "api_error"),
+        Class::Other => match status {
             401 | 403 => (500, "api_error"),
             503 => (529, "overloaded_error"),
             400..=599 => (status, error_type(status)),
             _ => (500, "api_error"),
-        }
+        },
     }
 }
 
-/// Largest Bedrock error body kept to take its message from.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-
-/// Bedrock refused the request (a non-2xx answer: restJson1 `{"message"}`, its class in
-/// `x-amzn-errortype`): its body is held, then written in Anthropic's envelope at the end.
-#[derive(Debug)]
-pub(crate) struct Refusal {
-    status: u16,
-    r#type: &'static str,
-    kind: String,
-    body: Vec<u8>,
-}
-
-impl Refusal {
-    /// The refusal of a response with `status` and `headers`, and the client's head for it.
-    pub(crate) fn new(status: u16, headers: &[(&str, &str)]) -> (Self, ResponseHead) {
-        let kind = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-errortype"))
-            .map(|(_, v)| v.split(':').next().unwrap_or("").trim().to_string())
-            .unwrap_or_default();
-        let (to, r#type) = from_bedrock(&kind, status);
-        let head = ResponseHead {
-            status: (to != status).then_some(to),
-            set: vec![("content-type", "application/json".into())],
-            remove: vec!["content-length", "x-amzn-errortype"],
-        };
-        let refusal = Self {
-            status,
-            r#type,
-            kind,
-            body: Vec::new(),
-        };
-        (refusal, head)
-    }
-
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
-        let room = MAX_ERROR_BODY.saturating_sub(self.body.len());
-        self.body
-            .extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
-    }
-
-    /// The Anthropic error body, with Bedrock's message.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
-        #[derive(serde::Deserialize)]
-        struct Body {
-            #[serde(alias = "Message")]
-            message: String,
-        }
-        let message = match serde_json::from_slice::<Body>(&self.body) {
-            Ok(b) if !b.message.is_empty() => b.message,
-            _ => format!(
-                "Bedrock answered {} {}",
-                self.status,
-                if self.kind.is_empty() {
-                    "without an error type"
-                } else {
-                    &self.kind
-                }
-            ),
-        };
-        error_body(self.r#type, &message)
-    }
-}
+/// Bedrock's refusals and stream exceptions in Anthropic's envelope.
+pub(crate) static ENVELOPE: Envelope = Envelope {
+    from_bedrock,
+    body: |r#type, _kind, message| error_body(r#type, message),
+};
 
 /// A `/v1/messages` or `/v1/messages/count_tokens` request, read: its members as the client
 /// wrote them, and what the route needs before the model is resolved.
@@ -197,10 +119,6 @@ pub(crate) fn read_messages(body: &[u8]) -> Result<Box<dyn ClientRequest + '_>, 
 
 pub(crate) fn read_count_tokens(body: &[u8]) -> Result<Box<dyn ClientRequest + '_>, GatewayError> {
     Ok(Box::new(read(body, true)?))
-}
-
-fn bad(message: impl Into<String>) -> GatewayError {
-    GatewayError::new(ErrorKind::BadRequest, message)
 }
 
 fn read(body: &[u8], count_tokens: bool) -> Result<MessagesRequest<'_>, GatewayError> {
@@ -254,6 +172,8 @@ fn json_string(name: &str) -> Cow<'static, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::refusal::Refusal;
+    use crate::error::ErrorKind;
 
     #[test]
     fn envelope_and_the_types_the_sdk_maps() {
@@ -313,6 +233,7 @@ mod tests {
     #[test]
     fn a_refusal_keeps_bedrocks_message() {
         let (mut r, head) = Refusal::new(
+            &ENVELOPE,
             503,
             &[
                 ("x-amzn-errortype", "ServiceUnavailableException"),
@@ -326,7 +247,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&r.finish()).unwrap();
         assert_eq!(v["error"]["type"], "overloaded_error");
         assert_eq!(v["error"]["message"], "Too many connections");
-        let (mut r, head) = Refusal::new(400, &[]);
+        let (mut r, head) = Refusal::new(&ENVELOPE, 400, &[]);
         assert_eq!(head.status, None);
         r.push(b"not json");
         let v: serde_json::Value = serde_json::from_slice(&r.finish()).unwrap();

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::ResponseHead;
+use crate::dialect::ResponseHead;
 
 /// Appends one event. `data` is JSON on one line (serde_json never writes a raw newline).
 pub(super) fn event(out: &mut Vec<u8>, r#type: &str, data: &[u8]) {

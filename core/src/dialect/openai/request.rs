@@ -39,7 +39,9 @@ use crate::dialect::converse::{
     Structure, SystemBlock, TextFormat, Tool, ToolChoice, ToolConfig, ToolResult, ToolSpec,
     ToolUse,
 };
-use crate::dialect::{json_members, BedrockRequest, ClientRequest, Target, Translation};
+use crate::dialect::{
+    array, json_members, string, BedrockRequest, ClientRequest, Str, Target, Translation,
+};
 use crate::error::GatewayError;
 use crate::request::model_family;
 use crate::request::operation::Operation;
@@ -201,29 +203,23 @@ impl ClientRequest for ChatRequest<'_> {
         }
         let body = serde_json::to_vec(&self.converse)
             .map_err(|e| bad(format!("the request could not be translated: {e}")))?;
-        let (operation, accept) = if self.stream {
-            (
-                Operation::ConverseStream,
-                "application/vnd.amazon.eventstream",
-            )
+        let operation = if self.stream {
+            Operation::ConverseStream
         } else {
-            (Operation::Converse, "application/json")
+            Operation::Converse
         };
-        Ok(Translation::Bedrock(BedrockRequest {
+        let response = ChatResponse::new(
+            &self.model,
+            target.now_ms / 1000,
+            self.stream,
+            self.include_usage,
+        );
+        Ok(BedrockRequest::json(
             operation,
             body,
-            headers: vec![
-                ("content-type", "application/json".into()),
-                ("accept", accept.into()),
-            ],
-            response: Box::new(ChatResponse::new(
-                &self.model,
-                target.now_ms / 1000,
-                self.stream,
-                self.include_usage,
-            )),
-            dropped: self.dropped.clone(),
-        }))
+            Box::new(response),
+            self.dropped.clone(),
+        ))
     }
 }
 
@@ -291,16 +287,6 @@ fn why(e: &serde_json::Error) -> String {
     }
 }
 
-/// A JSON string, borrowed from the body where it has no escapes.
-#[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
-
-fn string<'a>(raw: &'a RawValue, what: &str) -> Result<Cow<'a, str>, GatewayError> {
-    serde_json::from_str::<Str<'a>>(raw.get())
-        .map(|s| s.0)
-        .map_err(|_| bad(format!("`{what}` must be a string")))
-}
-
 fn boolean(raw: &RawValue, what: &str) -> Result<bool, GatewayError> {
     serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be a boolean")))
 }
@@ -320,10 +306,6 @@ fn number<'a>(raw: &'a RawValue, what: &str) -> Result<&'a RawValue, GatewayErro
 
 fn is_empty_object(raw: &RawValue) -> bool {
     json_members(raw.get().as_bytes()).is_ok_and(|m| m.is_empty())
-}
-
-fn array<'a>(raw: &'a RawValue, what: &str) -> Result<Vec<&'a RawValue>, GatewayError> {
-    serde_json::from_str(raw.get()).map_err(|_| bad(format!("`{what}` must be an array")))
 }
 
 fn stop(raw: &RawValue) -> Result<Vec<Cow<'_, str>>, GatewayError> {
@@ -451,19 +433,7 @@ fn tool_choice(raw: &RawValue) -> Result<Choice<'_>, GatewayError> {
             other => Err(bad(format!("`tool_choice` `{other}` is unknown"))),
         };
     }
-    #[derive(Deserialize)]
-    struct Named<'a> {
-        #[serde(borrow)]
-        r#type: Cow<'a, str>,
-        #[serde(borrow, default)]
-        function: Option<Function<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Function<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-    }
-    let named: Named<'_> =
+    let named: InTool<'_> =
         serde_json::from_str(raw.get()).map_err(|e| bad(format!("`tool_choice`: {}", why(&e))))?;
     match (named.r#type.as_ref(), named.function) {
         ("function", Some(f)) => Ok(Choice::Function(f.name)),
@@ -475,23 +445,26 @@ fn tool_choice(raw: &RawValue) -> Result<Choice<'_>, GatewayError> {
     }
 }
 
+/// A tool, or a tool choice that names one: `{"type": "function", "function": {"name", …}}`.
+#[derive(Deserialize)]
+struct InTool<'a> {
+    #[serde(borrow)]
+    r#type: Cow<'a, str>,
+    #[serde(borrow, default)]
+    function: Option<InFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InFunction<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    description: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    parameters: Option<&'a RawValue>,
+}
+
 fn tool_list(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
-    #[derive(Deserialize)]
-    struct InTool<'a> {
-        #[serde(borrow)]
-        r#type: Cow<'a, str>,
-        #[serde(borrow, default)]
-        function: Option<InFunction<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct InFunction<'a> {
-        #[serde(borrow)]
-        name: Cow<'a, str>,
-        #[serde(borrow, default)]
-        description: Option<Cow<'a, str>>,
-        #[serde(borrow, default)]
-        parameters: Option<&'a RawValue>,
-    }
     let mut out = Vec::new();
     for (i, tool) in array(raw, "tools")?.into_iter().enumerate() {
         let at = format!("tools[{i}]");
@@ -512,14 +485,12 @@ fn tool_list(raw: &RawValue) -> Result<Vec<Tool<'_>>, GatewayError> {
             Some(p) if p.get().starts_with('{') => p,
             Some(_) => return Err(bad(format!("`{at}.function.parameters` must be an object"))),
         };
-        out.push(Tool {
-            spec: ToolSpec {
-                name: f.name,
-                // Converse's description may not be empty.
-                description: f.description.filter(|d| !d.is_empty()),
-                input_schema: InputSchema { json },
-            },
-        });
+        out.push(Tool::Spec(ToolSpec {
+            name: f.name,
+            // Converse's description may not be empty.
+            description: f.description.filter(|d| !d.is_empty()),
+            input_schema: InputSchema { json },
+        }));
     }
     Ok(out)
 }
@@ -619,6 +590,7 @@ fn turns(raw: &RawValue) -> Result<Turns<'_>, GatewayError> {
                     vec![Block::ToolResult(ToolResult {
                         tool_use_id: id,
                         content,
+                        status: None,
                     })],
                 )
             }
@@ -734,17 +706,11 @@ fn data_url_image<'a>(url: Cow<'a, str>, at: &str) -> Result<Image<'a>, GatewayE
             "`{at}.image_url.url` must be base64 (`data:image/png;base64,…`)"
         )));
     }
-    let format = match media.as_str() {
-        "image/png" => "png",
-        "image/jpeg" | "image/jpg" => "jpeg",
-        "image/gif" => "gif",
-        "image/webp" => "webp",
-        other => {
-            return Err(bad(format!(
-                "`{at}.image_url.url`: `{other}` images are not served: png, jpeg, gif or webp"
-            )))
-        }
-    };
+    let format = converse::image_format(&media).ok_or_else(|| {
+        bad(format!(
+            "`{at}.image_url.url`: `{media}` images are not served: png, jpeg, gif or webp"
+        ))
+    })?;
     let start = url.len() - data.len();
     let bytes = match url {
         Cow::Borrowed(s) => Cow::Borrowed(s.get(start..).unwrap_or_default()),
@@ -775,7 +741,7 @@ fn assistant_content<'a>(m: InMessage<'a>, at: &str) -> Result<Vec<Block<'a>>, G
         out.push(Block::ToolUse(ToolUse {
             tool_use_id: call.id,
             name: f.name,
-            input: arguments(f.arguments.as_deref().unwrap_or(""), &here)?,
+            input: Cow::Owned(arguments(f.arguments.as_deref().unwrap_or(""), &here)?),
         }));
     }
     // Converse refuses blank text blocks; an assistant turn of tool calls often has one.

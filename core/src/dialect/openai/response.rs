@@ -7,12 +7,10 @@ use std::borrow::Cow;
 use serde::Serialize;
 
 use super::stream::Chunks;
-use super::{error_body, Refusal};
-use crate::dialect::converse::{self, Answer};
-use crate::dialect::{ResponseHead, Translator};
-
-/// Largest Converse answer held to be translated whole (Bedrock's are far smaller).
-const MAX_ANSWER: usize = 8 * 1024 * 1024;
+use super::{error_body, ENVELOPE};
+use crate::dialect::answer::{read_whole, Answer};
+use crate::dialect::converse;
+use crate::dialect::{request_id, ResponseHead, Translator};
 
 /// The answer to one Chat Completions request.
 pub(crate) struct ChatResponse {
@@ -24,16 +22,7 @@ pub(crate) struct ChatResponse {
     id: String,
     stream: bool,
     include_usage: bool,
-    state: State,
-}
-
-enum State {
-    /// Before the head.
-    Waiting,
-    /// A Converse answer, held until it is whole.
-    Whole(Vec<u8>),
-    Refused(Refusal),
-    Stream(Box<Chunks>),
+    answer: Answer<Box<Chunks>>,
 }
 
 impl ChatResponse {
@@ -44,81 +33,48 @@ impl ChatResponse {
             id: String::new(),
             stream,
             include_usage,
-            state: State::Waiting,
+            answer: Answer::Pass,
         }
     }
-}
-
-/// The completion's ID: Bedrock's request ID, so an answer can be traced to Bedrock's logs.
-fn completion_id(headers: &[(&str, &str)]) -> String {
-    let request_id = headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-amzn-requestid"))
-        .map_or("", |(_, v)| v.trim());
-    format!("chatcmpl-{request_id}")
 }
 
 impl Translator for ChatResponse {
     fn head(&mut self, status: u16, headers: &[(&str, &str)]) -> ResponseHead {
-        if !(200..300).contains(&status) {
-            let (refusal, head) = Refusal::new(status, headers);
-            self.state = State::Refused(refusal);
+        if let Some(head) = self.answer.refuse(&ENVELOPE, status, headers) {
             return head;
         }
-        self.id = completion_id(headers);
-        if self.stream {
-            self.state = State::Stream(Box::new(Chunks::new(
-                &self.id,
-                self.created,
-                &self.model,
-                self.include_usage,
-            )));
-            ResponseHead {
-                status: None,
-                set: vec![
-                    ("content-type", "text/event-stream".into()),
-                    ("cache-control", "no-cache".into()),
-                ],
-                remove: vec!["content-length"],
-            }
-        } else {
-            self.state = State::Whole(Vec::new());
-            ResponseHead {
-                status: None,
-                set: vec![("content-type", "application/json".into())],
-                remove: vec!["content-length"],
-            }
+        self.id = format!("chatcmpl-{}", request_id(headers));
+        if !self.stream {
+            return self.answer.hold();
+        }
+        self.answer = Answer::Stream(Box::new(Chunks::new(
+            &self.id,
+            self.created,
+            &self.model,
+            self.include_usage,
+        )));
+        ResponseHead {
+            status: None,
+            set: vec![
+                ("content-type", "text/event-stream".into()),
+                ("cache-control", "no-cache".into()),
+            ],
+            remove: vec!["content-length"],
         }
     }
 
     fn body<'a>(&mut self, bedrock: &'a [u8]) -> Cow<'a, [u8]> {
-        match &mut self.state {
-            State::Waiting => Cow::Borrowed(bedrock),
-            State::Whole(buf) => {
-                let room = (MAX_ANSWER + 1).saturating_sub(buf.len());
-                buf.extend_from_slice(bedrock.get(..room.min(bedrock.len())).unwrap_or_default());
-                Cow::Owned(Vec::new())
-            }
-            State::Refused(r) => {
-                r.push(bedrock);
-                Cow::Owned(Vec::new())
-            }
-            State::Stream(chunks) => Cow::Owned(chunks.push(bedrock)),
-        }
+        self.answer.body(bedrock)
     }
 
     fn end(&mut self) -> Vec<u8> {
-        match &mut self.state {
-            State::Waiting => Vec::new(),
-            State::Whole(buf) => completion(buf, &self.id, self.created, &self.model),
-            State::Refused(r) => r.finish(),
-            State::Stream(chunks) => chunks.finish(),
-        }
+        let (id, created, model) = (&self.id, self.created, &self.model);
+        self.answer.end(|buf| completion(buf, id, created, model))
     }
 
     fn cut_off(&mut self, message: &str) -> Vec<u8> {
-        match &mut self.state {
-            State::Stream(chunks) => chunks.cut_off(message),
+        match &mut self.answer {
+            Answer::Stream(chunks) => chunks.cut_off(message),
             // Only streams are cut off.
             _ => Vec::new(),
         }
@@ -210,22 +166,9 @@ pub(super) fn completion(buf: &[u8], id: &str, created: u64, model: &str) -> Vec
         /// The input object as JSON text.
         arguments: &'a str,
     }
-    if buf.len() > MAX_ANSWER {
-        return error_body(
-            "api_error",
-            "upstream_error",
-            "the model's answer is too large to translate",
-        );
-    }
-    let answer: Answer<'_> = match serde_json::from_slice(buf) {
+    let answer: converse::Answer<'_> = match read_whole(buf) {
         Ok(a) => a,
-        Err(e) => {
-            return error_body(
-                "api_error",
-                "upstream_error",
-                &format!("the model's answer could not be read: {e}"),
-            )
-        }
+        Err(why) => return error_body("api_error", "upstream_error", &why),
     };
     let mut content: Option<String> = None;
     let mut reasoning: Option<String> = None;

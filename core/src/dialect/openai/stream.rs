@@ -17,8 +17,10 @@
 use serde::Serialize;
 
 use super::response::{finish_reason, Usage};
-use super::{error_body, from_bedrock};
-use crate::dialect::converse::{BlockDelta, BlockStart, ExceptionBody, MessageStop, Metadata};
+use super::{error_body, ENVELOPE};
+use crate::dialect::answer::{decode, Frames, Stream};
+use crate::dialect::converse::{BlockDelta, BlockStart, MessageStop, Metadata};
+use crate::dialect::refusal::{exception_body, exception_kind};
 use crate::response::eventstream::{Decoder, Message};
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -40,50 +42,15 @@ pub(crate) struct Chunks {
     ended: bool,
 }
 
-impl Chunks {
-    pub(crate) fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
-        let mut head = b"data: {\"id\":".to_vec();
-        write_json(&mut head, id);
-        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        head.extend_from_slice(created.to_string().as_bytes());
-        head.extend_from_slice(b",\"model\":");
-        write_json(&mut head, model);
-        head.push(b',');
-        Self {
-            decoder: Decoder::default(),
-            head,
-            include_usage,
-            started: false,
-            tools: Vec::new(),
-            stopped: false,
-            ended: false,
-        }
-    }
-
+impl Stream for Chunks {
     /// The events for a piece of Bedrock's stream.
-    pub(crate) fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        if self.ended {
-            return out;
-        }
-        let mut decoder = std::mem::take(&mut self.decoder);
-        let pushed = decoder.push(bedrock, |m| self.event(m, &mut out));
-        self.decoder = decoder;
-        // An unreadable frame after the stream's last event changes nothing: it has ended.
-        if let (Err(e), false) = (pushed, self.ended) {
-            self.error(
-                &mut out,
-                "api_error",
-                "upstream_error",
-                &format!("the model's stream could not be read: {e}"),
-            );
-        }
-        out
+    fn push(&mut self, bedrock: &[u8]) -> Vec<u8> {
+        decode(self, bedrock)
     }
 
     /// Bedrock's stream has ended: `[DONE]` if its message ended and the usage did not come,
     /// an error if the message never ended.
-    pub(crate) fn finish(&mut self) -> Vec<u8> {
+    fn finish(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         if self.ended {
             return out;
@@ -101,39 +68,27 @@ impl Chunks {
         }
         out
     }
+}
 
-    /// The gateway ends the stream: its budget ran out.
-    pub(crate) fn cut_off(&mut self, message: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        if !self.ended {
-            self.error(&mut out, "rate_limit_error", "budget_exhausted", message);
-        }
-        out
+impl Frames for Chunks {
+    fn decoder(&mut self) -> &mut Decoder {
+        &mut self.decoder
     }
 
-    fn error(&mut self, out: &mut Vec<u8>, r#type: &str, code: &str, message: &str) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(&error_body(r#type, code, message));
-        out.extend_from_slice(b"\n\n");
-        self.ended = true;
+    fn ended(&self) -> bool {
+        self.ended
+    }
+
+    fn unreadable(&mut self, out: &mut Vec<u8>, why: &str) {
+        self.error(out, "api_error", "upstream_error", why);
     }
 
     fn event(&mut self, m: Message<'_>, out: &mut Vec<u8>) {
         if self.ended {
             return;
         }
-        if m.message_type() != Some("event") {
-            let kind = m.exception_type().or(m.error_code()).unwrap_or("");
-            let (_, r#type) = from_bedrock(kind, 0);
-            let message = serde_json::from_slice::<ExceptionBody<'_>>(m.payload)
-                .map(|b| b.message.into_owned())
-                .unwrap_or_else(|_| format!("the model's stream failed: {kind}"));
-            let code = if kind.is_empty() {
-                "upstream_error"
-            } else {
-                kind
-            };
-            self.error(out, r#type, code, &message);
+        if let Some(kind) = exception_kind(&m) {
+            self.data(out, &exception_body(&ENVELOPE, kind, m.payload));
             return;
         }
         match m.event_type() {
@@ -214,6 +169,48 @@ impl Chunks {
             // contentBlockStop, and events Bedrock may add.
             _ => {}
         }
+    }
+}
+
+impl Chunks {
+    pub(crate) fn new(id: &str, created: u64, model: &str, include_usage: bool) -> Self {
+        let mut head = b"data: {\"id\":".to_vec();
+        write_json(&mut head, id);
+        head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+        head.extend_from_slice(created.to_string().as_bytes());
+        head.extend_from_slice(b",\"model\":");
+        write_json(&mut head, model);
+        head.push(b',');
+        Self {
+            decoder: Decoder::default(),
+            head,
+            include_usage,
+            started: false,
+            tools: Vec::new(),
+            stopped: false,
+            ended: false,
+        }
+    }
+
+    /// The gateway ends the stream: its budget ran out.
+    pub(crate) fn cut_off(&mut self, message: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.ended {
+            self.error(&mut out, "rate_limit_error", "budget_exhausted", message);
+        }
+        out
+    }
+
+    fn error(&mut self, out: &mut Vec<u8>, r#type: &str, code: &str, message: &str) {
+        self.data(out, &error_body(r#type, code, message));
+    }
+
+    /// The stream's last event: an error body.
+    fn data(&mut self, out: &mut Vec<u8>, error: &[u8]) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(error);
+        out.extend_from_slice(b"\n\n");
+        self.ended = true;
     }
 
     /// The role chunk, once, before anything else.

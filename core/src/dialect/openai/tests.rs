@@ -6,7 +6,9 @@ use super::request::read;
 use super::response::ChatResponse;
 use super::*;
 use crate::config::Config;
+use crate::dialect::refusal::Refusal;
 use crate::dialect::{Target, Translation, Translator};
+use crate::error::ErrorKind;
 use crate::request::auth::hash_key;
 use crate::request::operation::Operation;
 use crate::response::eventstream;
@@ -127,6 +129,7 @@ fn bedrock_errors_in_openais_words() {
 #[test]
 fn a_refusal_keeps_bedrocks_message_and_class() {
     let (mut r, head) = Refusal::new(
+        &ENVELOPE,
         408,
         &[
             (
@@ -146,7 +149,7 @@ fn a_refusal_keeps_bedrocks_message_and_class() {
         json!({"error": {"message": "Model has timed out", "type": "api_error", "param": null,
                          "code": "ModelTimeoutException"}})
     );
-    let (mut r, head) = Refusal::new(400, &[]);
+    let (mut r, head) = Refusal::new(&ENVELOPE, 400, &[]);
     assert_eq!(head.status, None);
     r.push(b"not json");
     let v: Value = serde_json::from_slice(&r.finish()).unwrap();
@@ -1004,4 +1007,24 @@ fn nothing_follows_done_whatever_follows_the_stream() {
         &[&body[..split_at], &body[split_at..]],
     );
     assert_eq!(whole, split);
+}
+
+#[test]
+fn nothing_follows_the_end_of_a_stream_not_even_an_unreadable_frame() {
+    let frames = converse_stream();
+    // Garbage in the same piece as the stream's last frame: a prelude whose CRC is wrong.
+    let garbage = [0u8, 0, 0, 16, 0, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0];
+    let mut body = frames.concat();
+    body.extend_from_slice(&garbage);
+    let done = events_of(&body);
+    assert_eq!(done.last().unwrap(), &json!("[DONE]"), "{done:?}");
+    let mut body = frames[..5].concat();
+    body.extend_from_slice(&exception("throttlingException", "slow down"));
+    body.extend_from_slice(&garbage);
+    let failed = events_of(&body);
+    assert_eq!(
+        failed.last().unwrap()["error"]["message"],
+        "slow down",
+        "{failed:?}"
+    );
 }
