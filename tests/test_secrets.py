@@ -101,10 +101,22 @@ API_KEY = {"type": "bedrock_api_key", "api_key": BEDROCK_API_KEY}
 
 
 def rotating_credentials(emu) -> dict:
-    """The emulator's container endpoint; on Envoy fetched through the `bedrock` cluster (it
-    reaches the emulator)."""
+    """The emulator's container endpoint; on Envoy fetched through a cluster of its own, as the
+    shipped configurations do (a cluster carrying Tollgate's upstream filter cannot be called
+    from Tollgate's own VM: README, Credentials on AWS)."""
     return {"type": "container", "endpoint": f"{emu.url}/v1/credentials",
-            "authorization_token": CONTAINER_TOKEN, "cluster": "bedrock"}
+            "authorization_token": CONTAINER_TOKEN, "cluster": "aws_credentials"}
+
+
+def with_credentials_cluster(boot: dict) -> dict:
+    """`boot` with an `aws_credentials` cluster to the emulator: the Bedrock cluster without
+    Tollgate's upstream filter."""
+    clusters = boot["static_resources"]["clusters"]
+    plain = json.loads(json.dumps(clusters[0]))
+    plain["name"] = plain["load_assignment"]["cluster_name"] = "aws_credentials"
+    plain.pop("typed_extension_protocol_options", None)
+    clusters.append(plain)
+    return boot
 
 
 def issued_secrets(emu) -> list[str]:
@@ -120,6 +132,9 @@ def secret_gateway(request, workdir, secret_emulator, tls_dir, host_kind):
     kw = {}
     if request.param == "rotating" and host_kind != "envoy":
         kw["variables"] = {"credentials_origin": secret_emulator.url}
+    if request.param == "rotating" and host_kind == "envoy":
+        kw["bootstrap"] = with_credentials_cluster(harness.envoy_config(
+            secret_config(secret_emulator.port, creds), secret_emulator.port, tls_dir))
     gw = harness.start_gateway(host_kind, workdir / host_kind / f"secrets-{request.param}",
                                secret_config(secret_emulator.port, creds), secret_emulator.port, tls_dir,
                                concurrency=1, name=f"secrets-{request.param}", redis=redis_for(request, host_kind),
