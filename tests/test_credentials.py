@@ -143,7 +143,9 @@ def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind
         wait_serving(gw)
         seq = len(rotating.ledger())
         before = control(rotating)
-        calls, failures, seen = drive(gw, tls_dir, seconds=4 * ROTATE_MS / 1000 + 1)
+        # Five rotations of traffic: refreshes fall at half-life (every 3 to 4.5 s), so the sets
+        # that sign span three rotations with a refresh's worth of slack on a loaded machine.
+        calls, failures, seen = drive(gw, tls_dir, seconds=5 * ROTATE_MS / 1000 + 1)
         after = control(rotating)
         assert failures == [], failures[:5]
         entries = rotating.ledger()[seq:]
@@ -155,11 +157,11 @@ def test_traffic_across_three_rotations_has_no_failed_request(request, host_kind
         # (on a loaded machine a set may be skipped between two refreshes), so the span is
         # asserted, not the count.
         assert max(generations) - min(generations) >= 3, generations
-        assert after["generation"] - before["generation"] >= 4
+        assert after["generation"] - before["generation"] >= 5
         fetched = after["imds_credentials"] - before["imds_credentials"]
-        # A refresh at each set's half-life, 3 to 4.5 s apart: at most 5 in this run (3 seen).
-        # One fetcher for all: two Envoy workers each fetching when due would make about 6.
-        assert 2 <= fetched <= 5, fetched
+        # A refresh at each set's half-life, 3 to 4.5 s apart: at most 6 in this run.
+        # One fetcher for all: two Envoy workers each fetching when due would make about 8-10.
+        assert 3 <= fetched <= 6, fetched
         status, headers, body = gw.request("GET", "/usage", None, {"authorization": f"Bearer {DEMO_KEY}"})
         texts = [gw.log(), json.dumps(headers), body.decode(), *seen]
         if host_kind == "envoy":
@@ -282,7 +284,9 @@ def test_envoy_native_signing_signs_what_tollgate_rewrote_across_rotations(workd
         # is what Envoy's signer hashed (the signature verified over it).
         assert int(headers["content-length"]) == entry["body_len"]
         assert entry["usage"]["output_tokens"] == 5
-        calls, failures, seen = drive(gw, tls_dir, seconds=4 * ROTATE_MS / 1000 + 1)
+        # Five rotations of traffic: refreshes fall at half-life (every 3 to 4.5 s), so the sets
+        # that sign span three rotations with a refresh's worth of slack on a loaded machine.
+        calls, failures, seen = drive(gw, tls_dir, seconds=5 * ROTATE_MS / 1000 + 1)
         assert failures == [], failures[:5]
         entries = rotating.ledger()[seq + 1:]
         assert all(e["signature_valid"] and e["status"] == 200 for e in entries)
