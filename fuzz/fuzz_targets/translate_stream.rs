@@ -221,7 +221,14 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let check_stream = |out: &[u8]| {
-        let events = sse_events(out).unwrap_or_else(|e| panic!("not SSE: {e}"));
+        let events = sse_events(out).unwrap_or_else(|e| {
+            panic!(
+                "not SSE: {e} ({:?} on {}): {}",
+                route.0,
+                route.1,
+                String::from_utf8_lossy(out)
+            )
+        });
         let mut seen: std::collections::BTreeMap<String, u64> = Default::default();
         let converse_source = !(route.0 == Api::Messages && route.1.contains("anthropic."));
         for (i, e) in events.iter().enumerate() {

@@ -229,14 +229,20 @@ fn event(m: Message<'_>, out: &mut Vec<u8>, ended: &mut bool) {
                         .decode(c.bytes.as_bytes())
                         .ok()
                 });
-            let Some(inner) = inner else {
+            // The chunk goes onto one `data:` line as it came: it must be UTF-8 (serde skips
+            // members it does not read without checking them), and a line break between JSON
+            // tokens is whitespace, so it goes as a space (none can be inside a JSON string).
+            let Some(mut inner) = inner.and_then(|b| String::from_utf8(b).ok()) else {
                 sse::error(out, "api_error", "the model sent a chunk that is not JSON");
                 *ended = true;
                 return;
             };
-            match serde_json::from_slice::<Typed<'_>>(&inner) {
+            if inner.contains(['\n', '\r']) {
+                inner = inner.replace(['\n', '\r'], " ");
+            }
+            match serde_json::from_str::<Typed<'_>>(&inner) {
                 Ok(t) => {
-                    sse::event(out, &t.r#type, &inner);
+                    sse::event(out, &t.r#type, inner.as_bytes());
                     if t.r#type == "message_stop" || t.r#type == "error" {
                         *ended = true;
                     }
@@ -415,6 +421,32 @@ mod tests {
             String::from_utf8(t.cut_off("budget gone")).unwrap(),
             "",
             "an event after message_stop"
+        );
+    }
+
+    /// Found by `fuzz/translate_stream`: Bedrock's chunk bytes went onto the `data:` line as
+    /// they came, so a chunk that was not UTF-8 (serde skips unknown members unread) or held a
+    /// newline between JSON tokens broke the client's event stream.
+    #[test]
+    fn a_chunk_is_one_utf8_data_line_or_an_error() {
+        let bad = b"{\"type\":\"message_start\",\"message\":{\"u\xffsage\":1}}".to_vec();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&bad);
+        let frame = encode(
+            &[
+                (":message-type", "event"),
+                (":event-type", "chunk"),
+                (":content-type", "application/json"),
+            ],
+            format!(r#"{{"bytes":"{b64}"}}"#).as_bytes(),
+        );
+        let out = run(&frame, frame.len());
+        assert!(std::str::from_utf8(out.as_bytes()).is_ok());
+        assert!(out.starts_with("event: error\n"), "{out}");
+        let spaced = chunk("{\"type\":\"content_block_stop\",\n\"index\":0}\r\n");
+        let out = run(&spaced, spaced.len());
+        assert!(
+            out.starts_with("event: content_block_stop\ndata: {\"type\":\"content_block_stop\", \"index\":0}  \n\n"),
+            "{out:?}"
         );
     }
 
