@@ -143,7 +143,10 @@ class Gateway:
         """Every `tollgate.usage` JSON line the gateway logged, with `_thread`: the logging
         Envoy worker's thread id (None on Spin, where every request is a fresh instance)."""
         out = []
-        for line in self.log().splitlines():
+        text = self.log()
+        # The last line may still be being written (a record read half-way is not JSON yet):
+        # only lines that have ended are read.
+        for line in text[: text.rfind("\n") + 1].splitlines():
             i = line.find(USAGE_PREFIX)
             if i >= 0:
                 record = json.loads(line[i + len(USAGE_PREFIX):])
